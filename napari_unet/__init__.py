@@ -1,0 +1,18 @@
+"""napari-unet: segment microscopy images with a U-Net, and teach it by painting corrections.
+
+Importing this package is cheap: napari imports it to find the plugin manifest, so torch and the
+engine load only when an API function is first used.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+__all__ = ["load_model", "segment"]
+
+
+def __getattr__(name: str):
+    if name in ("load_model", "segment"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'napari_unet' has no attribute {name!r}")

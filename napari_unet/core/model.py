@@ -1,0 +1,217 @@
+"""The U-Net of Ronneberger et al. (2015), in the paper's `valid` form and a practical `same` form.
+
+Both share one block structure: pairs of 3x3 conv + (norm) + ReLU, 2x2 max-pooling that doubles the
+channels, a bridge with dropout, 2x2 up-convolutions that halve the channels, concatenation of the
+encoder features and a 1x1 output convolution. `valid` uses unpadded convolutions, so the output is
+smaller than the input and the skip features are centre-cropped (the paper's overlap-tile design);
+`same` pads every convolution and keeps the output the size of the input.
+
+The shape contract is explicit and fails loudly: `UNet.check_input` says which sizes are allowed and
+why, instead of letting a skip concatenation fail deep inside `forward`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+MODES = ("same", "valid")
+NORMS = ("batch", "none")
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Architecture of a U-Net; stored verbatim in every model file.
+
+    Attributes:
+        in_channels: Input channels (1 for a single fluorescence channel).
+        classes: Output classes (background, object interior, object boundary).
+        base: Channels of the first stage; each pooling doubles them.
+        depth: Number of 2x2 poolings (the paper uses 4).
+        mode: ``"same"`` (padded convolutions) or ``"valid"`` (the paper's unpadded ones).
+        norm: ``"batch"`` or ``"none"`` (the paper has none).
+        dropout: Dropout probability at the bridge (end of the contracting path).
+    """
+
+    in_channels: int = 1
+    classes: int = 3
+    base: int = 16
+    depth: int = 4
+    mode: str = "same"
+    norm: str = "batch"
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        for name in ("in_channels", "classes", "base", "depth"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> UNetConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown U-Net config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+def _conv_pair(cin: int, cout: int, pad: int, norm: str) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for c_in in (cin, cout):
+        layers.append(nn.Conv2d(c_in, cout, 3, padding=pad, bias=norm == "none"))
+        if norm == "batch":
+            layers.append(nn.BatchNorm2d(cout))
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+def _center_crop(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    dy, dx = (x.shape[-2] - h) // 2, (x.shape[-1] - w) // 2
+    return x[..., dy : dy + h, dx : dx + w]
+
+
+class UNet(nn.Module):
+    """U-Net with a configurable depth, width and padding mode; see `UNetConfig`."""
+
+    def __init__(self, config: UNetConfig | None = None, **kwargs) -> None:
+        super().__init__()
+        self.config = config or UNetConfig(**kwargs)
+        c = self.config
+        pad = 1 if c.mode == "same" else 0
+        widths = [c.base * 2**i for i in range(c.depth + 1)]
+        self.down = nn.ModuleList()
+        cin = c.in_channels
+        for w in widths[:-1]:
+            self.down.append(_conv_pair(cin, w, pad, c.norm))
+            cin = w
+        self.pool = nn.MaxPool2d(2)
+        self.bridge = _conv_pair(widths[-2], widths[-1], pad, c.norm)
+        self.dropout = nn.Dropout2d(c.dropout) if c.dropout > 0 else nn.Identity()
+        self.upconv = nn.ModuleList()
+        self.up = nn.ModuleList()
+        for w_hi, w_lo in zip(widths[:0:-1], widths[-2::-1]):
+            self.upconv.append(nn.ConvTranspose2d(w_hi, w_lo, 2, stride=2))
+            self.up.append(_conv_pair(2 * w_lo, w_lo, pad, c.norm))
+        self.head = nn.Conv2d(widths[0], c.classes, 1)
+
+    # -- shape contract -------------------------------------------------------------------
+    def _output_or_reason(self, size: int) -> tuple[int, str]:
+        """(output length, "") for an allowed input length, else (0, why not)."""
+        d = self.config.depth
+        if self.config.mode == "same":
+            if size < 2**d or size % 2**d:
+                return 0, f"same-mode U-Net of depth {d} needs sizes divisible by {2**d}"
+            return size, ""
+        s = size
+        for level in range(d):
+            s -= 4
+            if s <= 0 or s % 2:
+                return 0, f"valid-mode U-Net: size before pooling {level + 1} is odd or empty"
+            s //= 2
+        s -= 4
+        for _ in range(d):
+            s = 2 * s - 4
+        return (s, "") if s > 0 else (0, "valid-mode U-Net: input too small")
+
+    def fit_input_size(self, size: int) -> int:
+        """The smallest allowed input length >= `size`."""
+        s = max(int(size), 1)
+        while not self._output_or_reason(s)[0]:
+            s += 1
+        return s
+
+    def output_size(self, size: int) -> int:
+        """Output length along one axis for an input of length `size`; ValueError if not allowed."""
+        out, why = self._output_or_reason(int(size))
+        if not out:
+            raise ValueError(f"{why}: got {size}, nearest allowed is {self.fit_input_size(size)}")
+        return out
+
+    @property
+    def shrink(self) -> int:
+        """Pixels lost on each side of the input (0 in `same` mode)."""
+        s = self.fit_input_size(256)
+        return (s - self.output_size(s)) // 2
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != self.config.in_channels:
+            raise ValueError(
+                f"expected input (N, {self.config.in_channels}, H, W), got {tuple(x.shape)}"
+            )
+        self.output_size(x.shape[-2])
+        self.output_size(x.shape[-1])
+
+    # -- forward ----------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        skips = []
+        for block in self.down:
+            x = block(x)
+            skips.append(x)
+            x = self.pool(x)
+        x = self.dropout(self.bridge(x))
+        for upconv, block, skip in zip(self.upconv, self.up, reversed(skips)):
+            x = upconv(x)
+            if skip.shape[-2:] != x.shape[-2:]:
+                skip = _center_crop(skip, x.shape[-2], x.shape[-1])
+            x = block(torch.cat([skip, x], dim=1))
+        return self.head(x)
+
+
+def fuse_batchnorm(model: UNet) -> UNet:
+    """Fold every BatchNorm into the preceding convolution (eval-mode inference only).
+
+    Returns the same model, modified in place: ~10-20 % faster on CPU, identical outputs up to
+    float rounding. Training a fused model is not supported (its config still says ``batch``).
+    """
+    model.eval()
+    for seq in [*model.down, model.bridge, *model.up]:
+        for i in range(len(seq) - 1):
+            if isinstance(seq[i], nn.Conv2d) and isinstance(seq[i + 1], nn.BatchNorm2d):
+                seq[i] = fuse_conv_bn_eval(seq[i], seq[i + 1])
+                seq[i + 1] = nn.Identity()
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def flops_per_pixel(model: UNet, size: int = 256) -> float:
+    """Multiply-adds x 2 per output pixel, counted from the layer shapes at input `size`."""
+    total = 0.0
+    hooks = []
+
+    def hook(mod, inp, out):
+        nonlocal total
+        if isinstance(mod, nn.Conv2d):
+            k = mod.kernel_size[0] * mod.kernel_size[1] * mod.in_channels // mod.groups
+            total += 2.0 * k * out.numel()
+        elif isinstance(mod, nn.ConvTranspose2d):
+            k = mod.kernel_size[0] * mod.kernel_size[1] * mod.out_channels
+            total += 2.0 * k * inp[0].numel()
+
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            hooks.append(m.register_forward_hook(hook))
+    size = model.fit_input_size(size)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.zeros(1, model.config.in_channels, size, size))
+    model.train(was_training)
+    for h in hooks:
+        h.remove()
+    return total / (out.shape[-1] * out.shape[-2])

@@ -1,0 +1,156 @@
+"""Intensity normalisation and axis handling: any image or stack -> a sequence of 2D float planes.
+
+Axes use the letters T (time), Z (depth), C (channel), Y and X; the last two must be Y and X. Other
+letters that tifffile reports (Q, I, S, ...) are read as extra plane axes, except S (samples), which is
+a channel. Percentiles are taken once over the whole stack (from a strided sample when it is large)
+so that empty planes of a z-stack stay dark instead of having their noise stretched to full range.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+PLANE_AXES = "TZ"
+
+
+class InputError(ValueError):
+    """An image that cannot be segmented as given; the message is one plain sentence."""
+
+
+def resolve_axes(shape: tuple[int, ...], axes: str | None = None) -> str:
+    """Check or guess the axes of an array of `shape`.
+
+    Guessing: 2D -> YX; 3D -> YXC if the last axis has 3 or 4 entries (RGB), else ZYX;
+    4D -> ZYXC if the last axis has <= 4 entries, else CZYX... is ambiguous, so 4D and more need
+    explicit axes unless the last axis is a small channel axis.
+    """
+    ndim = len(shape)
+    if ndim < 2:
+        raise InputError(f"need an image with at least 2 dimensions, got shape {tuple(shape)}")
+    if axes is None:
+        if ndim == 2:
+            return "YX"
+        if ndim == 3:
+            return "YXC" if shape[-1] in (3, 4) else "ZYX"
+        if ndim == 4 and shape[-1] <= 4:
+            return "ZYXC"
+        raise InputError(f"cannot guess the axes of a {ndim}-D image {tuple(shape)}: pass axes, e.g. 'TZYX'")
+    axes = axes.upper().replace("S", "C")
+    if len(axes) != ndim:
+        raise InputError(f"axes '{axes}' has {len(axes)} letters but the image has {ndim} dimensions")
+    if len(set(axes)) != len(axes):
+        raise InputError(f"axes '{axes}' repeats a letter")
+    if "Y" not in axes or "X" not in axes:
+        raise InputError(f"axes '{axes}' must contain Y and X")
+    if axes.count("C") > 1:
+        raise InputError(f"axes '{axes}' has more than one channel axis")
+    return axes
+
+
+def to_standard(image, axes: str):
+    """Reorder `image` to (planes..., [C,] Y, X) and return it with its new axes string."""
+    plane_axes = [a for a in axes if a not in "CYX"]
+    order = plane_axes + (["C"] if "C" in axes else []) + ["Y", "X"]
+    perm = [axes.index(a) for a in order]
+    if perm != list(range(len(axes))):
+        image = image.transpose(perm) if hasattr(image, "transpose") else np.transpose(image, perm)
+    return image, "".join(order)
+
+
+def _sample(array, max_samples: int) -> np.ndarray:
+    """A strided subsample of `array` (numpy, zarr or dask) with at most ~max_samples values."""
+    size = int(np.prod(array.shape))
+    step = max(1, int(np.ceil((size / max_samples) ** (1 / max(array.ndim, 1)))))
+    sub = array[tuple(slice(None, None, step) for _ in array.shape)]
+    return np.asarray(sub, dtype=np.float32)
+
+
+def percentile_range(
+    array, low: float = 1.0, high: float = 99.8, max_samples: int = 2_000_000
+) -> tuple[float, float]:
+    """Percentiles of `array` from a strided sample; NaNs ignored.
+
+    Raises:
+        InputError: the image is empty or holds no finite value.
+    """
+    if int(np.prod(array.shape)) == 0:
+        raise InputError(f"the image is empty (shape {tuple(array.shape)})")
+    sample = _sample(array, max_samples)
+    finite = sample[np.isfinite(sample)]
+    if finite.size == 0:
+        raise InputError("the image holds no finite values (all NaN or infinite)")
+    lo, hi = np.percentile(finite, [low, high])
+    return float(lo), float(hi)
+
+
+def normalize_plane(plane, lo: float, hi: float) -> np.ndarray:
+    """Map [lo, hi] to [0, 1] (not clipped, as in the training data); NaN/inf -> 0.
+
+    A constant image (hi <= lo) maps to zeros rather than amplifying nothing into noise.
+    """
+    x = np.asarray(plane, dtype=np.float32)
+    scale = 1.0 / (hi - lo) if hi > lo else 0.0
+    x = (x - np.float32(lo)) * np.float32(scale)
+    if not np.isfinite(x).all():
+        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    return x
+
+
+def iter_planes(
+    image, axes: str | None = None, channel: int | None = None, *, low: float = 1.0, high: float = 99.8
+) -> tuple[tuple[int, ...], str, Iterator[tuple[tuple[int, ...], np.ndarray]]]:
+    """Split an image or stack into normalised 2D planes, lazily.
+
+    Args:
+        image: numpy array, or any lazy array (zarr, dask) with `shape`, `ndim` and slicing.
+        axes: Axis letters (see module docstring); guessed when None.
+        channel: Index along the channel axis to segment; None merges channels (mean of the
+            channels, each normalised on its own).
+        low, high: Normalisation percentiles.
+
+    Returns:
+        (spatial shape: the image's shape without the channel axis, the standard axes without C,
+        iterator of (plane index, normalised float32 YX plane)).
+    """
+    if not hasattr(image, "shape") or not hasattr(image, "ndim"):
+        image = np.asarray(image)
+    dtype = getattr(image, "dtype", None)
+    if dtype is not None and not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)):
+        raise InputError(f"the image has a non-numeric dtype ({dtype})")
+    if np.issubdtype(dtype, np.complexfloating):
+        raise InputError("the image is complex-valued; take its magnitude first")
+    axes = resolve_axes(tuple(image.shape), axes)
+    image, std = to_standard(image, axes)
+    if 0 in image.shape:
+        raise InputError(f"the image is empty (shape {tuple(image.shape)})")
+    has_c = "C" in std
+    n_plane_axes = len(std) - (3 if has_c else 2)
+    plane_shape = tuple(image.shape[:n_plane_axes])
+    if has_c:
+        n_c = image.shape[n_plane_axes]
+        if channel is not None and not -n_c <= channel < n_c:
+            raise InputError(f"channel {channel} does not exist: the image has {n_c} channels")
+        channels = [channel % n_c] if channel is not None else list(range(n_c))
+        ranges = {c: percentile_range(image[(slice(None),) * n_plane_axes + (c,)], low, high) for c in channels}
+    else:
+        if channel not in (None, 0):
+            raise InputError(f"channel {channel} requested but the image has no channel axis")
+        ranges = {None: percentile_range(image, low, high)}
+    spatial = plane_shape + tuple(image.shape[-2:])
+    out_axes = std.replace("C", "")
+
+    def planes():
+        for idx in np.ndindex(*plane_shape) if plane_shape else [()]:
+            if has_c:
+                acc = None
+                for c, (lo, hi) in ranges.items():
+                    p = normalize_plane(image[idx + (c,)], lo, hi)
+                    acc = p if acc is None else acc + p
+                yield idx, acc / len(ranges) if len(ranges) > 1 else acc
+            else:
+                lo, hi = ranges[None]
+                yield idx, normalize_plane(image[idx], lo, hi)
+
+    return spatial, out_axes, planes()

@@ -1,0 +1,71 @@
+import numpy as np
+
+from napari_unet.core.instances import (
+    BOUNDARY,
+    INTERIOR,
+    border_weights,
+    class_targets,
+    labels_from_probabilities,
+    link_planes,
+)
+
+
+def _probs_from_targets(target):
+    p = np.zeros((3, *target.shape), np.uint8)
+    for c in range(3):
+        p[c][target == c] = 255
+    return p
+
+
+def test_touching_objects_come_out_separate(touching_discs):
+    target = class_targets(touching_discs)
+    # The two touching discs are separated by boundary pixels of both.
+    assert (target[48, 51:55] == BOUNDARY).all()
+    pred = labels_from_probabilities(_probs_from_targets(target), min_size=10)
+    assert pred.max() == 3
+    for i in (1, 2, 3):
+        ids, counts = np.unique(pred[touching_discs == i], return_counts=True)
+        assert ids[np.argmax(counts)] > 0
+        assert counts.max() / (touching_discs == i).sum() > 0.95
+    # Each predicted object maps to exactly one true object.
+    assert len({(int(a), int(b)) for a, b in zip(touching_discs.ravel(), pred.ravel()) if a and b}) == 3
+
+
+def test_banded_watershed_equals_whole_plane(touching_discs):
+    probs = _probs_from_targets(class_targets(np.tile(touching_discs, (4, 1))))
+    whole = labels_from_probabilities(probs, band=10_000)
+    banded = labels_from_probabilities(probs, band=50, margin=30)
+    np.testing.assert_array_equal(whole, banded)
+
+
+def test_small_objects_removed_and_ids_consecutive():
+    target = np.zeros((64, 64), np.uint8)
+    target[5:25, 5:25] = INTERIOR
+    target[40:43, 40:43] = INTERIOR
+    pred = labels_from_probabilities(_probs_from_targets(target), min_size=30)
+    assert set(np.unique(pred)) == {0, 1}
+
+
+def test_empty_probabilities_give_empty_labels():
+    p = np.zeros((3, 32, 32), np.uint8)
+    p[0] = 255
+    assert labels_from_probabilities(p).max() == 0
+
+
+def test_border_weights_peak_between_touching_objects(touching_discs):
+    w = border_weights(touching_discs, w0=10, sigma=5)
+    assert w[touching_discs > 0].max() == 0
+    gap = w[48, 51:53].max() if (touching_discs[48, 51:53] == 0).any() else w[36:40, 50:54].max()
+    far = w[90, 5]
+    assert gap > 5 * max(far, 1e-6) and far < 0.01
+
+
+def test_link_planes():
+    a = np.zeros((3, 20, 20), np.int32)
+    a[0, 2:8, 2:8] = 1
+    a[1, 3:9, 2:8] = 2
+    a[2, 12:18, 12:18] = 3  # no overlap with plane 1: a new object
+    linked = link_planes(a, 0.3)
+    assert linked[0, 4, 4] == linked[1, 4, 4] != 0
+    assert linked[2, 14, 14] not in (0, linked[0, 4, 4])
+    assert set(np.unique(linked)) == {0, 1, 2}

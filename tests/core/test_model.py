@@ -1,0 +1,77 @@
+import pytest
+import torch
+
+from napari_unet.core.model import UNet, UNetConfig, count_parameters, flops_per_pixel, fuse_batchnorm
+
+
+@pytest.mark.parametrize("size", [(64, 64), (48, 80), (16, 32)])
+def test_same_mode_keeps_shape(size):
+    m = UNet(UNetConfig(base=4, depth=3)).eval()
+    out = m(torch.zeros(2, 1, *size))
+    assert out.shape == (2, 3, *size)
+
+
+def test_same_mode_rejects_odd_sizes_loudly():
+    m = UNet(UNetConfig(base=4, depth=3))
+    with pytest.raises(ValueError, match="divisible by 8.*nearest allowed is 72"):
+        m(torch.zeros(1, 1, 65, 64))
+
+
+def test_valid_mode_shapes_match_the_paper():
+    # The paper's network (depth 4): 572 -> 388.
+    m = UNet(UNetConfig(base=2, depth=4, mode="valid", norm="none"))
+    assert m.output_size(572) == 388
+    assert m.shrink == 92
+    out = m.eval()(torch.zeros(1, 1, 572, 572))
+    assert out.shape == (1, 3, 388, 388)
+
+
+@pytest.mark.parametrize("size", [100, 101, 187])
+def test_valid_mode_odd_sizes(size):
+    m = UNet(UNetConfig(base=2, depth=3, mode="valid"))
+    fit = m.fit_input_size(size)
+    assert fit >= size
+    out = m.eval()(torch.zeros(1, 1, fit, fit + 2 * 8))  # +16 keeps it valid at depth 3 (2**3 * 2)
+    assert out.shape[-2] == m.output_size(fit)
+    if fit != size:
+        with pytest.raises(ValueError, match="nearest allowed"):
+            m(torch.zeros(1, 1, size, size))
+
+
+def test_channels_and_classes_configurable():
+    m = UNet(UNetConfig(in_channels=2, classes=5, base=4, depth=2)).eval()
+    assert m(torch.zeros(1, 2, 32, 32)).shape == (1, 5, 32, 32)
+    with pytest.raises(ValueError, match=r"expected input \(N, 2, H, W\)"):
+        m(torch.zeros(1, 1, 32, 32))
+
+
+def test_skip_connections_and_dropout_exist():
+    m = UNet(UNetConfig(base=4, depth=3, dropout=0.5))
+    assert isinstance(m.dropout, torch.nn.Dropout2d)
+    # Up blocks see concatenated encoder + decoder features (2x channels in).
+    assert [blk[0].in_channels for blk in m.up] == [32, 16, 8]
+
+
+def test_fused_batchnorm_gives_same_output():
+    m = UNet(UNetConfig(base=4, depth=2))
+    m.train()
+    m(torch.randn(4, 1, 32, 32))  # move BN running stats off their defaults
+    m.eval()
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        ref = m(x)
+        fused = fuse_batchnorm(m)(x)
+    assert torch.allclose(ref, fused, atol=1e-5)
+
+
+def test_bad_config_is_rejected():
+    with pytest.raises(ValueError, match="mode must be"):
+        UNetConfig(mode="full")
+    with pytest.raises(ValueError, match="unknown U-Net config keys"):
+        UNetConfig.from_dict({"base": 4, "widht": 3})
+
+
+def test_flops_counted():
+    m = UNet(UNetConfig(base=16, depth=4))
+    assert 5e4 < flops_per_pixel(m) < 2e5
+    assert count_parameters(m) > 1e6
