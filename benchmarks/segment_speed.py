@@ -1,0 +1,164 @@
+"""Segmentation speed and memory, side by side in one run.
+
+    python benchmarks/segment_speed.py [--model bundled] [--device cpu] [--repeats 2]
+
+For a 2048x2048 image and a 32x512x512 stack (real nuclei tiled from mnfinder/val, so the work
+resembles real use) it times:
+  * ours, end to end: normalisation, tiled prediction, watershed (what `napari_unet.segment` does);
+  * naive: one full-frame fp32 forward pass of the same network per plane (forward only, no
+    post-processing): what a user writing `model(image)` would get;
+  * MONAI `sliding_window_inference` with the same network, tile size and overlap (forward only).
+It also reports the network's GFLOP per megapixel, the achieved GFLOP/s against this machine's
+measured fp32 and bf16 matmul rates, and the peak RSS of segmenting an 8192x8192 image, measured in
+a child process relative to its RSS with the input already loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from napari_unet.api import load_model, segment  # noqa: E402
+from napari_unet.core.device import describe, select_device  # noqa: E402
+from napari_unet.core.model import flops_per_pixel  # noqa: E402
+from napari_unet.core.normalize import normalize_plane, percentile_range  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+
+
+def real_canvas(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """A large image tiled from real nuclei images (mirror-tiled so there are no hard seams)."""
+    import tifffile
+
+    src = tifffile.imread(DATA / "mnfinder" / "val" / "images" / "2022-10-14_U2OS_1.tif").astype(np.uint16)
+    reps = (int(np.ceil(shape[0] / src.shape[0])) + 1, int(np.ceil(shape[1] / src.shape[1])) + 1)
+    tiles = np.block([[src[:: 1 if (i % 2 == 0) else -1, :: 1 if (j % 2 == 0) else -1] for j in range(reps[1])] for i in range(reps[0])])
+    rng = np.random.default_rng(seed)
+    y, x = rng.integers(0, src.shape[0]), rng.integers(0, src.shape[1])
+    return np.ascontiguousarray(tiles[y : y + shape[0], x : x + shape[1]])
+
+
+def matmul_rate(dtype: torch.dtype, n: int = 2048, device="cpu") -> float:
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        a @ b
+        if device != "cpu":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def timed(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def naive_forward(model, planes: np.ndarray, device) -> None:
+    net = model.to(device).eval()
+    with torch.inference_mode():
+        for p in planes:
+            lo, hi = percentile_range(p)
+            x = torch.from_numpy(normalize_plane(p, lo, hi))[None, None].to(device)
+            torch.softmax(net(x), 1).cpu()
+
+
+def monai_forward(model, planes: np.ndarray, device, tile: int, overlap: int, batch: int) -> None:
+    from monai.inferers import sliding_window_inference
+
+    net = model.to(device).eval()
+    with torch.inference_mode():
+        for p in planes:
+            lo, hi = percentile_range(p)
+            x = torch.from_numpy(normalize_plane(p, lo, hi))[None, None].to(device)
+            out = sliding_window_inference(x, (tile, tile), batch, net, overlap=overlap / tile, mode="gaussian")
+            torch.softmax(out, 1).cpu()
+
+
+def peak_memory_child(model_spec: str, size: int) -> dict:
+    code = f"""
+import resource, json, numpy as np, torch, time
+torch.set_num_threads({torch.get_num_threads()})
+from napari_unet.api import load_model, segment
+m = load_model({model_spec!r})
+img = (np.random.default_rng(0).random(({size}, {size}), dtype=np.float32) * 1000).astype(np.uint16)
+segment(img[:256, :256], m, device='cpu', diameter=24.0)  # warm-up: libraries loaded
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+import psutil; cur = psutil.Process().memory_info().rss / 1024
+t = time.perf_counter()
+lab = segment(img, m, device='cpu', diameter=24.0)
+dt = time.perf_counter() - t
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({{"peak_kb": peak, "before_kb": cur, "seconds": dt, "input_mb": img.nbytes / 2**20}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="bundled")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--tile", type=int, default=256)
+    p.add_argument("--overlap", type=int, default=32)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--memory-size", type=int, default=8192)
+    args = p.parse_args()
+    dev = select_device(args.device)
+    model = load_model(args.model)
+    gflop_per_mpx = flops_per_pixel(model) * 1e6 / 1e9
+    fp32 = matmul_rate(torch.float32, device=dev.type)
+    bf16 = matmul_rate(torch.bfloat16, device=dev.type)
+    print(f"# segment speed: {platform.processor() or platform.machine()}, {describe(dev)}, {time.strftime('%Y-%m-%d')}")
+    print(f"network: {model.config}, {gflop_per_mpx:.1f} GFLOP/Mpx; matmul fp32 {fp32:.0f} GFLOP/s, bf16 {bf16:.0f} GFLOP/s\n")
+    cases = {
+        "2048x2048": real_canvas((2048, 2048))[None],
+        "32x512x512": np.stack([real_canvas((512, 512), seed=i) for i in range(32)]),
+    }
+    rows = []
+    for name, planes in cases.items():
+        mpx = planes.size / 1e6
+        image = planes[0] if planes.shape[0] == 1 else planes
+
+        def ours():
+            segment(image, model, device=dev, diameter=24.0, tile=args.tile, overlap=args.overlap, batch_size=args.batch)
+
+        t_ours = timed(ours, args.repeats)
+        t_naive = timed(lambda: naive_forward(model, planes, dev), args.repeats)
+        t_monai = timed(lambda: monai_forward(model, planes, dev, args.tile, args.overlap, args.batch), args.repeats)
+        rows.append((name, mpx, t_ours, t_naive, t_monai))
+    print("| input | Mpx | ours end-to-end s | Mpx/s | GFLOP/s (share of fp32 matmul) | naive full-frame fp32 forward s | MONAI sliding window s | ours vs naive | ours vs MONAI |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, mpx, t_o, t_n, t_m in rows:
+        gfs = gflop_per_mpx * mpx / t_o
+        print(f"| {name} | {mpx:.1f} | {t_o:.2f} | {mpx / t_o:.2f} | {gfs:.0f} ({gfs / fp32:.0%}) | {t_n:.2f} | {t_m:.2f} | {t_n / t_o:.2f}x | {t_m / t_o:.2f}x |")
+    if args.memory_size:
+        mem = peak_memory_child(args.model, args.memory_size)
+        beyond = (mem["peak_kb"] - mem["before_kb"]) / 1024
+        print(f"\npeak RSS segmenting {args.memory_size}x{args.memory_size} (uint16 input {mem['input_mb']:.0f} MB): "
+              f"{beyond:.0f} MB beyond the process with its input loaded; {mem['seconds']:.1f} s "
+              f"({args.memory_size**2 / 1e6 / mem['seconds']:.2f} Mpx/s)")
+
+
+if __name__ == "__main__":
+    main()
