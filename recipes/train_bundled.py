@@ -107,7 +107,8 @@ def main():
     p.add_argument("--out", type=Path, default=ROOT / "napari_unet" / "resources" / "bundled.safetensors")
     p.add_argument("--base", type=int, default=16)
     p.add_argument("--depth", type=int, default=4)
-    p.add_argument("--mode", default="same")
+    p.add_argument("--mode", default="same", choices=["same", "valid"])
+    p.add_argument("--norm", default="batch", choices=["batch", "none"])
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--patch", type=int, default=192)
     p.add_argument("--synth", type=int, default=400, help="synthetic images in the pool")
@@ -133,8 +134,9 @@ def main():
         val_sets.append((tifffile.imread(f), lab, tifffile.imread(vdir / "micronuclei" / f.name) > 0, median_diameter(lab)))
     print(f"data ready: {len(real)} real, {len(synth)} synthetic, {time.time() - t0:.0f}s", flush=True)
 
-    config = UNetConfig(base=args.base, depth=args.depth, mode=args.mode)
+    config = UNetConfig(base=args.base, depth=args.depth, mode=args.mode, norm=args.norm)
     model = UNet(config)
+    args.patch = model.fit_input_size(args.patch)
     print(f"model: {config} params={count_parameters(model)}", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     aug = AugmentConfig()
@@ -158,6 +160,9 @@ def main():
         img, tgt, wt, msk = augment_batch(img, tgt, wt, msk, aug, g)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
             logits = model(img)
+        if logits.shape[-1] != tgt.shape[-1]:  # valid mode: targets cropped to the output
+            c = (tgt.shape[-1] - logits.shape[-1]) // 2
+            tgt, wt, msk = (a[..., c : c + logits.shape[-2], c : c + logits.shape[-1]] for a in (tgt, wt, msk))
         loss = weighted_cross_entropy(logits, tgt, wt, msk)
         opt.zero_grad(set_to_none=True)
         loss.backward()

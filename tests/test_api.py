@@ -1,0 +1,61 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import napari_unet
+from napari_unet.core.metrics import match_instances
+from napari_unet.core.normalize import InputError
+from napari_unet.core.synth import SynthStyle, synth_nuclei
+
+
+def test_import_is_light_and_core_loads_no_qt():
+    code = (
+        "import sys, napari_unet; assert 'torch' not in sys.modules, 'torch at import';"
+        "import napari_unet.core.segment, napari_unet.core.io, napari_unet.api;"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('napari', 'qtpy', 'PyQt5', 'magicgui', 'superqt')];"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_load_bundled_model_is_in_eval_mode():
+    m = napari_unet.load_model()
+    assert not m.training and m.info.diameter > 0 and m.info.name == "bundled"
+
+
+def test_segment_returns_labels_with_spatial_shape():
+    img, truth = synth_nuclei((128, 160), rng=7, style=SynthStyle(diameter=(24, 24), snr=(40, 60)))
+    labels = napari_unet.segment(img, diameter=24)
+    assert labels.shape == img.shape and labels.dtype == np.int32
+    assert match_instances(truth, labels).ap > 0.3
+    stack = np.stack([img, img[::-1]])
+    lab3 = napari_unet.segment(stack, diameter=24, axes="ZYX")
+    assert lab3.shape == stack.shape
+    yxc = np.stack([img, img, img], -1)
+    assert napari_unet.segment(yxc, diameter=24).shape == img.shape  # RGB guessed as YXC
+
+
+def test_segment_rejects_bad_input():
+    with pytest.raises(InputError, match="at least 2 dimensions"):
+        napari_unet.segment(np.zeros(10))
+    with pytest.raises(InputError, match="no finite values"):
+        napari_unet.segment(np.full((32, 32), np.nan))
+    with pytest.raises(InputError, match="axes"):
+        napari_unet.segment(np.zeros((2, 3, 32, 32)))
+    with pytest.raises(InputError, match="diameter"):
+        napari_unet.segment(np.zeros((32, 32)), diameter=-3)
+
+
+def test_all_zero_image_is_valid():
+    assert napari_unet.segment(np.zeros((64, 64), np.uint16)).max() == 0
+
+
+def test_diameter_is_estimated_near_truth():
+    from napari_unet.core.segment import median_diameter
+
+    img, truth = synth_nuclei((384, 384), rng=11, style=SynthStyle(diameter=(40, 40), snr=(40, 60), density=(0.3, 0.3)))
+    res = napari_unet.segment(img, return_result=True)
+    true_d = median_diameter(truth)
+    assert 0.7 < res.diameter / true_d < 1.4, (res.diameter, true_d)

@@ -1,0 +1,144 @@
+"""The `napari-unet segment` contracts, run as a user runs them (a subprocess for the entry point)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unet.cli import main
+from napari_unet.core.synth import SynthStyle, synth_nuclei
+
+
+@pytest.fixture(scope="module")
+def nuclei_tif(tmp_path_factory):
+    img, _ = synth_nuclei((160, 160), rng=3, style=SynthStyle(diameter=(22, 26), snr=(40, 40), dtype="uint16"))
+    path = tmp_path_factory.mktemp("in") / "cells.tif"
+    tifffile.imwrite(path, img)
+    return path
+
+
+def run(args, capsys):
+    rc = main(args)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_entry_point_segments_and_summarises(nuclei_tif, tmp_path):
+    out = tmp_path / "labels.tif"
+    proc = subprocess.run(
+        [sys.executable, "-m", "napari_unet.cli", "segment", str(nuclei_tif), "-o", str(out), "--diameter", "24"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    labels = tifffile.imread(out)
+    assert labels.shape == (160, 160) and labels.max() > 5
+    assert "objects" in proc.stdout and "device cpu" in proc.stdout and " s," in proc.stdout
+
+
+def test_default_output_name_and_no_overwrite(nuclei_tif, capsys):
+    default = nuclei_tif.with_name("cells_labels.tif")
+    default.unlink(missing_ok=True)
+    rc, _, _ = run(["segment", str(nuclei_tif), "--diameter", "24", "-q"], capsys)
+    assert rc == 0 and default.exists()
+    before = default.read_bytes()
+    rc, _, err = run(["segment", str(nuclei_tif), "--diameter", "24", "-q"], capsys)
+    assert rc != 0 and "exists" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert default.read_bytes() == before
+    rc, _, _ = run(["segment", str(nuclei_tif), "--diameter", "24", "-q", "--overwrite"], capsys)
+    assert rc == 0
+    default.unlink()
+
+
+def _bad_inputs(tmp_path):
+    good = np.zeros((64, 64), np.uint16)
+    cases = {}
+    p = tmp_path / "garbage.tif"
+    p.write_bytes(b"not a tiff at all" * 10)
+    cases["unreadable"] = (p, "cannot read")
+    p = tmp_path / "truncated.tif"
+    tifffile.imwrite(p, np.random.default_rng(0).integers(0, 999, (256, 256), dtype=np.uint16))
+    p.write_bytes(p.read_bytes()[:4000])
+    cases["truncated"] = (p, "")
+    p = tmp_path / "empty.npy"
+    np.save(p, np.zeros((0, 64), np.uint16))
+    cases["empty"] = (p, "empty")
+    p = tmp_path / "line.npy"
+    np.save(p, np.arange(100, dtype=np.uint16))
+    cases["1-D"] = (p, "not an image")
+    p = tmp_path / "nan.npy"
+    np.save(p, np.full((64, 64), np.nan, np.float32))
+    cases["all-NaN"] = (p, "no finite values")
+    cases["missing"] = (tmp_path / "missing.tif", "does not exist")
+    p = tmp_path / "text.txt"
+    p.write_text("hello")
+    cases["unsupported"] = (p, "unsupported format")
+    return good, cases
+
+
+def test_bad_inputs_give_one_line_and_no_output(tmp_path, capsys):
+    _, cases = _bad_inputs(tmp_path)
+    for name, (path, needle) in cases.items():
+        out = tmp_path / f"{name}_out.tif"
+        rc, _, err = run(["segment", str(path), "-o", str(out), "--diameter", "24"], capsys)
+        assert rc != 0, name
+        lines = [ln for ln in err.strip().splitlines() if ln.startswith("napari-unet: error:")]
+        assert len(lines) == 1 and "Traceback" not in err, (name, err)
+        assert needle in lines[0], (name, lines[0])
+        assert not out.exists(), name
+    assert not list(tmp_path.glob("*.part")) and not list(tmp_path.glob(".*.part"))
+
+
+def test_bad_model_files(nuclei_tif, tmp_path, capsys):
+    foreign = tmp_path / "foreign.safetensors"
+    from safetensors.numpy import save_file
+
+    save_file({"w": np.zeros(3, np.float32)}, str(foreign))
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x07" * 100)
+    for model, needle in [(foreign, "not a napari-unet model"), (corrupt, "unreadable"), (tmp_path / "no.safetensors", "does not exist"), ("nosuchversion", "no model file or saved version")]:
+        out = tmp_path / "o.tif"
+        rc, _, err = run(["segment", str(nuclei_tif), "--model", str(model), "-o", str(out)], capsys)
+        assert rc != 0 and needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert not out.exists()
+
+
+def test_all_zero_image_gives_empty_labels(tmp_path, capsys):
+    p = tmp_path / "zeros.tif"
+    tifffile.imwrite(p, np.zeros((80, 90), np.uint8))
+    rc, out, _ = run(["segment", str(p), "-o", str(tmp_path / "z.tif"), "-q"], capsys)
+    assert rc == 0 and "0 objects" in out
+    assert tifffile.imread(tmp_path / "z.tif").max() == 0
+
+
+def test_stack_npy_and_zarr_inputs(tmp_path, capsys):
+    import zarr
+
+    planes = np.stack([synth_nuclei((96, 96), rng=i, style=SynthStyle(diameter=(24, 24)))[0].astype(np.uint16) for i in range(3)])
+    np.save(tmp_path / "stack.npy", planes)
+    z = zarr.open(str(tmp_path / "stack2.zarr"), mode="w", shape=planes.shape, dtype=planes.dtype, chunks=(1, 96, 96))
+    z[:] = planes
+    rc, out, err = run(["segment", str(tmp_path / "stack.npy"), str(tmp_path / "stack2.zarr"), "-o", str(tmp_path / "out"), "--diameter", "24", "--axes", "ZYX", "-q"], capsys)
+    assert rc == 0, err
+    a = tifffile.imread(tmp_path / "out" / "stack_labels.tif")
+    assert a.shape == (3, 96, 96) and a.max() > 3
+    # ids are unique per plane
+    assert not set(np.unique(a[0])[1:]) & set(np.unique(a[1])[1:])
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "stack2_labels.tif"), a)
+    rc, _, err = run(["segment", str(tmp_path / "stack.npy"), str(tmp_path / "out" / ".." / "stack.npy"), "-o", str(tmp_path / "o2")], capsys)
+    assert rc != 0 and "would both write" in err
+
+
+def test_channel_axis_and_wrong_channel(tmp_path, capsys):
+    img, _ = synth_nuclei((96, 96), rng=5, style=SynthStyle(diameter=(24, 24)))
+    cyx = np.stack([np.zeros_like(img), img])
+    p = tmp_path / "two.tif"
+    tifffile.imwrite(p, cyx, metadata={"axes": "CYX"})
+    rc, out, err = run(["segment", str(p), "--channel", "1", "--diameter", "24", "-o", str(tmp_path / "c.tif"), "-q"], capsys)
+    assert rc == 0, err
+    assert tifffile.imread(tmp_path / "c.tif").shape == (96, 96)
+    rc, _, err = run(["segment", str(p), "--channel", "5", "-o", str(tmp_path / "d.tif")], capsys)
+    assert rc != 0 and "channel 5 does not exist" in err and not (tmp_path / "d.tif").exists()
