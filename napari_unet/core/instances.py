@@ -58,17 +58,20 @@ def labels_from_probabilities(
         ws = watershed(elevation, seeds[a:b], mask=fg)
         y1 = min(H, y0 + band)
         out[y0:y1] = ws[y0 - a : y1 - a]
+    del seeds
     return remove_small(out, min_size)
 
 
-def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Drop objects under `min_size` px and renumber the rest 1..N (in place where possible)."""
+def remove_small(labels: np.ndarray, min_size: int, band: int = 1024) -> np.ndarray:
+    """Drop objects under `min_size` px and renumber the rest 1..N, in place, band by band."""
     counts = np.bincount(labels.ravel())
     keep = counts >= min_size
     keep[0] = False
-    lut = np.zeros(counts.size, np.int32)
-    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return lut[labels]
+    lut = np.zeros(counts.size, labels.dtype)
+    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=labels.dtype)
+    for y0 in range(0, labels.shape[0], band):
+        labels[y0 : y0 + band] = lut[labels[y0 : y0 + band]]
+    return labels
 
 
 def class_targets(labels: np.ndarray, boundary_width: int = 2) -> np.ndarray:

@@ -143,7 +143,8 @@ def segment_iter(
     spatial, out_axes, planes = iter_planes(image, axes, channel)
     n_planes = int(np.prod(spatial[:-2])) if len(spatial) > 2 else 1
     infer = InferenceModel.prepare(model, dev, precision)
-    labels = np.zeros(spatial, np.int32)
+    # A single plane is returned as computed; stacks are assembled in one preallocated array.
+    labels = np.zeros(spatial, np.int32) if n_planes > 1 else None
     probs_out = np.zeros(spatial, np.uint8) if probabilities else None
     offset = 0
     used_diameter = diameter
@@ -160,13 +161,18 @@ def segment_iter(
                 probs = stop.value
                 break
             yield Progress(k, n_planes, done, total)
+        del plane  # the normalised plane is not needed past prediction
+        if probs_out is not None:
+            probs_out[idx] = 255 - probs[0]
         lab = labels_from_probabilities(probs, min_size=min_object_size(used_diameter))
+        del probs
+        if labels is None:
+            labels = lab
+            continue
         if lab.max():
             lab[lab > 0] += offset
             offset = int(lab.max())
         labels[idx] = lab
-        if probs_out is not None:
-            probs_out[idx] = 255 - probs[0]
     if link_iou is not None and labels.ndim > 2:
         flat = labels.reshape(-1, *labels.shape[-2:])
         labels = link_planes(flat, link_iou).reshape(labels.shape)
