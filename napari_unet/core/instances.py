@@ -26,7 +26,7 @@ def labels_from_probabilities(
     min_size: int = 30,
     seed_threshold: float = 0.5,
     mask_threshold: float = 0.5,
-    band: int = 2048,
+    band: int = 1024,
     margin: int = 96,
 ) -> np.ndarray:
     """Seeded watershed on (3, H, W) probabilities (uint8 0..255 or float 0..1).

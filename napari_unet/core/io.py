@@ -35,6 +35,12 @@ class ImageData:
     metadata: dict = field(default_factory=dict)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _is_zarr(path: Path) -> bool:
     return path.suffix == ".zarr" or (path.is_dir() and any((path / n).exists() for n in (".zarray", ".zgroup", "zarr.json")))
 
@@ -164,6 +170,7 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray, *, overwrite: bool
         labels = labels.astype(np.uint16)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a saved file should look like any other
     try:
         desc = json.dumps({"axes": axes, **(metadata or {})}) if (axes or metadata) else None
         tifffile.imwrite(tmp, labels, compression="zlib", description=desc, metadata=None)

@@ -72,6 +72,12 @@ class ModelInfo:
             raise ModelFileError(f"{where} has a damaged header: {exc}") from None
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_model(model: UNet, info: ModelInfo, path: str | os.PathLike) -> Path:
     """Write `model` and `info` to `path` atomically (a temporary file renamed into place).
 
@@ -85,6 +91,7 @@ def save_model(model: UNet, info: ModelInfo, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a saved file should look like any other
     try:
         save_file(tensors, tmp, metadata=info.to_metadata())
         os.replace(tmp, path)

@@ -8,6 +8,7 @@ quantisation step (1/255) is far below what the thresholds downstream can resolv
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Generator
 from dataclasses import dataclass
 
@@ -52,10 +53,24 @@ class InferenceModel:
 
 
 def default_tile(model: UNet, tile: int | None = None) -> int:
-    """A tile input size valid for `model`: 256 in same mode, 348 (-> 164 out) in valid mode."""
+    """Largest input tile: 512 in same mode (measured 3.0-3.7 Mpx/s on CPU vs 2.4 at 256), 540 in valid."""
     if tile is None:
-        tile = 256 if model.config.mode == "same" else 348
+        tile = 512 if model.config.mode == "same" else 540
     return model.fit_input_size(tile)
+
+
+def plan_axis(net: UNet, length: int, max_tile: int, overlap: int) -> int:
+    """Input tile length for one axis: the fewest tiles of at most `max_tile`, each just big enough.
+
+    Splitting a 2048 px axis into 5 tiles of 448 instead of 5 of 512 predicts 12 % fewer pixels;
+    a 512 px axis takes two 288 px tiles instead of three 256 px ones.
+    """
+    shrink = net.shrink
+    span = length + 2 * (overlap // 2)
+    out_max = net.output_size(max_tile)
+    n = max(1, math.ceil((span - overlap) / (out_max - overlap))) if span > out_max else 1
+    needed = span if n == 1 else math.ceil((span - overlap) / n) + overlap
+    return min(max_tile, net.fit_input_size(needed + 2 * shrink))
 
 
 def predict_plane(
@@ -65,7 +80,7 @@ def predict_plane(
     scale: float = 1.0,
     tile: int | None = None,
     overlap: int = 32,
-    batch_size: int = 4,
+    batch_size: int | None = None,
 ) -> Generator[tuple[int, int], None, np.ndarray]:
     """Predict class probabilities of a normalised 2D plane.
 
@@ -76,7 +91,7 @@ def predict_plane(
             probabilities are resized back, so the result always has the plane's shape.
         tile: Input tile size (rounded up to one the network accepts); default per mode.
         overlap: Minimum overlap of output tiles, px.
-        batch_size: Tiles per forward pass.
+        batch_size: Tiles per forward pass; None picks about 256 k pixels a batch.
 
     Yields:
         (tiles done, tiles total).
@@ -92,13 +107,11 @@ def predict_plane(
         work = resize(plane, size, order=1, anti_aliasing=scale < 1, preserve_range=True).astype(np.float32)
     tile = default_tile(net, tile)
     h, w = work.shape
-    # Small planes: shrink the tile to what covers them, to avoid predicting mostly mirror padding.
-    tin = (
-        min(tile, net.fit_input_size(h + overlap + 2 * net.shrink)),
-        min(tile, net.fit_input_size(w + overlap + 2 * net.shrink)),
-    )
+    tin = (plan_axis(net, h, tile, overlap), plan_axis(net, w, tile, overlap))
     tout = (net.output_size(tin[0]), net.output_size(tin[1]))
     ov = min(overlap, tout[0] // 2, tout[1] // 2)
+    if batch_size is None:  # about 256 k pixels a batch: enough to keep the cores busy, little memory
+        batch_size = max(1, round(4 * 256 * 256 / (tin[0] * tin[1])))
     grid = TileGrid((h, w), tin, tout, ov)
     probs = np.empty((3, h, w), np.uint8)
 

@@ -122,7 +122,7 @@ def segment_iter(
     axes: str | None = None,
     tile: int | None = None,
     overlap: int = 32,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     link_iou: float | None = None,
     probabilities: bool = False,
     precision: str = "auto",
