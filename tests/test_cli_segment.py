@@ -136,7 +136,7 @@ def test_channel_axis_and_wrong_channel(tmp_path, capsys):
     img, _ = synth_nuclei((96, 96), rng=5, style=SynthStyle(diameter=(24, 24)))
     cyx = np.stack([np.zeros_like(img), img])
     p = tmp_path / "two.tif"
-    tifffile.imwrite(p, cyx, metadata={"axes": "CYX"})
+    tifffile.imwrite(p, cyx, photometric="minisblack", metadata={"axes": "CYX"})
     rc, out, err = run(["segment", str(p), "--channel", "1", "--diameter", "24", "-o", str(tmp_path / "c.tif"), "-q"], capsys)
     assert rc == 0, err
     assert tifffile.imread(tmp_path / "c.tif").shape == (96, 96)
