@@ -7,11 +7,11 @@ engine load only when an API function is first used.
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["load_model", "segment"]
+__all__ = ["load_model", "segment", "train", "train_model"]
 
 
 def __getattr__(name: str):
-    if name in ("load_model", "segment"):
+    if name in __all__:
         from . import api
 
         return getattr(api, name)

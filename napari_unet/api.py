@@ -1,56 +1,45 @@
-"""The Python API: `load_model` and `segment`, the same calls the CLI and the widgets make."""
+"""The Python API: `load_model`, `segment`, `train`, the same calls the CLI and the widgets make."""
 
 from __future__ import annotations
 
 import os
-from importlib import resources
+from collections.abc import Generator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from .core import versions
 from .core.model import UNet
-from .core.modelfile import ModelFileError, read_model
+from .core.modelfile import read_model
 from .core.segment import SegmentResult, segment_iter
+
+if TYPE_CHECKING:
+    from .core.train import TrainEvent, TrainResult
 
 
 def bundled_model_path() -> Path:
     """Path of the model file shipped inside the package."""
-    return Path(str(resources.files("napari_unet") / "resources" / "bundled.safetensors"))
+    return versions.bundled_model_path()
 
 
 def models_dir() -> Path:
     """Per-user folder of saved model versions: $NAPARI_UNET_MODELS, else the platform's data dir."""
-    env = os.environ.get("NAPARI_UNET_MODELS")
-    if env:
-        return Path(env)
-    try:
-        from platformdirs import user_data_dir
-
-        return Path(user_data_dir("napari-unet", appauthor=False)) / "models"
-    except ImportError:
-        return Path.home() / ".local" / "share" / "napari-unet" / "models"
+    return versions.models_dir()
 
 
 def resolve_model_path(spec: str | os.PathLike = "bundled") -> Path:
-    """'bundled', a model file path, or the name of a saved version -> the file to load."""
-    spec_s = str(spec)
-    if spec_s == "bundled":
-        return bundled_model_path()
-    path = Path(spec_s).expanduser()
-    if path.exists() or path.suffix == ".safetensors" or os.sep in spec_s:
-        return path
-    candidate = models_dir() / f"{spec_s}.safetensors"
-    if candidate.exists():
-        return candidate
-    raise ModelFileError(f"no model file or saved version named '{spec_s}' (looked in {models_dir()})")
+    """'bundled', 'current', a model file path, or the name of a saved version -> the file to load."""
+    return versions.resolve_model_path(spec)
 
 
 def load_model(spec: str | os.PathLike = "bundled", *, device: str | torch.device | None = None) -> UNet:
     """Load a U-Net in eval mode.
 
     Args:
-        spec: ``"bundled"``, a model file, or the name of a saved version.
+        spec: ``"bundled"``, ``"current"`` (the version `revert` / training last selected, else
+            bundled), a model file, or the name of a saved version.
         device: Where to put it; None leaves it on the CPU (`segment` moves a copy as needed).
 
     Returns:
@@ -78,7 +67,7 @@ def segment(
     axes: str | None = None,
     tile: int | None = None,
     overlap: int = 32,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     link_iou: float | None = None,
     return_result: bool = False,
 ) -> np.ndarray | SegmentResult:
@@ -91,9 +80,9 @@ def segment(
         diameter: Typical object diameter in pixels; estimated from the image when None.
         channel: Channel to segment when the image has a channel axis; None averages channels.
         axes: Axis letters from TZCYX ending in YX, e.g. ``"ZYX"``, ``"CYX"``; guessed when None.
-        tile: Input tile size in pixels (default 256 in same mode).
+        tile: Largest input tile in pixels (default 512 in same mode; tiles are sized to fit the image).
         overlap: Minimum overlap between tiles, px.
-        batch_size: Tiles per forward pass.
+        batch_size: Tiles per forward pass; None picks about 256 k pixels a batch.
         link_iou: For stacks, link objects across consecutive planes whose IoU exceeds this.
         return_result: Return the full `SegmentResult` (labels, device used, diameter) instead.
 
@@ -114,3 +103,72 @@ def segment(
             result = stop.value
             break
     return result if return_result else result.labels
+
+
+# -- retraining -------------------------------------------------------------------------------
+def train(
+    images,
+    labels,
+    masks=None,
+    *,
+    init: str | os.PathLike | UNet = "bundled",
+    seconds: float | None = None,
+    steps: int | None = None,
+    device: str | torch.device = "auto",
+    **kw,
+) -> Generator[TrainEvent, None, TrainResult]:
+    """Fine-tune a model on corrected images: a generator of `TrainEvent`, returning a `TrainResult`.
+
+    The same call as `napari_unet.core.train.train_iter` (see there for every argument: scribbles,
+    preview, diameter, seed, name, settings). Stop by closing the generator at any yield: nothing is
+    saved and the starting model is untouched. On completion the new model is saved as a version in
+    `models_dir()` with its lineage.
+
+    Example::
+
+        gen = napari_unet.train(image, corrected_labels, touched_mask, seconds=60)
+        for event in gen: ...            # or: result = napari_unet.train_model(...)
+    """
+    from .core.train import train_iter
+
+    return train_iter(images, labels, masks, init=init, seconds=seconds, steps=steps, device=device, **kw)
+
+
+def train_model(
+    images,
+    labels,
+    masks=None,
+    *,
+    init: str | os.PathLike | UNet = "bundled",
+    seconds: float | None = None,
+    steps: int | None = None,
+    device: str | torch.device = "auto",
+    **kw,
+) -> TrainResult:
+    """Run `train` to the end and return its `TrainResult` (model, saved path, name, metrics)."""
+    gen = train(images, labels, masks, init=init, seconds=seconds, steps=steps, device=device, **kw)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def list_versions() -> list[versions.Version]:
+    """Saved model versions in `models_dir()`, oldest first (`.current` marks the current one)."""
+    return versions.list_versions()
+
+
+def current_version() -> str:
+    """Name of the model that ``load_model("current")`` loads (``"bundled"`` if none was chosen)."""
+    return versions.current_name() or "bundled"
+
+
+def revert(name: str) -> Path:
+    """Make a saved version (or ``"bundled"``) the current model; versions are never deleted.
+
+    Returns:
+        The file that ``load_model("current")`` now loads.
+    """
+    versions.set_current(name)
+    return versions.resolve_model_path("current")

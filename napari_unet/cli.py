@@ -1,4 +1,4 @@
-"""`napari-unet` command line: segment (and, as they land, train, models, demo).
+"""`napari-unet` command line: segment, train, models, demo.
 
 Every failure the user can cause prints one line, ``napari-unet: error: ...``, on stderr and exits
 non-zero without a traceback (``--debug`` shows it); outputs are written atomically and never over an
@@ -44,6 +44,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     inputs = [Path(p) for p in args.input]
     outputs = _outputs(inputs, args.output)
+    seen: dict[Path, Path] = {}
+    for inp, out in zip(inputs, outputs):
+        if out.resolve() in seen:
+            raise CLIError(f"'{seen[out.resolve()]}' and '{inp}' would both write '{out}'")
+        seen[out.resolve()] = inp
     for inp, out in zip(inputs, outputs):
         if out.exists() and not args.overwrite:
             raise CLIError(f"'{out}' exists; pass --overwrite to replace it")
@@ -84,6 +89,144 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _read_plane(path: str, what: str):
+    """A 2D array from an image file (singleton axes dropped); InputError otherwise."""
+    import numpy as np
+
+    from .core.io import read_image
+    from .core.normalize import InputError
+
+    data = np.asarray(read_image(path).data)
+    data = data.reshape([n for n in data.shape if n != 1] or data.shape)
+    if data.ndim != 2:
+        raise InputError(f"{what} '{path}' has shape {data.shape}: train takes 2D images (save one plane)")
+    return data
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .core.modelfile import save_model
+    from .core.train import train_iter
+
+    out = Path(args.output)
+    if out.is_dir():
+        raise CLIError(f"-o '{out}' is a folder; give a model file name, e.g. model.safetensors")
+    if out.exists() and not args.overwrite:
+        raise CLIError(f"'{out}' exists; pass --overwrite to replace it")
+    if not out.parent.exists():
+        raise CLIError(f"the folder of -o '{out}' does not exist")
+    n = len(args.image)
+    if len(args.labels) != n or (args.mask and len(args.mask) != n):
+        raise CLIError(
+            f"got {n} --image, {len(args.labels)} --labels and {len(args.mask or [])} --mask: give one of each per image"
+        )
+    images = [_read_plane(p, "image") for p in args.image]
+    labels = [_read_plane(p, "labels") for p in args.labels]
+    masks = [_read_plane(p, "mask") for p in args.mask] if args.mask else None
+    gen = train_iter(
+        images, labels, masks, init=args.init, seconds=args.seconds, steps=args.steps, device=args.device,
+        seed=args.seed, diameter=args.diameter, name=args.name, scribbles=args.scribbles,
+    )
+    by_steps = args.seconds is None and args.steps is not None
+    total = float(args.steps if by_steps else (args.seconds or 60.0))
+    with _progress_bar(total, "train", not args.quiet) as bar:
+        while True:
+            try:
+                ev = next(gen)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            bar.n = min(total, ev.step if by_steps else round(ev.elapsed_s, 1))
+            bar.set_description_str(f"train step {ev.step} loss {ev.smoothed_loss or float('nan'):.3f}", refresh=False)
+            bar.refresh()
+            if ev.message and not args.quiet:
+                bar.write(f"{PROG}: {ev.message}", file=sys.stderr)
+    save_model(result.model, result.model.info, out)
+    m = result.metrics
+    val = "" if m.get("val_before") is None else f", held-out {m['val_before']:.3f} -> {m['val_after']:.3f}"
+    forget = "" if m.get("forgetting") is None else f", forgetting {m['forgetting']:+.3f} AP"
+    print(
+        f"trained {m['steps']} steps in {m['seconds']:.1f} s on {m['device']}{val}{forget}"
+        f"{' (improved)' if m.get('improved') else ' (not improved)' if m.get('improved') is False else ''}; "
+        f"version {result.name} -> {out}"
+    )
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    import json
+
+    from .core import versions
+
+    if args.action == "list":
+        cur = versions.current_name()
+        print(f"{'*' if cur is None else ' '} bundled  (shipped)  {versions.bundled_model_path()}")
+        for v in versions.list_versions():
+            m = v.metrics or {}
+            val = "" if m.get("val_before") is None else f"  held-out {m['val_before']:.3f}->{m['val_after']:.3f}"
+            flag = {True: "  improved", False: "  not improved"}.get(v.improved, "")
+            print(f"{'*' if v.current else ' '} {v.name}  {v.created}  parent {v.parent}{val}{flag}")
+        return 0
+    if args.action == "revert":
+        versions.set_current(args.name)
+        print(f"current model: {args.name} ({versions.resolve_model_path('current')})")
+        return 0
+    path = versions.resolve_model_path(args.name)
+    info = versions.read_info(path)
+    print(json.dumps({
+        "name": info.name, "path": str(path), "sha256": versions.file_sha256(path), "config": info.config.to_dict(),
+        "diameter": info.diameter, "normalization": info.normalization, "provenance": info.provenance,
+    }, indent=2, default=str))
+    return 0
+
+
+def _add_train_commands(sub) -> None:
+    """The `train` and `models` subcommands."""
+    t = sub.add_parser("train", help="fine-tune a model on corrected labels; saves a new version")
+    t.add_argument("--image", action="append", required=True, help="2D image (repeat for several)")
+    t.add_argument("--labels", action="append", required=True, help="instance labels for each --image")
+    t.add_argument("--mask", action="append", help="trusted pixels (nonzero) for each --image; default all")
+    t.add_argument("--scribbles", action="store_true", help="--labels are scribbles: 1 = background, 2+ = object")
+    t.add_argument("--init", default="bundled", help="bundled, current, a model file or a saved version")
+    budget = t.add_mutually_exclusive_group()
+    budget.add_argument("--seconds", type=float, help="time budget (default 60 s)")
+    budget.add_argument("--steps", type=int, help="step budget")
+    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    t.add_argument("--diameter", type=float, help="object diameter in px (default: from the labels)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--name", help="version name (default v<NNNN>-<date>-<time>)")
+    t.add_argument("-o", "--output", required=True, help="model file to write (loadable by segment --model)")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing -o file")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    t.set_defaults(func=cmd_train)
+
+    m = sub.add_parser("models", help="list, show or revert saved model versions")
+    msub = m.add_subparsers(dest="action", required=True)
+    msub.add_parser("list", help="saved versions; * marks the current one")
+    msub.add_parser("show", help="a model's architecture and lineage (JSON)").add_argument(
+        "name", help="version name, bundled, current or a file"
+    )
+    msub.add_parser("revert", help="make a version (or bundled) the current model").add_argument("name")
+    m.set_defaults(func=cmd_models)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("napari") is None:
+        raise CLIError("the demo needs napari: pip install 'napari-unet[all]'")
+    from ._qt.demo import run_demo
+
+    return run_demo(screenshot=args.screenshot, sample=args.sample)
+
+
+def _add_demo_command(sub) -> None:
+    """The `demo` subcommand (napari with the sample stack, widgets docked, first segmentation shown)."""
+    d = sub.add_parser("demo", help="open napari with a sample stack, the widgets and a first segmentation")
+    d.add_argument("--screenshot", metavar="PATH", help="save a screenshot of the window there and exit")
+    d.add_argument("--sample", default="nuclei3d", choices=["nuclei3d", "nuclei2d"], help="which sample to open")
+    d.set_defaults(func=cmd_demo)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Segment microscopy images with a U-Net.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -102,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_segment)
+    _add_train_commands(sub)
+    _add_demo_command(sub)
     return p
 
 

@@ -1,0 +1,362 @@
+"""Fine-tune a U-Net on painted corrections: a generator that yields progress and returns the model.
+
+The loop runs headless (no Qt): the napari widget wraps `train_iter` in a thread worker, the CLI and
+`napari_unet.train_model` drain it. Stopping is closing the generator (or no longer iterating) at any
+yield: the new weights live in a deep copy, so the starting model object and its file are untouched,
+and nothing is saved.
+
+Per step: crops centred on trusted pixels (see `trainingdata`), joint augmentation on the training
+device, a masked boundary-weighted loss on the user's pixels, and three guards against forgetting
+what the model knew: replay of fully labelled synthetic images of its original domain, L2-SP (a pull
+towards the starting weights) and, optionally, distillation from the starting model on untrusted
+pixels. BatchNorm statistics and dropout are frozen (the network stays in eval mode): a handful of
+painted crops would wreck the running statistics. NaN, inf or a sudden loss explosion rolls the
+weights back to the last good snapshot and halves the learning rate, and an event says so.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from collections.abc import Generator
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import versions
+from .augment import augment_batch
+from .device import autocast_dtype, select_device
+from .finetune import (
+    RollbackGuard,
+    TrainSettings,
+    distillation_loss,
+    evaluate_pixels,
+    forgetting_probe,
+    l2sp_penalty,
+    masked_loss,
+    preview_probabilities,
+    snapshot,
+)
+from .model import UNet
+from .normalize import InputError
+from .trainingdata import (
+    CropSampler,
+    check_inputs,
+    data_hashes,
+    diameters_per_image,
+    hold_out,
+    model_diameter,
+    painted_diameter,
+    prepare_image,
+    replay_pool,
+    validation_crops,
+)
+
+DEFAULT_SECONDS = 60.0
+__all__ = ["TrainEvent", "TrainResult", "TrainSettings", "train_iter"]
+
+
+@dataclass
+class TrainEvent:
+    """Progress of a training run.
+
+    Step-0 events come before the first update (preparation, the starting model's held-out metric);
+    their `loss` is nan.
+    """
+
+    step: int
+    total_steps: int | None
+    loss: float  # supervised loss on the user's trusted pixels at this step
+    lr: float
+    steps_per_s: float
+    eta_s: float | None
+    elapsed_s: float
+    val_metric: float | None = None  # balanced pixel accuracy on held-out trusted pixels, when computed
+    preview: np.ndarray | None = None  # uint8 (H, W) foreground probability of the preview region
+    message: str = ""
+    smoothed_loss: float | None = None  # running mean of `loss`, for plots
+
+
+@dataclass
+class TrainResult:
+    """The outcome: the new model (eval mode, CPU, `.info` with lineage) and where it was saved."""
+
+    model: UNet
+    path: Path | None
+    name: str
+    metrics: dict
+
+
+def train_iter(
+    images,
+    labels,
+    masks=None,
+    *,
+    init: str | os.PathLike | UNet = "bundled",
+    seconds: float | None = None,
+    steps: int | None = None,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    preview: np.ndarray | None = None,
+    preview_every: float = 3.0,
+    diameter: float | list[float | None] | None = None,
+    save: bool = True,
+    name: str | None = None,
+    scribbles: bool = False,
+    make_current: bool | None = None,
+    preview_range: tuple[float, float] | None = None,
+    **settings,
+) -> Generator[TrainEvent, None, TrainResult]:
+    """Fine-tune a model on corrected images; a generator of `TrainEvent` returning a `TrainResult`.
+
+    Args:
+        images: A 2D image or a list of them (one plane of a stack is the caller's choice).
+        labels: For each image, instance labels (0 = background, 1, 2, ... = objects), or with
+            ``scribbles=True`` a scribble layer: 0 = not painted, 1 = background stroke, 2 or more =
+            a stroke inside an object (see `napari_unet.core.trainingdata`).
+        masks: For each image, the trusted pixels (nonzero = painted or reviewed by the user); the
+            loss ignores every other pixel. None trusts every pixel (or every stroke).
+        init: ``"bundled"``, ``"current"``, a model file, a saved version's name, or a `UNet`.
+            Never modified: training runs on a deep copy.
+        seconds: Time budget for preparation and training (the final check and save follow).
+        steps: Step budget; with `seconds` too, whichever ends first. Neither: 60 seconds.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"`` or a `torch.device`.
+        seed: Seeds crops, augmentation and the held-out split (training is deterministic for a
+            step budget on one device).
+        preview: A raw 2D image region; every `preview_every` seconds (stretched so previews take
+            at most ~20 % of the time) an event carries its foreground probability (uint8, 255 = 1).
+        preview_every: Seconds between previews.
+        diameter: Object diameter in px (one for all images, or one per image); None: the median of
+            the painted objects, or the model's estimate when there are none (scribbles).
+        save: Save the result as a new version in `versions.models_dir()`.
+        name: Version name; default ``v<NNNN>-<YYYYMMDD>-<HHMMSS>``. Never overwrites.
+        scribbles: Read `labels` as scribbles (above).
+        make_current: Point "current" at the new version; None (default) does so only when it
+            improved (its held-out metric did not drop).
+        preview_range: Intensity range (low, high) mapping the preview to [0, 1]; None uses the
+            region's own percentiles.
+        **settings: Fields of `TrainSettings` (lr, batch, patch, replay, l2sp, distill, ...).
+
+    Yields:
+        `TrainEvent` after preparation (step 0), after every step, with `val_metric` every
+        `val_every` seconds and at the end, with `preview` when due, and with a `message` on
+        rollbacks and milestones.
+
+    Returns:
+        `TrainResult`; its `metrics` hold the held-out metric before and after, the forgetting probe,
+        steps, seconds and device.
+
+    Raises:
+        InputError: bad images, labels, masks, budget or diameter (one plain sentence).
+    """
+    cfg = TrainSettings.from_kwargs(settings)
+    if seconds is None and steps is None:
+        seconds = DEFAULT_SECONDS
+    if (seconds is not None and not seconds > 0) or (steps is not None and not steps > 0):
+        raise InputError("the training budget must be more than 0 seconds / steps")
+    if name is not None:
+        name = versions.validate_name(name)
+        if save and (versions.models_dir() / f"{name}{versions.SUFFIX}").exists():
+            raise InputError(f"a version named '{name}' exists already; choose another name")
+    pairs = check_inputs(images, labels, masks)
+    hashes = data_hashes(images, labels, masks)
+    if scribbles and not any((lab > 0).any() for _, lab, _ in pairs):
+        raise InputError("the scribbles are empty: paint 1 for background and 2+ inside objects")
+    ds = diameters_per_image(diameter, len(pairs))
+    start, info0, parent = versions.resolve_init(init)
+    dev = select_device(device)
+    amp = autocast_dtype(dev) if cfg.precision == "auto" and dev.type in ("cpu", "cuda") else None
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    yield TrainEvent(0, steps, math.nan, 0.0, 0.0, seconds, 0.0, message=f"preparing {len(pairs)} image(s)")
+
+    # ---- data: targets at the model's scale, a held-out split, crop samplers -------------------
+    items = []
+    for (img, lab, msk), d in zip(pairs, ds):
+        d = d or painted_diameter(lab, msk, scribbles) or model_diameter(start, img, info0, dev)
+        kw = {"model_diameter": info0.diameter, "normalization": info0.normalization, "w0": cfg.w0, "sigma": cfg.sigma}
+        items.append(prepare_image(img, lab, msk, diameter=d, scribbles=scribbles, **kw))
+    if not any(it.train_mask.any() for it in items):
+        raise InputError("nothing to learn from: no trusted pixel (check the masks / scribbles)")
+    held_out = hold_out(items, cfg.holdout, max(32, round(3 * info0.diameter)), rng)
+    sampler = CropSampler(items, cfg.patch, rng, cfg.crop_bias)
+    val = validation_crops(items, 64, 32, 16, rng)
+    replayer = CropSampler(replay_pool(6, 192, info0.diameter, seed), cfg.patch, rng, 0.0) if cfg.replay else None
+
+    # ---- models: a deep copy in eval mode (BatchNorm statistics and dropout frozen) -------------
+    net = copy.deepcopy(start).to(dev).eval().requires_grad_(True)
+    net.info = info0
+    teacher = copy.deepcopy(start).to(dev).eval().requires_grad_(False) if cfg.distill > 0 else None
+    anchor = [p.detach().clone() for p in net.parameters()] if cfg.l2sp > 0 else None
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    probe = forgetting_probe(cfg.probe_images, info0.diameter, seed)
+    before = evaluate_pixels(net, val, dev, amp)
+    probe_before = probe(net, dev) if probe else None
+    best = (before["metric"], 0, snapshot(net, None)[0]) if before else None
+    where = f"{dev.type} ({torch.get_num_threads()} threads, " if dev.type == "cpu" else f"{dev} ("
+    device_text = where + {torch.bfloat16: "bf16)", torch.float16: "fp16)", None: "fp32)"}[amp]
+    yield _event(
+        0,
+        steps,
+        math.nan,
+        0.0,
+        0.0,
+        seconds,
+        t0,
+        val_metric=before and before["metric"],
+        message=f"training on {device_text}"
+        + ("" if held_out else "; too few trusted pixels to hold some out: validating on the training pixels"),
+    )
+
+    # ---- loop --------------------------------------------------------------------------------
+    step, rate = 0, 0.0
+    guard = RollbackGuard(net, opt, cfg)
+    next_val = time.perf_counter() + cfg.val_every
+    next_preview = time.perf_counter() + preview_every if preview is not None else math.inf
+    preview_d = float(np.median([it.diameter for it in items]))
+    last_t = time.perf_counter()
+    while not guard.gave_up:
+        progress = max((time.perf_counter() - t0) / seconds if seconds else 0.0, step / steps if steps else 0.0)
+        if progress >= 1.0:
+            break
+        lr = cfg.lr_at(step, progress, guard.lr_scale)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        img, tgt, wt, msk, dmask = sampler.sample(cfg.batch)
+        n = img.shape[0]
+        if replayer is not None:
+            r = replayer.sample(cfg.replay)
+            img, tgt, wt, msk = (torch.cat([a, b]) for a, b in zip((img, tgt, wt, msk), r[:4]))
+            dmask = torch.cat([dmask, torch.zeros_like(r[4])])
+        img, tgt, wt, msk, dmask = (a.to(dev, non_blocking=True) for a in (img, tgt, wt, msk, dmask))
+        # The distillation mask rides along with the targets (codes 4..7) through one nearest resampling.
+        img, code, wt, msk = augment_batch(img, tgt + 4 * dmask.long(), wt, msk, cfg.augment, gen)
+        tgt, dmask = code % 4, code >= 4
+        with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+            logits = net(img)
+            t_logits = teacher(img[:n]) if teacher is not None else None
+        loss_new = masked_loss(logits[:n], tgt[:n], wt[:n], msk[:n])
+        loss = loss_new
+        if replayer is not None:
+            loss = loss + cfg.replay_weight * masked_loss(logits[n:], tgt[n:], wt[n:], msk[n:])
+        if t_logits is not None:
+            loss = loss + cfg.distill * distillation_loss(logits[:n], t_logits, dmask[:n])
+        if anchor is not None:
+            loss = loss + cfg.l2sp * l2sp_penalty(net, anchor)
+        opt.zero_grad(set_to_none=True)
+        (scaler.scale(loss) if scaler else loss).backward()
+        if scaler:
+            scaler.unscale_(opt)
+        gnorm = float(torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip))
+        value = float(loss_new.detach())
+        step += 1
+        # With loss scaling, inf gradients are the scaler's business (it skips the step).
+        msg = guard.check(step, value, float(loss.detach()), scaler is not None or math.isfinite(gnorm))
+        if msg:
+            yield _event(step, steps, value, lr, rate, seconds, t0, message=msg, smoothed=guard.ema)
+            continue
+        if scaler:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        guard.healthy(step, value)
+        now = time.perf_counter()
+        rate = 1 / max(now - last_t, 1e-9) if rate == 0 else 0.8 * rate + 0.2 / max(now - last_t, 1e-9)
+        ev = _event(step, steps, value, lr, rate, seconds, t0, smoothed=guard.ema)
+        if now >= next_val and val is not None:
+            ev.val_metric = evaluate_pixels(net, val, dev, amp)["metric"]
+            if cfg.select == "best" and ev.val_metric > best[0]:
+                best = (ev.val_metric, step, snapshot(net, None)[0])
+            next_val = time.perf_counter() + cfg.val_every
+        if now >= next_preview:
+            ev.preview = preview_probabilities(net, preview, dev, info0, preview_d, preview_range)
+            next_preview = time.perf_counter() + max(preview_every, 4 * (time.perf_counter() - now))
+        last_t = time.perf_counter()
+        yield ev
+
+    # ---- finish: final check, lineage, save ---------------------------------------------------
+    train_s = time.perf_counter() - t0
+    after, chosen = evaluate_pixels(net, val, dev, amp), step
+    if cfg.select == "best" and after is not None and best[0] > after["metric"]:
+        net.load_state_dict(best[2])
+        after, chosen = evaluate_pixels(net, val, dev, amp), best[1]
+    probe_after = probe(net, dev) if probe else None
+    improved = None if before is None else bool(after["metric"] >= before["metric"] - 1e-9)
+    metrics = {
+        "val_metric": "balanced pixel accuracy (background/interior/boundary) on "
+        + ("held-out trusted pixels" if held_out else "the training pixels (too few to hold out)"),
+        "val_before": before and round(before["metric"], 5),
+        "val_after": after and round(after["metric"], 5),
+        "val_loss_before": before and round(before["loss"], 5),
+        "val_loss_after": after and round(after["loss"], 5),
+        "val_pixels": before and before["pixels"],
+        "forgetting_probe": "AP@0.5 on synthetic images of the original domain",
+        "probe_ap_before": probe_before,
+        "probe_ap_after": probe_after,
+        "forgetting": None if probe_before is None else round(probe_before - probe_after, 4),
+        "steps": step,
+        "chosen_step": chosen,
+        "rollbacks": guard.rollbacks,
+        "stopped": "diverged" if guard.gave_up else "budget",
+        "seconds": round(train_s, 2),
+        "device": device_text,
+        "diameters": [round(it.diameter, 2) for it in items],
+        "improved": improved,
+    }
+    done = f"done: {step} steps in {train_s:.0f} s"
+    if improved is not None:
+        done += f", held-out metric {before['metric']:.3f} -> {after['metric']:.3f}"
+    yield _event(
+        step,
+        steps,
+        guard.ema or math.nan,
+        0.0,
+        rate,
+        seconds,
+        t0,
+        val_metric=after and after["metric"],
+        smoothed=guard.ema,
+        message=done,
+    )
+
+    model = net.cpu().eval().requires_grad_(False)
+    vname = name or ("unsaved-" + datetime.now().strftime("%Y%m%d-%H%M%S"))
+    provenance = {
+        "parent": parent,
+        "data": hashes,
+        "scribbles": bool(scribbles),
+        "seed": seed,
+        "budget": {"seconds": seconds, "steps": steps},
+        "settings": cfg.to_dict(),
+        "metrics": metrics,
+        "improved": improved,
+        "date": datetime.now().isoformat(timespec="seconds"),
+        "engine": "napari_unet.core.train",
+    }
+    model.info = replace(info0, name=vname, provenance=provenance)
+    path = None
+    if save:
+        path = versions.save_version(model, model.info, name)
+        vname = model.info.name
+        if make_current or (make_current is None and improved is not False):
+            versions.set_current(vname)
+    return TrainResult(model, path, vname, metrics)
+
+
+def _event(step, total, loss, lr, rate, seconds, t0, *, val_metric=None, message="", smoothed=None) -> TrainEvent:
+    elapsed = time.perf_counter() - t0
+    eta = []
+    if seconds is not None:
+        eta.append(max(0.0, seconds - elapsed))
+    if total is not None and rate > 0:
+        eta.append(max(0, total - step) / rate)
+    return TrainEvent(step, total, float(loss), float(lr), float(rate), min(eta) if eta else None, elapsed,
+                      val_metric=val_metric, message=message, smoothed_loss=smoothed)  # fmt: skip

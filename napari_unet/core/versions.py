@@ -1,0 +1,276 @@
+"""The model store: saved versions with lineage, a `current` pointer, list / load / revert.
+
+Layout of the per-user folder (`models_dir()`; the environment variable ``NAPARI_UNET_MODELS``
+overrides the platform default)::
+
+    <models_dir>/
+        v0001-20261122-031500.safetensors   one self-describing model file per training run
+        my-name.safetensors                 ... or a name the user chose
+        current.json                        {"name": "v0001-..."}: what "current" loads
+
+A version file is never overwritten: it is written to a temporary file and hard-linked into place,
+which fails if the name is taken. Lineage lives in each file's `ModelInfo.provenance` (parent name and
+sha256, hashes of the training data, seed, settings, metrics before and after, date, improvement).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from .model import UNet
+from .modelfile import ModelFileError, ModelInfo, read_model, save_model
+
+SUFFIX = ".safetensors"
+POINTER = "current.json"
+RESERVED = ("bundled", "current")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+_AUTO = re.compile(r"^v(\d{4,})-")
+
+
+def models_dir() -> Path:
+    """Per-user folder of saved versions: $NAPARI_UNET_MODELS, else the platform's user data folder."""
+    env = os.environ.get("NAPARI_UNET_MODELS")
+    if env:
+        return Path(env).expanduser()
+    try:
+        from platformdirs import user_data_dir
+
+        return Path(user_data_dir("napari-unet", appauthor=False)) / "models"
+    except ImportError:
+        return Path.home() / ".local" / "share" / "napari-unet" / "models"
+
+
+def bundled_model_path() -> Path:
+    """Path of the model file shipped inside the package."""
+    return Path(str(resources.files("napari_unet") / "resources" / "bundled.safetensors"))
+
+
+def _root(root: str | os.PathLike | None) -> Path:
+    return Path(root) if root is not None else models_dir()
+
+
+def validate_name(name: str) -> str:
+    """A version name: letters, digits, '.', '_', '-' (not first), at most 80 characters."""
+    name = str(name)
+    if name.endswith(SUFFIX):
+        name = name[: -len(SUFFIX)]
+    if not _NAME.match(name) or name.lower() in RESERVED:
+        raise ValueError(
+            f"'{name}' is not a valid version name: use letters, digits, '.', '_' and '-' (not {' or '.join(RESERVED)})"
+        )
+    return name
+
+
+def new_version_name(root: str | os.PathLike | None = None, now: datetime | None = None) -> str:
+    """The next automatic name, ``v<NNNN>-YYYYMMDD-HHMMSS`` (numbered after the highest so far)."""
+    d = _root(root)
+    numbers = [int(m.group(1)) for p in d.glob(f"v*{SUFFIX}") if (m := _AUTO.match(p.name))]
+    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+    return f"v{max(numbers, default=0) + 1:04d}-{stamp}"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_info(path: str | os.PathLike) -> ModelInfo:
+    """A model file's `ModelInfo` from its header, without loading the weights."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    where = f"model file '{path}'"
+    if not path.is_file():
+        raise ModelFileError(f"{where} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+    except Exception as exc:  # noqa: BLE001 - any reader failure is a damaged file
+        raise ModelFileError(f"{where} is unreadable or truncated ({type(exc).__name__})") from None
+    return ModelInfo.from_metadata(meta, where)
+
+
+def version_path(name: str, root: str | os.PathLike | None = None) -> Path:
+    """The file of a saved version; ModelFileError if there is none."""
+    path = _root(root) / f"{validate_name(name)}{SUFFIX}"
+    if not path.is_file():
+        raise ModelFileError(f"no saved version named '{name}' (looked in {_root(root)})")
+    return path
+
+
+def save_version(model: UNet, info: ModelInfo, name: str | None = None, root: str | os.PathLike | None = None) -> Path:
+    """Save a new version, never replacing an existing one.
+
+    Args:
+        model: The network.
+        info: Its description; `info.name` is set to the version name.
+        name: Version name; the next automatic ``v<NNNN>-<date>-<time>`` when None.
+        root: The store (default `models_dir()`).
+
+    Returns:
+        The path written.
+
+    Raises:
+        FileExistsError: a version of that name exists.
+    """
+    d = _root(root)
+    d.mkdir(parents=True, exist_ok=True)
+    for _ in range(100):
+        vname = validate_name(name) if name else new_version_name(d)
+        final = d / f"{vname}{SUFFIX}"
+        if final.exists():
+            if name:
+                raise FileExistsError(f"a version named '{vname}' exists already; choose another name")
+            continue
+        info.name = vname
+        fd, tmp = tempfile.mkstemp(prefix=f".{vname}.", suffix=".part", dir=d)
+        os.close(fd)
+        try:
+            save_model(model, info, tmp)
+            try:
+                os.link(tmp, final)  # atomic and exclusive: fails if the name was taken meanwhile
+            except FileExistsError:
+                if name:
+                    raise FileExistsError(f"a version named '{vname}' exists already; choose another name") from None
+                continue
+            except OSError:  # file systems without hard links
+                if final.exists():
+                    continue
+                os.replace(tmp, final)
+            return final
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    raise FileExistsError(f"could not find a free version name in {d}")
+
+
+def current_name(root: str | os.PathLike | None = None) -> str | None:
+    """Name of the version that "current" loads; None means the bundled model."""
+    p = _root(root) / POINTER
+    try:
+        name = json.loads(p.read_text()).get("name")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return None if name in (None, "bundled") else str(name)
+
+
+def set_current(name: str, root: str | os.PathLike | None = None) -> None:
+    """Point "current" at a saved version (or back at ``"bundled"``), atomically.
+
+    This is how to revert: the versions themselves are never changed or deleted.
+    """
+    d = _root(root)
+    if name != "bundled":
+        version_path(name, d)  # must exist
+    d.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".current.", suffix=".part", dir=d)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"name": name, "set": datetime.now().isoformat(timespec="seconds")}, f)
+    os.replace(tmp, d / POINTER)
+
+
+def resolve_model_path(spec: str | os.PathLike = "bundled", root: str | os.PathLike | None = None) -> Path:
+    """``"bundled"``, ``"current"``, an existing model file, or a saved version's name -> its file."""
+    s = str(spec)
+    if s == "bundled":
+        return bundled_model_path()
+    if s == "current":
+        name = current_name(root)
+        return bundled_model_path() if name is None else version_path(name, root)
+    path = Path(s).expanduser()
+    if path.exists() or path.suffix == SUFFIX or os.sep in s or (os.altsep and os.altsep in s):
+        return path
+    try:
+        return version_path(s, root)
+    except ValueError:
+        raise ModelFileError(f"no model file or saved version named '{s}' (looked in {_root(root)})") from None
+
+
+@dataclass
+class Version:
+    """One saved version as listed: name, file, and the headline of its lineage."""
+
+    name: str
+    path: Path
+    created: str = ""
+    parent: str | None = None
+    improved: bool | None = None
+    metrics: dict = field(default_factory=dict)
+    current: bool = False
+    provenance: dict = field(default_factory=dict)
+
+
+def list_versions(root: str | os.PathLike | None = None) -> list[Version]:
+    """Saved versions, oldest first; unreadable files are skipped."""
+    d = _root(root)
+    cur = current_name(d)
+    out = []
+    for p in d.glob(f"*{SUFFIX}"):
+        if p.name.startswith("."):
+            continue
+        try:
+            prov = read_info(p).provenance
+        except ModelFileError:
+            continue
+        name = p.name[: -len(SUFFIX)]
+        out.append(
+            Version(
+                name=name,
+                path=p,
+                created=str(prov.get("date", "")),
+                parent=(prov.get("parent") or {}).get("name"),
+                improved=prov.get("improved"),
+                metrics=prov.get("metrics", {}),
+                current=name == cur,
+                provenance=prov,
+            )
+        )
+    return sorted(out, key=lambda v: (v.created, v.name))
+
+
+def resolve_init(init: str | os.PathLike | UNet) -> tuple[UNet, ModelInfo, dict]:
+    """The starting model of a training run, its `ModelInfo`, and its lineage entry for the new version.
+
+    Args:
+        init: ``"bundled"``, ``"current"``, a model file, a saved version's name, or a `UNet` (not
+            modified; one without an `info` attribute gets a default `ModelInfo`).
+
+    Returns:
+        (model, info, parent) where parent records the name, the spec, the file and its sha256
+        (None for an in-memory model) and the sha256 of the weights.
+    """
+    if isinstance(init, UNet):
+        model = init
+        info = getattr(init, "info", None)
+        info = info if isinstance(info, ModelInfo) else ModelInfo(config=model.config)
+        parent = {"name": info.name, "spec": "in-memory model", "path": None, "file_sha256": None}
+    else:
+        spec = str(init)
+        path = resolve_model_path(spec)
+        model, info = read_model(path)
+        model.info = info
+        name = {"bundled": "bundled", "current": current_name() or "bundled"}.get(spec, info.name)
+        parent = {"name": name, "spec": spec, "path": str(path), "file_sha256": file_sha256(path)}
+    parent["weights_sha256"] = weights_sha256(model)
+    return model, info, parent
+
+
+def weights_sha256(model: UNet) -> str:
+    """Content hash of a model's state dict (names, dtypes and values)."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(f"{k}:{v.dtype}:{tuple(v.shape)}".encode())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

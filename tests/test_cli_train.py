@@ -1,0 +1,118 @@
+"""`napari-unet train` and `napari-unet models`: contracts and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_unet.cli import main
+from napari_unet.core import versions
+from napari_unet.core.model import UNet, UNetConfig
+from napari_unet.core.modelfile import ModelInfo, read_model, save_model
+from napari_unet.core.synth import synth_nuclei
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def files(tmp_path):
+    img, lab = synth_nuclei((96, 96), rng=11)
+    mask = np.zeros(lab.shape, np.uint8)
+    mask[:, :60] = 1
+    paths = {k: tmp_path / f"{k}.tif" for k in ("img", "lab", "mask")}
+    tifffile.imwrite(paths["img"], img)
+    tifffile.imwrite(paths["lab"], lab)
+    tifffile.imwrite(paths["mask"], mask)
+    model = UNet(UNetConfig(base=4, depth=2)).eval()
+    paths["init"] = save_model(model, ModelInfo(config=model.config, name="tiny"), tmp_path / "tiny.safetensors")
+    paths["out"] = tmp_path / "out.safetensors"
+    return paths
+
+
+def _train_args(f, *extra):
+    return [
+        "train", "--image", str(f["img"]), "--labels", str(f["lab"]), "--init", str(f["init"]),
+        "--device", "cpu", "-o", str(f["out"]), "-q", *extra,
+    ]  # fmt: skip
+
+
+def test_train_writes_a_loadable_model_and_registers_a_version(files, capsys):
+    assert main(_train_args(files, "--mask", str(files["mask"]), "--steps", "3")) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith("trained 3 steps") and str(files["out"]) in out[0]
+    model, info = read_model(files["out"])
+    assert info.provenance["parent"]["name"] == "tiny" and info.provenance["data"][0]["mask_sha256"]
+    listed = versions.list_versions()
+    assert len(listed) == 1 and listed[0].name == info.name and listed[0].name in out[0]
+    seg = files["img"].parent / "seg.tif"
+    assert (
+        main(["segment", str(files["img"]), "--model", str(files["out"]), "-o", str(seg), "-q", "--device", "cpu"]) == 0
+    )
+    assert tifffile.imread(seg).shape == (96, 96)
+
+
+def test_models_list_show_revert(files, capsys):
+    assert main(_train_args(files, "--steps", "2", "--name", "first")) == 0
+    capsys.readouterr()
+    assert main(["models", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].lstrip("* ").startswith("bundled") and any("first" in ln for ln in lines[1:])
+    assert main(["models", "show", "first"]) == 0
+    assert '"parent"' in capsys.readouterr().out
+    assert main(["models", "revert", "bundled"]) == 0
+    assert versions.current_name() is None
+    assert main(["models", "revert", "first"]) == 0
+    assert versions.current_name() == "first"
+    capsys.readouterr()
+    assert main(["models", "revert", "nope"]) == 1
+    assert capsys.readouterr().err.startswith("napari-unet: error:")
+
+
+def _bad(tmp_path, files, name, arr):
+    p = tmp_path / name
+    tifffile.imwrite(p, arr)
+    return str(p)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["shape", "empty_mask", "float_labels", "unreadable", "missing", "zero_steps", "zero_seconds", "exists", "3d"],
+)
+def test_bad_input_is_one_line_and_leaves_no_model(files, tmp_path, capsys, case):
+    lab = tifffile.imread(files["lab"])
+    args = _train_args(files, "--steps", "2")
+    if case == "shape":
+        args[4] = _bad(tmp_path, files, "lab2.tif", lab[:90])
+    elif case == "empty_mask":
+        args += ["--mask", _bad(tmp_path, files, "m0.tif", np.zeros_like(lab, np.uint8))]
+    elif case == "float_labels":
+        args[4] = _bad(tmp_path, files, "labf.tif", lab.astype(np.float32) * 0.5)
+    elif case == "unreadable":
+        (tmp_path / "junk.tif").write_bytes(b"not a tiff at all")
+        args[2] = str(tmp_path / "junk.tif")
+    elif case == "missing":
+        args[2] = str(tmp_path / "nope.tif")
+    elif case == "zero_steps":
+        args[-1] = "0"
+    elif case == "zero_seconds":
+        args[-2:] = ["--seconds", "0"]
+    elif case == "exists":
+        files["out"].write_bytes(b"precious")
+    elif case == "3d":
+        args[2] = _bad(tmp_path, files, "stack.tif", np.zeros((3, 96, 96), np.uint8))
+    assert main(args) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("napari-unet: error:"), err
+    if case == "exists":
+        assert files["out"].read_bytes() == b"precious"
+    else:
+        assert not files["out"].exists()
+    assert list(versions.models_dir().glob("*.safetensors")) == []
