@@ -1,0 +1,1 @@
+"""The napari layer of napari-unet: widgets, workers, reader, writer and sample data (Qt lives only here)."""

@@ -1,0 +1,209 @@
+"""The work the widgets hand to napari workers, as plain generators (no Qt: testable headless).
+
+Each job yields `Progress` (from the engine) or `Notice` (something the user must be told, e.g. a
+fallback after running out of GPU memory) and returns its result. Out of GPU memory, segmentation
+retries with one tile per batch, then with smaller tiles, then on the CPU; training retries on the CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+MIN_TILE = 64
+
+
+@dataclass
+class Notice:
+    """A message for the user (a napari notification), yielded by a job between progress updates."""
+
+    message: str
+    level: str = "warning"
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for CUDA's OutOfMemoryError and the MPS / older-torch RuntimeError that says "out of memory"."""
+    import torch
+
+    oom = getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom is not None and isinstance(exc, oom):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _free_gpu_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def fallback_plan(device: str, tile: int, batch_size: int, fit=lambda t: t) -> Iterator[tuple[str, int, int, str]]:
+    """Settings to try in order: (device, tile, batch, why), first the requested ones.
+
+    `fit` rounds a tile size to one the network accepts.
+    """
+    yield device, tile, batch_size, ""
+    if device == "cpu":
+        return
+    if batch_size > 1:
+        yield device, tile, 1, f"out of GPU memory: retrying with 1 tile per batch (was {batch_size})"
+    t = tile
+    while t // 2 >= MIN_TILE:
+        t2 = fit(t // 2)
+        if t2 >= t:
+            break
+        yield device, t2, 1, f"out of GPU memory: retrying with {t2} px tiles (was {t})"
+        t = t2
+    yield "cpu", tile, batch_size, "out of GPU memory even with small tiles: running on the CPU instead (slower)"
+
+
+def resolve_model(model):
+    """A loaded model for a spec (``"bundled"``, a version name, a file) or the model itself."""
+    if isinstance(model, str):
+        from ..api import load_model
+
+        return load_model(model)
+    return model
+
+
+def segment_job(
+    image: np.ndarray,
+    model,
+    *,
+    device: str = "auto",
+    diameter: float | None = None,
+    channel: int | None = None,
+    axes: str | None = None,
+    tile: int | None = None,
+    batch_size: int = 4,
+    probabilities: bool = False,
+    estimate_plane: int | None = None,
+) -> Generator[object, None, object]:
+    """Segment `image` (already a copy of what the user chose) with out-of-memory fallbacks.
+
+    Args:
+        image: The data to segment, with `axes`.
+        model: A loaded U-Net or a model spec.
+        device, diameter, channel, axes, tile, batch_size, probabilities: As `core.segment.segment_iter`.
+        estimate_plane: For a stack with no diameter given, estimate it on this plane (flat index)
+            rather than on the first one (often empty at the top of a z-stack).
+
+    Yields:
+        `Progress` and `Notice`.
+
+    Returns:
+        `SegmentResult`; ``result.extra["notices"]`` lists the fallbacks taken.
+    """
+    from ..core.device import select_device
+    from ..core.predict import default_tile
+    from ..core.segment import segment_iter
+
+    net = resolve_model(model)
+    dev = select_device(device)  # raises a plain ValueError for an unavailable device
+    if diameter is None and estimate_plane is not None:
+        diameter = yield from estimate_job(
+            image, net, device=str(dev), channel=channel, axes=axes, plane=estimate_plane
+        )
+    tile0 = default_tile(net, tile)
+    notices: list[str] = []
+    for dev_name, t, b, why in fallback_plan(
+        dev.type if dev.type != "cuda" else str(dev), tile0, batch_size, net.fit_input_size
+    ):
+        if why:
+            notices.append(why)
+            yield Notice(why)
+        try:
+            result = yield from segment_iter(
+                image,
+                net,
+                device=dev_name,
+                diameter=diameter,
+                channel=channel,
+                axes=axes,
+                tile=t,
+                batch_size=b,
+                probabilities=probabilities,
+            )
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            _free_gpu_memory()
+            continue
+        result.extra["notices"] = notices
+        return result
+    raise MemoryError("out of memory even on the CPU")  # pragma: no cover - the CPU attempt raises first
+
+
+def estimate_job(
+    image: np.ndarray,
+    model,
+    *,
+    device: str = "auto",
+    channel: int | None = None,
+    axes: str | None = None,
+    plane: int = 0,
+) -> Generator[object, None, float]:
+    """Estimate the object diameter (px) on one plane of `image` (flat plane index `plane`)."""
+    from ..core.device import select_device
+    from ..core.normalize import iter_planes, resolve_axes, to_standard
+    from ..core.predict import InferenceModel
+    from ..core.segment import Progress, estimate_diameter, model_info
+
+    net = resolve_model(model)
+    yield Progress(0, 1, 0, 1, "estimating object size")
+    std_image, std = to_standard(image, resolve_axes(tuple(image.shape), axes))
+    n_plane_axes = len(std) - (3 if "C" in std else 2)
+    plane_shape = tuple(std_image.shape[:n_plane_axes])
+    sub, sub_axes = std_image, std
+    if plane_shape:
+        idx = np.unravel_index(int(np.clip(plane, 0, int(np.prod(plane_shape)) - 1)), plane_shape)
+        sub, sub_axes = np.asarray(std_image[tuple(int(i) for i in idx)]), std[n_plane_axes:]
+    _, _, planes = iter_planes(sub, sub_axes, channel)
+    _, p = next(planes)
+    infer = InferenceModel.prepare(net, select_device(device))
+    value = float(estimate_diameter(infer, p, model_info(net).diameter))
+    yield Progress(0, 1, 1, 1, "estimating object size")
+    return value
+
+
+def train_job(images, labels, masks, *, device: str = "auto", **kwargs) -> Generator[object, None, object]:
+    """Run `core.train.train_iter`; out of GPU memory, retry with smaller batches, then on the CPU.
+
+    Closing this generator (napari's Stop) closes the running `train_iter` at its current yield, so
+    nothing is saved and the starting model is untouched.
+
+    Yields:
+        `TrainEvent` and `Notice`.
+
+    Returns:
+        `TrainResult`.
+    """
+    from ..core.device import select_device
+    from ..core.train import TrainSettings, train_iter
+
+    dev = select_device(device).type
+    batch = int(kwargs.pop("batch", TrainSettings.batch))
+    plan = [(device, batch, "")]
+    if dev != "cpu":
+        plan += [
+            (device, b, f"out of GPU memory while training: retrying with {b} crop(s) per step (was {batch})")
+            for b in sorted({batch // 2, 1} - {0, batch}, reverse=True)
+            if b < batch
+        ]
+        plan.append(("cpu", batch, "out of GPU memory while training: starting again on the CPU (slower)"))
+    for dev_name, b, why in plan:
+        if why:
+            yield Notice(why)
+        try:
+            return (yield from train_iter(images, labels, masks, device=dev_name, batch=b, **kwargs))
+        except Exception as exc:
+            if not is_out_of_memory(exc) or dev_name == "cpu":
+                raise
+            _free_gpu_memory()
+    raise MemoryError("out of memory even on the CPU")  # pragma: no cover

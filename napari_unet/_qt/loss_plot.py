@@ -1,0 +1,116 @@
+"""A small live plot of the training loss and the held-out metric, drawn with QPainter.
+
+Chosen over matplotlib (not a napari dependency, and slow to redraw live) and pyqtgraph (another
+dependency): two series and two axes take a hundred lines, repaint in well under a millisecond and
+follow napari's theme colours.
+"""
+
+from __future__ import annotations
+
+import math
+
+from qtpy.QtCore import QPointF, QRectF, Qt
+from qtpy.QtGui import QColor, QPainter, QPainterPath, QPen
+from qtpy.QtWidgets import QSizePolicy, QWidget
+
+LOSS_COLOR = QColor(255, 160, 60)
+RAW_COLOR = QColor(255, 160, 60, 70)
+METRIC_COLOR = QColor(90, 200, 255)
+
+
+class LossPlot(QWidget):
+    """Loss (left axis, log scale) and held-out metric (right axis, 0..1) against the training step."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setMinimumHeight(180)
+        self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Preferred)
+        self.loss: list[tuple[int, float]] = []
+        self.smooth: list[tuple[int, float]] = []
+        self.metric: list[tuple[int, float]] = []
+
+    def clear(self) -> None:
+        self.loss.clear()
+        self.smooth.clear()
+        self.metric.clear()
+        self.update()
+
+    def add(self, step: int, loss: float | None, smoothed: float | None = None, metric: float | None = None) -> None:
+        """Append one event's values (NaN / None are skipped) and schedule a repaint."""
+        if loss is not None and math.isfinite(loss) and loss > 0:
+            self.loss.append((step, loss))
+        if smoothed is not None and math.isfinite(smoothed) and smoothed > 0:
+            self.smooth.append((step, smoothed))
+        if metric is not None and math.isfinite(metric):
+            self.metric.append((step, metric))
+        self.update()
+
+    # --- drawing -------------------------------------------------------------------------------
+    def paintEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        p = QPainter(self)
+        p.setRenderHint(QPainter.Antialiasing)
+        fg = self.palette().color(self.foregroundRole())
+        grid = QColor(fg)
+        grid.setAlpha(50)
+        fm = p.fontMetrics()
+        left, right, top, bottom = fm.horizontalAdvance("0.000") + 8, fm.horizontalAdvance("1.00") + 8, 18, 18
+        area = QRectF(left, top, max(10, self.width() - left - right), max(10, self.height() - top - bottom))
+        p.setPen(QPen(grid, 1))
+        p.drawRect(area)
+        steps = [s for s, _ in self.loss + self.metric] or [0, 1]
+        x0, x1 = min(steps), max(max(steps), min(steps) + 1)
+        values = [v for _, v in self.loss + self.smooth] or [0.1, 1.0]
+        lo, hi = math.log10(min(values)), math.log10(max(values))
+        if hi - lo < 0.3:
+            mid = (hi + lo) / 2
+            lo, hi = mid - 0.15, mid + 0.15
+
+        def px(step: float) -> float:
+            return area.left() + (step - x0) / (x1 - x0) * area.width()
+
+        def py_loss(v: float) -> float:
+            return area.bottom() - (math.log10(v) - lo) / (hi - lo) * area.height()
+
+        def py_metric(v: float) -> float:
+            return area.bottom() - max(0.0, min(1.0, v)) * area.height()
+
+        for frac in (0.25, 0.5, 0.75):
+            y = area.bottom() - frac * area.height()
+            p.drawLine(QPointF(area.left(), y), QPointF(area.right(), y))
+        p.setPen(QPen(RAW_COLOR, 1))
+        for s, v in self.loss:
+            p.drawPoint(QPointF(px(s), py_loss(v)))
+        self._line(p, [(px(s), py_loss(v)) for s, v in self.smooth or self.loss], LOSS_COLOR)
+        self._line(p, [(px(s), py_metric(v)) for s, v in self.metric], METRIC_COLOR, markers=True)
+
+        p.setPen(fg)
+        p.drawText(QRectF(0, area.top() - 2, left - 4, 14), Qt.AlignRight, f"{10**hi:.3g}")
+        p.drawText(QRectF(0, area.bottom() - 12, left - 4, 14), Qt.AlignRight, f"{10**lo:.3g}")
+        p.drawText(QRectF(area.right() + 4, area.top() - 2, right, 14), Qt.AlignLeft, "1.0")
+        p.drawText(QRectF(area.right() + 4, area.bottom() - 12, right, 14), Qt.AlignLeft, "0.0")
+        p.drawText(
+            QRectF(area.left(), area.bottom() + 2, area.width(), 14),
+            Qt.AlignCenter,
+            f"step {x0}–{x1}" if self.loss else "step",
+        )
+        p.setPen(LOSS_COLOR)
+        p.drawText(QRectF(area.left() + 4, 0, area.width() / 2, 16), Qt.AlignLeft, "● training loss")
+        p.setPen(METRIC_COLOR)
+        latest = f" {self.metric[-1][1]:.3f}" if self.metric else ""
+        p.drawText(QRectF(area.center().x(), 0, area.width() / 2 - 4, 16), Qt.AlignRight, f"● held-out{latest}")
+        p.end()
+
+    @staticmethod
+    def _line(p: QPainter, pts: list[tuple[float, float]], color: QColor, markers: bool = False) -> None:
+        if not pts:
+            return
+        p.setPen(QPen(color, 2))
+        path = QPainterPath(QPointF(*pts[0]))
+        for x, y in pts[1:]:
+            path.lineTo(QPointF(x, y))
+        p.drawPath(path)
+        if markers:
+            p.setBrush(color)
+            for x, y in pts:
+                p.drawEllipse(QPointF(x, y), 3, 3)
+            p.setBrush(Qt.NoBrush)

@@ -1,0 +1,83 @@
+"""npe2 reader: TIFF / OME-TIFF, zarr / OME-Zarr, and a folder of 2D images as one stack.
+
+Axes and pixel size come from the file's metadata; channels become separate Image layers; files larger
+than `core.io.LAZY_BYTES` open lazily (zarr/dask), so a stack bigger than memory opens at once.
+Corrections autosaved for the image come back as Labels layers next to it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from ..core.io import TIFF_SUFFIXES, read_image
+from .stack_io import LayerData, image_layers, list_folder_images, ome_extra_scale, read_folder_stack, restored_layers
+
+
+def _is_zarr(path: Path) -> bool:
+    return path.suffix.lower() == ".zarr" or (
+        path.is_dir() and any((path / n).exists() for n in (".zarray", ".zgroup", "zarr.json"))
+    )
+
+
+def _supported(path: Path) -> bool:
+    if _is_zarr(path):
+        return True
+    if path.is_dir():
+        return bool(list_folder_images(path))
+    return path.name.lower().endswith(TIFF_SUFFIXES)
+
+
+def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
+    """Return `read_paths` when every path is something this plugin reads, else None (napari tries others)."""
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    if not paths or not all(_supported(Path(p)) for p in paths):
+        return None
+    return read_paths
+
+
+def _display_name(path: Path) -> str:
+    name = path.name.rstrip("/")
+    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".ome.zarr", ".zarr"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def read_path(path: str | os.PathLike) -> list[LayerData]:
+    """Layer data for one path: image layer(s), then any autosaved corrections."""
+    path = Path(path)
+    if path.is_dir() and not _is_zarr(path):
+        img = read_folder_stack(path)
+    else:
+        img = read_image(path)
+    layers = image_layers(img, _display_name(path), scale=ome_extra_scale(path), source=str(path.absolute()))
+    for layer in list(layers):
+        layers.extend(restored_layers(layer))
+    return layers
+
+
+def start_recording() -> None:
+    """Follow the current viewer's Labels layers from now on, so that paint strokes are recorded
+    (and autosaved) even before a widget of the plugin is opened."""
+    try:
+        from napari import current_viewer
+
+        from .session import session_for
+
+        viewer = current_viewer()
+        if viewer is not None:
+            session_for(viewer)
+    except Exception:  # noqa: BLE001 - reading must never fail because of this
+        pass
+
+
+def read_paths(path: str | list[str]) -> list[LayerData]:
+    """The reader function napari calls (one path or a list of paths)."""
+    start_recording()
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    out: list[LayerData] = []
+    for p in paths:
+        out.extend(read_path(p))
+    return out

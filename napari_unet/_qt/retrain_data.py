@@ -1,0 +1,137 @@
+"""What the Retrain widget sends to the engine: chosen planes of image, labels and trusted mask (copies)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .corrections import CorrectionsTracker
+from .layers import visible_yx
+from .session import spatial_shape
+
+PLANE_CHOICES = ("planes with corrections", "displayed plane", "all planes")
+TRUST_CHOICES = ("painted + reviewed pixels", "whole edited objects too", "every pixel of the planes")
+
+
+class UserError(ValueError):
+    """A problem the user can fix; the message says how."""
+
+
+@dataclass
+class TrainingRequest:
+    """Copies of the training data and what the preview shows."""
+
+    images: list[np.ndarray]
+    labels: list[np.ndarray]
+    masks: list[np.ndarray] | None
+    planes: list[tuple[int, ...]]
+    preview: np.ndarray | None = None
+    preview_yx: tuple[slice, slice] | None = None
+    preview_range: tuple[float, float] | None = None
+    diameter: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def parse_planes(text: str, n: int) -> list[int]:
+    """'0-3, 7' -> [0, 1, 2, 3, 7] (flat plane indices, checked against `n` planes)."""
+    out: list[int] = []
+    for part in filter(None, re.split(r"[,\s]+", text.strip())):
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m:
+            raise UserError(f"'{part}' is not a plane number or range (write e.g. 0-3, 7)")
+        a, b = int(m.group(1)), int(m.group(2) or m.group(1))
+        if a > b or b >= n:
+            raise UserError(f"planes {part}: the stack has planes 0 to {n - 1}")
+        out.extend(range(a, b + 1))
+    return sorted(set(out))
+
+
+def _plane_image(image_layer, plane: tuple[int, ...]) -> np.ndarray:
+    data = np.asarray(image_layer.data[plane] if plane else image_layer.data)
+    if image_layer.rgb:
+        data = data[..., :3].mean(axis=-1)
+    return np.array(data, dtype=np.float32 if data.dtype.kind == "f" else data.dtype, copy=True)
+
+
+def build_request(
+    image_layer,
+    tracker: CorrectionsTracker,
+    *,
+    planes: str = PLANE_CHOICES[0],
+    plane_list: str = "",
+    trust: str = TRUST_CHOICES[0],
+    displayed: tuple[int, ...] = (),
+    preview: bool = True,
+) -> TrainingRequest:
+    """Gather the planes to train on, checking everything the user could have got wrong.
+
+    Args:
+        image_layer: The raw image.
+        tracker: The corrections of the labels layer.
+        planes: One of `PLANE_CHOICES`; `plane_list` (e.g. ``"0-3, 7"``) overrides it when not empty.
+        trust: One of `TRUST_CHOICES`.
+        displayed: Index of the displayed plane (stacks).
+        preview: Include the visible region of the displayed plane as the live preview.
+    """
+    labels_layer = tracker.layer
+    shape = tuple(labels_layer.data.shape)
+    if spatial_shape(image_layer) != shape:
+        raise UserError(
+            f"the labels layer '{labels_layer.name}' is {'x'.join(map(str, shape))} but the image "
+            f"'{image_layer.name}' is {'x'.join(map(str, spatial_shape(image_layer)))}: choose matching layers"
+        )
+    n_planes = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+    all_planes = (
+        [tuple(int(i) for i in np.unravel_index(k, shape[:-2])) for k in range(n_planes)] if len(shape) > 2 else [()]
+    )
+    if plane_list.strip() and len(shape) > 2:
+        chosen = [all_planes[k] for k in parse_planes(plane_list, n_planes)]
+    elif planes == "displayed plane" or len(shape) == 2:
+        chosen = [displayed if len(shape) > 2 else ()]
+    elif planes == "all planes":
+        chosen = all_planes
+    else:
+        chosen = tracker.trusted_planes()
+    trust_all = trust == TRUST_CHOICES[2]
+    if not trust_all and tracker.n_trusted == 0:
+        raise UserError(
+            "nothing painted yet: correct some objects with the brush or mark a plane reviewed "
+            "(Corrections widget), or choose to trust every pixel of the planes"
+        )
+    images, labels, masks, kept = [], [], [], []
+    for plane in chosen:
+        lab = np.array(labels_layer.data[plane] if plane else labels_layer.data, copy=True)
+        if trust_all:
+            mask = np.ones(lab.shape, bool)
+        else:
+            mask = tracker.trusted[plane].copy() if plane else tracker.trusted.copy()
+            if trust == TRUST_CHOICES[1]:
+                ids = np.unique(lab[mask])
+                mask |= np.isin(lab, ids[ids > 0])
+        if not mask.any():
+            continue
+        images.append(_plane_image(image_layer, plane))
+        labels.append(lab.astype(np.int32, copy=False))
+        masks.append(mask)
+        kept.append(plane)
+    if not kept:
+        raise UserError(
+            "the chosen planes hold no painted or reviewed pixel: paint there first, "
+            "or choose 'planes with corrections'"
+        )
+    req = TrainingRequest(images, labels, None if trust_all else masks, kept)
+    diameter = labels_layer.metadata.get("napari_unet", {}).get("diameter")
+    req.diameter = float(diameter) if diameter else None
+    if preview:
+        plane = displayed if len(shape) > 2 else ()
+        yx = visible_yx(image_layer)
+        whole = _plane_image(image_layer, plane)
+        region = whole[yx]
+        if min(region.shape) >= 16:
+            from ..core.normalize import percentile_range
+
+            req.preview, req.preview_yx = np.ascontiguousarray(region), yx
+            req.preview_range = percentile_range(whole)
+    return req

@@ -1,0 +1,229 @@
+"""The Segment widget: image, model, channel, diameter, device, scope -> a Labels layer."""
+
+from __future__ import annotations
+
+import numpy as np
+from napari.layers import Image
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from . import notify
+from .controls import DeviceRow, LayerCombo, ModelCombo, form, is_source_image, row
+from .jobs import Notice, estimate_job, segment_job
+from .layers import SCOPES, apply_labels, apply_probability, layer_axes, make_request
+from .runner import JobRunner
+from .session import session_for
+
+NO_IMAGE = "No image layer to segment: open an image (File > Open) or a sample (File > Open Sample > napari U-Net)."
+
+
+class SegmentWidget(QWidget):
+    """Segment the chosen image layer into instance labels with the U-Net.
+
+    Args:
+        napari_viewer: The viewer (napari passes it when docking the widget).
+
+    Signals:
+        finished: a run (or an estimate) has ended, successfully or not.
+    """
+
+    finished = Signal()
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
+        self.session = session_for(self.viewer)
+        self.last_layer = None
+        self.last_result = None
+        self.last_error: str | None = None
+
+        self.image = LayerCombo(self.viewer, Image, accept=is_source_image)
+        self.model = ModelCombo()
+        refresh = QToolButton(text="↻", toolTip="re-list saved model versions")
+        refresh.clicked.connect(lambda: self.model.refresh())
+        self.channel = QComboBox(toolTip="channel to segment in a multichannel layer")
+        self.diameter = QDoubleSpinBox(minimum=0.0, maximum=1000.0, decimals=1, singleStep=1.0, suffix=" px")
+        self.diameter.setSpecialValueText("auto")
+        self.diameter.setToolTip("typical object diameter; auto estimates it from the image")
+        self.estimate_btn = QPushButton("Estimate")
+        self.device = DeviceRow()
+        self.scope = QComboBox()
+        self.scope.addItems(SCOPES)
+        self.probability = QCheckBox("add a probability layer")
+        self.run_btn = QPushButton("Run")
+        self.cancel_btn = QPushButton("Cancel", enabled=False)
+        self.bar = QProgressBar(maximum=1000, textVisible=False)
+        self.bar.setMaximumHeight(8)
+        self.status = QLabel(wordWrap=True)
+
+        top = QWidget()
+        f = form(top)
+        f.addRow("image", self.image)
+        f.addRow("model", row(self.model, refresh))
+        f.addRow("channel", self.channel)
+        f.addRow("diameter", row(self.diameter, self.estimate_btn))
+        f.addRow("device", self.device)
+        f.addRow("scope", self.scope)
+        f.addRow("", self.probability)
+        lay = QVBoxLayout(self)
+        lay.addWidget(top)
+        lay.addWidget(row(self.run_btn, self.cancel_btn))
+        lay.addWidget(self.bar)
+        lay.addWidget(self.status)
+        lay.addStretch(1)
+
+        self.runner = JobRunner(
+            on_yield=self._on_progress, on_error=self._on_error, on_finish=self._on_finish, on_notice=self._on_notice
+        )
+        self.run_btn.clicked.connect(lambda: self.run())
+        self.cancel_btn.clicked.connect(self.runner.cancel)
+        self.estimate_btn.clicked.connect(lambda: self.estimate())
+        self.image.layer_changed.connect(self._update_channels)
+        self.session.models_changed.connect(lambda name: self.model.refresh(select=name or None))
+        self._update_channels()
+
+    # --- inputs --------------------------------------------------------------------------------
+    def _update_channels(self, layer=None) -> None:
+        layer = self.image.layer()
+        self.channel.clear()
+        n = 0
+        if layer is not None:
+            try:
+                n = layer.data.shape[-1] if layer_axes(layer).endswith("C") else 0
+            except ValueError:
+                n = 0
+        if n:
+            self.channel.addItem("average of channels", None)
+            for c in range(n):
+                self.channel.addItem(f"channel {c}", c)
+        else:
+            self.channel.addItem("single channel", None)
+        self.channel.setEnabled(bool(n))
+
+    def _diameter(self) -> float | None:
+        return self.diameter.value() or None
+
+    def _busy(self, busy: bool) -> None:
+        self.run_btn.setEnabled(not busy)
+        self.estimate_btn.setEnabled(not busy)
+        self.cancel_btn.setEnabled(busy)
+        if busy:
+            self.bar.setValue(0)
+
+    def _fail(self, message: str) -> None:
+        self.last_error = notify.error(message)
+        self.status.setText(self.last_error)
+
+    # --- actions -------------------------------------------------------------------------------
+    def run(self, scope: str | None = None):
+        """Segment the chosen image; returns the worker (None if nothing started)."""
+        if self.runner.running:
+            return None
+        layer = self.image.layer()
+        if layer is None:
+            self._fail(NO_IMAGE)
+            return None
+        try:
+            request = make_request(self.viewer, layer, scope or self.scope.currentText())
+        except ValueError as exc:
+            self._fail(notify.plain_message(exc, "Cannot segment"))
+            return None
+        self.last_error = None
+        spec = self.model.spec() or "bundled"
+        job = segment_job(
+            request.data,
+            spec,
+            device=self.device.device(),
+            diameter=self._diameter(),
+            channel=self.channel.currentData(),
+            axes=request.axes,
+            probabilities=self.probability.isChecked(),
+            estimate_plane=request.plane,
+        )
+        self.runner.on_return = lambda result: self._on_segmented(request, spec, result)
+        self._busy(True)
+        self.status.setText(f"segmenting '{layer.name}' ({self.scope.currentText() if scope is None else scope})...")
+        return self.runner.start(job, f"Segmenting {layer.name}")
+
+    def estimate(self):
+        """Estimate the object diameter on the displayed plane; returns the worker."""
+        if self.runner.running:
+            return None
+        layer = self.image.layer()
+        if layer is None:
+            self._fail(NO_IMAGE)
+            return None
+        try:
+            request = make_request(self.viewer, layer, "current plane" if layer.ndim > 2 else "whole image")
+        except ValueError as exc:
+            self._fail(notify.plain_message(exc, "Cannot estimate the diameter"))
+            return None
+        job = estimate_job(
+            request.data,
+            self.model.spec() or "bundled",
+            device=self.device.device(),
+            channel=self.channel.currentData(),
+            axes=request.axes,
+        )
+        self.runner.on_return = self._on_estimated
+        self._busy(True)
+        self.status.setText("estimating the object diameter...")
+        return self.runner.start(job, "Estimating object size")
+
+    # --- results -------------------------------------------------------------------------------
+    def _on_progress(self, p) -> None:
+        fraction = getattr(p, "fraction", None)
+        if fraction is not None:
+            self.bar.setValue(int(fraction * 1000))
+            self.runner.set_fraction(fraction, getattr(p, "message", ""))
+
+    def _on_notice(self, notice: Notice) -> None:
+        notify.warning(notice.message)
+        self.status.setText(notice.message)
+
+    @notify.guarded("Could not show the segmentation")
+    def _on_segmented(self, request, spec: str, result) -> None:
+        info = {
+            "model": spec,
+            "diameter": round(result.diameter, 2),
+            "device": result.device,
+            "scope": self.scope.currentText(),
+        }
+        layer, new = apply_labels(self.viewer, request, result.labels, info)
+        if result.probabilities is not None:
+            apply_probability(self.viewer, request, result.probabilities)
+        self.last_layer, self.last_result = layer, result
+        self.device.show_used(result.device)
+        n = int(np.count_nonzero(np.unique(result.labels)))
+        planes = int(np.prod(result.labels.shape[:-2])) if result.labels.ndim > 2 else 1
+        notes = result.extra.get("notices") or []
+        where = "new layer" if new else "updated"
+        self.status.setText(
+            f"{n} objects{f' in {planes} planes' if planes > 1 else ''} -> '{layer.name}' ({where}); diameter "
+            f"{result.diameter:.1f} px; {result.device}" + (f"; {notes[-1]}" if notes else "")
+        )
+
+    def _on_estimated(self, value: float) -> None:
+        self.diameter.setValue(value)
+        self.status.setText(f"estimated object diameter: {value:.1f} px")
+
+    def _on_error(self, exc: BaseException) -> None:
+        self.last_error = notify.error(exc, "Segmentation failed")
+        self.status.setText(self.last_error)
+
+    def _on_finish(self) -> None:
+        self._busy(False)
+        if self.runner.cancelled:
+            self.status.setText("cancelled; layers unchanged")
+        self.bar.setValue(0)
+        self.finished.emit()

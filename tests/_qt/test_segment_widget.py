@@ -1,0 +1,102 @@
+"""Segment widget: 2D and stack -> Labels layer with the image's shape, scale and dtype; replace rules."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_unet._qt.segment_widget import SegmentWidget
+
+
+def _widget(viewer, qtbot) -> SegmentWidget:
+    w = SegmentWidget(viewer)
+    qtbot.addWidget(w)
+    w.diameter.setValue(24.0)
+    return w
+
+
+def test_segment_2d_adds_labels_with_scale(viewer, qtbot, wait_idle, nuclei_image):
+    viewer.add_image(nuclei_image, name="cells", scale=(0.5, 0.25), translate=(10, 20))
+    w = _widget(viewer, qtbot)
+    assert w.image.layer().name == "cells"
+    assert w.model.spec() == "tiny"
+    w.probability.setChecked(True)
+    w.run()
+    wait_idle(w.runner)
+    assert w.last_error is None
+    lab = viewer.layers["cells labels"]
+    assert lab.data.shape == nuclei_image.shape
+    assert lab.data.dtype == np.int32
+    np.testing.assert_allclose(lab.scale, (0.5, 0.25))
+    np.testing.assert_allclose(lab.translate, (10, 20))
+    prob = viewer.layers["cells probability"]
+    assert prob.data.dtype == np.uint8 and prob.data.shape == nuclei_image.shape
+    assert "ran on cpu" in w.device.label.text()
+
+
+def test_segment_stack_and_rerun_replaces_own_layer(viewer, qtbot, wait_idle, nuclei_image):
+    stack = np.stack([nuclei_image, nuclei_image[::-1], nuclei_image[:, ::-1]])
+    viewer.add_image(stack, name="stack", scale=(2.0, 0.5, 0.5))
+    w = _widget(viewer, qtbot)
+    w.run()
+    wait_idle(w.runner)
+    lab = viewer.layers["stack labels"]
+    assert lab.data.shape == stack.shape and lab.data.dtype == np.int32
+    np.testing.assert_allclose(lab.scale, (2.0, 0.5, 0.5))
+    n_layers = len(viewer.layers)
+    w.run(scope="current plane")
+    wait_idle(w.runner)
+    assert len(viewer.layers) == n_layers  # its own unedited prediction is updated in place
+    assert viewer.layers["stack labels"] is lab
+
+
+def test_rerun_never_replaces_an_edited_layer(viewer, qtbot, wait_idle, nuclei_image):
+    viewer.add_image(nuclei_image, name="cells")
+    w = _widget(viewer, qtbot)
+    w.run()
+    wait_idle(w.runner)
+    lab = viewer.layers["cells labels"]
+    lab.paint((64, 64), 77)  # a user stroke
+    before = lab.data.copy()
+    w.run()
+    wait_idle(w.runner)
+    assert len([la for la in viewer.layers if la.name.startswith("cells labels")]) == 2
+    np.testing.assert_array_equal(viewer.layers["cells labels"].data, before)
+
+
+def test_visible_region_scope_and_estimate(viewer, qtbot, wait_idle, nuclei_image):
+    from napari_unet._qt.layers import make_request
+
+    big = np.tile(nuclei_image, (2, 2))
+    image = viewer.add_image(big, name="big")
+    viewer.window.resize(900, 700)
+    viewer.window.show()
+    viewer.camera.center = (64, 80)
+    viewer.camera.zoom = 6
+    qtbot.wait(300)
+    req = make_request(viewer, image, "visible region")
+    ys, xs = req.region
+    assert 0 < ys.stop - ys.start < big.shape[0] and 0 < xs.stop - xs.start < big.shape[1]
+    assert req.data.shape == (ys.stop - ys.start, xs.stop - xs.start)
+    w = _widget(viewer, qtbot)
+    w.run(scope="visible region")
+    wait_idle(w.runner)
+    lab = viewer.layers["big labels"]
+    assert lab.data.shape == big.shape
+    outside = np.ones(big.shape, bool)
+    outside[ys, xs] = False
+    assert not lab.data[outside].any()  # only the visible part was segmented
+    w.diameter.setValue(0)  # auto
+    w.estimate()
+    wait_idle(w.runner)
+    assert w.diameter.value() > 0 and "estimated" in w.status.text()
+
+
+def test_channels_of_an_rgb_image(viewer, qtbot, wait_idle, nuclei_image):
+    rgb = np.stack([nuclei_image, nuclei_image * 0.5, nuclei_image * 0], axis=-1)
+    viewer.add_image(rgb, name="rgb", rgb=True)
+    w = _widget(viewer, qtbot)
+    assert w.channel.isEnabled() and w.channel.count() == 4  # average + 3 channels
+    w.channel.setCurrentIndex(1)
+    w.run()
+    wait_idle(w.runner)
+    assert viewer.layers["rgb labels"].data.shape == nuclei_image.shape
