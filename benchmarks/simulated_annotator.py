@@ -48,14 +48,10 @@ REGULARIZERS = {
     "none": {"replay": 0, "l2sp": 0.0, "distill": 0.0},
     "l2sp": {"replay": 0, "l2sp": 1e-2, "distill": 0.0},
     "distill": {"replay": 0, "l2sp": 0.0, "distill": 1.0},
-    "replay": {"replay": 2, "replay_weight": 0.5, "l2sp": 0.0, "distill": 0.0},
-    "replay4": {"replay": 4, "replay_weight": 1.0, "l2sp": 0.0, "distill": 0.0},
-    "replay+l2sp": {"replay": 2, "replay_weight": 0.5, "l2sp": 1e-2, "distill": 0.0},
-    "replay-lr3e-4": {"replay": 2, "replay_weight": 0.5, "lr": 3e-4},
-    "l2sp-lr3e-4": {"replay": 0, "l2sp": 1e-2, "lr": 3e-4},
-    "replay4-lr3e-4": {"replay": 4, "replay_weight": 1.0, "lr": 3e-4},
-    "replay4+l2sp": {"replay": 4, "replay_weight": 1.0, "l2sp": 1e-2},
-    "replay6": {"replay": 6, "replay_weight": 1.0},
+    "replay-synthetic": {"replay": 4, "replay_weight": 1.0, "replay_real": False},
+    "replay2-real": {"replay": 2, "replay_weight": 0.5, "replay_real": True},
+    "replay4-real": {"replay": 4, "replay_weight": 1.0, "replay_real": True},
+    "replay2-real+l2sp": {"replay": 2, "replay_weight": 0.5, "replay_real": True, "l2sp": 1e-2},
     "default": {},
 }
 
@@ -318,7 +314,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, help="also write the raw results here")
-    p.add_argument("--regs", default="none,l2sp,distill,replay,replay+l2sp", help="configurations to compare")
+    p.add_argument("--regs", default="none,l2sp,distill,replay-synthetic,replay2-real,replay4-real", help="configurations to compare")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     results: dict = {"machine": machine(), "date": datetime.now(timezone.utc).isoformat(timespec="minutes")}

@@ -89,8 +89,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def _read_plane(path: str, what: str):
-    """A 2D array from an image file (singleton axes dropped); InputError otherwise."""
+def _read_array(path: str, what: str):
+    """A 2D image or a 3D stack from a file (singleton axes dropped); InputError otherwise."""
     import numpy as np
 
     from .core.io import read_image
@@ -98,9 +98,34 @@ def _read_plane(path: str, what: str):
 
     data = np.asarray(read_image(path).data)
     data = data.reshape([n for n in data.shape if n != 1] or data.shape)
-    if data.ndim != 2:
-        raise InputError(f"{what} '{path}' has shape {data.shape}: train takes 2D images (save one plane)")
+    if data.ndim not in (2, 3):
+        raise InputError(f"{what} '{path}' has shape {data.shape}: train takes 2D images or ZYX/TYX stacks")
     return data
+
+
+def _training_planes(args: argparse.Namespace):
+    """(images, labels, masks) as lists of 2D planes: 2D files as they are, stacks by --planes."""
+    from .core.normalize import InputError
+    from .core.trainingdata import parse_planes
+
+    images, labels, masks = [], [], []
+    for k, (ip, lp) in enumerate(zip(args.image, args.labels)):
+        img, lab = _read_array(ip, "image"), _read_array(lp, "labels")
+        msk = _read_array(args.mask[k], "mask") if args.mask else None
+        for other, name in ((lab, lp), (msk, args.mask[k] if args.mask else "")):
+            if other is not None and other.shape != img.shape:
+                raise InputError(f"'{name}' has shape {other.shape} but image '{ip}' has {img.shape}")
+        if img.ndim == 2:
+            images.append(img), labels.append(lab), masks.append(msk)
+            continue
+        source = msk if msk is not None else lab
+        chosen = (parse_planes(args.planes, img.shape[0]) if args.planes
+                  else [z for z in range(img.shape[0]) if source[z].any()])  # fmt: skip
+        if not chosen:
+            raise InputError(f"no plane of '{ip}' has labels or trusted pixels: choose planes with --planes")
+        for z in chosen:
+            images.append(img[z]), labels.append(lab[z]), masks.append(None if msk is None else msk[z])
+    return images, labels, (masks if args.mask else None)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -119,9 +144,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CLIError(
             f"got {n} --image, {len(args.labels)} --labels and {len(args.mask or [])} --mask: give one of each per image"
         )
-    images = [_read_plane(p, "image") for p in args.image]
-    labels = [_read_plane(p, "labels") for p in args.labels]
-    masks = [_read_plane(p, "mask") for p in args.mask] if args.mask else None
+    images, labels, masks = _training_planes(args)
     gen = train_iter(
         images, labels, masks, init=args.init, seconds=args.seconds, steps=args.steps, device=args.device,
         seed=args.seed, diameter=args.diameter, name=args.name, scribbles=args.scribbles,
@@ -182,9 +205,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 def _add_train_commands(sub) -> None:
     """The `train` and `models` subcommands."""
     t = sub.add_parser("train", help="fine-tune a model on corrected labels; saves a new version")
-    t.add_argument("--image", action="append", required=True, help="2D image (repeat for several)")
+    t.add_argument("--image", action="append", required=True, help="2D image or ZYX/TYX stack (repeat for several)")
     t.add_argument("--labels", action="append", required=True, help="instance labels for each --image")
     t.add_argument("--mask", action="append", help="trusted pixels (nonzero) for each --image; default all")
+    t.add_argument("--planes", help="planes of stacks to train on, e.g. 0-3,7 (default: planes with labels / mask)")
     t.add_argument("--scribbles", action="store_true", help="--labels are scribbles: 1 = background, 2+ = object")
     t.add_argument("--init", default="bundled", help="bundled, current, a model file or a saved version")
     budget = t.add_mutually_exclusive_group()

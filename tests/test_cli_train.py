@@ -116,3 +116,21 @@ def test_bad_input_is_one_line_and_leaves_no_model(files, tmp_path, capsys, case
     else:
         assert not files["out"].exists()
     assert list(versions.models_dir().glob("*.safetensors")) == []
+
+
+def test_train_on_chosen_planes_of_a_stack(files, tmp_path, capsys):
+    img, lab = tifffile.imread(files["img"]), tifffile.imread(files["lab"])
+    stack, labs = np.stack([img, img[::-1], img[:, ::-1]]), np.stack([lab, np.zeros_like(lab), lab[:, ::-1]])
+    tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "stack_lab.tif", labs, photometric="minisblack")
+    args = _train_args(files, "--steps", "2")
+    args[2], args[4] = str(tmp_path / "stack.tif"), str(tmp_path / "stack_lab.tif")
+    assert main(args) == 0  # default: the planes that hold labels (0 and 2)
+    _, info = read_model(files["out"])
+    assert len(info.provenance["data"]) == 2
+    capsys.readouterr()
+    assert main(args + ["--planes", "0-1", "--overwrite"]) == 0
+    assert len(read_model(files["out"])[1].provenance["data"]) == 2
+    assert main(args + ["--planes", "5", "--overwrite"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "planes 5" in err[0]

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..core.trainingdata import parse_planes
 from .corrections import CorrectionsTracker
 from .layers import visible_yx
 from .session import spatial_shape
@@ -32,20 +32,6 @@ class TrainingRequest:
     preview_range: tuple[float, float] | None = None
     diameter: float | None = None
     extra: dict = field(default_factory=dict)
-
-
-def parse_planes(text: str, n: int) -> list[int]:
-    """'0-3, 7' -> [0, 1, 2, 3, 7] (flat plane indices, checked against `n` planes)."""
-    out: list[int] = []
-    for part in filter(None, re.split(r"[,\s]+", text.strip())):
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if not m:
-            raise UserError(f"'{part}' is not a plane number or range (write e.g. 0-3, 7)")
-        a, b = int(m.group(1)), int(m.group(2) or m.group(1))
-        if a > b or b >= n:
-            raise UserError(f"planes {part}: the stack has planes 0 to {n - 1}")
-        out.extend(range(a, b + 1))
-    return sorted(set(out))
 
 
 def _plane_image(image_layer, plane: tuple[int, ...]) -> np.ndarray:

@@ -38,6 +38,7 @@ class TrainSettings:
     val_every: float = 15.0  # seconds between validation events
     replay: int = 2  # synthetic original-domain crops added to each step (0 = off)
     replay_weight: float = 0.5
+    replay_real: bool = True  # replay real crops of the bundled model's training data (plus synthetic ones)
     l2sp: float = 0.0  # weight of sum((w - w_start)^2)
     distill: float = 0.0  # weight of KL(start || new) on untrusted pixels
     w0: float = 10.0  # border weight (paper): w0 * exp(-(d1 + d2)^2 / (2 sigma^2)) at the model's scale

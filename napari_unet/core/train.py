@@ -186,7 +186,7 @@ def train_iter(
     held_out = hold_out(items, cfg.holdout, max(32, round(3 * info0.diameter)), rng)
     sampler = CropSampler(items, cfg.patch, rng, cfg.crop_bias)
     val = validation_crops(items, 64, 32, 16, rng)
-    replayer = CropSampler(replay_pool(6, 192, info0.diameter, seed), cfg.patch, rng, 0.0) if cfg.replay else None
+    replayer = CropSampler(replay_pool(6, 192, info0.diameter, seed, cfg.replay_real), cfg.patch, rng, 0.0) if cfg.replay else None
 
     # ---- models: a deep copy in eval mode (BatchNorm statistics and dropout frozen) -------------
     net = copy.deepcopy(start).to(dev).eval().requires_grad_(True)

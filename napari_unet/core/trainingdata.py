@@ -21,8 +21,10 @@ targets are built, so the paper's border weight (w0, sigma) scales with the obje
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,6 +36,7 @@ from .modelfile import ModelInfo
 from .normalize import InputError, normalize_plane, percentile_range
 
 BACKGROUND, INTERIOR, BOUNDARY, FOREGROUND = 0, 1, 2, 3  # FOREGROUND: interior or boundary (scribbles)
+REPLAY_FILE = Path(__file__).resolve().parents[1] / "resources" / "replay.npz"
 SCRIBBLE_BACKGROUND = 1
 
 
@@ -328,16 +331,24 @@ def validation_crops(
     return t(np.stack(imgs))[:, None], t(np.stack(tgts)), t(np.stack(msks))
 
 
-def replay_pool(n: int, size: int, model_diameter: float, seed: int) -> list[PreparedImage]:
-    """Fully labelled synthetic images of the bundled model's original domain, at the model's scale.
+def replay_pool(n: int, size: int, model_diameter: float, seed: int, real: bool = True) -> list[PreparedImage]:
+    """Fully labelled images of the bundled model's original domain, at the model's scale.
 
-    Used to replay what the model knew while it learns the new data (a guard against forgetting).
+    Replayed while the model learns the new data (a guard against forgetting): the real crops of the
+    bundled model's training data shipped in ``resources/replay.npz`` (see
+    ``recipes/make_replay_set.py``) when `real`, plus `n` synthetic images of `size` x `size`.
     """
     from .segment import median_diameter
     from .synth import SynthStyle, synth_nuclei
 
-    style = SynthStyle(diameter=(16.0, 34.0))
     out = []
+    if real:
+        with np.load(REPLAY_FILE, allow_pickle=False) as z:
+            stored = float(z["diameter"])
+            for img, lab, ok in zip(z["images"], z["labels"], z["trusted"]):
+                out.append(prepare_image(img, lab.astype(np.int32), ok, diameter=stored, model_diameter=model_diameter,
+                                         normalization={"low": 0.0, "high": 100.0}))  # fmt: skip
+    style = SynthStyle(diameter=(16.0, 34.0))
     for i in range(n):
         img, lab = synth_nuclei((size, size), rng=np.random.default_rng([seed, 7919, i]), style=style)
         d = median_diameter(lab) or model_diameter
@@ -347,6 +358,20 @@ def replay_pool(n: int, size: int, model_diameter: float, seed: int) -> list[Pre
             )
         )
     return out
+
+
+def parse_planes(text: str, n: int) -> list[int]:
+    """'0-3, 7' -> [0, 1, 2, 3, 7] (flat plane indices, checked against `n` planes)."""
+    out: list[int] = []
+    for part in filter(None, re.split(r"[,\s]+", text.strip())):
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m:
+            raise InputError(f"'{part}' is not a plane number or range (write e.g. 0-3, 7)")
+        a, b = int(m.group(1)), int(m.group(2) or m.group(1))
+        if a > b or b >= n:
+            raise InputError(f"planes {part}: the stack has planes 0 to {n - 1}")
+        out.extend(range(a, b + 1))
+    return sorted(set(out))
 
 
 def diameters_per_image(diameter, n: int) -> list[float | None]:

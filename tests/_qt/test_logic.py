@@ -33,7 +33,7 @@ def test_parse_planes():
     assert parse_planes("0-3, 7", 10) == [0, 1, 2, 3, 7]
     assert parse_planes("2 2 1", 5) == [1, 2]
     for bad in ("a", "3-1", "10"):
-        with pytest.raises(UserError):
+        with pytest.raises(ValueError):
             parse_planes(bad, 10)
 
 
