@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import napari  # noqa: F401  (the [testing] extra installs napari and pytest-qt: fail loudly without them)
 import numpy as np
 import pytest
+import pytestqt  # noqa: F401
 import torch
-
-pytest.importorskip("napari")
-pytest.importorskip("pytestqt")
 
 
 @pytest.fixture

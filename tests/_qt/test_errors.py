@@ -82,7 +82,6 @@ def test_oom_fallback_stops_at_the_first_setting_that_fits(fake_gpu, tiny_model,
 
 
 def test_train_oom_falls_back_to_smaller_batches_then_cpu(monkeypatch):
-    pytest.importorskip("napari_unet.core.train")
     import napari_unet.core.device as device_mod
     import napari_unet.core.train as train_mod
 

@@ -55,7 +55,7 @@ def test_large_tiff_opens_lazily(tmp_path, monkeypatch):
 
 
 def test_zarr_and_ome_zarr(tmp_path):
-    zarr = pytest.importorskip("zarr")
+    import zarr
     plain = zarr.create_array(str(tmp_path / "plain.zarr"), shape=(32, 48), dtype="float32")
     plain[:] = 3.0
     ((d, k, _),) = _read(tmp_path / "plain.zarr")
@@ -115,8 +115,9 @@ def test_sample_data():
 
 
 def test_manifest_is_valid_and_complete():
-    npe2 = pytest.importorskip("npe2")
     from importlib import resources
+
+    import npe2
 
     path = resources.files("napari_unet") / "napari.yaml"
     manifest = npe2.PluginManifest.from_file(str(path))

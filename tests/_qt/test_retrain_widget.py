@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("napari_unet.core.train", reason="the retrain engine (core.train) has not landed")
-
 from napari_unet._qt.retrain_widget import RetrainWidget  # noqa: E402
 from napari_unet._qt.segment_widget import SegmentWidget  # noqa: E402
 from napari_unet.core import versions  # noqa: E402
