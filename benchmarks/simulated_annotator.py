@@ -51,7 +51,11 @@ REGULARIZERS = {
     "replay-synthetic": {"replay": 4, "replay_weight": 1.0, "replay_real": False},
     "replay2-real": {"replay": 2, "replay_weight": 0.5, "replay_real": True},
     "replay4-real": {"replay": 4, "replay_weight": 1.0, "replay_real": True},
+    "replay2-real-w1": {"replay": 2, "replay_weight": 1.0, "replay_real": True},
     "replay2-real+l2sp": {"replay": 2, "replay_weight": 0.5, "replay_real": True, "l2sp": 1e-2},
+    "replay2-real+ema": {"replay": 2, "replay_weight": 0.5, "replay_real": True, "ema": 0.95},
+    "replay4-real+ema": {"replay": 4, "replay_weight": 1.0, "replay_real": True, "ema": 0.95},
+    "replay2-real+best": {"replay": 2, "replay_weight": 0.5, "replay_real": True, "select": "best"},
     "default": {},
 }
 
@@ -333,7 +337,7 @@ def main() -> None:
         for reg in args.regs.split(","):
             budget = (None, args.steps) if args.steps else (args.seconds, None)
             results["runs"].append(
-                run_protocol("synthetic", reg, args.k, args.rounds, budget[0], args.seed, log, budget[1])
+                run_protocol(args.domain, reg, args.k, args.rounds, budget[0], args.seed, log, budget[1])
             )
         print("| regulariser | final held-out AP@0.5 (Δ) | worst round Δ | forgetting (final / worst) | steps/s |")
         print("|---|---|---|---|---|")

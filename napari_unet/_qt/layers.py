@@ -200,7 +200,7 @@ def apply_probability(viewer, request: SegmentRequest, probs: np.ndarray) -> Ima
     data = np.zeros(request.shape, np.uint8)
     data[request.region] = probs.reshape(data[request.region].shape)
     meta = {META_KEY: {"role": "probability", "image": request.image_name}}
-    return viewer.add_image(
+    layer = viewer.add_image(
         data,
         name=f"{request.image_name} probability",
         scale=request.scale,
@@ -212,6 +212,10 @@ def apply_probability(viewer, request: SegmentRequest, probs: np.ndarray) -> Ima
         opacity=0.6,
         axis_labels=request.axis_labels,
     )
+    labels = own_layer(viewer, request.image_name, "prediction")
+    if labels is not None:  # under the labels, so the masks stay readable on top of it
+        viewer.layers.move(viewer.layers.index(layer), viewer.layers.index(labels))
+    return layer
 
 
 def merge_keep_painted(old: np.ndarray, new: np.ndarray, trusted: np.ndarray, overlap: float = 0.2) -> np.ndarray:

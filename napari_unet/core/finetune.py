@@ -44,6 +44,7 @@ class TrainSettings:
     w0: float = 10.0  # border weight (paper): w0 * exp(-(d1 + d2)^2 / (2 sigma^2)) at the model's scale
     sigma: float = 5.0
     precision: str = "auto"  # "auto" (bf16 on CPUs with native bf16 and CUDA, fp16 + scaling on older CUDA) or "fp32"
+    ema: float = 0.0  # keep an exponential moving average of the weights (decay per step) and return it; 0 = off
     select: str = "last"  # keep the "last" weights, or the "best" held-out metric seen (the start included)
     diverge: float = 10.0  # a loss above this x its running mean counts as divergence
     max_rollbacks: int = 6

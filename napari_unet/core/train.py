@@ -195,6 +195,7 @@ def train_iter(
     anchor = [p.detach().clone() for p in net.parameters()] if cfg.l2sp > 0 else None
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    ema = [p.detach().clone() for p in net.parameters()] if cfg.ema > 0 else None
     gen = torch.Generator(device=dev).manual_seed(seed)
     probe = forgetting_probe(cfg.probe_images, info0.diameter, seed)
     before = evaluate_pixels(net, val, dev, amp)
@@ -268,6 +269,11 @@ def train_iter(
         else:
             opt.step()
         guard.healthy(step, value)
+        if ema is not None:
+            with torch.no_grad():
+                decay = min(cfg.ema, (1 + step) / (10 + step))
+                for e, p in zip(ema, net.parameters()):
+                    e.lerp_(p.detach(), 1 - decay)
         now = time.perf_counter()
         rate = 1 / max(now - last_t, 1e-9) if rate == 0 else 0.8 * rate + 0.2 / max(now - last_t, 1e-9)
         ev = _event(step, steps, value, lr, rate, seconds, t0, smoothed=guard.ema)
@@ -284,6 +290,10 @@ def train_iter(
 
     # ---- finish: final check, lineage, save ---------------------------------------------------
     train_s = time.perf_counter() - t0
+    if ema is not None and step > 0:
+        with torch.no_grad():
+            for e, p in zip(ema, net.parameters()):
+                p.copy_(e)
     after, chosen = evaluate_pixels(net, val, dev, amp), step
     if cfg.select == "best" and after is not None and best[0] > after["metric"]:
         net.load_state_dict(best[2])
