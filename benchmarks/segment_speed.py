@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from functools import partial
 
 import numpy as np
 import torch
@@ -155,12 +156,9 @@ def main() -> None:
         mpx = planes.size / 1e6
         image = planes[0] if planes.shape[0] == 1 else planes
 
-        def ours():
-            segment(image, model, device=dev, diameter=24.0, overlap=args.overlap)
-
-        t_ours = timed(ours, args.repeats)
-        t_naive = timed(lambda: naive_forward(model, planes, dev), args.repeats)
-        t_monai = timed(lambda: monai_forward(model, planes, dev, args.tile, args.overlap, args.batch), args.repeats)
+        t_ours = timed(partial(segment, image, model, device=dev, diameter=24.0, overlap=args.overlap), args.repeats)
+        t_naive = timed(partial(naive_forward, model, planes, dev), args.repeats)
+        t_monai = timed(partial(monai_forward, model, planes, dev, args.tile, args.overlap, args.batch), args.repeats)
         rows.append((name, mpx, t_ours, t_naive, t_monai))
     print("| input | Mpx | ours end-to-end s | Mpx/s | GFLOP/s (share of fp32 matmul) | naive full-frame fp32 forward s | MONAI sliding window s | ours vs naive | ours vs MONAI |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -52,6 +52,8 @@ REGULARIZERS = {
     "replay2-real": {"replay": 2, "replay_weight": 0.5, "replay_real": True},
     "replay4-real": {"replay": 4, "replay_weight": 1.0, "replay_real": True},
     "replay2-real-w1": {"replay": 2, "replay_weight": 1.0, "replay_real": True},
+    "replay2-real-lr3e-4": {"replay": 2, "replay_weight": 0.5, "replay_real": True, "lr": 3e-4},
+    "replay2-real+distill": {"replay": 2, "replay_weight": 0.5, "replay_real": True, "distill": 1.0},
     "replay2-real+l2sp": {"replay": 2, "replay_weight": 0.5, "replay_real": True, "l2sp": 1e-2},
     "replay2-real+ema": {"replay": 2, "replay_weight": 0.5, "replay_real": True, "ema": 0.95},
     "replay4-real+ema": {"replay": 4, "replay_weight": 1.0, "replay_real": True, "ema": 0.95},

@@ -32,3 +32,12 @@ def touching_discs():
     for i, (cy, cx) in enumerate([(48, 40), (48, 63), (20, 105)], start=1):
         labels[((yy - cy) ** 2 + (xx - cx) ** 2 <= 12**2) & (labels == 0)] = i
     return labels
+
+
+@pytest.fixture
+def one_thread():
+    """Run torch on one thread for the test (tiny networks train faster without thread overhead)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
-import torch
 
 from napari_unet.cli import main
 from napari_unet.core import versions
@@ -13,13 +12,7 @@ from napari_unet.core.model import UNet, UNetConfig
 from napari_unet.core.modelfile import ModelInfo, read_model, save_model
 from napari_unet.core.synth import synth_nuclei
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: threads only add overhead
 
 
 @pytest.fixture

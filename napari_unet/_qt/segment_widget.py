@@ -127,16 +127,8 @@ class SegmentWidget(QWidget):
     # --- actions -------------------------------------------------------------------------------
     def run(self, scope: str | None = None):
         """Segment the chosen image; returns the worker (None if nothing started)."""
-        if self.runner.running:
-            return None
-        layer = self.image.layer()
-        if layer is None:
-            self._fail(NO_IMAGE)
-            return None
-        try:
-            request = make_request(self.viewer, layer, scope or self.scope.currentText())
-        except ValueError as exc:
-            self._fail(notify.plain_message(exc, "Cannot segment"))
+        layer, request = self._request(lambda layer: scope or self.scope.currentText(), "Cannot segment")
+        if request is None:
             return None
         self.last_error = None
         spec = self.model.spec() or "bundled"
@@ -157,16 +149,10 @@ class SegmentWidget(QWidget):
 
     def estimate(self):
         """Estimate the object diameter on the displayed plane; returns the worker."""
-        if self.runner.running:
-            return None
-        layer = self.image.layer()
-        if layer is None:
-            self._fail(NO_IMAGE)
-            return None
-        try:
-            request = make_request(self.viewer, layer, "current plane" if layer.ndim > 2 else "whole image")
-        except ValueError as exc:
-            self._fail(notify.plain_message(exc, "Cannot estimate the diameter"))
+        _, request = self._request(
+            lambda layer: "current plane" if layer.ndim > 2 else "whole image", "Cannot estimate the diameter"
+        )
+        if request is None:
             return None
         job = estimate_job(
             request.data,
@@ -179,6 +165,20 @@ class SegmentWidget(QWidget):
         self._busy(True)
         self.status.setText("estimating the object diameter...")
         return self.runner.start(job, "Estimating object size")
+
+    def _request(self, scope_of, failure: str):
+        """(layer, request) for the chosen image at `scope_of(layer)`; (layer, None) after a notified failure."""
+        if self.runner.running:
+            return None, None
+        layer = self.image.layer()
+        if layer is None:
+            self._fail(NO_IMAGE)
+            return None, None
+        try:
+            return layer, make_request(self.viewer, layer, scope_of(layer))
+        except ValueError as exc:
+            self._fail(notify.plain_message(exc, failure))
+            return layer, None
 
     # --- results -------------------------------------------------------------------------------
     def _on_progress(self, p) -> None:

@@ -101,25 +101,36 @@ def save_model(model: UNet, info: ModelInfo, path: str | os.PathLike) -> Path:
     return path
 
 
+def read_info(path: str | os.PathLike) -> ModelInfo:
+    """A model file's `ModelInfo` from its header, without loading the weights.
+
+    Raises:
+        ModelFileError: missing, unreadable, foreign or inconsistent file.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    where = f"model file '{path}'"
+    if not path.is_file():
+        raise ModelFileError(f"{where} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+    except Exception as exc:  # noqa: BLE001 - any reader failure is a damaged file
+        raise ModelFileError(f"{where} is unreadable or truncated ({type(exc).__name__})") from None
+    return ModelInfo.from_metadata(meta, where)
+
+
 def read_model(path: str | os.PathLike) -> tuple[UNet, ModelInfo]:
     """Load a model file into a U-Net in eval mode (on the CPU) and its `ModelInfo`.
 
     Raises:
         ModelFileError: missing, unreadable, foreign or inconsistent file.
     """
-    path = Path(path)
+    info = read_info(path)
     where = f"model file '{path}'"
-    if not path.is_file():
-        raise ModelFileError(f"{where} does not exist")
     try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata()
-        info = ModelInfo.from_metadata(meta, where)
         tensors = load_file(str(path))
-    except ModelFileError:
-        raise
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise ModelFileError(f"{where} is unreadable or truncated ({type(exc).__name__})") from None
     model = UNet(info.config)

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from .model import UNet
-from .modelfile import ModelFileError, ModelInfo, read_model, save_model
+from .modelfile import ModelFileError, ModelInfo, read_info, read_model, save_model
 
 SUFFIX = ".safetensors"
 POINTER = "current.json"
@@ -85,22 +85,6 @@ def file_sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def read_info(path: str | os.PathLike) -> ModelInfo:
-    """A model file's `ModelInfo` from its header, without loading the weights."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    where = f"model file '{path}'"
-    if not path.is_file():
-        raise ModelFileError(f"{where} does not exist")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata()
-    except Exception as exc:  # noqa: BLE001 - any reader failure is a damaged file
-        raise ModelFileError(f"{where} is unreadable or truncated ({type(exc).__name__})") from None
-    return ModelInfo.from_metadata(meta, where)
 
 
 def version_path(name: str, root: str | os.PathLike | None = None) -> Path:

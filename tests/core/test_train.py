@@ -20,12 +20,7 @@ from napari_unet.core.trainingdata import FOREGROUND, check_inputs, hold_out, pr
 FAST = {"replay": 0, "probe_images": 0, "patch": 64, "batch": 2}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: threads only add overhead
 
 
 def _tiny(seed: int = 0, base: int = 4) -> UNet:

@@ -6,7 +6,6 @@ from datetime import datetime
 
 import numpy as np
 import pytest
-import torch
 
 from napari_unet import api
 from napari_unet.core import versions
@@ -19,12 +18,7 @@ from napari_unet.core.trainingdata import array_sha256
 FAST = {"replay": 0, "probe_images": 0, "patch": 64, "batch": 2}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: threads only add overhead
 
 
 def _tiny(name: str = "tiny") -> UNet:
