@@ -22,8 +22,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
