@@ -59,3 +59,16 @@ def test_diameter_is_estimated_near_truth():
     res = napari_unet.segment(img, return_result=True)
     true_d = median_diameter(truth)
     assert 0.7 < res.diameter / true_d < 1.4, (res.diameter, true_d)
+
+
+def test_stack_diameter_is_measured_where_objects_are_sharp():
+    """A z-stack whose first planes hold only noise: the size is measured on an in-focus plane."""
+    from napari_unet.core.segment import median_diameter
+
+    img, truth = synth_nuclei((256, 256), rng=3, style=SynthStyle(diameter=(36, 36), snr=(40, 60), density=(0.3, 0.3)))
+    rng = np.random.default_rng(0)
+    noise = [rng.normal(float(img.min()), 2.0, img.shape).clip(0).astype(img.dtype) for _ in range(3)]
+    stack = np.stack([*noise, img])
+    res = napari_unet.segment(stack, axes="ZYX", return_result=True)
+    assert 0.7 < res.diameter / median_diameter(truth) < 1.4, (res.diameter, median_diameter(truth))
+    assert res.labels[3].max() > 0

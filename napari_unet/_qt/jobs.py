@@ -165,7 +165,7 @@ def estimate_job(
         idx = np.unravel_index(int(np.clip(plane, 0, int(np.prod(plane_shape)) - 1)), plane_shape)
         sub, sub_axes = np.asarray(std_image[tuple(int(i) for i in idx)]), std[n_plane_axes:]
     _, _, planes = iter_planes(sub, sub_axes, channel)
-    _, p = next(planes)
+    _, p = next(iter(planes))
     infer = InferenceModel.prepare(net, select_device(device))
     value = float(estimate_diameter(infer, p, model_info(net).diameter))
     yield Progress(0, 1, 1, 1, "estimating object size")

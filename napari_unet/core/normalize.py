@@ -100,7 +100,7 @@ def normalize_plane(plane, lo: float, hi: float) -> np.ndarray:
 
 def iter_planes(
     image, axes: str | None = None, channel: int | None = None, *, low: float = 1.0, high: float = 99.8
-) -> tuple[tuple[int, ...], str, Iterator[tuple[tuple[int, ...], np.ndarray]]]:
+) -> tuple[tuple[int, ...], str, Planes]:
     """Split an image or stack into normalised 2D planes, lazily.
 
     Args:
@@ -112,7 +112,7 @@ def iter_planes(
 
     Returns:
         (spatial shape: the image's shape without the channel axis, the standard axes without C,
-        iterator of (plane index, normalised float32 YX plane)).
+        `Planes`: iterable of (plane index, normalised float32 YX plane), read lazily).
     """
     if not hasattr(image, "shape") or not hasattr(image, "ndim"):
         image = np.asarray(image)
@@ -141,16 +141,42 @@ def iter_planes(
     spatial = plane_shape + tuple(image.shape[-2:])
     out_axes = std.replace("C", "")
 
-    def planes():
-        for idx in np.ndindex(*plane_shape) if plane_shape else [()]:
-            if has_c:
-                acc = None
-                for c, (lo, hi) in ranges.items():
-                    p = normalize_plane(image[idx + (c,)], lo, hi)
-                    acc = p if acc is None else acc + p
-                yield idx, acc / len(ranges) if len(ranges) > 1 else acc
-            else:
-                lo, hi = ranges[None]
-                yield idx, normalize_plane(image[idx], lo, hi)
+    def load(idx: tuple[int, ...]) -> np.ndarray:
+        if not has_c:
+            lo, hi = ranges[None]
+            return normalize_plane(image[idx], lo, hi)
+        acc = None
+        for c, (lo, hi) in ranges.items():
+            p = normalize_plane(image[idx + (c,)], lo, hi)
+            acc = p if acc is None else acc + p
+        return acc / len(ranges) if len(ranges) > 1 else acc
 
-    return spatial, out_axes, planes()
+    return spatial, out_axes, Planes(load, plane_shape)
+
+
+class Planes:
+    """The normalised 2D planes of a stack: iterate for (plane index, plane), or load one with `at`."""
+
+    def __init__(self, load, plane_shape: tuple[int, ...]):
+        self._load = load
+        self.indices = list(np.ndindex(*plane_shape)) if plane_shape else [()]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
+        for idx in self.indices:
+            yield idx, self._load(idx)
+
+    def at(self, idx: tuple[int, ...]) -> np.ndarray:
+        return self._load(idx)
+
+    def most_contrasted(self, candidates: int = 9, max_samples: int = 250_000) -> tuple[int, ...]:
+        """Index of the plane with the widest spread of intensities among up to `candidates` evenly spaced.
+
+        Out-of-focus or empty planes of a z-stack have little spread; the plane with most is where
+        objects are sharpest, so that is where their size can be measured.
+        """
+        picks = np.unique(np.linspace(0, len(self.indices) - 1, min(candidates, len(self.indices))).astype(int))
+        spread = [float(np.std(_sample(self._load(self.indices[k]), max_samples))) for k in picks]
+        return self.indices[picks[int(np.argmax(spread))]]

@@ -148,10 +148,11 @@ def segment_iter(
     probs_out = np.zeros(spatial, np.uint8) if probabilities else None
     offset = 0
     used_diameter = diameter
+    if used_diameter is None:  # once per stack, on the plane where objects are sharpest
+        yield Progress(0, n_planes, 0, 1, "estimating object size")
+        best = planes.most_contrasted() if n_planes > 1 else planes.indices[0]
+        used_diameter = estimate_diameter(infer, planes.at(best), info.diameter)
     for k, (idx, plane) in enumerate(planes):
-        if used_diameter is None:
-            yield Progress(k, n_planes, 0, 1, "estimating object size")
-            used_diameter = estimate_diameter(infer, plane, info.diameter)
         scale = info.diameter / used_diameter
         gen = predict_plane(infer, plane, scale=scale, tile=tile, overlap=overlap, batch_size=batch_size)
         while True:
