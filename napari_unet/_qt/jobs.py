@@ -84,13 +84,15 @@ def segment_job(
     batch_size: int = 4,
     probabilities: bool = False,
     estimate_plane: int | None = None,
+    link_iou: float | None = None,
 ) -> Generator[object, None, object]:
     """Segment `image` (already a copy of what the user chose) with out-of-memory fallbacks.
 
     Args:
         image: The data to segment, with `axes`.
         model: A loaded U-Net or a model spec.
-        device, diameter, channel, axes, tile, batch_size, probabilities: As `core.segment.segment_iter`.
+        device, diameter, channel, axes, tile, batch_size, probabilities, link_iou: As
+            `core.segment.segment_iter`.
         estimate_plane: For a stack with no diameter given, estimate it on this plane (flat index)
             rather than on the first one (often empty at the top of a z-stack).
 
@@ -129,6 +131,7 @@ def segment_job(
                 tile=t,
                 batch_size=b,
                 probabilities=probabilities,
+                link_iou=link_iou,
             )
         except Exception as exc:
             if not is_out_of_memory(exc):

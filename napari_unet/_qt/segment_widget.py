@@ -24,6 +24,7 @@ from .layers import SCOPES, apply_labels, apply_probability, layer_axes, make_re
 from .runner import JobRunner
 from .session import session_for
 
+LINK_IOU = 0.3  # overlap above which objects in neighbouring planes are one object
 NO_IMAGE = "No image layer to segment: open an image (File > Open) or a sample (File > Open Sample > napari U-Net)."
 
 
@@ -60,6 +61,8 @@ class SegmentWidget(QWidget):
         self.scope = QComboBox()
         self.scope.addItems(SCOPES)
         self.probability = QCheckBox("add a probability layer")
+        self.link = QCheckBox("one id per object across planes", checked=True)
+        self.link.setToolTip("in a stack, give an object the id of the object it overlaps in the previous plane")
         self.run_btn = QPushButton("Run")
         self.cancel_btn = QPushButton("Cancel", enabled=False)
         self.bar = QProgressBar(maximum=1000, textVisible=False)
@@ -75,6 +78,7 @@ class SegmentWidget(QWidget):
         f.addRow("device", self.device)
         f.addRow("scope", self.scope)
         f.addRow("", self.probability)
+        f.addRow("", self.link)
         lay = QVBoxLayout(self)
         lay.addWidget(top)
         lay.addWidget(row(self.run_btn, self.cancel_btn))
@@ -141,6 +145,7 @@ class SegmentWidget(QWidget):
             axes=request.axes,
             probabilities=self.probability.isChecked(),
             estimate_plane=request.plane,
+            link_iou=LINK_IOU if self.link.isChecked() else None,
         )
         self.runner.on_return = lambda result: self._on_segmented(request, spec, result)
         self._busy(True)

@@ -49,6 +49,23 @@ def test_segment_stack_and_rerun_replaces_own_layer(viewer, qtbot, wait_idle, nu
     assert viewer.layers["stack labels"] is lab
 
 
+def test_objects_are_linked_across_planes(viewer, qtbot, wait_idle, nuclei_image):
+    viewer.add_image(np.stack([nuclei_image, nuclei_image]), name="z")
+    w = _widget(viewer, qtbot)
+    w.model.refresh(select="bundled")  # the tiny test network finds nothing
+    assert w.link.isChecked()  # one id per object in a stack, by default
+    w.run()
+    wait_idle(w.runner)
+    lab = viewer.layers["z labels"].data
+    assert lab[0].max() > 0
+    np.testing.assert_array_equal(lab[0], lab[1])  # identical planes: the same objects, the same ids
+    w.link.setChecked(False)
+    w.run()
+    wait_idle(w.runner)
+    lab = viewer.layers["z labels"].data
+    assert not np.intersect1d(np.unique(lab[0])[1:], np.unique(lab[1])[1:]).size  # ids unique per plane
+
+
 def test_rerun_never_replaces_an_edited_layer(viewer, qtbot, wait_idle, nuclei_image):
     viewer.add_image(nuclei_image, name="cells")
     w = _widget(viewer, qtbot)
