@@ -58,6 +58,8 @@ REGULARIZERS = {
     "replay2-real+ema": {"replay": 2, "replay_weight": 0.5, "replay_real": True, "ema": 0.95},
     "replay4-real+ema": {"replay": 4, "replay_weight": 1.0, "replay_real": True, "ema": 0.95},
     "replay2-real+best": {"replay": 2, "replay_weight": 0.5, "replay_real": True, "select": "best"},
+    "wise1.0": {"interpolate": 1.0},  # the full fine-tuned weights (the default before WiSE-FT)
+    "wise0.7": {"interpolate": 0.7},
     "default": {},
 }
 

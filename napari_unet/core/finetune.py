@@ -45,6 +45,7 @@ class TrainSettings:
     sigma: float = 5.0
     precision: str = "auto"  # "auto" (bf16 on CPUs with native bf16 and CUDA, fp16 + scaling on older CUDA) or "fp32"
     ema: float = 0.0  # keep an exponential moving average of the weights (decay per step) and return it; 0 = off
+    interpolate: float = 0.5  # keep this fraction of the change from the starting weights (WiSE-FT); 1 = all
     select: str = "last"  # keep the "last" weights, or the "best" held-out metric seen (the start included)
     diverge: float = 10.0  # a loss above this x its running mean counts as divergence
     max_rollbacks: int = 6
@@ -61,8 +62,8 @@ class TrainSettings:
         s = cls(**kw)
         if s.precision not in ("auto", "fp32") or s.select not in ("last", "best"):
             raise ValueError("precision must be 'auto' or 'fp32', select 'last' or 'best'")
-        if s.lr <= 0 or s.batch < 1 or s.patch < 16 or s.replay < 0:
-            raise ValueError("lr must be > 0, batch >= 1, patch >= 16, replay >= 0")
+        if s.lr <= 0 or s.batch < 1 or s.patch < 16 or s.replay < 0 or not 0 < s.interpolate <= 1:
+            raise ValueError("lr must be > 0, batch >= 1, patch >= 16, replay >= 0, 0 < interpolate <= 1")
         return s
 
     def to_dict(self) -> dict:

@@ -59,18 +59,24 @@ def default_tile(model: UNet, tile: int | None = None) -> int:
     return model.fit_input_size(tile)
 
 
-def plan_axis(net: UNet, length: int, max_tile: int, overlap: int) -> int:
+def plan_axis(net: UNet, length: int, max_tile: int, overlap: int, slack: int = 0) -> int:
     """Input tile length for one axis: the fewest tiles of at most `max_tile`, each just big enough.
 
     Splitting a 2048 px axis into 5 tiles of 448 instead of 5 of 512 predicts 12 % fewer pixels;
-    a 512 px axis takes two 288 px tiles instead of three 256 px ones.
+    a 512 px axis takes two 288 px tiles instead of three 256 px ones. With `slack`, tiles may grow
+    by up to that much when that predicts fewer pixels in all: a 512 px axis is then one tile of 544
+    (its 16 px mirror margins included) instead of two of 288.
     """
-    shrink = net.shrink
-    span = length + 2 * (overlap // 2)
-    out_max = net.output_size(max_tile)
-    n = max(1, math.ceil((span - overlap) / (out_max - overlap))) if span > out_max else 1
-    needed = span if n == 1 else math.ceil((span - overlap) / n) + overlap
-    return min(max_tile, net.fit_input_size(needed + 2 * shrink))
+
+    def plan(cap: int) -> tuple[int, int]:
+        out_max = net.output_size(cap)
+        span = length + 2 * (overlap // 2)
+        n = max(1, math.ceil((span - overlap) / (out_max - overlap))) if span > out_max else 1
+        needed = span if n == 1 else math.ceil((span - overlap) / n) + overlap
+        size = min(cap, net.fit_input_size(needed + 2 * net.shrink))
+        return n * size, size
+
+    return min(plan(max_tile), plan(net.fit_input_size(max_tile + slack)))[1]
 
 
 def predict_plane(
@@ -105,9 +111,10 @@ def predict_plane(
     if abs(scale - 1.0) > 0.02:
         size = (max(1, round(H * scale)), max(1, round(W * scale)))
         work = resize(plane, size, order=1, anti_aliasing=scale < 1, preserve_range=True).astype(np.float32)
+    slack = 2 * overlap if tile is None else 0  # a tile size the caller chose is a hard limit
     tile = default_tile(net, tile)
     h, w = work.shape
-    tin = (plan_axis(net, h, tile, overlap), plan_axis(net, w, tile, overlap))
+    tin = (plan_axis(net, h, tile, overlap, slack), plan_axis(net, w, tile, overlap, slack))
     tout = (net.output_size(tin[0]), net.output_size(tin[1]))
     ov = min(overlap, tout[0] // 2, tout[1] // 2)
     if batch_size is None:  # about 256 k pixels a batch: enough to keep the cores busy, little memory

@@ -294,6 +294,10 @@ def train_iter(
         with torch.no_grad():
             for e, p in zip(ema, net.parameters()):
                 p.copy_(e)
+    if cfg.interpolate < 1.0:  # weight-space ensemble with the starting model: less forgetting
+        with torch.no_grad():
+            for p0, p in zip(start.parameters(), net.parameters()):
+                p.lerp_(p0.to(p.device, p.dtype), 1.0 - cfg.interpolate)
     after, chosen = evaluate_pixels(net, val, dev, amp), step
     if cfg.select == "best" and after is not None and best[0] > after["metric"]:
         net.load_state_dict(best[2])

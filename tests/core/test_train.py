@@ -154,7 +154,8 @@ def test_short_finetune_lowers_the_loss_and_reports_events():
     model = _tiny(base=8)
     before = _state(model)
     events, res = _drain(
-        train_iter(img, lab, init=model, steps=60, device="cpu", save=False, lr=1e-2, val_every=0.5, **FAST)
+        train_iter(img, lab, init=model, steps=60, device="cpu", save=False, lr=1e-2, val_every=0.5, interpolate=1.0,
+                   **FAST)  # the full fine-tuned weights; the WiSE-FT default has its own test
     )
     assert isinstance(res, TrainResult) and res.path is None
     assert all(isinstance(e, TrainEvent) for e in events)
@@ -169,6 +170,18 @@ def test_short_finetune_lowers_the_loss_and_reports_events():
     assert not res.model.training and res.model.info.provenance["parent"]["name"] == "tiny"
     for k, v in model.state_dict().items():  # the starting model object is untouched
         assert torch.equal(v, before[k])
+
+
+def test_interpolate_keeps_that_fraction_of_the_change():
+    img, lab = synth_nuclei((96, 96), rng=6, style=SynthStyle(diameter=(20, 26), dtype="uint8"))
+    model = _tiny(base=4)
+    kw = dict(init=model, steps=8, device="cpu", save=False, lr=1e-2, seed=3, **FAST)
+    _, full = _drain(train_iter(img, lab, interpolate=1.0, **kw))
+    _, half = _drain(train_iter(img, lab, interpolate=0.25, **kw))  # same seed: the same 8 updates
+    for (k, p0), p1, ph in zip(model.named_parameters(), full.model.parameters(), half.model.parameters()):
+        torch.testing.assert_close(ph, p0 + 0.25 * (p1 - p0), rtol=1e-4, atol=1e-6, msg=k)
+    with pytest.raises(ValueError, match="interpolate"):
+        _drain(train_iter(img, lab, interpolate=0.0, **kw))
 
 
 def test_stop_mid_run_leaves_the_starting_model_and_store_untouched(tmp_path):
@@ -263,7 +276,9 @@ def test_finetune_on_style_shift_raises_ap_on_held_out_images():
     torch.set_num_threads(2)
     before = ap(model)
     events, res = _drain(
-        train_iter(train_img, train_lab, init=model, seconds=60, device="cpu", save=False, diameter=20)
+        # The full fine-tuned weights: one 60 s run on one image is the engine's test. The default keeps half
+        # of the change per run (WiSE-FT), which the simulated annotator measures over rounds.
+        train_iter(train_img, train_lab, init=model, seconds=60, device="cpu", save=False, diameter=20, interpolate=1.0)
     )
     losses = [e.loss for e in events if e.step > 0 and not e.message]
     assert np.mean(losses[-10:]) < np.mean(losses[:10])
