@@ -100,12 +100,15 @@ class SegmentWidget(QWidget):
     def _update_channels(self, layer=None) -> None:
         layer = self.image.layer()
         self.channel.clear()
-        n = 0
+        n, planes = 0, False
         if layer is not None:
             try:
-                n = layer.data.shape[-1] if layer_axes(layer).endswith("C") else 0
+                axes = layer_axes(layer)
+                n = layer.data.shape[-1] if axes.endswith("C") else 0
+                planes = len(axes.replace("C", "")) > 2
             except ValueError:
                 n = 0
+        self.link.setEnabled(planes)  # linking only means something in a stack
         if n:
             self.channel.addItem("average of channels", None)
             for c in range(n):

@@ -31,6 +31,7 @@ def test_segment_2d_adds_labels_with_scale(viewer, qtbot, wait_idle, nuclei_imag
     prob = viewer.layers["cells probability"]
     assert prob.data.dtype == np.uint8 and prob.data.shape == nuclei_image.shape
     assert "ran on cpu" in w.device.label.text()
+    assert not w.link.isEnabled()  # nothing to link in a 2D image
 
 
 def test_segment_stack_and_rerun_replaces_own_layer(viewer, qtbot, wait_idle, nuclei_image):
@@ -53,7 +54,7 @@ def test_objects_are_linked_across_planes(viewer, qtbot, wait_idle, nuclei_image
     viewer.add_image(np.stack([nuclei_image, nuclei_image]), name="z")
     w = _widget(viewer, qtbot)
     w.model.refresh(select="bundled")  # the tiny test network finds nothing
-    assert w.link.isChecked()  # one id per object in a stack, by default
+    assert w.link.isChecked() and w.link.isEnabled()  # one id per object in a stack, by default
     w.run()
     wait_idle(w.runner)
     lab = viewer.layers["z labels"].data
