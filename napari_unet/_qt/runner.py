@@ -149,13 +149,15 @@ class JobRunner:
 
     def set_fraction(self, fraction: float, message: str = "") -> None:
         """Move the activity-dock progress bar (0..1)."""
-        if self.pbar is None:
+        pbar = self.pbar
+        if pbar is None:
             return
         target = int(max(0.0, min(1.0, fraction)) * PROGRESS_STEPS)
-        if target > self.pbar.n:
-            self.pbar.update(target - self.pbar.n)
-        if message:
-            self.pbar.set_description(message)
+        if target > pbar.n:
+            pbar.update(target - pbar.n)
+        # Updating the bar can process Qt events, and with them the job's end, which closes the bar.
+        if message and self.pbar is pbar:
+            pbar.set_description(message)
 
     def _yielded(self, value) -> None:
         if isinstance(value, Notice):
