@@ -144,10 +144,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CLIError(
             f"got {n} --image, {len(args.labels)} --labels and {len(args.mask or [])} --mask: give one of each per image"
         )
+    if not 0 < args.keep <= 1:
+        raise CLIError(f"--keep must be in (0, 1], got {args.keep}")
     images, labels, masks = _training_planes(args)
     gen = train_iter(
         images, labels, masks, init=args.init, seconds=args.seconds, steps=args.steps, device=args.device,
-        seed=args.seed, diameter=args.diameter, name=args.name, scribbles=args.scribbles,
+        seed=args.seed, diameter=args.diameter, name=args.name, scribbles=args.scribbles, interpolate=args.keep,
     )
     by_steps = args.seconds is None and args.steps is not None
     total = float(args.steps if by_steps else (args.seconds or 60.0))
@@ -217,6 +219,8 @@ def _add_train_commands(sub) -> None:
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     t.add_argument("--diameter", type=float, help="object diameter in px (default: from the labels)")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--keep", type=float, default=0.5, metavar="F",
+                   help="fraction of the fine-tuning change kept (WiSE-FT): 0.5 forgets less, 1 keeps all (default 0.5)")
     t.add_argument("--name", help="version name (default v<NNNN>-<date>-<time>)")
     t.add_argument("-o", "--output", required=True, help="model file to write (loadable by segment --model)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing -o file")
@@ -264,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--diameter", type=float, help="object diameter in px (estimated if omitted)")
     s.add_argument("--channel", type=int, help="channel index to segment (default: average channels)")
     s.add_argument("--axes", help="axis letters, e.g. ZYX, TYX, CYX (default: from the file or guessed)")
-    s.add_argument("--tile", type=int, help="tile size in px (default 256)")
+    s.add_argument("--tile", type=int, help="largest tile in px (default 512, sized to fit the image)")
     s.add_argument("--link-iou", type=float, help="link objects across planes of a stack above this IoU")
     s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

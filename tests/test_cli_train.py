@@ -38,11 +38,12 @@ def _train_args(f, *extra):
 
 
 def test_train_writes_a_loadable_model_and_registers_a_version(files, capsys):
-    assert main(_train_args(files, "--mask", str(files["mask"]), "--steps", "3")) == 0
+    assert main(_train_args(files, "--mask", str(files["mask"]), "--steps", "3", "--keep", "0.8")) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and out[0].startswith("trained 3 steps") and str(files["out"]) in out[0]
     model, info = read_model(files["out"])
     assert info.provenance["parent"]["name"] == "tiny" and info.provenance["data"][0]["mask_sha256"]
+    assert info.provenance["settings"]["interpolate"] == 0.8
     listed = versions.list_versions()
     assert len(listed) == 1 and listed[0].name == info.name and listed[0].name in out[0]
     seg = files["img"].parent / "seg.tif"
@@ -77,7 +78,7 @@ def _bad(tmp_path, files, name, arr):
 
 @pytest.mark.parametrize(
     "case",
-    ["shape", "empty_mask", "float_labels", "unreadable", "missing", "zero_steps", "zero_seconds", "exists", "3d"],
+    ["shape", "empty_mask", "float_labels", "unreadable", "missing", "zero_steps", "zero_seconds", "exists", "3d", "keep"],
 )
 def test_bad_input_is_one_line_and_leaves_no_model(files, tmp_path, capsys, case):
     lab = tifffile.imread(files["lab"])
@@ -101,6 +102,8 @@ def test_bad_input_is_one_line_and_leaves_no_model(files, tmp_path, capsys, case
         files["out"].write_bytes(b"precious")
     elif case == "3d":
         args[2] = _bad(tmp_path, files, "stack.tif", np.zeros((3, 96, 96), np.uint8))
+    elif case == "keep":
+        args += ["--keep", "0"]
     assert main(args) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("napari-unet: error:"), err
