@@ -58,6 +58,7 @@ REGULARIZERS = {
     "replay2-real+ema": {"replay": 2, "replay_weight": 0.5, "replay_real": True, "ema": 0.95},
     "replay4-real+ema": {"replay": 4, "replay_weight": 1.0, "replay_real": True, "ema": 0.95},
     "replay2-real+best": {"replay": 2, "replay_weight": 0.5, "replay_real": True, "select": "best"},
+    "root0.5": {"interpolate": 1.0, "_root": 0.5},  # WiSE-FT anchored to the bundled model, not the last round
     "wise1.0": {"interpolate": 1.0},  # the full fine-tuned weights (the default before WiSE-FT)
     "wise0.7": {"interpolate": 0.7},
     "default": {},
@@ -174,8 +175,9 @@ def run_protocol(
         for (img, gt), p, kk in zip(train, painted, per_image):
             objects += paint_worst(gt, segment(img, model, diameter=d), p, kk)
         labels = [np.where(p, gt, 0) for (_, gt), p in zip(train, painted)]
+        settings = {k: v for k, v in REGULARIZERS[reg].items() if not k.startswith("_")}
         gen = train_iter([im for im, _ in train], labels, painted, init=model, seconds=seconds, steps=steps, device="cpu",
-                         diameter=d, save=False, seed=seed + r, **REGULARIZERS[reg])  # fmt: skip
+                         diameter=d, save=False, seed=seed + r, **settings)  # fmt: skip
         t0 = time.perf_counter()
         while True:
             try:
@@ -185,6 +187,10 @@ def run_protocol(
                 break
         total_s += time.perf_counter() - t0
         model, m = res.model, res.metrics
+        if "_root" in REGULARIZERS[reg]:  # weight-space ensemble with the bundled model
+            with torch.no_grad():
+                for p0, p in zip(bundled.parameters(), model.parameters()):
+                    p.lerp_(p0, 1.0 - REGULARIZERS[reg]["_root"])
         total_steps += m["steps"]
         rates.append(m["steps"] / max(m["seconds"], 1e-9))
         val_metrics.append((m["val_before"], m["val_after"]))
