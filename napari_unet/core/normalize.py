@@ -161,9 +161,6 @@ class Planes:
         self._load = load
         self.indices = list(np.ndindex(*plane_shape)) if plane_shape else [()]
 
-    def __len__(self) -> int:
-        return len(self.indices)
-
     def __iter__(self) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
         for idx in self.indices:
             yield idx, self._load(idx)
