@@ -37,9 +37,12 @@ from .finetune import (
     distillation_loss,
     evaluate_pixels,
     forgetting_probe,
+    keep_within_budget,
     l2sp_penalty,
     masked_loss,
     preview_probabilities,
+    probe_reference,
+    probe_spec,
     snapshot,
 )
 from .model import UNet
@@ -186,7 +189,7 @@ def train_iter(
     held_out = hold_out(items, cfg.holdout, max(32, round(3 * info0.diameter)), rng)
     sampler = CropSampler(items, cfg.patch, rng, cfg.crop_bias)
     val = validation_crops(items, 64, 32, 16, rng)
-    replayer = CropSampler(replay_pool(6, 192, info0.diameter, seed, cfg.replay_real), cfg.patch, rng, 0.0) if cfg.replay else None
+    replayer = CropSampler(replay_pool(cfg.replay_synthetic, 192, info0.diameter, seed, cfg.replay_real), cfg.patch, rng, 0.0) if cfg.replay else None
 
     # ---- models: a deep copy in eval mode (BatchNorm statistics and dropout frozen) -------------
     net = copy.deepcopy(start).to(dev).eval().requires_grad_(True)
@@ -197,9 +200,12 @@ def train_iter(
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     ema = [p.detach().clone() for p in net.parameters()] if cfg.ema > 0 else None
     gen = torch.Generator(device=dev).manual_seed(seed)
-    probe = forgetting_probe(cfg.probe_images, info0.diameter, seed)
+    probe = forgetting_probe(cfg.probe_images, info0.diameter)
     before = evaluate_pixels(net, val, dev, amp)
-    probe_before = probe(net, dev) if probe else None
+    # The probe's AP of the lineage's root (the model before any fine-tuning), carried along in provenance.
+    reference = probe_reference(info0, cfg.probe_images) if probe else None
+    if probe and reference is None:
+        reference = probe(net, dev)
     best = (before["metric"], 0, snapshot(net, None)[0]) if before else None
     where = f"{dev.type} ({torch.get_num_threads()} threads, " if dev.type == "cpu" else f"{dev} ("
     device_text = where + {torch.bfloat16: "bf16)", torch.float16: "fp16)", None: "fp32)"}[amp]
@@ -294,15 +300,25 @@ def train_iter(
         with torch.no_grad():
             for e, p in zip(ema, net.parameters()):
                 p.copy_(e)
-    if cfg.interpolate < 1.0:  # weight-space ensemble with the starting model: less forgetting
+    if cfg.select == "best" and val is not None and best[0] > evaluate_pixels(net, val, dev, amp)["metric"]:
+        net.load_state_dict(best[2])
+        chosen = best[1]
+    else:
+        chosen = step
+    # Weight-space ensemble with the starting model (WiSE-FT): keep `interpolate` of the change, or
+    # less if the probe says the original domain suffers more than `max_forgetting` below the root's.
+    kept, probe_after = cfg.interpolate, None
+    if probe and cfg.max_forgetting > 0:
+        fractions = [cfg.interpolate * 0.5**i for i in range(3)]
+        kept, probe_after = keep_within_budget(net, start, fractions, lambda: probe(net, dev), reference,
+                                               cfg.max_forgetting)  # fmt: skip
+    elif cfg.interpolate < 1.0:
         with torch.no_grad():
             for p0, p in zip(start.parameters(), net.parameters()):
                 p.lerp_(p0.to(p.device, p.dtype), 1.0 - cfg.interpolate)
-    after, chosen = evaluate_pixels(net, val, dev, amp), step
-    if cfg.select == "best" and after is not None and best[0] > after["metric"]:
-        net.load_state_dict(best[2])
-        after, chosen = evaluate_pixels(net, val, dev, amp), best[1]
-    probe_after = probe(net, dev) if probe else None
+    after = evaluate_pixels(net, val, dev, amp)
+    if probe and probe_after is None:
+        probe_after = probe(net, dev)
     improved = None if before is None else bool(after["metric"] >= before["metric"] - 1e-9)
     metrics = {
         "val_metric": "balanced pixel accuracy (background/interior/boundary) on "
@@ -312,10 +328,12 @@ def train_iter(
         "val_loss_before": before and round(before["loss"], 5),
         "val_loss_after": after and round(after["loss"], 5),
         "val_pixels": before and before["pixels"],
-        "forgetting_probe": "AP@0.5 on synthetic images of the original domain",
-        "probe_ap_before": probe_before,
+        "forgetting_probe": "AP@0.5 on synthetic images of the original domain, root of the lineage vs now",
+        "probe_spec": probe_spec(cfg.probe_images) if probe else None,
+        "probe_reference": reference,
         "probe_ap_after": probe_after,
-        "forgetting": None if probe_before is None else round(probe_before - probe_after, 4),
+        "forgetting": None if reference is None else round(reference - probe_after, 4),
+        "kept": round(kept, 4),
         "steps": step,
         "chosen_step": chosen,
         "rollbacks": guard.rollbacks,
@@ -328,6 +346,9 @@ def train_iter(
     done = f"done: {step} steps in {train_s:.0f} s"
     if improved is not None:
         done += f", held-out metric {before['metric']:.3f} -> {after['metric']:.3f}"
+    if kept < cfg.interpolate:
+        done += (f"; kept {100 * kept:.0f} % of the change, as more cost the original domain over "
+                 f"{cfg.max_forgetting:.2f} AP (probe {reference:.3f} -> {probe_after:.3f})")  # fmt: skip
     yield _event(
         step,
         steps,

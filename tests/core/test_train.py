@@ -184,6 +184,38 @@ def test_interpolate_keeps_that_fraction_of_the_change():
         _drain(train_iter(img, lab, interpolate=0.0, **kw))
 
 
+def test_forgetting_budget_keeps_the_largest_fraction_within_it():
+    from napari_unet.core.finetune import keep_within_budget
+
+    start, net = _tiny(0), _tiny(1)
+    tuned = [p.clone() for p in net.parameters()]
+    p0, p1 = next(start.parameters()), tuned[0]
+
+    def fraction() -> float:  # where the net now sits between start (0) and tuned (1)
+        p = next(net.parameters())
+        return float(((p - p0) * (p1 - p0)).sum() / ((p1 - p0) ** 2).sum())
+
+    # A "probe" that loses 0.1 AP per unit of change: a budget of 0.03 allows 0.25, not 0.5.
+    kept, score = keep_within_budget(net, start, [0.5, 0.25, 0.125], lambda: 1.0 - 0.1 * fraction(), 1.0, 0.03)
+    assert kept == 0.25 and score == pytest.approx(0.975)
+    for p, a, b in zip(net.parameters(), start.parameters(), tuned):
+        torch.testing.assert_close(p, a + 0.25 * (b - a))
+    # Nothing within the budget: the starting weights, exactly.
+    kept, _ = keep_within_budget(net, start, [0.5, 0.25], lambda: 0.0 if fraction() > 1e-9 else 0.99, 1.0, 0.02)
+    assert kept == 0.0 and all(torch.equal(p, a) for p, a in zip(net.parameters(), start.parameters()))
+
+
+def test_forgetting_is_measured_against_the_root_of_the_lineage():
+    img, lab = synth_nuclei((96, 96), rng=6, style=SynthStyle(diameter=(20, 26), dtype="uint8"))
+    kw = dict(steps=4, device="cpu", save=False, lr=1e-2, replay=0, patch=64, batch=2, probe_images=1)
+    _, first = _drain(train_iter(img, lab, init=_tiny(0), **kw))
+    _, second = _drain(train_iter(img, lab, init=first.model, **kw))
+    m1, m2 = first.metrics, second.metrics
+    assert m1["probe_reference"] is not None and m2["probe_reference"] == m1["probe_reference"]
+    assert m2["forgetting"] == pytest.approx(m2["probe_reference"] - m2["probe_ap_after"], abs=1e-4)
+    assert m2["kept"] == 0.5  # no budget: the WiSE-FT fraction
+
+
 def test_stop_mid_run_leaves_the_starting_model_and_store_untouched(tmp_path):
     from napari_unet.core import versions
 
@@ -276,9 +308,9 @@ def test_finetune_on_style_shift_raises_ap_on_held_out_images():
     torch.set_num_threads(2)
     before = ap(model)
     events, res = _drain(
-        # The full fine-tuned weights: one 60 s run on one image is the engine's test. The default keeps half
+        # The full fine-tuned weights: one 120-step run (~50 s) on one image is the engine's test. The default keeps half
         # of the change per run (WiSE-FT), which the simulated annotator measures over rounds.
-        train_iter(train_img, train_lab, init=model, seconds=60, device="cpu", save=False, diameter=20, interpolate=1.0)
+        train_iter(train_img, train_lab, init=model, steps=120, device="cpu", save=False, diameter=20, interpolate=1.0)
     )
     losses = [e.loss for e in events if e.step > 0 and not e.message]
     assert np.mean(losses[-10:]) < np.mean(losses[:10])
