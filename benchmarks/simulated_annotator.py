@@ -61,9 +61,10 @@ REGULARIZERS = {
     "root0.5": {"interpolate": 1.0, "_root": 0.5},  # WiSE-FT anchored to the bundled model, not the last round
     "wise1.0": {"interpolate": 1.0},  # the full fine-tuned weights (the default before WiSE-FT)
     "wise0.7": {"interpolate": 0.7},
+    "previous": {"replay_weight": 0.5},  # the default until 2026-12-01 (WiSE-FT 0.5, replay weight 0.5)
     "wise+replay2-w1": {"replay": 2, "replay_weight": 1.0},  # WiSE-FT 0.5 (the default) with more replay
     "wise+replay4-w1": {"replay": 4, "replay_weight": 1.0},
-    "wise+replay2-w2": {"replay": 2, "replay_weight": 2.0},
+    "wise+replay2-w2": {"replay": 2, "replay_weight": 2.0},  # = the default since 2026-12-01
     "wise+distill": {"distill": 1.0},
     "wise+replay2-w2-half": {"replay": 2, "replay_weight": 2.0, "replay_synthetic": 15},  # half synthetic, as bundled
     "guard": {"replay": 2, "replay_weight": 2.0, "probe_images": 8, "max_forgetting": 0.02},
