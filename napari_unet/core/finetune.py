@@ -64,6 +64,8 @@ class TrainSettings:
         s = cls(**kw)
         if s.precision not in ("auto", "fp32") or s.select not in ("last", "best"):
             raise ValueError("precision must be 'auto' or 'fp32', select 'last' or 'best'")
+        if s.max_forgetting < 0 or (s.max_forgetting > 0 and s.probe_images < 1):
+            raise ValueError("max_forgetting must be >= 0 and needs probe_images >= 1 (8 measure it to about 0.01 AP)")
         if s.lr <= 0 or s.batch < 1 or s.patch < 16 or s.replay < 0 or not 0 < s.interpolate <= 1:
             raise ValueError("lr must be > 0, batch >= 1, patch >= 16, replay >= 0, 0 < interpolate <= 1")
         return s

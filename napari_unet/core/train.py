@@ -6,10 +6,11 @@ yield: the new weights live in a deep copy, so the starting model object and its
 and nothing is saved.
 
 Per step: crops centred on trusted pixels (see `trainingdata`), joint augmentation on the training
-device, a masked boundary-weighted loss on the user's pixels, and three guards against forgetting
-what the model knew: replay of fully labelled synthetic images of its original domain, L2-SP (a pull
-towards the starting weights) and, optionally, distillation from the starting model on untrusted
-pixels. BatchNorm statistics and dropout are frozen (the network stays in eval mode): a handful of
+device, a masked boundary-weighted loss on the user's pixels, and guards against forgetting what the
+model knew: replay of fully labelled crops of its original domain (real and synthetic, weighted 2x
+the user's loss) and a weight-space ensemble with the starting model (WiSE-FT) by default; L2-SP,
+distillation on untrusted pixels and a forgetting budget (keep less of the change when a probe of
+the original domain says so) on request. BatchNorm statistics and dropout are frozen (the network stays in eval mode): a handful of
 painted crops would wreck the running statistics. NaN, inf or a sudden loss explosion rolls the
 weights back to the last good snapshot and halves the learning rate, and an event says so.
 """
