@@ -67,6 +67,7 @@ REGULARIZERS = {
     "wise+replay2-w2": {"replay": 2, "replay_weight": 2.0},  # = the default since 2026-12-01
     "wise+distill": {"distill": 1.0},
     "wise+replay2-w2-half": {"replay": 2, "replay_weight": 2.0, "replay_synthetic": 15},  # half synthetic, as bundled
+    "replay-crowded": {"replay_synthetic": 15, "_touching": True},  # default + 15 crowded synthetic replay images
     "guard": {"replay": 2, "replay_weight": 2.0, "probe_images": 8, "max_forgetting": 0.02},
     "default": {},
 }
@@ -180,6 +181,22 @@ def run_protocol(
     save: Path | None = None,
 ) -> dict:
     torch.manual_seed(seed)
+    if "_touching" in REGULARIZERS[reg]:  # synthetic replay images crowded with touching nuclei
+        import napari_unet.core.train as engine
+        from napari_unet.core import synth
+        from napari_unet.core.trainingdata import replay_pool
+
+        crowded = synth.SynthStyle(diameter=(16.0, 34.0), density=(0.3, 0.55), touching=(0.4, 0.6))
+        real_style = synth.SynthStyle
+
+        def pool(*a, **kw):
+            synth.SynthStyle = lambda **k: crowded  # replay_pool builds its style from SynthStyle(...)
+            try:
+                return replay_pool(*a, **kw)
+            finally:
+                synth.SynthStyle = real_style
+
+        engine.replay_pool = pool
     train, held, d = load_domain(domain)
     val = mnfinder_val()
     bundled = load_model("bundled")
