@@ -27,7 +27,9 @@ import platform
 import sys
 import time
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -39,10 +41,13 @@ sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
 from napari_unet.api import load_model, segment  # noqa: E402
+from napari_unet.core import train as engine  # noqa: E402
 from napari_unet.core.metrics import aggregate, match_instances, object_ids, per_object_iou  # noqa: E402
+from napari_unet.core.modelfile import save_model  # noqa: E402
 from napari_unet.core.segment import median_diameter  # noqa: E402
 from napari_unet.core.synth import SynthStyle, synth_nuclei  # noqa: E402
 from napari_unet.core.train import train_iter  # noqa: E402
+from napari_unet.core.trainingdata import replay_pool  # noqa: E402
 
 REGULARIZERS = {
     "none": {"replay": 0, "l2sp": 0.0, "distill": 0.0},
@@ -74,6 +79,7 @@ REGULARIZERS = {
 
 
 # -- data ---------------------------------------------------------------------------------------
+CROWDED_STYLE = SynthStyle(diameter=(16.0, 34.0), density=(0.3, 0.55), touching=(0.4, 0.6))
 CYTO_STYLE = SynthStyle(diameter=(18.0, 24.0), density=(0.12, 0.2), touching=(0.0, 0.2), snr=(15.0, 30.0),
                         haze=(0.0, 0.05), dtype="uint16")  # fmt: skip
 
@@ -113,21 +119,19 @@ def load_domain(name: str) -> tuple[list, list, float]:
     return train, held, d
 
 
-def mnfinder_val() -> list:
+def scored_set(name: str) -> list:
+    """[(image, labels, ignore mask, true diameter)] of an evaluation set."""
     from eval_accuracy import load_dataset
 
-    return [
-        (s.image, s.labels.astype(np.int32), s.ignore, median_diameter(s.labels)) for s in load_dataset("mnfinder_val")
-    ]
+    return [(s.image, s.labels.astype(np.int32), s.ignore, median_diameter(s.labels)) for s in load_dataset(name)]
+
+
+def mnfinder_val() -> list:
+    return scored_set("mnfinder_val")
 
 
 def original_domain_sets() -> dict:
-    from eval_accuracy import load_dataset
-
-    out = {}
-    for name in ("mnfinder_train", "synthetic"):
-        out[name] = [(s.image, s.labels.astype(np.int32), s.ignore, median_diameter(s.labels)) for s in load_dataset(name)]
-    return out
+    return {name: scored_set(name) for name in ("mnfinder_train", "synthetic")}
 
 
 # -- scoring ------------------------------------------------------------------------------------
@@ -180,23 +184,14 @@ def run_protocol(
     steps: int | None = None,
     save: Path | None = None,
 ) -> dict:
+    if "_touching" in REGULARIZERS[reg]:  # synthetic replay images crowded with touching nuclei, this run only
+        with mock.patch.object(engine, "replay_pool", partial(replay_pool, style=CROWDED_STYLE)):
+            return _protocol(domain, reg, k, rounds, seconds, seed, log, steps, save)
+    return _protocol(domain, reg, k, rounds, seconds, seed, log, steps, save)
+
+
+def _protocol(domain, reg, k, rounds, seconds, seed, log, steps, save) -> dict:
     torch.manual_seed(seed)
-    if "_touching" in REGULARIZERS[reg]:  # synthetic replay images crowded with touching nuclei
-        import napari_unet.core.train as engine
-        from napari_unet.core import synth
-        from napari_unet.core.trainingdata import replay_pool
-
-        crowded = synth.SynthStyle(diameter=(16.0, 34.0), density=(0.3, 0.55), touching=(0.4, 0.6))
-        real_style = synth.SynthStyle
-
-        def pool(*a, **kw):
-            synth.SynthStyle = lambda **k: crowded  # replay_pool builds its style from SynthStyle(...)
-            try:
-                return replay_pool(*a, **kw)
-            finally:
-                synth.SynthStyle = real_style
-
-        engine.replay_pool = pool
     train, held, d = load_domain(domain)
     val = mnfinder_val()
     bundled = load_model("bundled")
@@ -229,8 +224,6 @@ def run_protocol(
                     p.lerp_(p0, 1.0 - REGULARIZERS[reg]["_root"])
         total_steps += m["steps"]
         if save is not None:
-            from napari_unet.core.modelfile import save_model
-
             save.mkdir(parents=True, exist_ok=True)
             save_model(model, model.info, save / f"{domain}-{reg}-s{seed}-r{r}.safetensors")
         rates.append(m["steps"] / max(m["seconds"], 1e-9))

@@ -224,7 +224,7 @@ def evaluate_pixels(
 PROBE_SEED = 104729  # one fixed probe set, so that scores compare along a lineage
 
 
-def forgetting_probe(n: int, model_diameter: float, seed: int = PROBE_SEED) -> Callable[[UNet, torch.device], float] | None:
+def forgetting_probe(n: int, model_diameter: float) -> Callable[[UNet, torch.device], float] | None:
     """A scorer of AP@0.5 on `n` synthetic images of the original domain (None when n = 0)."""
     if n <= 0:
         return None
@@ -232,7 +232,7 @@ def forgetting_probe(n: int, model_diameter: float, seed: int = PROBE_SEED) -> C
     from .synth import SynthStyle, synth_nuclei
 
     style = SynthStyle(diameter=(16.0, 34.0))
-    data = [synth_nuclei((256, 256), rng=np.random.default_rng([seed, i]), style=style) for i in range(n)]
+    data = [synth_nuclei((256, 256), rng=np.random.default_rng([PROBE_SEED, i]), style=style) for i in range(n)]
 
     def score(model: UNet, device: torch.device) -> float:
         from .metrics import aggregate, match_instances
@@ -249,13 +249,20 @@ def forgetting_probe(n: int, model_diameter: float, seed: int = PROBE_SEED) -> C
 
 def probe_reference(info: ModelInfo, n: int) -> float | None:
     """The forgetting probe's AP of the lineage's root, as recorded in `info`'s provenance (or None)."""
-    m = info.provenance.get("metrics", {}) if isinstance(info.provenance, dict) else {}
+    m = info.provenance.get("metrics") or {}
     ref = m.get("probe_reference")
     return float(ref) if ref is not None and m.get("probe_spec") == probe_spec(n) else None
 
 
 def probe_spec(n: int) -> str:
     return f"synthetic:{n}x256:{PROBE_SEED}"
+
+
+@torch.no_grad()
+def blend(net: UNet, start: UNet, tuned: list[torch.Tensor], f: float) -> None:
+    """Set `net`'s weights to start + f x (tuned - start) (WiSE-FT); `tuned` may be `net`'s own parameters."""
+    for p, p0, t in zip(net.parameters(), start.parameters(), tuned):
+        p.copy_(torch.lerp(p0.to(p.device, p.dtype), t, f))
 
 
 @torch.no_grad()
@@ -272,8 +279,7 @@ def keep_within_budget(
     tuned = [p.detach().clone() for p in net.parameters()]
     s = math.nan
     for f in [*fractions, 0.0]:
-        for p, p0, t in zip(net.parameters(), start.parameters(), tuned):
-            p.copy_(torch.lerp(p0.to(p.device, p.dtype), t, f))
+        blend(net, start, tuned, f)
         s = score()
         if reference - s <= budget:
             return f, s

@@ -10,8 +10,8 @@ device, a masked boundary-weighted loss on the user's pixels, and guards against
 model knew: replay of fully labelled crops of its original domain (real and synthetic, weighted 2x
 the user's loss) and a weight-space ensemble with the starting model (WiSE-FT) by default; L2-SP,
 distillation on untrusted pixels and a forgetting budget (keep less of the change when a probe of
-the original domain says so) on request. BatchNorm statistics and dropout are frozen (the network stays in eval mode): a handful of
-painted crops would wreck the running statistics. NaN, inf or a sudden loss explosion rolls the
+the original domain says so) on request. BatchNorm statistics and dropout are frozen (the network
+stays in eval mode): a handful of painted crops would wreck the running statistics. NaN, inf or a sudden loss explosion rolls the
 weights back to the last good snapshot and halves the learning rate, and an event says so.
 """
 
@@ -35,6 +35,7 @@ from .device import autocast_dtype, select_device
 from .finetune import (
     RollbackGuard,
     TrainSettings,
+    blend,
     distillation_loss,
     evaluate_pixels,
     forgetting_probe,
@@ -314,9 +315,7 @@ def train_iter(
         kept, probe_after = keep_within_budget(net, start, fractions, lambda: probe(net, dev), reference,
                                                cfg.max_forgetting)  # fmt: skip
     elif cfg.interpolate < 1.0:
-        with torch.no_grad():
-            for p0, p in zip(start.parameters(), net.parameters()):
-                p.lerp_(p0.to(p.device, p.dtype), 1.0 - cfg.interpolate)
+        blend(net, start, list(net.parameters()), cfg.interpolate)
     after = evaluate_pixels(net, val, dev, amp)
     if probe and probe_after is None:
         probe_after = probe(net, dev)

@@ -331,12 +331,15 @@ def validation_crops(
     return t(np.stack(imgs))[:, None], t(np.stack(tgts)), t(np.stack(msks))
 
 
-def replay_pool(n: int, size: int, model_diameter: float, seed: int, real: bool = True) -> list[PreparedImage]:
+def replay_pool(
+    n: int, size: int, model_diameter: float, seed: int, real: bool = True, style=None
+) -> list[PreparedImage]:
     """Fully labelled images of the bundled model's original domain, at the model's scale.
 
     Replayed while the model learns the new data (a guard against forgetting): the real crops of the
     bundled model's training data shipped in ``resources/replay.npz`` (see
-    ``recipes/make_replay_set.py``) when `real`, plus `n` synthetic images of `size` x `size`.
+    ``recipes/make_replay_set.py``) when `real`, plus `n` synthetic images of `size` x `size` in
+    `style` (a `synth.SynthStyle`; default: the bundled model's synthetic training style).
     """
     from .segment import median_diameter
     from .synth import SynthStyle, synth_nuclei
@@ -348,7 +351,7 @@ def replay_pool(n: int, size: int, model_diameter: float, seed: int, real: bool 
             for img, lab, ok in zip(z["images"], z["labels"], z["trusted"]):
                 out.append(prepare_image(img, lab.astype(np.int32), ok, diameter=stored, model_diameter=model_diameter,
                                          normalization={"low": 0.0, "high": 100.0}))  # fmt: skip
-    style = SynthStyle(diameter=(16.0, 34.0))
+    style = style or SynthStyle(diameter=(16.0, 34.0))
     for i in range(n):
         img, lab = synth_nuclei((size, size), rng=np.random.default_rng([seed, 7919, i]), style=style)
         d = median_diameter(lab) or model_diameter
