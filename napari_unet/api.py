@@ -63,12 +63,13 @@ def segment(
     *,
     device: str | torch.device = "auto",
     diameter: float | None = None,
-    channel: int | None = None,
+    channel: int | str | None = None,
     axes: str | None = None,
     tile: int | None = None,
     overlap: int = 32,
     batch_size: int | None = None,
     link_iou: float | None = None,
+    tta: bool = False,
     return_result: bool = False,
 ) -> np.ndarray | SegmentResult:
     """Segment nuclei in a 2D image or a stack into integer instance labels.
@@ -78,12 +79,15 @@ def segment(
         model: A loaded model, a model spec for `load_model`, or None for the bundled model.
         device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"mps"``.
         diameter: Typical object diameter in pixels; estimated from the image when None.
-        channel: Channel to segment when the image has a channel axis; None averages channels.
+        channel: Channel to segment when the image has a channel axis; None picks the one that
+            looks most like a nuclear stain, ``"mean"`` averages them.
         axes: Axis letters from TZCYX ending in YX, e.g. ``"ZYX"``, ``"CYX"``; guessed when None.
         tile: Largest input tile in pixels (default 512 in same mode; tiles are sized to fit the image).
         overlap: Minimum overlap between tiles, px.
         batch_size: Tiles per forward pass; None picks about 256 k pixels a batch.
         link_iou: For stacks, link objects across consecutive planes whose IoU exceeds this.
+        tta: Test-time augmentation: average the network's output over the four flips of every
+            tile (4x the prediction time; see benchmarks/RESULTS.md for what it buys).
         return_result: Return the full `SegmentResult` (labels, device used, diameter) instead.
 
     Returns:
@@ -94,7 +98,7 @@ def segment(
         model = load_model(model or "bundled")
     gen = segment_iter(
         image, model, device=device, diameter=diameter, channel=channel, axes=axes, tile=tile,
-        overlap=overlap, batch_size=batch_size, link_iou=link_iou,
+        overlap=overlap, batch_size=batch_size, link_iou=link_iou, tta=tta,
     )
     while True:
         try:

@@ -39,6 +39,20 @@ def _outputs(inputs: list[Path], output: str | None) -> list[Path]:
     return [out]
 
 
+def _channel_note(result) -> str:
+    c = result.extra.get("channel")
+    return "" if c is None else f", channels averaged" if c == "mean" else f", channel {c}"
+
+
+def _channel(text: str) -> int | str:
+    if text == "mean":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a channel index or 'mean', got '{text}'") from None
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
     from .core.io import read_image, write_labels
 
@@ -65,7 +79,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
             img = read_image(inp)
             gen = segment_iter(
                 img.data, model, device=args.device, diameter=args.diameter, channel=args.channel,
-                axes=args.axes or img.axes, tile=args.tile, link_iou=args.link_iou,
+                axes=args.axes or img.axes, tile=args.tile, link_iou=args.link_iou, tta=args.tta,
             )
             with _progress_bar(1.0, inp.name, not args.quiet) as bar:
                 while True:
@@ -84,7 +98,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         n = len(set(result.labels.ravel().tolist()) - {0}) if result.labels.ndim > 2 else int(result.labels.max())
         print(
             f"{inp.name}: {n} objects, {time.perf_counter() - t0:.1f} s, device {result.device}, "
-            f"diameter {result.diameter:.1f} px -> {out}"
+            f"diameter {result.diameter:.1f} px{_channel_note(result)} -> {out}"
         )
     return 1 if failures else 0
 
@@ -266,10 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default="bundled", help="bundled, a model file, or a saved version name")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     s.add_argument("--diameter", type=float, help="object diameter in px (estimated if omitted)")
-    s.add_argument("--channel", type=int, help="channel index to segment (default: average channels)")
+    s.add_argument("--channel", type=_channel,
+                   help="channel index to segment, or 'mean' (default: the channel that looks most like a nuclear stain)")
     s.add_argument("--axes", help="axis letters, e.g. ZYX, TYX, CYX (default: from the file or guessed)")
     s.add_argument("--tile", type=int, help="largest tile in px (default 512, sized to fit the image)")
     s.add_argument("--link-iou", type=float, help="link objects across planes of a stack above this IoU")
+    s.add_argument("--tta", action="store_true", help="test-time augmentation: average the four flips (4x slower)")
     s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_segment)

@@ -142,3 +142,10 @@ def test_channel_axis_and_wrong_channel(tmp_path, capsys):
     assert tifffile.imread(tmp_path / "c.tif").shape == (96, 96)
     rc, _, err = run(["segment", str(p), "--channel", "5", "-o", str(tmp_path / "d.tif")], capsys)
     assert rc != 0 and "channel 5 does not exist" in err and not (tmp_path / "d.tif").exists()
+    rc, out, err = run(["segment", str(p), "--diameter", "24", "-o", str(tmp_path / "e.tif"), "-q"], capsys)
+    assert rc == 0 and ", channel 1 ->" in out  # by default the channel with the nuclei, not the empty one
+    rc, out, err = run(["segment", str(p), "--channel", "mean", "--diameter", "24", "-o", str(tmp_path / "f.tif"), "-q"], capsys)
+    assert rc == 0 and "channels averaged" in out
+    with pytest.raises(SystemExit) as exc:  # argparse: usage and one error line, exit status 2
+        main(["segment", str(p), "--channel", "blue", "-o", str(tmp_path / "g.tif")])
+    assert exc.value.code == 2 and "'blue'" in capsys.readouterr().err and not (tmp_path / "g.tif").exists()

@@ -85,13 +85,14 @@ def segment_job(
     probabilities: bool = False,
     estimate_plane: int | None = None,
     link_iou: float | None = None,
+    tta: bool = False,
 ) -> Generator[object, None, object]:
     """Segment `image` (already a copy of what the user chose) with out-of-memory fallbacks.
 
     Args:
         image: The data to segment, with `axes`.
         model: A loaded U-Net or a model spec.
-        device, diameter, channel, axes, tile, batch_size, probabilities, link_iou: As
+        device, diameter, channel, axes, tile, batch_size, probabilities, link_iou, tta: As
             `core.segment.segment_iter`.
         estimate_plane: For a stack with no diameter given, estimate it on this plane (flat index)
             rather than on the first one (often empty at the top of a z-stack).
@@ -132,6 +133,7 @@ def segment_job(
                 batch_size=b,
                 probabilities=probabilities,
                 link_iou=link_iou,
+                tta=tta,
             )
         except Exception as exc:
             if not is_out_of_memory(exc):

@@ -63,6 +63,8 @@ class SegmentWidget(QWidget):
         self.probability = QCheckBox("add a probability layer")
         self.link = QCheckBox("one id per object across planes", checked=True)
         self.link.setToolTip("in a stack, give an object the id of the object it overlaps in the previous plane")
+        self.tta = QCheckBox("test-time augmentation (4x slower)")
+        self.tta.setToolTip("average the network's output over four flips of the image")
         self.run_btn = QPushButton("Run")
         self.cancel_btn = QPushButton("Cancel", enabled=False)
         self.bar = QProgressBar(maximum=1000, textVisible=False)
@@ -79,6 +81,7 @@ class SegmentWidget(QWidget):
         f.addRow("scope", self.scope)
         f.addRow("", self.probability)
         f.addRow("", self.link)
+        f.addRow("", self.tta)
         lay = QVBoxLayout(self)
         lay.addWidget(top)
         lay.addWidget(row(self.run_btn, self.cancel_btn))
@@ -110,7 +113,8 @@ class SegmentWidget(QWidget):
                 n = 0
         self.link.setEnabled(planes)  # linking only means something in a stack
         if n:
-            self.channel.addItem("average of channels", None)
+            self.channel.addItem("auto (the nuclear-looking one)", None)
+            self.channel.addItem("average of channels", "mean")
             for c in range(n):
                 self.channel.addItem(f"channel {c}", c)
         else:
@@ -149,6 +153,7 @@ class SegmentWidget(QWidget):
             probabilities=self.probability.isChecked(),
             estimate_plane=request.plane,
             link_iou=LINK_IOU if self.link.isChecked() else None,
+            tta=self.tta.isChecked(),
         )
         self.runner.on_return = lambda result: self._on_segmented(request, spec, result)
         self._busy(True)

@@ -98,16 +98,42 @@ def normalize_plane(plane, lo: float, hi: float) -> np.ndarray:
     return x
 
 
+def nuclear_channel(image, n_plane_axes: int, n_c: int, max_samples: int = 500_000) -> int:
+    """The channel of a (planes..., C, Y, X) image that looks most like a nuclear stain.
+
+    A nuclear stain is strongly two-level: compact bright nuclei on a dark background, so Otsu's
+    separability (between-class / total variance of the percentile-normalised intensities) is
+    high; a cytoplasmic or membrane stain, graded and textured, and an empty channel score lower.
+    """
+    from skimage.filters import threshold_otsu
+
+    scores = []
+    for c in range(n_c):
+        x = _sample(image[(slice(None),) * n_plane_axes + (c,)], max_samples // n_c).ravel()
+        x = x[np.isfinite(x)]
+        lo, hi = np.percentile(x, [1.0, 99.8]) if x.size else (0.0, 0.0)
+        if hi <= lo:
+            scores.append(-1.0)
+            continue
+        x = np.clip((x - lo) / (hi - lo), 0, 1)
+        fg = x > threshold_otsu(x)
+        w = fg.mean()
+        between = w * (1 - w) * (x[fg].mean() - x[~fg].mean()) ** 2 if 0 < w < 1 else 0.0
+        scores.append(float(between / max(float(x.var()), 1e-12)))
+    return int(np.argmax(scores))
+
+
 def iter_planes(
-    image, axes: str | None = None, channel: int | None = None, *, low: float = 1.0, high: float = 99.8
+    image, axes: str | None = None, channel: int | str | None = None, *, low: float = 1.0, high: float = 99.8
 ) -> tuple[tuple[int, ...], str, Planes]:
     """Split an image or stack into normalised 2D planes, lazily.
 
     Args:
         image: numpy array, or any lazy array (zarr, dask) with `shape`, `ndim` and slicing.
         axes: Axis letters (see module docstring); guessed when None.
-        channel: Index along the channel axis to segment; None merges channels (mean of the
-            channels, each normalised on its own).
+        channel: Index along the channel axis to segment; ``"mean"`` merges channels (mean of the
+            channels, each normalised on its own); None picks the channel that looks most like a
+            nuclear stain (`nuclear_channel`). `Planes.channel` says what was used.
         low, high: Normalisation percentiles.
 
     Returns:
@@ -130,12 +156,17 @@ def iter_planes(
     plane_shape = tuple(image.shape[:n_plane_axes])
     if has_c:
         n_c = image.shape[n_plane_axes]
-        if channel is not None and not -n_c <= channel < n_c:
+        if channel == "mean":
+            channels = list(range(n_c))
+        elif channel is None:
+            channels = [nuclear_channel(image, n_plane_axes, n_c) if n_c > 1 else 0]
+        elif isinstance(channel, str) or not -n_c <= channel < n_c:
             raise InputError(f"channel {channel} does not exist: the image has {n_c} channels")
-        channels = [channel % n_c] if channel is not None else list(range(n_c))
+        else:
+            channels = [channel % n_c]
         ranges = {c: percentile_range(image[(slice(None),) * n_plane_axes + (c,)], low, high) for c in channels}
     else:
-        if channel not in (None, 0):
+        if channel not in (None, 0, "mean"):
             raise InputError(f"channel {channel} requested but the image has no channel axis")
         ranges = {None: percentile_range(image, low, high)}
     spatial = plane_shape + tuple(image.shape[-2:])
@@ -151,7 +182,9 @@ def iter_planes(
             acc = p if acc is None else acc + p
         return acc / len(ranges) if len(ranges) > 1 else acc
 
-    return spatial, out_axes, Planes(load, plane_shape)
+    planes = Planes(load, plane_shape)
+    planes.channel = (channels[0] if len(channels) == 1 else "mean") if has_c else None
+    return spatial, out_axes, planes
 
 
 class Planes:
@@ -159,6 +192,7 @@ class Planes:
 
     def __init__(self, load, plane_shape: tuple[int, ...]):
         self._load = load
+        self.channel: int | str | None = None  # the channel used: an index, "mean", or None (no C axis)
         self.indices = list(np.ndindex(*plane_shape)) if plane_shape else [()]
 
     def __iter__(self) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:

@@ -31,25 +31,33 @@ class InferenceModel:
     net: UNet
     device: torch.device
     dtype: torch.dtype | None
+    tta: bool = False  # average the probabilities over the four flips of every tile (4x the time)
 
     @classmethod
-    def prepare(cls, model: UNet, device: torch.device, precision: str = "auto") -> InferenceModel:
-        """Copy `model` for inference. `precision`: ``"auto"`` (see `autocast_dtype`) or ``"fp32"``."""
+    def prepare(cls, model: UNet, device: torch.device, precision: str = "auto", tta: bool = False) -> InferenceModel:
+        """Copy `model` for inference. `precision`: ``"auto"`` (see `autocast_dtype`) or ``"fp32"``;
+        `tta`: test-time augmentation by flips."""
         net = fuse_batchnorm(copy.deepcopy(model).cpu().eval())
         net = net.to(device)
         if device.type == "cpu":
             net = net.to(memory_format=torch.channels_last)
         dtype = autocast_dtype(device) if precision == "auto" else None
-        return cls(net, device, dtype)
+        return cls(net, device, dtype, tta)
 
     @torch.inference_mode()
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
         if self.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-            logits = self.net(x)
-        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+        flips = ((), (-1,), (-2,), (-2, -1)) if self.tta else ((),)
+        probs = None
+        for dims in flips:
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+                logits = self.net(torch.flip(x, dims) if dims else x)
+            p = torch.softmax(logits.float(), dim=1)
+            p = torch.flip(p, dims) if dims else p
+            probs = p if probs is None else probs + p
+        return (probs / len(flips)).cpu().numpy()
 
 
 def default_tile(model: UNet, tile: int | None = None) -> int:

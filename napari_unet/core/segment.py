@@ -8,12 +8,13 @@ simply runs it to the end.
 from __future__ import annotations
 
 from collections.abc import Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 from scipy import ndimage as ndi
 from skimage.filters import gaussian, threshold_otsu
+from skimage.transform import resize
 
 from .device import describe, select_device
 from .instances import labels_from_probabilities, link_planes, min_object_size
@@ -79,29 +80,72 @@ def median_diameter(labels: np.ndarray) -> float | None:
     return float(2 * np.sqrt(np.median(areas) / np.pi)) if areas.size else None
 
 
-def estimate_diameter(infer: InferenceModel, plane: np.ndarray, model_diameter: float, crop: int = 768) -> float:
-    """Median object diameter in `plane`, px: a classical guess refined by one model pass on a crop.
+#: Candidate object diameters (px) that the size estimate tries: 5-200 px, a factor 1.41 apart.
+CANDIDATE_DIAMETERS = tuple(float(5 * 2 ** (k / 2)) for k in range(11))
 
+
+def _busiest_window(plane: np.ndarray, side: int) -> tuple[int, int]:
+    """Top-left corner of the `side` x `side` window holding the most above-Otsu pixels."""
+    H, W = plane.shape
+    if side >= H and side >= W:
+        return 0, 0
+    f = max(1, min(H, W) // 128)
+    small = plane[::f, ::f]
+    fg = (small > threshold_otsu(small)).astype(np.float32) if np.ptp(small) > 0 else np.ones_like(small)
+    k = max(1, side // f)
+    density = ndi.uniform_filter(fg, size=k, mode="constant")
+    cy, cx = np.unravel_index(int(np.argmax(density)), density.shape)
+    y0 = int(np.clip(cy * f - side // 2, 0, max(0, H - side)))
+    x0 = int(np.clip(cx * f - side // 2, 0, max(0, W - side)))
+    return y0, x0
+
+
+def measure_at(infer: InferenceModel, plane: np.ndarray, model_diameter: float, diameter: float, side: int = 320):
+    """Segment a busy crop of `plane` as if its objects were `diameter` px across.
+
+    The crop is `side` px once rescaled, so every candidate costs about the same.
+
+    Returns:
+        (median diameter of the objects found, in `plane` px, or None; number of objects).
+    """
+    scale = model_diameter / diameter
+    crop = max(16, int(round(side / scale)))
+    y0, x0 = _busiest_window(plane, crop)
+    sub = plane[y0 : y0 + crop, x0 : x0 + crop]
+    if abs(scale - 1.0) > 0.02:
+        size = (max(8, round(sub.shape[0] * scale)), max(8, round(sub.shape[1] * scale)))
+        sub = resize(sub, size, order=1, anti_aliasing=scale < 1, preserve_range=True).astype(np.float32)
+    labels = labels_from_probabilities(_drain(predict_plane(infer, sub)), min_size=min_object_size(model_diameter))
+    inner = labels.copy()  # objects cut by the crop's edge look smaller than they are
+    edge = np.unique(np.r_[labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    inner[np.isin(inner, edge)] = 0
+    use = inner if len(np.unique(inner)) > 3 else labels
+    found = median_diameter(use)
+    return (None if found is None else found / scale), int(len(np.unique(use)) - 1)
+
+
+def estimate_diameter(infer: InferenceModel, plane: np.ndarray, model_diameter: float) -> float:
+    """Median object diameter in `plane`, px, from the model's own view at several scales.
+
+    Every candidate diameter in `CANDIDATE_DIAMETERS` is tried: the crop is rescaled as if its
+    objects had that size, segmented, and the objects found are measured. A candidate is
+    *consistent* when what is found is within a factor 1.3 of it. Too coarse a candidate finds
+    objects larger than itself; too fine a one either finds whole objects, larger than itself, or
+    shatters them into fragments of about its own size, which look consistent (the failure of a
+    single refined guess, which locked onto 6 px on 35 px textured nuclei). So the estimate is
+    the measurement at the *largest* consistent candidate, refined by one more pass at that size.
     Falls back to `model_diameter` (no rescaling) when nothing is found.
     """
-    H, W = plane.shape
-    y0, x0 = max(0, (H - crop) // 2), max(0, (W - crop) // 2)
-    sub = plane[y0 : y0 + crop, x0 : x0 + crop]
-    guess = classical_diameter(sub) or model_diameter
-    guess = float(np.clip(guess, 4, 400))
-    for _ in range(2):
-        scale = model_diameter / guess
-        gen = predict_plane(infer, sub, scale=scale)
-        probs = _drain(gen)
-        labels = labels_from_probabilities(probs, min_size=min_object_size(guess))
-        found = median_diameter(labels)
-        if found is None:
-            break
-        converged = abs(np.log(found / guess)) < np.log(1.15)
-        guess = float(np.clip(found, 4, 400))
-        if converged:
-            break
-    return guess
+    consistent = []
+    for d in CANDIDATE_DIAMETERS:
+        found, n = measure_at(infer, plane, model_diameter, d)
+        if found is not None and n >= 2 and abs(np.log(found / d)) < np.log(1.3):
+            consistent.append(found)
+    if not consistent:
+        return float(model_diameter)
+    guess = consistent[-1]
+    found, _ = measure_at(infer, plane, model_diameter, guess)
+    return float(np.clip(found if found is not None else guess, 4, 400))
 
 
 def _drain(gen):
@@ -118,7 +162,7 @@ def segment_iter(
     *,
     device: str | torch.device = "auto",
     diameter: float | None = None,
-    channel: int | None = None,
+    channel: int | str | None = None,
     axes: str | None = None,
     tile: int | None = None,
     overlap: int = 32,
@@ -126,6 +170,7 @@ def segment_iter(
     link_iou: float | None = None,
     probabilities: bool = False,
     precision: str = "auto",
+    tta: bool = False,
 ) -> Generator[Progress, None, SegmentResult]:
     """Segment a 2D image or a stack, plane by plane. See `napari_unet.segment` for the arguments.
 
@@ -142,7 +187,7 @@ def segment_iter(
     info = model_info(model)
     spatial, out_axes, planes = iter_planes(image, axes, channel)
     n_planes = int(np.prod(spatial[:-2])) if len(spatial) > 2 else 1
-    infer = InferenceModel.prepare(model, dev, precision)
+    infer = InferenceModel.prepare(model, dev, precision, tta=tta)
     # A single plane is returned as computed; stacks are assembled in one preallocated array.
     labels = np.zeros(spatial, np.int32) if n_planes > 1 else None
     probs_out = np.zeros(spatial, np.uint8) if probabilities else None
@@ -151,7 +196,7 @@ def segment_iter(
     if used_diameter is None:  # once per stack, on the plane where objects are sharpest
         yield Progress(0, n_planes, 0, 1, "estimating object size")
         best = planes.most_contrasted() if n_planes > 1 else planes.indices[0]
-        used_diameter = estimate_diameter(infer, planes.at(best), info.diameter)
+        used_diameter = estimate_diameter(replace(infer, tta=False), planes.at(best), info.diameter)
     for k, (idx, plane) in enumerate(planes):
         scale = info.diameter / used_diameter
         gen = predict_plane(infer, plane, scale=scale, tile=tile, overlap=overlap, batch_size=batch_size)
@@ -177,4 +222,6 @@ def segment_iter(
     if link_iou is not None and labels.ndim > 2:
         flat = labels.reshape(-1, *labels.shape[-2:])
         labels = link_planes(flat, link_iou).reshape(labels.shape)
-    return SegmentResult(labels, describe(dev), float(used_diameter or info.diameter), probs_out, out_axes)
+    return SegmentResult(
+        labels, describe(dev), float(used_diameter or info.diameter), probs_out, out_axes, {"channel": planes.channel}
+    )

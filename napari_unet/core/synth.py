@@ -53,7 +53,9 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.measure import label as _cc_label
 
-__all__ = ["MIN_AREA", "MIN_CONTRAST", "SynthStyle", "synth_dataset", "synth_nuclei"]
+from .appearance import add_cytoplasm
+
+__all__ = ["MIN_AREA", "MIN_CONTRAST", "WIDE", "SynthStyle", "synth_dataset", "synth_nuclei"]
 
 #: Labelled objects smaller than this (pixels) are removed, like in the real data.
 MIN_AREA = 30
@@ -61,7 +63,7 @@ MIN_AREA = 30
 #: image's largest background-noise std (enforced on the noise-free image).
 MIN_CONTRAST = 3.5
 
-_DTYPE_MAX = {"uint8": 255, "uint16": 65535}
+_DTYPE_MAX = {"uint8": 255, "uint12": 4095, "uint16": 65535}  # uint12 is stored as uint16
 
 
 @dataclass(frozen=True)
@@ -108,12 +110,17 @@ class SynthStyle:
         saturation_prob: Probability that an image is over-exposed so that
             bright nuclei clip at the dtype maximum (skipped where the
             background would then exceed half the range: very low snr).
-        dtype: Output dtypes to choose from ("uint8" and/or "uint16"); a single
-            string is accepted too.
+        dtype: Output dtypes to choose from ("uint8", "uint12" stored as uint16,
+            "uint16"); a single string is accepted too.
         peak_uint8: Mean signal above offset of the brightest nucleus, uint8.
         offset_uint8: Camera offset (background level) for uint8 images.
         peak_uint16: Mean signal above offset of the brightest nucleus, uint16.
-        offset_uint16: Camera offset (background level) for uint16 images.
+        offset_uint16: Camera offset (background level) for uint16 images
+            (uint12 images use 1/16 of the uint16 peak and offset).
+        cytoplasm_prob: Probability that an image shows a faint cytoplasm around
+            its nuclei (`appearance.add_cytoplasm`, before the camera noise).
+        cytoplasm_level: Its mean level relative to the median nucleus signal
+            (log-uniform).
     """
 
     diameter: tuple[float, float] = (14.0, 40.0)
@@ -137,6 +144,8 @@ class SynthStyle:
     offset_uint8: tuple[float, float] = (0.0, 25.0)
     peak_uint16: tuple[float, float] = (1000.0, 30000.0)
     offset_uint16: tuple[float, float] = (100.0, 2000.0)
+    cytoplasm_prob: float = 0.0
+    cytoplasm_level: tuple[float, float] = (0.02, 0.3)
 
     def __post_init__(self) -> None:
         for f in fields(self):  # accept lists for ranges
@@ -155,8 +164,24 @@ class SynthStyle:
             raise ValueError("diameter, snr and peak_* must be > 0")
         if self.dynamic_range[0] < 1 or self.size_jitter < 0 or self.blur_sigma[0] < 0:
             raise ValueError("dynamic_range must be >= 1, size_jitter and blur_sigma >= 0")
-        if not (0 <= self.rim_prob <= 1 and 0 <= self.saturation_prob <= 1):
-            raise ValueError("rim_prob and saturation_prob must be probabilities")
+        if not all(0 <= p <= 1 for p in (self.rim_prob, self.saturation_prob, self.cytoplasm_prob)):
+            raise ValueError("rim_prob, saturation_prob and cytoplasm_prob must be probabilities")
+
+
+#: The style that trains bundled model v2 (the recipe also draws each image's diameter from 8-80 px):
+#: faint cytoplasm in 40 % of images, more bright condensed nuclei and chromocentres, a 30x dynamic
+#: range between dim and bright nuclei, denser clusters of touching nuclei, uint12 cameras.
+WIDE = SynthStyle(
+    diameter=(8.0, 80.0),
+    density=(0.05, 0.6),
+    touching=(0.0, 0.8),
+    spots=(0.0, 8.0),
+    dynamic_range=(5.0, 30.0),
+    mitotic=(0.0, 0.1),
+    blur_sigma=(0.3, 3.0),
+    dtype=("uint8", "uint12", "uint16"),
+    cytoplasm_prob=0.4,
+)
 
 
 # ----------------------------------------------------------------------------
@@ -477,6 +502,9 @@ def synth_nuclei(
         peak_adu, offset = _loguniform(rng, style.peak_uint8), _uniform(rng, style.offset_uint8)
     else:
         peak_adu, offset = _loguniform(rng, style.peak_uint16), _uniform(rng, style.offset_uint16)
+        if dtype == "uint12":
+            peak_adu, offset = peak_adu / 16, offset / 16
+    cytoplasm = rng.random() < style.cytoplasm_prob
 
     # ---- geometry ---------------------------------------------------------------
     raw, rho_map, raw_mitotic = _place_nuclei(shape, rng, style, d_med, density, p_touch, irregularity, mit_frac)
@@ -583,6 +611,13 @@ def synth_nuclei(
             amp = amp * boost
             signal = render(amp)
 
+    if cytoplasm and n:
+        level = _loguniform(rng, style.cytoplasm_level)
+        signal = add_cytoplasm(
+            signal, lab, rng, level=level, reach=rng.uniform(0.3, 1.3), texture=rng.uniform(0.1, 0.8),
+            orphans=rng.uniform(0.0, 0.3), exclude_nuclei=rng.uniform(0.0, 1.0) if level > 0.2 else 0.0,
+        )
+
     # ---- camera --------------------------------------------------------------------
     expected = illum * (signal + haze_e + np.float32(bg_e))
     electrons = rng.poisson(np.maximum(expected, 0.0)).astype(np.float32)
@@ -607,7 +642,7 @@ def synth_nuclei(
         gain = min(peak_adu / peak_e, (0.7 * top - offset) / bright_e, 0.7 * top / (bright_e + k * sigma_e))
     gain = max(gain, 1e-3 * top / peak_e)
     offset = max(offset, k * gain * sigma_e)
-    image = np.clip(np.rint(offset + gain * electrons), 0, top).astype(dtype)
+    image = np.clip(np.rint(offset + gain * electrons), 0, top).astype(np.uint8 if dtype == "uint8" else np.uint16)
     return image, labels.astype(np.int32, copy=False)
 
 

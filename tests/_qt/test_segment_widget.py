@@ -113,8 +113,9 @@ def test_channels_of_an_rgb_image(viewer, qtbot, wait_idle, nuclei_image):
     rgb = np.stack([nuclei_image, nuclei_image * 0.5, nuclei_image * 0], axis=-1)
     viewer.add_image(rgb, name="rgb", rgb=True)
     w = _widget(viewer, qtbot)
-    assert w.channel.isEnabled() and w.channel.count() == 4  # average + 3 channels
-    w.channel.setCurrentIndex(1)
+    assert w.channel.isEnabled() and w.channel.count() == 5  # auto, average, 3 channels
+    assert w.channel.currentData() is None and w.channel.itemData(1) == "mean"
+    w.channel.setCurrentIndex(2)
     w.run()
     wait_idle(w.runner)
     assert viewer.layers["rgb labels"].data.shape == nuclei_image.shape

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -75,3 +76,19 @@ def test_flops_counted():
     m = UNet(UNetConfig(base=16, depth=4))
     assert 5e4 < flops_per_pixel(m) < 2e5
     assert count_parameters(m) > 1e6
+
+
+def test_test_time_augmentation_is_flip_equivariant():
+    import torch
+
+    from napari_unet.core.predict import InferenceModel
+
+    torch.manual_seed(0)
+    m = UNet(UNetConfig(base=4, depth=2)).eval()
+    infer = InferenceModel.prepare(m, torch.device("cpu"), precision="fp32", tta=True)
+    plain = InferenceModel.prepare(m, torch.device("cpu"), precision="fp32")
+    x = np.random.default_rng(0).random((1, 1, 64, 64), dtype=np.float32)
+    p, q = infer(x), infer(x[..., ::-1].copy())
+    np.testing.assert_allclose(q[..., ::-1], p, atol=1e-5)  # flipping the input flips the output
+    assert not np.allclose(plain(x[..., ::-1].copy())[..., ::-1], plain(x), atol=1e-5)  # the plain net is not
+    np.testing.assert_allclose(p.sum(1), 1, atol=1e-5)

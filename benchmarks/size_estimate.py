@@ -1,0 +1,118 @@
+"""Size-estimate contract: every real image, rescaled 0.33x-3x, estimated within +-20 % of the truth.
+
+Usage::
+
+    python benchmarks/size_estimate.py [--model PATH] [--every 1] [--factors 0.33,0.5,...] [--previous]
+
+For every real labelled image in `../shared/data` (mnfinder train + val, BBBC007, and the in-focus
+planes 20, 30 and 40 of cells3d) and every factor, the image is rescaled (anti-aliased) and the
+automatic estimate (`napari_unet.core.segment.estimate_diameter`) is compared with the labels'
+median diameter x factor. `--previous` also runs the estimate that shipped before (a classical guess
+refined by up to two passes of the model), side by side. Prints one table row per data set and factor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from napari_unet.api import load_model  # noqa: E402
+from napari_unet.core.appearance import rescale  # noqa: E402
+from napari_unet.core.instances import labels_from_probabilities, min_object_size  # noqa: E402
+from napari_unet.core.normalize import normalize_plane, percentile_range  # noqa: E402
+from napari_unet.core.predict import InferenceModel, predict_plane  # noqa: E402
+from napari_unet.core.segment import _drain, classical_diameter, estimate_diameter, median_diameter  # noqa: E402
+
+FACTORS = (0.33, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+
+
+def real_images(root: Path, every: int = 1):
+    """(set name, image, labels) for every real labelled 2D image (every `every`-th)."""
+    items = []
+    for split in ("train", "val"):
+        d = root / "mnfinder" / split
+        for f in sorted((d / "images").glob("*.tif")):
+            items.append(("mnfinder", tifffile.imread(f), tifffile.imread(d / "nuclei" / f.name)))
+    for f in sorted((root / "bbbc007").glob("*.tif")):
+        if not f.stem.endswith("_labels"):
+            items.append(("bbbc007", tifffile.imread(f), tifffile.imread(f.with_name(f.stem + "_labels.tif"))))
+    stack = tifffile.imread(root / "cells3d" / "nuclei.tif")
+    lab3 = tifffile.imread(root / "cells3d" / "nuclei_label.tif")
+    for z in (20, 30, 40):
+        items.append(("cells3d", stack[z], lab3[z]))
+    return items[::every]
+
+
+def previous_estimate(infer, plane, model_diameter, crop=768):
+    """The estimate that shipped with v1: classical guess, refined by up to two model passes."""
+    H, W = plane.shape
+    y0, x0 = max(0, (H - crop) // 2), max(0, (W - crop) // 2)
+    sub = plane[y0 : y0 + crop, x0 : x0 + crop]
+    guess = float(np.clip(classical_diameter(sub) or model_diameter, 4, 400))
+    for _ in range(2):
+        probs = _drain(predict_plane(infer, sub, scale=model_diameter / guess))
+        found = median_diameter(labels_from_probabilities(probs, min_size=min_object_size(guess)))
+        if found is None:
+            break
+        converged = abs(np.log(found / guess)) < np.log(1.15)
+        guess = float(np.clip(found, 4, 400))
+        if converged:
+            break
+    return guess
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, default=REPO_ROOT.parent / "shared" / "data")
+    p.add_argument("--model", default="bundled")
+    p.add_argument("--every", type=int, default=1, help="use every N-th image")
+    p.add_argument("--factors", default=",".join(map(str, FACTORS)))
+    p.add_argument("--previous", action="store_true", help="also run v1's estimate")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model = load_model(args.model)
+    infer = InferenceModel.prepare(model, torch.device("cpu"))
+    factors = [float(f) for f in args.factors.split(",")]
+    methods = {"multi-scale": estimate_diameter}
+    if args.previous:
+        methods["previous"] = previous_estimate
+    rows: dict[tuple[str, str, float], list[float]] = {}
+    times: dict[str, float] = dict.fromkeys(methods, 0.0)
+    for name, image, labels in real_images(args.data, args.every):
+        true = median_diameter(labels.astype(np.int32))
+        for f in factors:
+            img, _ = rescale(image, labels, f) if f != 1 else (image.astype(np.float32), labels)
+            lo, hi = percentile_range(img)
+            plane = normalize_plane(img, lo, hi)
+            for m, fn in methods.items():
+                t = time.perf_counter()
+                est = fn(infer, plane, model.info.diameter)
+                times[m] += time.perf_counter() - t
+                rows.setdefault((m, name, f), []).append(est / (true * f))
+    print(f"model {args.model}; ratio = estimate / (true median diameter x factor); target: all within 0.8-1.2\n")
+    print("| estimate | set | factor | images | within +-20 % | median ratio | worst ratio |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for (m, name, f), r in rows.items():
+        r = np.asarray(r)
+        ok = np.mean(np.abs(np.log(r)) <= np.log(1.2))
+        worst = r[np.argmax(np.abs(np.log(r)))]
+        print(f"| {m} | {name} | {f:g} | {r.size} | {ok:.0%} | {np.median(r):.2f} | {worst:.2f} |")
+    for m in methods:
+        total = np.concatenate([v for (mm, _, _), v in rows.items() if mm == m])
+        ok = np.mean(np.abs(np.log(total)) <= np.log(1.2))
+        print(f"\n{m}: {ok:.1%} of {total.size} estimates within +-20 %, {times[m] / total.size:.2f} s each")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

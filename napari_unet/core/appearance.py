@@ -1,0 +1,224 @@
+"""Hard cases rendered onto any labelled nuclei image: the looks of other labs and microscopes.
+
+Each function takes an image (any real dtype, raw intensities) and its instance labels, and returns
+a new float32 image that shows one thing the bundled model meets on other labs' images; the labels
+stay true by construction (nuclei keep their outline, everything added outside them is background):
+
+* `add_cytoplasm`: a faint, textured cytoplasm around the nuclei (bleed-through of a cytoplasmic
+  fluorescent protein, autofluorescence, or a cytoplasmic channel averaged in), plus a few cell
+  bodies whose nucleus is out of the plane.
+* `add_chromatin`: heterochromatin texture and bright foci inside the nuclei (confocal, 40-63x).
+* `condense`: some nuclei made several times brighter, with a blur halo around them (mitotic,
+  apoptotic).
+* `rescale`: the whole field at another magnification (labels by nearest neighbour).
+* `camera`: another camera: offset, gain, shot and read noise, uint8 / uint12 / uint16, saturation.
+
+`perturb` draws a random mix of these; the training recipe applies it to real and synthetic images,
+and `benchmarks/hard_cases.py` applies each one alone, at fixed strengths, to score the model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.segmentation import expand_labels
+from skimage.transform import resize
+
+__all__ = ["add_chromatin", "add_cytoplasm", "camera", "condense", "perturb", "rescale"]
+
+
+def _levels(image: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(background level, median nucleus signal above it) of a raw image."""
+    img = np.asarray(image, np.float32)
+    fg = labels > 0
+    bg = float(np.median(img[~fg])) if (~fg).any() else float(img.min())
+    sig = float(np.median(img[fg])) - bg if fg.any() else float(np.ptp(img))
+    return bg, max(sig, 1e-6)
+
+
+def _median_diameter(labels: np.ndarray) -> float:
+    areas = np.bincount(labels.ravel())[1:]
+    areas = areas[areas > 0]
+    return float(2 * np.sqrt(np.median(areas) / np.pi)) if areas.size else 20.0
+
+
+def _band_noise(rng: np.random.Generator, shape, sigma: float) -> np.ndarray:
+    """Zero-mean, unit-std Gaussian-filtered white noise with structures of ~`sigma` px."""
+    f = ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), max(sigma, 0.5))
+    return f / max(float(f.std()), 1e-6)
+
+
+def add_cytoplasm(
+    image: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    level: float = 0.05,
+    reach: float = 0.8,
+    texture: float = 0.5,
+    orphans: float = 0.1,
+    exclude_nuclei: float = 0.0,
+) -> np.ndarray:
+    """Add a cytoplasm signal around every nucleus.
+
+    Args:
+        image, labels: Raw image and its nuclei labels.
+        rng: Random generator.
+        level: Mean cytoplasm signal relative to the median nucleus signal above background
+            (0.02-0.1: nuclei 10-50x brighter; ~0.5-1: a cytoplasmic channel averaged in).
+        reach: How far cells extend beyond their nucleus, in nucleus diameters (cells stop where
+            they meet their neighbours, as a Voronoi partition does).
+        texture: Relative std of the cytoplasm's granular / fibrous texture.
+        orphans: Cell bodies without a visible nucleus, per nucleus (background in the labels).
+        exclude_nuclei: 0 = the cytoplasm signal also lies over the nuclei (bleed-through of a
+            protein in the whole cell); 1 = none over them (a strictly cytoplasmic stain).
+
+    Returns:
+        float32 image of the same shape.
+    """
+    img = np.asarray(image, np.float32)
+    bg, sig = _levels(img, labels)
+    d = _median_diameter(labels)
+    shape = labels.shape
+    seeds = labels.astype(np.int32, copy=True)
+    n = int(labels.max())
+    n_orphan = int(rng.poisson(orphans * max(n, 1)))
+    if n_orphan:  # out-of-plane cells: a seed disk with no nucleus drawn, removed from the labels below
+        free = np.flatnonzero((ndi.distance_transform_edt(labels == 0) > d).ravel())
+        if free.size:
+            yy, xx = np.unravel_index(rng.choice(free, min(n_orphan, free.size), replace=False), shape)
+            for k, (y, x) in enumerate(zip(yy, xx), start=n + 1):
+                r = max(2, int(d * rng.uniform(0.2, 0.4)))
+                block = seeds[max(0, y - r) : y + r, max(0, x - r) : x + r]
+                block[block == 0] = k
+    dist = ndi.distance_transform_edt(seeds == 0)
+    # irregular cell outlines: the reach varies smoothly over the field
+    extent = reach * d * (0.5 + 0.5 * rng.uniform(0.5, 1.5) * (1 + 0.6 * _band_noise(rng, shape, d)))
+    cells = expand_labels(seeds, distance=float(reach * d * 2.0))
+    cells[dist > extent] = 0
+    n_cells = int(cells.max())
+    if n_cells == 0:
+        return img
+    cell_gain = np.exp(rng.normal(0.0, 0.35, n_cells + 1)).astype(np.float32)
+    grain = _band_noise(rng, shape, rng.uniform(0.8, 0.15 * d + 1.0))
+    tex = np.maximum(1.0 + texture * grain, 0.0)
+    perinuclear = np.exp(-dist / max(reach * d, 1.0)).astype(np.float32) * rng.uniform(0.0, 1.0)
+    cyto = (cells > 0) * cell_gain[cells] * tex * (1.0 + perinuclear)
+    if exclude_nuclei > 0:
+        cyto[labels > 0] *= 1.0 - exclude_nuclei
+    cyto = ndi.gaussian_filter(cyto.astype(np.float32), rng.uniform(0.7, 2.0))
+    cyto *= level * sig / max(float(cyto[cells > 0].mean()), 1e-6)
+    return img + cyto
+
+
+def add_chromatin(
+    image: np.ndarray, labels: np.ndarray, rng: np.random.Generator, texture: float = 0.4, foci: float = 6.0
+) -> np.ndarray:
+    """Heterochromatin texture and bright foci (chromocentres) inside the nuclei.
+
+    Args:
+        texture: Relative std of the multiplicative chromatin texture.
+        foci: Mean number of bright foci per nucleus.
+    """
+    img = np.asarray(image, np.float32)
+    bg, sig = _levels(img, labels)
+    d = _median_diameter(labels)
+    inside = labels > 0
+    tex = 1.0 + texture * _band_noise(rng, labels.shape, max(0.7, 0.06 * d))
+    out = bg + (img - bg) * np.where(inside, np.maximum(tex, 0.2), 1.0)
+    core = np.flatnonzero((ndi.distance_transform_edt(inside) > 0.12 * d).ravel())
+    k = int(rng.poisson(foci * max(int(labels.max()), 1)))
+    if core.size and k:
+        imp = np.zeros(labels.size, np.float32)
+        np.add.at(imp, rng.choice(core, k), rng.uniform(0.5, 2.0, k).astype(np.float32))
+        s = max(0.8, rng.uniform(0.04, 0.08) * d)
+        spots = ndi.gaussian_filter(imp.reshape(labels.shape), s) * np.float32(2 * math.pi * s * s)
+        out += sig * spots * inside
+    return out.astype(np.float32)
+
+
+def condense(
+    image: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    fraction: float = 0.1,
+    gain: float = 4.0,
+    halo: float = 0.3,
+) -> np.ndarray:
+    """Make a `fraction` of the nuclei `gain` x brighter, with a blur halo of `halo` x their signal."""
+    img = np.asarray(image, np.float32)
+    bg, _ = _levels(img, labels)
+    n = int(labels.max())
+    pick = np.zeros(n + 1, bool)
+    pick[1:] = rng.random(n) < fraction
+    if n and not pick.any():
+        pick[1 + rng.integers(n)] = True
+    sel = pick[labels]
+    extra = np.where(sel, (img - bg) * (gain - 1.0), 0.0).astype(np.float32)
+    d = _median_diameter(labels)
+    glow = ndi.gaussian_filter(extra, max(1.5, 0.25 * d))
+    return img + extra + halo * glow * (labels == 0)
+
+
+def rescale(image: np.ndarray, labels: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
+    """The field at `factor` x the magnification (anti-aliased image, nearest-neighbour labels)."""
+    shape = tuple(max(8, round(s * factor)) for s in labels.shape)
+    img = resize(np.asarray(image, np.float32), shape, order=1, anti_aliasing=factor < 1, preserve_range=True)
+    lab = resize(labels, shape, order=0, anti_aliasing=False, preserve_range=True).astype(np.int32)
+    return img.astype(np.float32), lab
+
+
+def camera(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    dtype: str = "uint16",
+    offset: float = 0.05,
+    fill: float = 0.6,
+    photons: float = 300.0,
+    read_noise: float = 0.01,
+) -> np.ndarray:
+    """Re-expose `image` on another camera.
+
+    Args:
+        dtype: "uint8", "uint12" (stored as uint16, max 4095) or "uint16".
+        offset: Camera offset as a fraction of the range.
+        fill: Where the image's 99.9th percentile lands, as a fraction of the range (> 1 saturates).
+        photons: Photo-electrons at the 99.9th percentile (shot noise; lower = noisier).
+        read_noise: Gaussian read noise std as a fraction of the 99.9th percentile signal.
+
+    Returns:
+        An integer image of `dtype` (uint16 for uint12).
+    """
+    top = {"uint8": 255, "uint12": 4095, "uint16": 65535}[dtype]
+    img = np.asarray(image, np.float32)
+    lo, hi = np.percentile(img, [0.5, 99.9])
+    rel = np.clip((img - lo) / max(float(hi - lo), 1e-6), 0, None)
+    e = rng.poisson(rel * photons).astype(np.float32) / photons
+    e += rng.normal(0.0, read_noise, img.shape).astype(np.float32)
+    out = offset * top + e * fill * top
+    return np.clip(np.rint(out), 0, top).astype(np.uint8 if dtype == "uint8" else np.uint16)
+
+
+def perturb(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A random mix of the hard cases above, for training (each with its own probability)."""
+    img, lab = np.asarray(image, np.float32), labels
+    if rng.random() < 0.25:  # lower magnification: small nuclei, later upscaled to the model's size
+        img, lab = rescale(img, lab, float(np.exp(rng.uniform(np.log(0.35), np.log(0.8)))))
+    if rng.random() < 0.35:
+        img = add_chromatin(img, lab, rng, texture=rng.uniform(0.1, 0.6), foci=rng.uniform(0, 10))
+    if rng.random() < 0.2:
+        img = condense(img, lab, rng, rng.uniform(0.03, 0.2), rng.uniform(2.0, 6.0), rng.uniform(0.1, 0.5))
+    if rng.random() < 0.55:
+        level = float(np.exp(rng.uniform(np.log(0.015), np.log(0.6))))
+        img = add_cytoplasm(
+            img, lab, rng, level=level, reach=rng.uniform(0.3, 1.3), texture=rng.uniform(0.1, 0.8),
+            orphans=rng.uniform(0.0, 0.3), exclude_nuclei=rng.uniform(0, 1) if level > 0.2 else 0.0,
+        )
+    if rng.random() < 0.6:
+        dtype = ("uint8", "uint12", "uint16")[int(rng.integers(3))]
+        img = camera(
+            img, rng, dtype, offset=rng.uniform(0, 0.15), fill=rng.uniform(0.1, 1.1),
+            photons=float(np.exp(rng.uniform(np.log(20), np.log(3000)))), read_noise=rng.uniform(0.0, 0.04),
+        )
+    return np.asarray(img, np.float32), lab

@@ -1,0 +1,104 @@
+"""Hard-case renderings (napari_unet.core.appearance) and the wide synthetic style."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from napari_unet.core import appearance as A
+from napari_unet.core.synth import WIDE, SynthStyle, synth_nuclei
+
+
+@pytest.fixture(scope="module")
+def field():
+    """A real-looking pair from the default synthetic style: uint16 image, exact labels."""
+    return synth_nuclei((192, 192), rng=3, style=SynthStyle(diameter=(22.0, 22.0), density=(0.3, 0.3), dtype="uint16"))
+
+
+def test_cytoplasm_is_faint_around_nuclei_and_absent_far_away(field):
+    img, lab = field
+    out = A.add_cytoplasm(img, lab, np.random.default_rng(0), level=0.05, reach=0.8, orphans=0.0)
+    added = out - img.astype(np.float32)
+    dist = ndi.distance_transform_edt(lab == 0)
+    near, far = added[(dist > 2) & (dist < 8)], added[dist > 60]
+    bg = np.median(img[lab == 0])
+    nucleus = np.median(img[lab > 0]) - bg
+    assert 0.01 * nucleus < near.mean() < 0.15 * nucleus  # faint: about 1/20 of the nuclei
+    assert far.size == 0 or far.mean() < 0.2 * near.mean()
+    assert out.shape == img.shape and out.dtype == np.float32
+
+
+def test_cytoplasm_excluded_from_nuclei_and_orphan_cells_are_background(field):
+    img, lab = field
+    rng = np.random.default_rng(1)
+    out = A.add_cytoplasm(img, lab, rng, level=0.5, exclude_nuclei=1.0, orphans=0.5)
+    added = out - img.astype(np.float32)
+    core = ndi.binary_erosion(lab > 0, iterations=3)
+    ring = ndi.binary_dilation(lab > 0, iterations=6) & ~ndi.binary_dilation(lab > 0, iterations=2)
+    assert added[core].mean() < 0.5 * added[ring].mean()  # the nuclei hold (almost) none of it
+
+
+def test_camera_ranges_and_saturation(field):
+    img, _ = field
+    rng = np.random.default_rng(2)
+    u8 = A.camera(img, rng, "uint8", photons=30)
+    u12 = A.camera(img, rng, "uint12", fill=1.6)
+    assert u8.dtype == np.uint8 and u12.dtype == np.uint16
+    assert u12.max() == 4095 and (u12 == 4095).mean() > 0.001  # over-exposed: bright nuclei clip
+
+
+def test_rescale_keeps_labels_nearest(field):
+    img, lab = field
+    big, lab2 = A.rescale(img, lab, 2.0)
+    assert big.shape == lab2.shape == (384, 384)
+    assert set(np.unique(lab2)) <= set(np.unique(lab))
+
+
+def test_chromatin_and_condense_change_only_what_they_say(field):
+    img, lab = field
+    rng = np.random.default_rng(4)
+    tex = A.add_chromatin(img, lab, rng)
+    np.testing.assert_allclose(tex[lab == 0], img[lab == 0])  # background untouched
+    bright = A.condense(img, lab, rng, fraction=0.2, gain=5.0, halo=0.0)
+    ratio = bright[lab > 0] / np.maximum(img[lab > 0].astype(np.float32), 1)
+    assert ratio.max() > 3 and np.isclose(np.median(ratio), 1, atol=0.05)
+
+
+def test_perturb_is_deterministic(field):
+    img, lab = field
+    a = A.perturb(img, lab, np.random.default_rng(5))
+    b = A.perturb(img, lab, np.random.default_rng(5))
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_wide_style_uint12_and_cytoplasm():
+    style = replace(WIDE, diameter=(20.0, 20.0), density=(0.1, 0.1), dtype=("uint12",), cytoplasm_prob=1.0)
+    img, lab = synth_nuclei((256, 256), rng=0, style=style)
+    assert img.dtype == np.uint16 and img.max() <= 4095 and lab.max() > 0
+    dist = ndi.distance_transform_edt(lab == 0)
+    assert (dist > 30).sum() > 100
+    assert np.median(img[(dist > 2) & (dist < 6)]) > np.median(img[dist > 30])
+
+
+def test_style_rejects_bad_cytoplasm_probability():
+    with pytest.raises(ValueError, match="cytoplasm_prob"):
+        SynthStyle(cytoplasm_prob=1.5)
+
+
+def test_default_channel_is_the_nuclear_stain(field):
+    from napari_unet.core.normalize import iter_planes
+
+    img, lab = field
+    cyto = A.add_cytoplasm(np.zeros_like(img, np.float32), lab, np.random.default_rng(6), level=1.0,
+                           exclude_nuclei=1.0, reach=1.2)  # a cytoplasmic stain, dark in the nuclei
+    cyto = cyto / cyto.max() * img.max() + np.random.default_rng(7).normal(0, 0.01 * img.max(), img.shape)
+    for order in ((0, 1), (1, 0)):
+        pair = np.stack([img.astype(np.float32), cyto.astype(np.float32)], -1)[..., order]
+        _, _, planes = iter_planes(pair, "YXC")
+        assert planes.channel == order.index(0)  # wherever the nuclear channel is
+        _, _, mean = iter_planes(pair, "YXC", "mean")
+        assert mean.channel == "mean"
+    flat = np.stack([img, np.zeros_like(img)], -1)  # an empty second channel is never chosen
+    assert iter_planes(flat, "YXC")[2].channel == 0

@@ -1,0 +1,64 @@
+"""The automatic size estimate cannot collapse: real images at 0.33x-3x, large textured nuclei.
+
+The full contract (every real image of ../shared/data at seven factors) is
+`benchmarks/size_estimate.py`; this keeps a fast, representative part of it.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_unet.api import load_model
+from napari_unet.core.appearance import add_chromatin, rescale
+from napari_unet.core.normalize import normalize_plane, percentile_range
+from napari_unet.core.predict import InferenceModel
+from napari_unet.core.segment import estimate_diameter, median_diameter
+from napari_unet.core.synth import SynthStyle, synth_nuclei
+
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    model = load_model("bundled")
+    return InferenceModel.prepare(model, torch.device("cpu")), model.info.diameter
+
+
+def _estimate(bundled, image):
+    infer, d0 = bundled
+    lo, hi = percentile_range(image)
+    return estimate_diameter(infer, normalize_plane(image, lo, hi), d0)
+
+
+def _real():
+    if not DATA.is_dir():
+        pytest.skip(f"no shared data at {DATA}")
+    val = DATA / "mnfinder" / "val"
+    name = sorted((val / "images").glob("*.tif"))[0].name
+    stack, lab3 = tifffile.imread(DATA / "cells3d" / "nuclei.tif"), tifffile.imread(DATA / "cells3d" / "nuclei_label.tif")
+    return [
+        (tifffile.imread(val / "images" / name), tifffile.imread(val / "nuclei" / name)),
+        (tifffile.imread(DATA / "bbbc007" / "17P1_POS0007_D_1UL.tif"), tifffile.imread(DATA / "bbbc007" / "17P1_POS0007_D_1UL_labels.tif")),
+        (stack[30], lab3[30]),
+    ]
+
+
+@pytest.mark.parametrize("factor", [0.33, 1.0, 3.0])
+def test_real_images_at_any_magnification(bundled, factor):
+    for image, labels in _real():
+        true = median_diameter(labels.astype(np.int32)) * factor
+        img, _ = rescale(image, labels.astype(np.int32), factor)
+        est = _estimate(bundled, img)
+        assert 0.8 * true <= est <= 1.2 * true, f"estimate {est:.1f} px, truth {true:.1f} px (x{factor})"
+
+
+def test_large_textured_nuclei_do_not_shatter(bundled):
+    style = SynthStyle(diameter=(70.0, 70.0), texture=(0.5, 0.5), spots=(8.0, 8.0), blur_sigma=(0.5, 0.5), dtype="uint16")
+    img, lab = synth_nuclei((640, 640), rng=11, style=style)
+    img = add_chromatin(img, lab, np.random.default_rng(0), texture=0.5, foci=8)
+    true = median_diameter(lab)
+    est = _estimate(bundled, img)
+    assert 0.8 * true <= est <= 1.25 * true, f"estimate {est:.1f} px, truth {true:.1f} px"
