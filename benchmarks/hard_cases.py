@@ -89,7 +89,9 @@ def cases() -> dict[str, tuple[str, Callable[[], list[Sample]]]]:
         "cytoplasm 1/10": ("clean", lambda: _each(val(), lambda im, lab, r: cyto(im, lab, r, level=0.1), 2)),
         "cytoplasm 1/10, autofluorescent grain": (
             "clean", lambda: _each(val(), lambda im, lab, r: cyto(im, lab, r, level=0.1, texture=1.0, orphans=0.3), 3)),
-        "cytoplasm channel averaged in (1/2)": (
+        "cytoplasm 1/4 (beyond the 10-50x of the issue)": (
+            "clean", lambda: _each(val(), lambda im, lab, r: cyto(im, lab, r, level=0.25), 11)),
+        "cytoplasm channel averaged in (1/2, nuclei excluded)": (
             "clean", lambda: _each(val(), lambda im, lab, r: cyto(im, lab, r, level=0.5, exclude_nuclei=1.0), 4)),
         "RGB: nuclear + cytoplasmic + empty channel (default channel)": ("clean", lambda: _each(val(), _rgb, 10)),
         # 2. size: every magnification, and large textured nuclei

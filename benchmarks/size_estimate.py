@@ -52,8 +52,9 @@ def real_images(root: Path, every: int = 1):
     return items[::every]
 
 
-def previous_estimate(infer, plane, model_diameter, crop=768):
+def previous_estimate(infer, plane, info, crop=768):
     """The estimate that shipped with v1: classical guess, refined by up to two model passes."""
+    model_diameter = info.diameter
     H, W = plane.shape
     y0, x0 = max(0, (H - crop) // 2), max(0, (W - crop) // 2)
     sub = plane[y0 : y0 + crop, x0 : x0 + crop]
@@ -96,7 +97,7 @@ def main(argv=None) -> int:
             plane = normalize_plane(img, lo, hi)
             for m, fn in methods.items():
                 t = time.perf_counter()
-                est = fn(infer, plane, model.info.diameter)
+                est = fn(infer, plane, model.info)
                 times[m] += time.perf_counter() - t
                 rows.setdefault((m, name, f), []).append(est / (true * f))
     print(f"model {args.model}; ratio = estimate / (true median diameter x factor); target: all within 0.8-1.2\n")

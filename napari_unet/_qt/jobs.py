@@ -172,7 +172,7 @@ def estimate_job(
     _, _, planes = iter_planes(sub, sub_axes, channel)
     _, p = next(iter(planes))
     infer = InferenceModel.prepare(net, select_device(device))
-    value = float(estimate_diameter(infer, p, model_info(net).diameter))
+    value = float(estimate_diameter(infer, p, model_info(net)))
     yield Progress(0, 1, 1, 1, "estimating object size")
     return value
 

@@ -37,6 +37,8 @@ class ModelInfo:
         normalization: Intensity normalisation applied before the network (percentiles).
         name: Short name of this model or version.
         provenance: Free-form lineage: parent, data hashes, recipe, metrics, dates.
+        mask_threshold: Foreground probability above which a pixel joins an object (the outline),
+            chosen for each model on its selection sets; files without it use 0.5.
     """
 
     config: UNetConfig
@@ -44,6 +46,7 @@ class ModelInfo:
     normalization: dict = field(default_factory=lambda: {"kind": "percentile", "low": 1.0, "high": 99.8})
     name: str = "unnamed"
     provenance: dict = field(default_factory=dict)
+    mask_threshold: float = 0.5
 
     def to_metadata(self) -> dict[str, str]:
         return {
@@ -54,6 +57,7 @@ class ModelInfo:
             "classes": json.dumps(list(CLASS_NAMES)),
             "name": self.name,
             "provenance": json.dumps(self.provenance),
+            "mask_threshold": json.dumps(float(self.mask_threshold)),
         }
 
     @classmethod
@@ -61,15 +65,19 @@ class ModelInfo:
         if not meta or meta.get("format") != FORMAT:
             raise ModelFileError(f"{where} is not a napari-unet model file (no '{FORMAT}' header)")
         try:
-            return cls(
+            info = cls(
                 config=UNetConfig.from_dict(json.loads(meta["config"])),
                 diameter=float(json.loads(meta["diameter"])),
                 normalization=json.loads(meta["normalization"]),
                 name=meta.get("name", "unnamed"),
                 provenance=json.loads(meta.get("provenance", "{}")),
+                mask_threshold=float(json.loads(meta.get("mask_threshold", "0.5"))),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise ModelFileError(f"{where} has a damaged header: {exc}") from None
+        if not 0.0 < info.mask_threshold < 1.0:
+            raise ModelFileError(f"{where} has a damaged header: mask_threshold {info.mask_threshold} is not in (0, 1)")
+        return info
 
 
 def _umask() -> int:

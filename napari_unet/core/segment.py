@@ -100,7 +100,10 @@ def _busiest_window(plane: np.ndarray, side: int) -> tuple[int, int]:
     return y0, x0
 
 
-def measure_at(infer: InferenceModel, plane: np.ndarray, model_diameter: float, diameter: float, side: int = 320):
+def measure_at(
+    infer: InferenceModel, plane: np.ndarray, model_diameter: float, diameter: float, side: int = 320,
+    mask_threshold: float = 0.5,
+):
     """Segment a busy crop of `plane` as if its objects were `diameter` px across.
 
     The crop is `side` px once rescaled, so every candidate costs about the same.
@@ -115,7 +118,8 @@ def measure_at(infer: InferenceModel, plane: np.ndarray, model_diameter: float, 
     if abs(scale - 1.0) > 0.02:
         size = (max(8, round(sub.shape[0] * scale)), max(8, round(sub.shape[1] * scale)))
         sub = resize(sub, size, order=1, anti_aliasing=scale < 1, preserve_range=True).astype(np.float32)
-    labels = labels_from_probabilities(_drain(predict_plane(infer, sub)), min_size=min_object_size(model_diameter))
+    probs = _drain(predict_plane(infer, sub))
+    labels = labels_from_probabilities(probs, min_size=min_object_size(model_diameter), mask_threshold=mask_threshold)
     inner = labels.copy()  # objects cut by the crop's edge look smaller than they are
     edge = np.unique(np.r_[labels[0], labels[-1], labels[:, 0], labels[:, -1]])
     inner[np.isin(inner, edge)] = 0
@@ -124,7 +128,7 @@ def measure_at(infer: InferenceModel, plane: np.ndarray, model_diameter: float, 
     return (None if found is None else found / scale), int(len(np.unique(use)) - 1)
 
 
-def estimate_diameter(infer: InferenceModel, plane: np.ndarray, model_diameter: float) -> float:
+def estimate_diameter(infer: InferenceModel, plane: np.ndarray, info: ModelInfo) -> float:
     """Median object diameter in `plane`, px, from the model's own view at several scales.
 
     Every candidate diameter in `CANDIDATE_DIAMETERS` is tried: the crop is rescaled as if its
@@ -134,17 +138,18 @@ def estimate_diameter(infer: InferenceModel, plane: np.ndarray, model_diameter: 
     shatters them into fragments of about its own size, which look consistent (the failure of a
     single refined guess, which locked onto 6 px on 35 px textured nuclei). So the estimate is
     the measurement at the *largest* consistent candidate, refined by one more pass at that size.
-    Falls back to `model_diameter` (no rescaling) when nothing is found.
+    Falls back to the model's training diameter (no rescaling) when nothing is found.
     """
+    model_diameter, mask_threshold = info.diameter, info.mask_threshold
     consistent = []
     for d in CANDIDATE_DIAMETERS:
-        found, n = measure_at(infer, plane, model_diameter, d)
+        found, n = measure_at(infer, plane, model_diameter, d, mask_threshold=mask_threshold)
         if found is not None and n >= 2 and abs(np.log(found / d)) < np.log(1.3):
             consistent.append(found)
     if not consistent:
         return float(model_diameter)
     guess = consistent[-1]
-    found, _ = measure_at(infer, plane, model_diameter, guess)
+    found, _ = measure_at(infer, plane, model_diameter, guess, mask_threshold=mask_threshold)
     return float(np.clip(found if found is not None else guess, 4, 400))
 
 
@@ -196,7 +201,7 @@ def segment_iter(
     if used_diameter is None:  # once per stack, on the plane where objects are sharpest
         yield Progress(0, n_planes, 0, 1, "estimating object size")
         best = planes.most_contrasted() if n_planes > 1 else planes.indices[0]
-        used_diameter = estimate_diameter(replace(infer, tta=False), planes.at(best), info.diameter)
+        used_diameter = estimate_diameter(replace(infer, tta=False), planes.at(best), info)
     for k, (idx, plane) in enumerate(planes):
         scale = info.diameter / used_diameter
         gen = predict_plane(infer, plane, scale=scale, tile=tile, overlap=overlap, batch_size=batch_size)
@@ -210,7 +215,9 @@ def segment_iter(
         del plane  # the normalised plane is not needed past prediction
         if probs_out is not None:
             probs_out[idx] = 255 - probs[0]
-        lab = labels_from_probabilities(probs, min_size=min_object_size(used_diameter))
+        lab = labels_from_probabilities(
+            probs, min_size=min_object_size(used_diameter), mask_threshold=info.mask_threshold
+        )
         del probs
         if labels is None:
             labels = lab

@@ -404,4 +404,4 @@ def model_diameter(model: UNet, image: np.ndarray, info: ModelInfo, dev: torch.d
     from .segment import estimate_diameter
 
     lo, hi = percentile_range(image)
-    return estimate_diameter(InferenceModel.prepare(model, dev), normalize_plane(image, lo, hi), info.diameter)
+    return estimate_diameter(InferenceModel.prepare(model, dev), normalize_plane(image, lo, hi), info)

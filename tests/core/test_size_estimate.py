@@ -24,13 +24,13 @@ DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 @pytest.fixture(scope="module")
 def bundled():
     model = load_model("bundled")
-    return InferenceModel.prepare(model, torch.device("cpu")), model.info.diameter
+    return InferenceModel.prepare(model, torch.device("cpu")), model.info
 
 
 def _estimate(bundled, image):
-    infer, d0 = bundled
+    infer, info = bundled
     lo, hi = percentile_range(image)
-    return estimate_diameter(infer, normalize_plane(image, lo, hi), d0)
+    return estimate_diameter(infer, normalize_plane(image, lo, hi), info)
 
 
 def _real():
