@@ -41,7 +41,7 @@ def _outputs(inputs: list[Path], output: str | None) -> list[Path]:
 
 def _channel_note(result) -> str:
     c = result.extra.get("channel")
-    return "" if c is None else f", channels averaged" if c == "mean" else f", channel {c}"
+    return "" if c is None else ", channels averaged" if c == "mean" else f", channel {c}"
 
 
 def _channel(text: str) -> int | str:

@@ -7,8 +7,11 @@ v1 (`recipes/bundled_v1.safetensors`, log `train_bundled_v1.log`) was trained fr
 v2 (the bundled model now, log `train_bundled_v2.log`) starts from v1 and trains on the hard cases
 of other labs' images (`napari_unet.core.appearance`) and the wide synthetic style (`synth.WIDE`):
 
-    python recipes/train_bundled.py --init recipes/bundled_v1.safetensors --minutes 60 \
-        --checkpoint /tmp/v2.ckpt --out napari_unet/resources/bundled.safetensors
+    python recipes/train_bundled.py --init recipes/bundled_v1.safetensors --minutes 60 --lr 1e-3 --bf16 \
+        --eval-every 300 --mask-threshold 0.6 --checkpoint /tmp/v2.ckpt --out napari_unet/resources/bundled.safetensors
+
+(`--mask-threshold` only goes into the file's header: the outline threshold, chosen afterwards on the
+selection sets with `benchmarks/outline_threshold.py`.)
 
 A run writes `--checkpoint` every `--eval-every` steps; the same command with `--resume` carries on
 where it stopped (same learning-rate schedule, same data), so a run may span sessions.
@@ -42,18 +45,21 @@ from skimage.transform import resize
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from napari_unet.api import segment  # noqa: E402
+from napari_unet.core.appearance import perturb  # noqa: E402
 from napari_unet.core.augment import AugmentConfig, augment_batch  # noqa: E402
 from napari_unet.core.instances import border_weights, class_targets  # noqa: E402
 from napari_unet.core.losses import weighted_cross_entropy  # noqa: E402
 from napari_unet.core.metrics import aggregate, match_instances  # noqa: E402
 from napari_unet.core.model import UNet, UNetConfig, count_parameters  # noqa: E402
-from napari_unet.core.modelfile import ModelInfo, save_model  # noqa: E402
+from napari_unet.core.modelfile import (  # noqa: E402
+    ModelInfo,
+    read_model,  # noqa: E402
+    save_model,
+)
 from napari_unet.core.normalize import normalize_plane, percentile_range  # noqa: E402
-from napari_unet.core.appearance import perturb  # noqa: E402
-from napari_unet.core.modelfile import read_model  # noqa: E402
 from napari_unet.core.segment import median_diameter  # noqa: E402
 from napari_unet.core.synth import WIDE, SynthStyle, synth_nuclei  # noqa: E402
-from napari_unet.api import segment  # noqa: E402
 
 DIAMETER = 24.0
 
@@ -151,11 +157,14 @@ def main():
     p.add_argument("--synth", type=int, default=500, help="synthetic images in the pool")
     p.add_argument("--variants", type=int, default=3, help="hard-case renderings of each real image (v2)")
     p.add_argument("--synth-frac", type=float, default=0.5)
+    p.add_argument("--original-frac", type=float, default=0.25,
+                   help="v2: share of the real crops taken from the unperturbed images (default: as in the pool)")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--eval-every", type=int, default=150)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward pass")
+    p.add_argument("--mask-threshold", type=float, default=0.5, help="outline threshold written into the model file")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -163,6 +172,7 @@ def main():
     t0 = time.time()
 
     real = load_real(args.data / "mnfinder" / "train")
+    n_orig = len(real)
     val_sets = []
     vdir = args.data / "mnfinder" / "val"
     for f in sorted((vdir / "images").glob("*.tif")):
@@ -217,7 +227,10 @@ def main():
         lr = lr * min(1.0, (step + 1) / warmup)
         for group in opt.param_groups:
             group["lr"] = lr
-        parts = [crop_batch(real, args.batch - n_synth, args.patch, rng), crop_batch(synth, n_synth, args.patch, rng)]
+        n_real = args.batch - n_synth
+        k = n_real if args.v1 else int(rng.binomial(n_real, args.original_frac))
+        draws = [(real[:n_orig], k), (real[n_orig:], n_real - k), (synth, n_synth)]
+        parts = [crop_batch(pool, n, args.patch, rng) for pool, n in draws if n]
         img, tgt, wt, msk = (torch.cat(z) for z in zip(*parts))
         img, tgt, wt, msk = augment_batch(img, tgt, wt, msk, aug, g)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
@@ -264,6 +277,7 @@ def main():
         config=config,
         diameter=DIAMETER,
         name="bundled",
+        mask_threshold=args.mask_threshold,
         provenance={
             "recipe": "recipes/train_bundled.py",
             "args": {k: str(v) for k, v in vars(args).items() if k != "data"},

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 from scipy import ndimage as ndi
-from skimage.filters import gaussian, threshold_otsu
+from skimage.filters import threshold_otsu
 from skimage.transform import resize
 
 from .device import describe, select_device
@@ -52,26 +52,6 @@ class SegmentResult:
 def model_info(model: UNet) -> ModelInfo:
     info = getattr(model, "info", None)
     return info if isinstance(info, ModelInfo) else ModelInfo(config=model.config)
-
-
-def classical_diameter(plane: np.ndarray) -> float | None:
-    """Rough object diameter from an Otsu mask: median over components of 2 x max inscribed radius.
-
-    The largest inscribed circle of a clump of touching nuclei is about one nucleus wide, so this is
-    insensitive to clumping; it only seeds the model-based estimate.
-    """
-    sm = gaussian(plane, 1.0)
-    if not np.isfinite(sm).all() or np.ptp(sm) < 1e-6:
-        return None
-    mask = sm > threshold_otsu(sm)
-    lab, n = ndi.label(mask)
-    if n == 0:
-        return None
-    dist = ndi.distance_transform_edt(mask)
-    radii = ndi.maximum(dist, lab, np.arange(1, n + 1))
-    areas = ndi.sum(mask, lab, np.arange(1, n + 1))
-    radii = np.asarray(radii)[np.asarray(areas) >= 12]
-    return float(2 * np.median(radii)) if radii.size else None
 
 
 def median_diameter(labels: np.ndarray) -> float | None:

@@ -17,6 +17,8 @@ from napari_unet.core.classical import classical_segment
 from napari_unet.core.metrics import match_instances
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnfinder" / "val"
+FLOOR_DROP = 0.05  # the target: within 0.05 of the same images without cytoplasm
+FLOOR_LARGE = 0.0
 
 
 @pytest.fixture(scope="module")
