@@ -111,7 +111,9 @@ def cases() -> dict[str, tuple[str, Callable[[], list[Sample]]]]:
         "gamma 2": ("clean", lambda: _each(val(), lambda im, lab, r: np.asarray(im, np.float32) ** 2, 9)),
         # synthetic renderings of the same classes (exact labels)
         "synth clean": ("synth clean", lambda: _synth(8, 20_000, diameter=(20.0, 30.0), cytoplasm_prob=0.0)),
-        "synth cytoplasm": ("synth clean", lambda: _synth(8, 20_000, diameter=(20.0, 30.0), cytoplasm_prob=1.0)),
+        "synth cytoplasm 1/10 (on the clean images)": (
+            "synth clean", lambda: _each(_synth(8, 20_000, diameter=(20.0, 30.0), cytoplasm_prob=0.0),
+                                         lambda im, lab, r: cyto(im, lab, r, level=0.1, orphans=0.2), 12)),
         "synth large textured (60-90 px)": (
             "synth clean", lambda: _synth(8, 20_001, diameter=(60.0, 90.0), texture=(0.4, 0.6), spots=(6.0, 10.0), cytoplasm_prob=0.0)),
         "synth small (8-12 px)": ("synth clean", lambda: _synth(8, 20_002, diameter=(8.0, 12.0), cytoplasm_prob=0.0)),

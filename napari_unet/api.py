@@ -87,7 +87,7 @@ def segment(
         batch_size: Tiles per forward pass; None picks about 256 k pixels a batch.
         link_iou: For stacks, link objects across consecutive planes whose IoU exceeds this.
         tta: Test-time augmentation: average the network's output over the four flips of every
-            tile (4x the prediction time; see benchmarks/RESULTS.md for what it buys).
+            tile (four forward passes, about 2x the time end to end; see benchmarks/RESULTS.md for what it buys).
         return_result: Return the full `SegmentResult` (labels, device used, diameter) instead.
 
     Returns:

@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--axes", help="axis letters, e.g. ZYX, TYX, CYX (default: from the file or guessed)")
     s.add_argument("--tile", type=int, help="largest tile in px (default 512, sized to fit the image)")
     s.add_argument("--link-iou", type=float, help="link objects across planes of a stack above this IoU")
-    s.add_argument("--tta", action="store_true", help="test-time augmentation: average the four flips (4x slower)")
+    s.add_argument("--tta", action="store_true", help="test-time augmentation: average the four flips (about 2x the time)")
     s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_segment)

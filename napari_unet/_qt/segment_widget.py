@@ -63,7 +63,7 @@ class SegmentWidget(QWidget):
         self.probability = QCheckBox("add a probability layer")
         self.link = QCheckBox("one id per object across planes", checked=True)
         self.link.setToolTip("in a stack, give an object the id of the object it overlaps in the previous plane")
-        self.tta = QCheckBox("test-time augmentation (4x slower)")
+        self.tta = QCheckBox("test-time augmentation (about 2x slower)")
         self.tta.setToolTip("average the network's output over four flips of the image")
         self.run_btn = QPushButton("Run")
         self.cancel_btn = QPushButton("Cancel", enabled=False)

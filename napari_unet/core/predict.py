@@ -31,7 +31,7 @@ class InferenceModel:
     net: UNet
     device: torch.device
     dtype: torch.dtype | None
-    tta: bool = False  # average the probabilities over the four flips of every tile (4x the time)
+    tta: bool = False  # average the probabilities over the four flips of every tile (4 forward passes)
 
     @classmethod
     def prepare(cls, model: UNet, device: torch.device, precision: str = "auto", tta: bool = False) -> InferenceModel:
