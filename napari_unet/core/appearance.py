@@ -26,7 +26,9 @@ from scipy import ndimage as ndi
 from skimage.segmentation import expand_labels
 from skimage.transform import resize
 
-__all__ = ["add_chromatin", "add_cytoplasm", "camera", "condense", "perturb", "rescale"]
+from .instances import median_diameter
+
+__all__ = ["add_chromatin", "add_cytoplasm", "camera", "condense", "perturb", "random_cytoplasm", "rescale"]
 
 
 def _levels(image: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -36,12 +38,6 @@ def _levels(image: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     bg = float(np.median(img[~fg])) if (~fg).any() else float(img.min())
     sig = float(np.median(img[fg])) - bg if fg.any() else float(np.ptp(img))
     return bg, max(sig, 1e-6)
-
-
-def _median_diameter(labels: np.ndarray) -> float:
-    areas = np.bincount(labels.ravel())[1:]
-    areas = areas[areas > 0]
-    return float(2 * np.sqrt(np.median(areas) / np.pi)) if areas.size else 20.0
 
 
 def _band_noise(rng: np.random.Generator, shape, sigma: float) -> np.ndarray:
@@ -79,7 +75,7 @@ def add_cytoplasm(
     """
     img = np.asarray(image, np.float32)
     bg, sig = _levels(img, labels)
-    d = _median_diameter(labels)
+    d = (median_diameter(labels) or 20.0)
     shape = labels.shape
     seeds = labels.astype(np.int32, copy=True)
     n = int(labels.max())
@@ -123,7 +119,7 @@ def add_chromatin(
     """
     img = np.asarray(image, np.float32)
     bg, sig = _levels(img, labels)
-    d = _median_diameter(labels)
+    d = (median_diameter(labels) or 20.0)
     inside = labels > 0
     tex = 1.0 + texture * _band_noise(rng, labels.shape, max(0.7, 0.06 * d))
     out = bg + (img - bg) * np.where(inside, np.maximum(tex, 0.2), 1.0)
@@ -156,7 +152,7 @@ def condense(
         pick[1 + rng.integers(n)] = True
     sel = pick[labels]
     extra = np.where(sel, (img - bg) * (gain - 1.0), 0.0).astype(np.float32)
-    d = _median_diameter(labels)
+    d = (median_diameter(labels) or 20.0)
     glow = ndi.gaussian_filter(extra, max(1.5, 0.25 * d))
     return img + extra + halo * glow * (labels == 0)
 
@@ -200,6 +196,14 @@ def camera(
     return np.clip(np.rint(out), 0, top).astype(np.uint8 if dtype == "uint8" else np.uint16)
 
 
+def random_cytoplasm(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator, level: float) -> np.ndarray:
+    """`add_cytoplasm` at `level` with randomly drawn reach, texture and orphan cells; above 1/5 of the
+    nuclear signal the stain may also be partly excluded from the nuclei (a cytoplasmic channel)."""
+    reach, texture, orphans = rng.uniform(0.3, 1.3), rng.uniform(0.1, 0.8), rng.uniform(0.0, 0.3)
+    exclude = rng.uniform(0.0, 1.0) if level > 0.2 else 0.0
+    return add_cytoplasm(image, labels, rng, level, reach, texture, orphans, exclude)
+
+
 def perturb(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A random mix of the hard cases above, for training (each with its own probability)."""
     img, lab = np.asarray(image, np.float32), labels
@@ -210,11 +214,7 @@ def perturb(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> 
     if rng.random() < 0.2:
         img = condense(img, lab, rng, rng.uniform(0.03, 0.2), rng.uniform(2.0, 6.0), rng.uniform(0.1, 0.5))
     if rng.random() < 0.55:
-        level = float(np.exp(rng.uniform(np.log(0.015), np.log(0.6))))
-        img = add_cytoplasm(
-            img, lab, rng, level=level, reach=rng.uniform(0.3, 1.3), texture=rng.uniform(0.1, 0.8),
-            orphans=rng.uniform(0.0, 0.3), exclude_nuclei=rng.uniform(0, 1) if level > 0.2 else 0.0,
-        )
+        img = random_cytoplasm(img, lab, rng, float(np.exp(rng.uniform(np.log(0.015), np.log(0.6)))))
     if rng.random() < 0.6:
         dtype = ("uint8", "uint12", "uint16")[int(rng.integers(3))]
         img = camera(

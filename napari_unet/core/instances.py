@@ -20,6 +20,13 @@ def min_object_size(diameter: float) -> int:
     return max(8, int(0.1 * np.pi / 4 * diameter**2))
 
 
+def median_diameter(labels: np.ndarray) -> float | None:
+    """Equivalent diameter of the median object of `labels`, px (None when there is none)."""
+    areas = np.bincount(labels.ravel())[1:]
+    areas = areas[areas > 0]
+    return float(2 * np.sqrt(np.median(areas) / np.pi)) if areas.size else None
+
+
 def labels_from_probabilities(
     probs: np.ndarray,
     *,

@@ -17,7 +17,7 @@ from skimage.filters import threshold_otsu
 from skimage.transform import resize
 
 from .device import describe, select_device
-from .instances import labels_from_probabilities, link_planes, min_object_size
+from .instances import labels_from_probabilities, link_planes, median_diameter, min_object_size
 from .model import UNet
 from .modelfile import ModelInfo
 from .normalize import InputError, iter_planes
@@ -52,12 +52,6 @@ class SegmentResult:
 def model_info(model: UNet) -> ModelInfo:
     info = getattr(model, "info", None)
     return info if isinstance(info, ModelInfo) else ModelInfo(config=model.config)
-
-
-def median_diameter(labels: np.ndarray) -> float | None:
-    areas = np.bincount(labels.ravel())[1:]
-    areas = areas[areas > 0]
-    return float(2 * np.sqrt(np.median(areas) / np.pi)) if areas.size else None
 
 
 #: Candidate object diameters (px) that the size estimate tries: 5-200 px, a factor 1.41 apart.

@@ -53,7 +53,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.measure import label as _cc_label
 
-from .appearance import add_cytoplasm
+from .appearance import random_cytoplasm
 
 __all__ = ["MIN_AREA", "MIN_CONTRAST", "WIDE", "SynthStyle", "synth_dataset", "synth_nuclei"]
 
@@ -612,11 +612,7 @@ def synth_nuclei(
             signal = render(amp)
 
     if cytoplasm and n:
-        level = _loguniform(rng, style.cytoplasm_level)
-        signal = add_cytoplasm(
-            signal, lab, rng, level=level, reach=rng.uniform(0.3, 1.3), texture=rng.uniform(0.1, 0.8),
-            orphans=rng.uniform(0.0, 0.3), exclude_nuclei=rng.uniform(0.0, 1.0) if level > 0.2 else 0.0,
-        )
+        signal = random_cytoplasm(signal, lab, rng, _loguniform(rng, style.cytoplasm_level))
 
     # ---- camera --------------------------------------------------------------------
     expected = illum * (signal + haze_e + np.float32(bg_e))
