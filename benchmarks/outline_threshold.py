@@ -27,10 +27,11 @@ from train_bundled import wide_synth  # noqa: E402
 
 from napari_unet.api import load_model  # noqa: E402
 from napari_unet.core.instances import labels_from_probabilities, min_object_size  # noqa: E402
+from napari_unet.core.jobs import drain  # noqa: E402
 from napari_unet.core.metrics import aggregate, match_instances  # noqa: E402
 from napari_unet.core.normalize import normalize_plane, percentile_range  # noqa: E402
 from napari_unet.core.predict import InferenceModel, predict_plane  # noqa: E402
-from napari_unet.core.segment import _drain, median_diameter  # noqa: E402
+from napari_unet.core.segment import median_diameter  # noqa: E402
 
 
 def area_ratio(true, pred):
@@ -71,7 +72,7 @@ def main(argv=None) -> int:
         for image, labels, _ in items:
             lo, hi = percentile_range(image)
             d = median_diameter(labels)
-            probs.append((_drain(predict_plane(infer, normalize_plane(image, lo, hi), scale=model.info.diameter / d)), d))
+            probs.append((drain(predict_plane(infer, normalize_plane(image, lo, hi), scale=model.info.diameter / d)), d))
         for t in ths:
             m50, m75, ratios = [], [], []
             for (pr, d), (_, labels, ignore) in zip(probs, items):

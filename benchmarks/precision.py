@@ -25,11 +25,12 @@ from segment_speed import real_canvas  # noqa: E402
 
 from napari_unet.api import load_model  # noqa: E402
 from napari_unet.core.instances import labels_from_probabilities, min_object_size  # noqa: E402
+from napari_unet.core.jobs import drain  # noqa: E402
 from napari_unet.core.metrics import aggregate, match_instances  # noqa: E402
 from napari_unet.core.model import fuse_batchnorm  # noqa: E402
 from napari_unet.core.normalize import normalize_plane, percentile_range  # noqa: E402
 from napari_unet.core.predict import InferenceModel, predict_plane  # noqa: E402
-from napari_unet.core.segment import _drain, median_diameter  # noqa: E402
+from napari_unet.core.segment import median_diameter  # noqa: E402
 
 
 def variants(model):
@@ -55,16 +56,16 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|")
     base = None
     for name, infer in variants(model):
-        _drain(predict_plane(infer, plane[:256, :256]))
+        drain(predict_plane(infer, plane[:256, :256]))
         t = time.perf_counter()
-        _drain(predict_plane(infer, plane))
+        drain(predict_plane(infer, plane))
         dt = time.perf_counter() - t
         base = base or dt
         preds, ms = [], []
         for s in val:
             d = median_diameter(s.labels)
             lo_, hi_ = percentile_range(s.image)
-            probs = _drain(predict_plane(infer, normalize_plane(s.image, lo_, hi_), scale=model.info.diameter / d))
+            probs = drain(predict_plane(infer, normalize_plane(s.image, lo_, hi_), scale=model.info.diameter / d))
             pred = labels_from_probabilities(probs, min_size=min_object_size(d))
             preds.append(pred)
             ms.append(match_instances(s.labels, pred, ignore=s.ignore))

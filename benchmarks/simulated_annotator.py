@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
 from napari_unet.api import load_model, segment  # noqa: E402
 from napari_unet.core import train as engine  # noqa: E402
+from napari_unet.core.jobs import drain  # noqa: E402
 from napari_unet.core.metrics import aggregate, match_instances, object_ids, per_object_iou  # noqa: E402
 from napari_unet.core.modelfile import save_model  # noqa: E402
 from napari_unet.core.segment import median_diameter  # noqa: E402
@@ -50,19 +51,12 @@ from napari_unet.core.train import train_iter  # noqa: E402
 from napari_unet.core.trainingdata import replay_pool  # noqa: E402
 
 REGULARIZERS = {
-    "none": {"replay": 0, "l2sp": 0.0, "distill": 0.0},
-    "l2sp": {"replay": 0, "l2sp": 1e-2, "distill": 0.0},
-    "distill": {"replay": 0, "l2sp": 0.0, "distill": 1.0},
+    "none": {"replay": 0},
     "replay-synthetic": {"replay": 4, "replay_weight": 1.0, "replay_real": False},
     "replay2-real": {"replay": 2, "replay_weight": 0.5, "replay_real": True},
     "replay4-real": {"replay": 4, "replay_weight": 1.0, "replay_real": True},
     "replay2-real-w1": {"replay": 2, "replay_weight": 1.0, "replay_real": True},
     "replay2-real-lr3e-4": {"replay": 2, "replay_weight": 0.5, "replay_real": True, "lr": 3e-4},
-    "replay2-real+distill": {"replay": 2, "replay_weight": 0.5, "replay_real": True, "distill": 1.0},
-    "replay2-real+l2sp": {"replay": 2, "replay_weight": 0.5, "replay_real": True, "l2sp": 1e-2},
-    "replay2-real+ema": {"replay": 2, "replay_weight": 0.5, "replay_real": True, "ema": 0.95},
-    "replay4-real+ema": {"replay": 4, "replay_weight": 1.0, "replay_real": True, "ema": 0.95},
-    "replay2-real+best": {"replay": 2, "replay_weight": 0.5, "replay_real": True, "select": "best"},
     "root0.5": {"interpolate": 1.0, "_root": 0.5},  # WiSE-FT anchored to the bundled model, not the last round
     "wise1.0": {"interpolate": 1.0},  # the full fine-tuned weights (the default before WiSE-FT)
     "wise0.7": {"interpolate": 0.7},
@@ -70,7 +64,6 @@ REGULARIZERS = {
     "wise+replay2-w1": {"replay": 2, "replay_weight": 1.0},  # WiSE-FT 0.5 (the default) with more replay
     "wise+replay4-w1": {"replay": 4, "replay_weight": 1.0},
     "wise+replay2-w2": {"replay": 2, "replay_weight": 2.0},  # = the default since 2026-12-01
-    "wise+distill": {"distill": 1.0},
     "wise+replay2-w2-half": {"replay": 2, "replay_weight": 2.0, "replay_synthetic": 15},  # half synthetic, as bundled
     "replay-crowded": {"replay_synthetic": 15, "_touching": True},  # default + 15 crowded synthetic replay images
     "guard": {"replay": 2, "replay_weight": 2.0, "probe_images": 8, "max_forgetting": 0.02},
@@ -208,14 +201,9 @@ def _protocol(domain, reg, k, rounds, seconds, seed, log, steps, save) -> dict:
         labels = [np.where(p, gt, 0) for (_, gt), p in zip(train, painted)]
         settings = {k: v for k, v in REGULARIZERS[reg].items() if not k.startswith("_")}
         gen = train_iter([im for im, _ in train], labels, painted, init=model, seconds=seconds, steps=steps, device="cpu",
-                         diameter=d, save=False, seed=seed + r, **settings)  # fmt: skip
+                         diameter=d, seed=seed + r, **settings)  # fmt: skip
         t0 = time.perf_counter()
-        while True:
-            try:
-                next(gen)
-            except StopIteration as stop:
-                res = stop.value
-                break
+        res = drain(gen)
         total_s += time.perf_counter() - t0
         model, m = res.model, res.metrics
         if "_root" in REGULARIZERS[reg]:  # weight-space ensemble with the bundled model
@@ -270,7 +258,7 @@ def profile(steps: int = 20, batch: int = 4, replay: int = 2, patch: int = 128, 
     """Time a training step's parts on the bundled network: crops, augmentation, forward/backward."""
     from napari_unet.core.augment import AugmentConfig, augment_batch
     from napari_unet.core.device import autocast_dtype
-    from napari_unet.core.finetune import masked_loss
+    from napari_unet.core.losses import masked_loss
     from napari_unet.core.trainingdata import CropSampler, replay_pool
 
     model = load_model("bundled")  # eval mode: BatchNorm frozen, as in fine-tuning
@@ -287,7 +275,7 @@ def profile(steps: int = 20, batch: int = 4, replay: int = 2, patch: int = 128, 
         t_crop = t_aug = t_net = t_kornia = 0.0
         for i in range(steps + 2):
             t0 = time.perf_counter()
-            img, tgt, wt, msk, _ = sampler.sample(n)
+            img, tgt, wt, msk = sampler.sample(n)
             t1 = time.perf_counter()
             img, tgt, wt, msk = augment_batch(img, tgt, wt, msk, AugmentConfig(), g)
             t2 = time.perf_counter()
@@ -372,7 +360,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, help="also write the raw results here")
     p.add_argument("--save", type=Path, help="annotate: save each round's model in this folder")
-    p.add_argument("--regs", default="none,l2sp,distill,replay-synthetic,replay2-real,replay4-real", help="configurations to compare")
+    p.add_argument("--regs", default="none,replay-synthetic,replay2-real,replay4-real", help="configurations to compare")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     results: dict = {"machine": machine(), "date": datetime.now(timezone.utc).isoformat(timespec="minutes")}

@@ -30,9 +30,10 @@ sys.path.insert(0, str(REPO_ROOT))
 from napari_unet.api import load_model  # noqa: E402
 from napari_unet.core.appearance import rescale  # noqa: E402
 from napari_unet.core.instances import labels_from_probabilities, min_object_size  # noqa: E402
+from napari_unet.core.jobs import drain  # noqa: E402
 from napari_unet.core.normalize import normalize_plane, percentile_range  # noqa: E402
 from napari_unet.core.predict import InferenceModel, predict_plane  # noqa: E402
-from napari_unet.core.segment import _drain, estimate_diameter, median_diameter  # noqa: E402
+from napari_unet.core.segment import estimate_diameter, median_diameter  # noqa: E402
 
 FACTORS = (0.33, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 
@@ -82,7 +83,7 @@ def previous_estimate(infer, plane, info, crop=768):
     sub = plane[y0 : y0 + crop, x0 : x0 + crop]
     guess = float(np.clip(classical_diameter(sub) or model_diameter, 4, 400))
     for _ in range(2):
-        probs = _drain(predict_plane(infer, sub, scale=model_diameter / guess))
+        probs = drain(predict_plane(infer, sub, scale=model_diameter / guess))
         found = median_diameter(labels_from_probabilities(probs, min_size=min_object_size(guess)))
         if found is None:
             break

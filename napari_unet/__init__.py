@@ -7,7 +7,21 @@ engine load only when an API function is first used.
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["load_model", "segment", "train", "train_model"]
+__all__ = [
+    "InputError",
+    "ModelFileError",
+    "NapariUnetError",
+    "current_version",
+    "estimate_iter",
+    "list_versions",
+    "load_model",
+    "models_dir",
+    "revert",
+    "segment",
+    "segment_iter",
+    "train",
+    "train_model",
+]
 
 
 def __getattr__(name: str):

@@ -1,4 +1,12 @@
-"""The Python API: `load_model`, `segment`, `train`, the same calls the CLI and the widgets make."""
+"""The Python API, the one entry point: the CLI and the widgets make these same calls.
+
+Segmenting and training come in two forms: a generator (`segment_iter`, `estimate_iter`, `train`) that
+yields progress (and a `Notice` when something must be told, e.g. an out-of-GPU-memory fallback) and
+returns the result, and a function that runs it to the end (`segment`, `train_model`).
+
+Which model: every default is ``"current"``, the version that training or `revert` last selected;
+it is the bundled model until one is chosen (``napari-unet models list`` stars it).
+"""
 
 from __future__ import annotations
 
@@ -11,12 +19,34 @@ import numpy as np
 import torch
 
 from .core import versions
+from .core.errors import InputError, ModelFileError, NapariUnetError
+from .core.jobs import Notice, drain, estimate_job, resolve_model, segment_job, train_job
 from .core.model import UNet
 from .core.modelfile import read_model
-from .core.segment import SegmentResult, segment_iter
+from .core.segment import Progress, SegmentResult
 
 if TYPE_CHECKING:
     from .core.train import TrainEvent, TrainResult
+
+__all__ = [
+    "InputError",
+    "ModelFileError",
+    "NapariUnetError",
+    "Notice",
+    "Progress",
+    "bundled_model_path",
+    "current_version",
+    "estimate_iter",
+    "list_versions",
+    "load_model",
+    "models_dir",
+    "resolve_model_path",
+    "revert",
+    "segment",
+    "segment_iter",
+    "train",
+    "train_model",
+]
 
 
 def bundled_model_path() -> Path:
@@ -29,17 +59,17 @@ def models_dir() -> Path:
     return versions.models_dir()
 
 
-def resolve_model_path(spec: str | os.PathLike = "bundled") -> Path:
+def resolve_model_path(spec: str | os.PathLike = "current") -> Path:
     """'bundled', 'current', a model file path, or the name of a saved version -> the file to load."""
     return versions.resolve_model_path(spec)
 
 
-def load_model(spec: str | os.PathLike = "bundled", *, device: str | torch.device | None = None) -> UNet:
+def load_model(spec: str | os.PathLike = "current", *, device: str | torch.device | None = None) -> UNet:
     """Load a U-Net in eval mode.
 
     Args:
-        spec: ``"bundled"``, ``"current"`` (the version `revert` / training last selected, else
-            bundled), a model file, or the name of a saved version.
+        spec: ``"current"`` (the version `revert` / training last selected, else bundled),
+            ``"bundled"``, a model file, or the name of a saved version.
         device: Where to put it; None leaves it on the CPU (`segment` moves a copy as needed).
 
     Returns:
@@ -47,7 +77,10 @@ def load_model(spec: str | os.PathLike = "bundled", *, device: str | torch.devic
 
     Raises:
         ModelFileError: missing, unreadable or foreign file.
+        TypeError: `spec` is not a string or path.
     """
+    if not isinstance(spec, (str, os.PathLike)):
+        raise TypeError(f"spec must be 'current', 'bundled', a model file or a version name, got {type(spec).__name__}")
     model, info = read_model(resolve_model_path(spec))
     model.info = info
     if device is not None:
@@ -57,9 +90,79 @@ def load_model(spec: str | os.PathLike = "bundled", *, device: str | torch.devic
     return model
 
 
+def _as_array(x, what: str):
+    """Arrays as given (numpy, zarr, dask); a torch tensor as numpy; anything else through np.asarray."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    if hasattr(x, "shape") and hasattr(x, "ndim") and hasattr(x, "dtype"):
+        return x
+    try:
+        return np.asarray(x)
+    except Exception as exc:  # noqa: BLE001 - one clear line instead of numpy's
+        raise TypeError(f"{what} must be an array (numpy, zarr, dask or torch), got {type(x).__name__}") from exc
+
+
+def segment_iter(
+    image,
+    model: UNet | str | os.PathLike | None = None,
+    *,
+    device: str | torch.device = "auto",
+    diameter: float | None = None,
+    channel: int | str | None = None,
+    axes: str | None = None,
+    tile: int | None = None,
+    overlap: int = 32,
+    batch_size: int | None = None,
+    link_iou: float | None = None,
+    tta: bool = False,
+    probabilities: bool = False,
+    estimate_plane: int | None = None,
+) -> Generator[Progress | Notice, None, SegmentResult]:
+    """Segment nuclei, as a generator: yields `Progress` (and `Notice`), returns a `SegmentResult`.
+
+    Same arguments as `segment`, plus `probabilities` (also return the uint8 foreground probability)
+    and `estimate_plane` (for a stack without a diameter, estimate it on this flat plane index
+    rather than on the most contrasted plane). Out of GPU memory it retries with smaller batches and
+    tiles, then on the CPU, and yields a `Notice` saying so. Closing it stops at the next tile batch.
+    """
+    image = _as_array(image, "image")
+    net = resolve_model(model)
+    _check_segment_options(diameter, tile, overlap, batch_size, link_iou)
+    return (
+        yield from segment_job(
+            image, net, device=device, diameter=diameter, channel=channel, axes=axes, tile=tile, overlap=overlap,
+            batch_size=batch_size, probabilities=probabilities, estimate_plane=estimate_plane, link_iou=link_iou,
+            tta=tta,
+        )
+    )  # fmt: skip
+
+
+#: Smallest object diameter the network can resolve, px (below it the image would be upscaled past
+#: any use: 1 px took 180 s on a 512² image and found nothing).
+MIN_DIAMETER = 3.0
+#: Tile sizes accepted, px (below, the network's receptive field does not fit; above, memory).
+TILE_RANGE = (64, 4096)
+
+
+def _check_segment_options(diameter, tile, overlap, batch_size, link_iou) -> None:
+    def number(v) -> bool:
+        return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and np.isfinite(v)
+
+    if diameter is not None and not (number(diameter) and MIN_DIAMETER <= diameter <= 2000):
+        raise InputError(f"diameter must be a number of pixels from {MIN_DIAMETER:g} to 2000, got {diameter}")
+    if tile is not None and not (number(tile) and float(tile).is_integer() and TILE_RANGE[0] <= tile <= TILE_RANGE[1]):
+        raise InputError(f"tile must be a whole number of pixels from {TILE_RANGE[0]} to {TILE_RANGE[1]}, got {tile}")
+    if not (number(overlap) and 0 <= overlap <= 512):
+        raise InputError(f"overlap must be from 0 to 512 px, got {overlap}")
+    if batch_size is not None and not (number(batch_size) and float(batch_size).is_integer() and batch_size >= 1):
+        raise InputError(f"batch_size must be a whole number above 0, got {batch_size}")
+    if link_iou is not None and not (number(link_iou) and 0 < link_iou < 1):
+        raise InputError(f"link_iou must be between 0 and 1, got {link_iou}")
+
+
 def segment(
     image,
-    model: UNet | str | None = None,
+    model: UNet | str | os.PathLike | None = None,
     *,
     device: str | torch.device = "auto",
     diameter: float | None = None,
@@ -75,14 +178,15 @@ def segment(
     """Segment nuclei in a 2D image or a stack into integer instance labels.
 
     Args:
-        image: Array-like (numpy, zarr, dask) of 2 or more dimensions.
-        model: A loaded model, a model spec for `load_model`, or None for the bundled model.
+        image: Array-like (numpy, zarr, dask, torch) of 2 or more dimensions.
+        model: A loaded model, a model spec for `load_model`, or None for ``"current"``.
         device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"mps"``.
-        diameter: Typical object diameter in pixels; estimated from the image when None.
+        diameter: Typical object diameter in pixels (at least 3); estimated from the image when None.
         channel: Channel to segment when the image has a channel axis; None picks the one that
             looks most like a nuclear stain, ``"mean"`` averages them.
         axes: Axis letters from TZCYX ending in YX, e.g. ``"ZYX"``, ``"CYX"``; guessed when None.
-        tile: Largest input tile in pixels (default 512 in same mode; tiles are sized to fit the image).
+        tile: Largest input tile in pixels, 64-4096 (default 512 in same mode; tiles are sized to
+            fit the image).
         overlap: Minimum overlap between tiles, px.
         batch_size: Tiles per forward pass; None picks about 256 k pixels a batch.
         link_iou: For stacks, link objects across consecutive planes whose IoU exceeds this.
@@ -93,20 +197,29 @@ def segment(
     Returns:
         int32 labels with the image's spatial shape (the channel axis removed); 0 is background,
         ids are unique across planes.
+
+    Raises:
+        InputError: bad image or option (one sentence naming it). TypeError: `model` or `image` of a wrong kind.
     """
-    if model is None or isinstance(model, (str, os.PathLike)):
-        model = load_model(model or "bundled")
-    gen = segment_iter(
-        image, model, device=device, diameter=diameter, channel=channel, axes=axes, tile=tile,
-        overlap=overlap, batch_size=batch_size, link_iou=link_iou, tta=tta,
+    result = drain(
+        segment_iter(image, model, device=device, diameter=diameter, channel=channel, axes=axes, tile=tile,
+                     overlap=overlap, batch_size=batch_size, link_iou=link_iou, tta=tta)  # fmt: skip
     )
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            result = stop.value
-            break
     return result if return_result else result.labels
+
+
+def estimate_iter(
+    image,
+    model: UNet | str | os.PathLike | None = None,
+    *,
+    device: str | torch.device = "auto",
+    channel: int | str | None = None,
+    axes: str | None = None,
+    plane: int = 0,
+) -> Generator[Progress, None, float]:
+    """Estimate the object diameter (px) on one plane of `image` (flat plane index `plane`), as a generator."""
+    return (yield from estimate_job(_as_array(image, "image"), resolve_model(model), device=device, channel=channel,
+                                    axes=axes, plane=plane))  # fmt: skip
 
 
 # -- retraining -------------------------------------------------------------------------------
@@ -115,27 +228,98 @@ def train(
     labels,
     masks=None,
     *,
-    init: str | os.PathLike | UNet = "bundled",
+    init: str | os.PathLike | UNet = "current",
     seconds: float | None = None,
     steps: int | None = None,
     device: str | torch.device = "auto",
+    save: bool = True,
+    name: str | None = None,
+    make_current: bool | None = None,
+    output: str | os.PathLike | None = None,
+    overwrite: bool = False,
     **kw,
-) -> Generator[TrainEvent, None, TrainResult]:
-    """Fine-tune a model on corrected images: a generator of `TrainEvent`, returning a `TrainResult`.
+) -> Generator[TrainEvent | Notice, None, TrainResult]:
+    """Fine-tune a model on corrected images: a generator of `TrainEvent` (and `Notice`), returning a `TrainResult`.
 
-    The same call as `napari_unet.core.train.train_iter` (see there for every argument: scribbles,
-    preview, diameter, seed, name, settings). Stop by closing the generator at any yield: nothing is
-    saved and the starting model is untouched. On completion the new model is saved as a version in
-    `models_dir()` with its lineage.
+    The engine is `napari_unet.core.train.train_iter` (see there for the training arguments:
+    scribbles, preview, diameter, seed, settings). Out of GPU memory it retries with smaller
+    batches, then on the CPU. Stop by closing the generator at any yield: nothing is saved and the
+    starting model is untouched.
+
+    Args:
+        save: Save the result as a new version in `models_dir()` with its lineage.
+        name: Version name; default ``v<NNNN>-<YYYYMMDD>-<HHMMSS>``. Never overwrites a version.
+        make_current: Point "current" at the new version; None (default) does so only when it
+            improved (its held-out metric did not drop).
+        output: Also write the model to this file. The version and the file are saved together or
+            not at all: a run that fails changes nothing in the store.
+        overwrite: Replace an existing `output`.
 
     Example::
 
         gen = napari_unet.train(image, corrected_labels, touched_mask, seconds=60)
         for event in gen: ...            # or: result = napari_unet.train_model(...)
     """
-    from .core.train import train_iter
+    if name is not None:
+        name = versions.validate_name(name)
+        if save and (versions.models_dir() / f"{name}{versions.SUFFIX}").exists():
+            raise InputError(f"a version named '{name}' exists already; choose another name")
+    if output is not None:
+        output = _check_output(Path(output), overwrite)
+    if isinstance(init, torch.nn.Module) and not isinstance(init, UNet):
+        raise TypeError(f"init must be a napari-unet UNet, a model file or a version name, got {type(init).__name__}")
+    images = [_as_array(a, "images") for a in images] if isinstance(images, (list, tuple)) else _as_array(images, "images")
+    result = yield from train_job(images, labels, masks, init=init, seconds=seconds, steps=steps, device=device, **kw)
+    if save or output is not None:
+        result.path = _save(result, save=save, name=name, make_current=make_current, output=output,
+                            overwrite=overwrite)  # fmt: skip
+        result.name = result.model.info.name
+    return result
 
-    return train_iter(images, labels, masks, init=init, seconds=seconds, steps=steps, device=device, **kw)
+
+def _check_output(out: Path, overwrite: bool) -> Path:
+    if out.is_dir():
+        raise InputError(f"'{out}' is a folder; give a model file name, e.g. model.safetensors")
+    if out.exists() and not overwrite:
+        raise InputError(f"'{out}' exists; pass --overwrite (overwrite=True) to replace it")
+    if not out.parent.is_dir():
+        raise InputError(f"the folder of '{out}' does not exist or is not a folder")
+    if not os.access(out.parent, os.W_OK):
+        raise InputError(f"the folder of '{out}' is not writable")
+    return out
+
+
+def _save(result: TrainResult, *, save: bool, name: str | None, make_current: bool | None,
+          output: Path | None, overwrite: bool) -> Path | None:  # fmt: skip
+    """Save a run as a version (and to `output`), all or nothing; then point "current" at it if due."""
+    from .core.atomic import atomic_write
+    from .core.modelfile import save_model
+
+    model = result.model
+    path, previous = None, versions.current_name()
+    improved = result.metrics.get("improved")
+    due = bool(make_current or (make_current is None and improved is not False))
+    try:
+        if output is None:
+            path = versions.save_version(model, model.info, name)
+            if due:
+                versions.set_current(model.info.name)
+            return path
+        with atomic_write(output, overwrite=overwrite) as tmp:
+            if save:
+                path = versions.save_version(model, model.info, name)
+            else:
+                model.info.name = name or model.info.name
+            save_model(model, model.info, tmp)
+            if save and due:
+                versions.set_current(model.info.name)
+        return path or output
+    except BaseException:
+        if path is not None:  # the run failed: no trace of it in the store
+            path.unlink(missing_ok=True)
+            if versions.current_name() != previous:
+                versions.set_current(previous or "bundled")
+        raise
 
 
 def train_model(
@@ -143,23 +327,19 @@ def train_model(
     labels,
     masks=None,
     *,
-    init: str | os.PathLike | UNet = "bundled",
+    init: str | os.PathLike | UNet = "current",
     seconds: float | None = None,
     steps: int | None = None,
     device: str | torch.device = "auto",
     **kw,
 ) -> TrainResult:
     """Run `train` to the end and return its `TrainResult` (model, saved path, name, metrics)."""
-    gen = train(images, labels, masks, init=init, seconds=seconds, steps=steps, device=device, **kw)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return drain(train(images, labels, masks, init=init, seconds=seconds, steps=steps, device=device, **kw))
 
 
 def list_versions() -> list[versions.Version]:
-    """Saved model versions in `models_dir()`, oldest first (`.current` marks the current one)."""
+    """Saved model versions in `models_dir()`, oldest first (`.current` marks the current one;
+    `.problem` says why a version cannot be used)."""
     return versions.list_versions()
 
 
@@ -173,6 +353,9 @@ def revert(name: str) -> Path:
 
     Returns:
         The file that ``load_model("current")`` now loads.
+
+    Raises:
+        ModelFileError: no such version, or its file is unreadable (the current model is unchanged).
     """
     versions.set_current(name)
     return versions.resolve_model_path("current")

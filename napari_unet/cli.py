@@ -8,15 +8,14 @@ existing file without ``--overwrite``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
+from .core.errors import InputError
+
 PROG = "napari-unet"
-
-
-class CLIError(Exception):
-    """A user-facing failure: printed as one line."""
 
 
 def _progress_bar(total: float, desc: str, enabled: bool):
@@ -34,7 +33,7 @@ def _outputs(inputs: list[Path], output: str | None) -> list[Path]:
     out = Path(output)
     if len(inputs) > 1 or out.is_dir():
         if out.exists() and not out.is_dir():
-            raise CLIError(f"-o '{out}' must be a folder when segmenting several inputs")
+            raise InputError(f"-o '{out}' must be a folder when segmenting several inputs")
         return [out / default_output(p).name for p in inputs]
     return [out]
 
@@ -61,36 +60,30 @@ def cmd_segment(args: argparse.Namespace) -> int:
     seen: dict[Path, Path] = {}
     for inp, out in zip(inputs, outputs):
         if out.resolve() in seen:
-            raise CLIError(f"'{seen[out.resolve()]}' and '{inp}' would both write '{out}'")
+            raise InputError(f"'{seen[out.resolve()]}' and '{inp}' would both write '{out}'")
         seen[out.resolve()] = inp
     for inp, out in zip(inputs, outputs):
         if out.exists() and not args.overwrite:
-            raise CLIError(f"'{out}' exists; pass --overwrite to replace it")
+            raise InputError(f"'{out}' exists; pass --overwrite to replace it")
         if inp.exists() and out.resolve() == inp.resolve():
-            raise CLIError(f"output '{out}' would overwrite the input")
-    from .api import load_model
-    from .core.segment import segment_iter
+            raise InputError(f"output '{out}' would overwrite the input")
+    from . import api
+    from .core.jobs import drain
 
-    model = load_model(args.model)
+    model = api.load_model(args.model)
     failures = 0
     for inp, out in zip(inputs, outputs):
         t0 = time.perf_counter()
         try:
             img = read_image(inp)
-            gen = segment_iter(
+            gen = api.segment_iter(
                 img.data, model, device=args.device, diameter=args.diameter, channel=args.channel,
                 axes=args.axes or img.axes, tile=args.tile, link_iou=args.link_iou, tta=args.tta,
             )
             with _progress_bar(1.0, inp.name, not args.quiet) as bar:
-                while True:
-                    try:
-                        p = next(gen)
-                    except StopIteration as stop:
-                        result = stop.value
-                        break
-                    bar.n = round(p.fraction, 4)
-                    bar.refresh()
-            write_labels(out, result.labels, overwrite=args.overwrite, axes=result.axes)
+                result = drain(gen, lambda p, bar=bar: _show(bar, p, args.quiet))
+            write_labels(out, result.labels, overwrite=args.overwrite, axes=result.axes,
+                         scale=_pixel_scale(img, result.axes))
         except (ValueError, OSError) as exc:  # InputError, FileExistsError, ... : one line, go on
             print(f"{PROG}: error: {exc}", file=sys.stderr)
             failures += 1
@@ -103,12 +96,38 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _show(bar, item, quiet: bool) -> None:
+    """Draw one yielded item: progress moves the bar, a notice (a fallback) is printed above it."""
+    from .core.jobs import Notice
+
+    if isinstance(item, Notice):
+        if not quiet:
+            bar.write(f"{PROG}: {item.message}", file=sys.stderr)
+        return
+    if hasattr(item, "fraction"):
+        bar.n = round(item.fraction, 4)
+    else:  # a training event
+        by_steps = bar.total == getattr(item, "total_steps", None)
+        bar.n = min(bar.total, item.step if by_steps else round(item.elapsed_s, 1))
+        loss = f" loss {item.smoothed_loss:.3f}" if item.smoothed_loss is not None else ""
+        bar.set_description_str(f"train step {item.step}{loss}", refresh=False)
+        if item.message and not quiet:
+            bar.write(f"{PROG}: {item.message}", file=sys.stderr)
+    bar.refresh()
+
+
+def _pixel_scale(img, axes: str) -> dict[str, float] | None:
+    """The input's pixel size (Y, X), to record in the labels file."""
+    if not img.pixel_size:
+        return None
+    return {"Y": float(img.pixel_size[-2]), "X": float(img.pixel_size[-1])}
+
+
 def _read_array(path: str, what: str):
     """A 2D image or a 3D stack from a file (singleton axes dropped); InputError otherwise."""
     import numpy as np
 
     from .core.io import read_image
-    from .core.normalize import InputError
 
     data = np.asarray(read_image(path).data)
     data = data.reshape([n for n in data.shape if n != 1] or data.shape)
@@ -119,7 +138,6 @@ def _read_array(path: str, what: str):
 
 def _training_planes(args: argparse.Namespace):
     """(images, labels, masks) as lists of 2D planes: 2D files as they are, stacks by --planes."""
-    from .core.normalize import InputError
     from .core.trainingdata import parse_planes
 
     images, labels, masks = [], [], []
@@ -143,50 +161,36 @@ def _training_planes(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .core.modelfile import save_model
-    from .core.train import train_iter
+    from . import api
+    from .core.jobs import drain
 
-    out = Path(args.output)
-    if out.is_dir():
-        raise CLIError(f"-o '{out}' is a folder; give a model file name, e.g. model.safetensors")
-    if out.exists() and not args.overwrite:
-        raise CLIError(f"'{out}' exists; pass --overwrite to replace it")
-    if not out.parent.exists():
-        raise CLIError(f"the folder of -o '{out}' does not exist")
     n = len(args.image)
     if len(args.labels) != n or (args.mask and len(args.mask) != n):
-        raise CLIError(
+        raise InputError(
             f"got {n} --image, {len(args.labels)} --labels and {len(args.mask or [])} --mask: give one of each per image"
         )
     if not 0 < args.keep <= 1:
-        raise CLIError(f"--keep must be in (0, 1], got {args.keep}")
+        raise InputError(f"--keep must be in (0, 1], got {args.keep}")
+    api._check_output(Path(args.output), args.overwrite)  # before reading anything or training
     images, labels, masks = _training_planes(args)
-    gen = train_iter(
+    gen = api.train(
         images, labels, masks, init=args.init, seconds=args.seconds, steps=args.steps, device=args.device,
         seed=args.seed, diameter=args.diameter, name=args.name, scribbles=args.scribbles, interpolate=args.keep,
+        output=args.output, overwrite=args.overwrite,
     )
     by_steps = args.seconds is None and args.steps is not None
     total = float(args.steps if by_steps else (args.seconds or 60.0))
     with _progress_bar(total, "train", not args.quiet) as bar:
-        while True:
-            try:
-                ev = next(gen)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            bar.n = min(total, ev.step if by_steps else round(ev.elapsed_s, 1))
-            bar.set_description_str(f"train step {ev.step} loss {ev.smoothed_loss or float('nan'):.3f}", refresh=False)
-            bar.refresh()
-            if ev.message and not args.quiet:
-                bar.write(f"{PROG}: {ev.message}", file=sys.stderr)
-    save_model(result.model, result.model.info, out)
+        result = drain(gen, lambda ev: _show(bar, ev, args.quiet))
     m = result.metrics
-    val = "" if m.get("val_before") is None else f", held-out {m['val_before']:.3f} -> {m['val_after']:.3f}"
+    where = "held-out" if m.get("held_out", True) else "training-pixel"
+    val = "" if m.get("val_before") is None else f", {where} {m['val_before']:.3f} -> {m['val_after']:.3f}"
     forget = "" if m.get("forgetting") is None else f", forgetting {m['forgetting']:+.3f} AP"
+    current = " (now current)" if api.current_version() == result.name else ""
     print(
         f"trained {m['steps']} steps in {m['seconds']:.1f} s on {m['device']}{val}{forget}"
         f"{' (improved)' if m.get('improved') else ' (not improved)' if m.get('improved') is False else ''}; "
-        f"version {result.name} -> {out}"
+        f"version {result.name}{current} -> {args.output}"
     )
     return 0
 
@@ -200,10 +204,14 @@ def cmd_models(args: argparse.Namespace) -> int:
         cur = versions.current_name()
         print(f"{'*' if cur is None else ' '} bundled  (shipped)  {versions.bundled_model_path()}")
         for v in versions.list_versions():
-            m = v.metrics or {}
-            val = "" if m.get("val_before") is None else f"  held-out {m['val_before']:.3f}->{m['val_after']:.3f}"
+            if v.problem and not v.provenance:
+                print(f"{'*' if v.current else ' '} {v.name}  UNUSABLE: {v.problem}")
+                continue
+            change = v.val_change
+            val = "" if change is None else f"  held-out {change[0]:.3f}->{change[1]:.3f}"
             flag = {True: "  improved", False: "  not improved"}.get(v.improved, "")
-            print(f"{'*' if v.current else ' '} {v.name}  {v.created}  parent {v.parent}{val}{flag}")
+            odd = f"  (note: {v.problem})" if v.problem else ""
+            print(f"{'*' if v.current else ' '} {v.name}  {v.created}  parent {v.parent}{val}{flag}{odd}")
         return 0
     if args.action == "revert":
         versions.set_current(args.name)
@@ -213,8 +221,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     info = versions.read_info(path)
     print(json.dumps({
         "name": info.name, "path": str(path), "sha256": versions.file_sha256(path), "config": info.config.to_dict(),
-        "diameter": info.diameter, "normalization": info.normalization, "provenance": info.provenance,
-    }, indent=2, default=str))
+        "diameter": info.diameter, "mask_threshold": info.mask_threshold, "normalization": info.normalization,
+        "provenance": info.provenance,
+    }, indent=2, default=str))  # fmt: skip
     return 0
 
 
@@ -226,7 +235,7 @@ def _add_train_commands(sub) -> None:
     t.add_argument("--mask", action="append", help="trusted pixels (nonzero) for each --image; default all")
     t.add_argument("--planes", help="planes of stacks to train on, e.g. 0-3,7 (default: planes with labels / mask)")
     t.add_argument("--scribbles", action="store_true", help="--labels are scribbles: 1 = background, 2+ = object")
-    t.add_argument("--init", default="bundled", help="bundled, current, a model file or a saved version")
+    t.add_argument("--init", default="current", help="current (default), bundled, a model file or a saved version")
     budget = t.add_mutually_exclusive_group()
     budget.add_argument("--seconds", type=float, help="time budget (default 60 s)")
     budget.add_argument("--steps", type=int, help="step budget")
@@ -255,7 +264,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import importlib.util
 
     if importlib.util.find_spec("napari") is None:
-        raise CLIError("the demo needs napari: pip install 'napari-unet[all]'")
+        raise InputError("the demo needs napari: pip install 'napari-unet[all]'")
     from ._qt.demo import run_demo
 
     return run_demo(screenshot=args.screenshot, sample=args.sample)
@@ -277,7 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("segment", help="segment images into instance labels (TIFF)")
     s.add_argument("input", nargs="+", help="TIFF/OME-TIFF, .npy or zarr")
     s.add_argument("-o", "--output", help="output TIFF (a folder for several inputs); default <stem>_labels.tif")
-    s.add_argument("--model", default="bundled", help="bundled, a model file, or a saved version name")
+    s.add_argument("--model", default="current",
+                   help="current (default: the version training or 'models revert' chose, else bundled), bundled, "
+                        "a model file, or a saved version name")  # fmt: skip
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     s.add_argument("--diameter", type=float, help="object diameter in px (estimated if omitted)")
     s.add_argument("--channel", type=_channel,
@@ -302,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `napari-unet models show x | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     except Exception as exc:  # noqa: BLE001 - the contract is one line, no traceback
         if args.debug:
             raise

@@ -49,7 +49,7 @@ from napari_unet.api import segment  # noqa: E402
 from napari_unet.core.appearance import perturb  # noqa: E402
 from napari_unet.core.augment import AugmentConfig, augment_batch  # noqa: E402
 from napari_unet.core.instances import border_weights, class_targets  # noqa: E402
-from napari_unet.core.losses import weighted_cross_entropy  # noqa: E402
+from napari_unet.core.losses import masked_loss  # noqa: E402
 from napari_unet.core.metrics import aggregate, match_instances  # noqa: E402
 from napari_unet.core.model import UNet, UNetConfig, count_parameters  # noqa: E402
 from napari_unet.core.modelfile import (  # noqa: E402
@@ -238,7 +238,7 @@ def main():
         if logits.shape[-1] != tgt.shape[-1]:  # valid mode: targets cropped to the output
             c = (tgt.shape[-1] - logits.shape[-1]) // 2
             tgt, wt, msk = (a[..., c : c + logits.shape[-2], c : c + logits.shape[-1]] for a in (tgt, wt, msk))
-        loss = weighted_cross_entropy(logits.float(), tgt, wt, msk)
+        loss = masked_loss(logits.float(), tgt, wt, msk)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 from scipy import ndimage as ndi
 
-META_KEY = "napari_unet"
+from ..core.autosave import META_KEY
 
 
 class CorrectionsTracker:

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from napari.layers import Image, Labels
 
-from ..core.normalize import InputError
+from ..core.errors import InputError
+from ..core.stack_io import _as_lazy
 from .corrections import META_KEY
 from .session import layer_meta, session_for, spatial_shape
-from .stack_io import _as_lazy
 
 SCOPES = ("whole image", "current plane", "visible region")
 MIN_REGION = 16

@@ -10,7 +10,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 def plain_message(exc: BaseException, doing: str = "") -> str:
     """A one-line, jargon-free description of `exc`, prefixed with what was being done."""
-    from .jobs import is_out_of_memory
+    from ..core.jobs import is_out_of_memory
 
     prefix = f"{doing}: " if doing else ""
     text = str(exc).splitlines()[0].strip() if str(exc).strip() else ""

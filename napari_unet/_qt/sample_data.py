@@ -11,7 +11,7 @@ from pathlib import Path
 import tifffile
 
 from ..core.io import ImageData
-from .stack_io import LayerData, image_layers, restored_layers
+from ..core.stack_io import LayerData, image_layers, restored_layers
 
 SAMPLES = {
     "nuclei2d": ("nuclei2d_u2os.tif", "U2OS nuclei (2D)", "YX", {}),

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.io import write_labels
+from ..core.io import DEFAULT_LABEL_AXES, write_labels
 
 
 def write_labels_tiff(path: str, data: Any, meta: dict) -> list[str]:
@@ -24,7 +24,11 @@ def write_labels_tiff(path: str, data: Any, meta: dict) -> list[str]:
     target = Path(path)
     if not target.name.lower().endswith((".tif", ".tiff")):
         target = target.with_name(target.name + ".tif")
+    data = np.asarray(data)
     axes = (meta.get("metadata") or {}).get("napari_unet", {}).get("axes")
-    info = {"name": meta.get("name"), "scale": [float(s) for s in meta.get("scale", [])]}
-    write_labels(target, np.asarray(data), overwrite=True, axes=axes, metadata=info)
+    axes = axes if axes and len(axes) == data.ndim else None  # None: the default for its dimensionality
+    scale = [float(s) for s in meta.get("scale", [])]
+    letters = axes or DEFAULT_LABEL_AXES.get(data.ndim, "")
+    sizes = dict(zip(letters, scale)) if len(scale) == len(letters) else None
+    write_labels(target, data, overwrite=True, axes=axes, scale=sizes, name=meta.get("name"))
     return [str(target)]

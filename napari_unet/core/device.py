@@ -6,6 +6,8 @@ import functools
 
 import torch
 
+from .errors import InputError
+
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -16,24 +18,30 @@ def select_device(spec: str | torch.device = "auto") -> torch.device:
         spec: ``"auto"``, ``"cpu"``, ``"cuda"`` (or ``"cuda:N"``), ``"mps"`` or a `torch.device`.
 
     Raises:
-        ValueError: the requested device is unknown or not available on this machine.
+        InputError: the requested device is unknown or not available on this machine (a `torch.device`
+            is checked the same way as its name).
+        TypeError: `spec` is neither a string nor a `torch.device`.
     """
     if isinstance(spec, torch.device):
-        return spec
-    spec = str(spec).lower()
+        spec = str(spec)
+    if not isinstance(spec, str):
+        raise TypeError(f"device must be 'auto', 'cpu', 'cuda', 'mps' or a torch.device, got {type(spec).__name__}")
+    spec = spec.lower()
     if spec == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    kind = spec.split(":")[0]
-    if kind not in DEVICES:
-        raise ValueError(f"unknown device '{spec}': use one of {', '.join(DEVICES)}")
+    kind, _, index = spec.partition(":")
+    if kind not in DEVICES or kind == "auto" and index or index and not index.isdigit():
+        raise InputError(f"unknown device '{spec}': use one of {', '.join(DEVICES)} (or cuda:N)")
     if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA GPU is available")
+        raise InputError(f"device '{spec}' requested but no CUDA GPU is available")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise InputError(f"device '{spec}' requested but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
     if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError("device 'mps' requested but Apple MPS is not available")
+        raise InputError("device 'mps' requested but Apple MPS is not available")
     return torch.device(spec)
 
 

@@ -1,8 +1,8 @@
-"""Pieces of the fine-tuning step: the masked loss, the forgetting guards, validation and previews.
+"""Pieces of the fine-tuning step: settings, the rollback guard, the forgetting guards, validation, previews.
 
-The loss extends the paper's weighted cross-entropy (see `losses`) by a fourth target,
-`FOREGROUND` ("some object": interior or boundary), for scribbled object strokes, whose extent is
-unknown; its log-likelihood is log(p_interior + p_boundary). Untrusted pixels get weight exactly 0.
+The loss is `losses.masked_loss`. Options that were measured and rejected (L2-SP, distillation on
+untrusted pixels, an EMA of the weights, keeping the best held-out step) were removed on 2026-12-02;
+their figures are in benchmarks/RESULTS.md and their code in git history.
 """
 
 from __future__ import annotations
@@ -14,14 +14,11 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .augment import AugmentConfig
+from .losses import BACKGROUND, CATEGORIES, FOREGROUND, masked_loss
 from .model import UNet
 from .modelfile import ModelInfo
-from .trainingdata import BACKGROUND, BOUNDARY, FOREGROUND, INTERIOR
-
-CATEGORIES = 4
 
 
 @dataclass(frozen=True)
@@ -40,14 +37,10 @@ class TrainSettings:
     replay_weight: float = 2.0  # weight of the replay crops' loss against the user's (measured: 0.5 forgot up to 0.037 AP on real data, 2 up to 0.013)
     replay_real: bool = True  # replay real crops of the bundled model's training data (plus synthetic ones)
     replay_synthetic: int = 6  # synthetic images (192²) in the replay pool
-    l2sp: float = 0.0  # weight of sum((w - w_start)^2)
-    distill: float = 0.0  # weight of KL(start || new) on untrusted pixels
     w0: float = 10.0  # border weight (paper): w0 * exp(-(d1 + d2)^2 / (2 sigma^2)) at the model's scale
     sigma: float = 5.0
     precision: str = "auto"  # "auto" (bf16 on CPUs with native bf16 and CUDA, fp16 + scaling on older CUDA) or "fp32"
-    ema: float = 0.0  # keep an exponential moving average of the weights (decay per step) and return it; 0 = off
     interpolate: float = 0.5  # keep this fraction of the change from the starting weights (WiSE-FT); 1 = all
-    select: str = "last"  # keep the "last" weights, or the "best" held-out metric seen (the start included)
     diverge: float = 10.0  # a loss above this x its running mean counts as divergence
     max_rollbacks: int = 6
     probe_images: int = 2  # synthetic original-domain images scored before/after (forgetting); 0 = off
@@ -62,8 +55,8 @@ class TrainSettings:
         if unknown:
             raise TypeError(f"unknown training setting(s): {', '.join(unknown)}")
         s = cls(**kw)
-        if s.precision not in ("auto", "fp32") or s.select not in ("last", "best"):
-            raise ValueError("precision must be 'auto' or 'fp32', select 'last' or 'best'")
+        if s.precision not in ("auto", "fp32"):
+            raise ValueError("precision must be 'auto' or 'fp32'")
         if s.max_forgetting < 0 or (s.max_forgetting > 0 and s.probe_images < 1):
             raise ValueError("max_forgetting must be >= 0 and needs probe_images >= 1 (8 measure it to about 0.01 AP)")
         if s.lr <= 0 or s.batch < 1 or s.patch < 16 or s.replay < 0 or not 0 < s.interpolate <= 1:
@@ -117,61 +110,6 @@ class RollbackGuard:
         self.ema = loss if self.ema is None else 0.9 * self.ema + 0.1 * loss
         if step % self.every == 0:
             self.good_step, self.good = step, snapshot(self.model, self.opt)
-
-
-def category_weights(target: torch.Tensor, mask: torch.Tensor, cap: float = 10.0) -> torch.Tensor:
-    """Inverse-frequency weights of the target categories over trusted pixels, capped at `cap`."""
-    counts = torch.bincount(target[mask].flatten(), minlength=CATEGORIES).float()[:CATEGORIES]
-    present = counts > 0
-    w = torch.zeros(CATEGORIES, device=target.device)
-    if present.any():
-        freq = counts[present] / counts.sum()
-        w[present] = (1.0 / (freq * present.sum())).clamp(max=cap)
-    return w
-
-
-def pixel_nll(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-pixel negative log-likelihood (n, H, W) of the targets, `FOREGROUND` included."""
-    logp = F.log_softmax(logits.float(), dim=1)
-    cls = target.clamp(max=BOUNDARY)
-    nll = -torch.gather(logp, 1, cls[:, None])[:, 0]
-    fg = torch.logsumexp(logp[:, INTERIOR : BOUNDARY + 1], dim=1)
-    return torch.where(target == FOREGROUND, -fg, nll)
-
-
-def masked_loss(
-    logits: torch.Tensor, target: torch.Tensor, border: torch.Tensor | None, mask: torch.Tensor
-) -> torch.Tensor:
-    """Class-balanced, boundary-weighted NLL over trusted pixels (weight 0 elsewhere).
-
-    Args:
-        logits: (n, 3, H, W).
-        target: (n, H, W) int64 in {0, 1, 2, 3} (3 = `FOREGROUND`).
-        border: (n, H, W) border weights added to the class weights, or None.
-        mask: (n, H, W) bool, trusted pixels.
-
-    Returns:
-        Scalar; 0 (with a graph) when nothing is trusted.
-    """
-    w = category_weights(target, mask)[target]
-    if border is not None:
-        w = w + border
-    w = torch.where(mask, w, torch.zeros_like(w))
-    nll = pixel_nll(logits, target)
-    return torch.where(mask, nll * w, torch.zeros_like(nll)).sum() / w.sum().clamp_min(1e-6)
-
-
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean KL(teacher || student) over the pixels of `mask` (the untrusted ones)."""
-    log_s = F.log_softmax(student.float(), dim=1)
-    log_t = F.log_softmax(teacher.float(), dim=1)
-    kl = (log_t.exp() * (log_t - log_s)).sum(1)
-    return torch.where(mask, kl, torch.zeros_like(kl)).sum() / mask.sum().clamp_min(1)
-
-
-def l2sp_penalty(model: UNet, anchor: list[torch.Tensor]) -> torch.Tensor:
-    """L2-SP: squared distance of the weights from the starting point (Li et al., 2018)."""
-    return sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
 
 
 def snapshot(model: UNet, opt: torch.optim.Optimizer | None) -> tuple[dict, dict | None]:
@@ -235,12 +173,13 @@ def forgetting_probe(n: int, model_diameter: float) -> Callable[[UNet, torch.dev
     data = [synth_nuclei((256, 256), rng=np.random.default_rng([PROBE_SEED, i]), style=style) for i in range(n)]
 
     def score(model: UNet, device: torch.device) -> float:
+        from .jobs import drain
         from .metrics import aggregate, match_instances
-        from .segment import _drain, segment_iter
+        from .segment import segment_iter
 
         ms = []
         for img, lab in data:
-            res = _drain(segment_iter(img, model, device=device, diameter=median_diameter(lab) or model_diameter))
+            res = drain(segment_iter(img, model, device=device, diameter=median_diameter(lab) or model_diameter))
             ms.append(match_instances(lab, res.labels, 0.5))
         return round(aggregate(ms).ap, 4)
 
@@ -295,9 +234,9 @@ def preview_probabilities(
     intensity_range: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """uint8 (H, W) foreground probability (255 = 1) of a raw 2D region under the current weights."""
+    from .jobs import drain
     from .normalize import normalize_plane, percentile_range
     from .predict import InferenceModel, predict_plane
-    from .segment import _drain
 
     region = np.asarray(region)
     if region.ndim != 2:
@@ -308,5 +247,5 @@ def preview_probabilities(
     plane = normalize_plane(region, lo, hi)
     infer = InferenceModel.prepare(model, device)
     scale = info.diameter / diameter if diameter and math.isfinite(diameter) else 1.0
-    probs = _drain(predict_plane(infer, plane, scale=scale))
+    probs = drain(predict_plane(infer, plane, scale=scale))
     return (255 - probs[0]).astype(np.uint8)

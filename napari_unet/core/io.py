@@ -10,16 +10,16 @@ file in the target folder that is renamed into place only when complete.
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import tifffile
 
-from .normalize import InputError
+from .atomic import atomic_write
+from .errors import InputError
 
 LAZY_BYTES = 1 << 30
 TIFF_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff")
@@ -33,12 +33,6 @@ class ImageData:
     axes: str | None = None
     pixel_size: tuple[float, ...] | None = None
     metadata: dict = field(default_factory=dict)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _is_zarr(path: Path) -> bool:
@@ -62,13 +56,18 @@ def read_tiff(path: Path) -> ImageData:
     with tifffile.TiffFile(path) as tif:
         if not tif.series:
             raise InputError(f"'{path}' holds no image")
+        if len(tif.series) > 1:  # e.g. pages of different shapes: reading the first only would be silent loss
+            shapes = ", ".join("x".join(map(str, sr.shape)) for sr in tif.series[:4])
+            more = ", ..." if len(tif.series) > 4 else ""
+            raise InputError(
+                f"'{path}' holds {len(tif.series)} images of different shapes ({shapes}{more}); "
+                "save each as its own file, or as one stack of equal planes"
+            )
         series = tif.series[0]
         axes = _tiff_axes(series.axes)
         pixel_size = None
         try:
             if tif.is_ome and tif.ome_metadata:
-                import xml.etree.ElementTree as ET
-
                 root = ET.fromstring(tif.ome_metadata)
                 pix = next(e for e in root.iter() if e.tag.endswith("Pixels"))
                 sy, sx = pix.get("PhysicalSizeY"), pix.get("PhysicalSizeX")
@@ -154,28 +153,53 @@ def default_output(path: str | os.PathLike) -> Path:
     return path.with_name(f"{stem}_labels.tif")
 
 
-def write_labels(path: str | os.PathLike, labels: np.ndarray, *, overwrite: bool = False, axes: str | None = None,
-                 metadata: dict | None = None) -> Path:
-    """Write integer labels as a (zlib-compressed) TIFF, atomically.
+#: Axes written for labels whose caller gives none, by dimensionality.
+DEFAULT_LABEL_AXES = {2: "YX", 3: "ZYX", 4: "TZYX", 5: "TCZYX"}
+
+
+def write_labels(
+    path: str | os.PathLike,
+    labels: np.ndarray,
+    *,
+    overwrite: bool = False,
+    axes: str | None = None,
+    scale: dict[str, float] | None = None,
+    name: str | None = None,
+) -> Path:
+    """Write integer labels as a zlib-compressed OME-TIFF, atomically, with their axes.
+
+    Every plane is a grey (minisblack) page and the OME-XML names the axes, so a 3- or 4-plane stack
+    is never taken for an RGB(A) image, and a TZYX stack reads back as TZYX (tifffile, napari,
+    Fiji's Bio-Formats, QuPath).
+
+    Args:
+        path: The file (``.tif``).
+        labels: Integer labels of 2 to 5 dimensions.
+        overwrite: Replace an existing file.
+        axes: Axis letters from TZCYX ending in YX; default by dimensionality (`DEFAULT_LABEL_AXES`).
+        scale: Physical pixel size per axis letter (e.g. ``{"Z": 0.29, "Y": 0.26, "X": 0.26}``).
+        name: An image name recorded in the metadata.
 
     Raises:
         FileExistsError: `path` exists and `overwrite` is False.
+        InputError: labels that are not integers, or axes that do not fit them.
     """
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"'{path}' exists; pass --overwrite to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
     labels = np.asarray(labels)
-    if labels.max(initial=0) < 2**16:
-        labels = labels.astype(np.uint16)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a saved file should look like any other
-    try:
-        desc = json.dumps({"axes": axes, **(metadata or {})}) if (axes or metadata) else None
-        tifffile.imwrite(tmp, labels, compression="zlib", description=desc, metadata=None)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
+        raise InputError(f"labels must be integers, got {labels.dtype}")
+    axes = (axes or DEFAULT_LABEL_AXES.get(labels.ndim, "")).upper()
+    if len(axes) != labels.ndim or not axes.endswith("YX") or len(set(axes)) != len(axes) or set(axes) - set("TZCYX"):
+        raise InputError(f"cannot write {labels.ndim}-D labels with axes '{axes}': use letters of TZCYX ending in YX")
+    labels = labels.astype(np.uint16 if labels.max(initial=0) < 2**16 and labels.min(initial=0) >= 0 else np.int32)
+    meta: dict = {"axes": axes}
+    for a, v in (scale or {}).items():
+        if a in "XYZ" and a in axes and np.isfinite(v) and v > 0:
+            meta[f"PhysicalSize{a}"] = float(v)
+    if name:
+        meta["Name"] = str(name)
+    with atomic_write(path, overwrite=overwrite) as tmp:
+        tifffile.imwrite(tmp, labels, photometric="minisblack", compression="zlib", ome=True, metadata=meta)
     return path

@@ -22,6 +22,11 @@ MODES = ("same", "valid")
 NORMS = ("batch", "none")
 
 
+#: Sane bounds of the architecture (a file claiming more is damaged or hostile: base 512 at depth 4
+#: would take gigabytes before its weights could be checked).
+LIMITS = {"in_channels": (1, 16), "classes": (1, 16), "base": (1, 256), "depth": (1, 8)}
+
+
 @dataclass(frozen=True)
 class UNetConfig:
     """Architecture of a U-Net; stored verbatim in every model file.
@@ -49,10 +54,11 @@ class UNetConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
-        for name in ("in_channels", "classes", "base", "depth"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
+        for name, (lo, hi) in LIMITS.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise ValueError(f"{name} must be a whole number from {lo} to {hi}, got {v!r}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
     def to_dict(self) -> dict:

@@ -8,8 +8,8 @@ everything else. Loading never executes code (no pickle), and every problem is r
 from __future__ import annotations
 
 import json
+import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,14 +17,16 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .atomic import atomic_write
+from .errors import ModelFileError
 from .model import UNet, UNetConfig
+
+__all__ = ["ModelFileError", "ModelInfo", "read_info", "read_model", "save_model"]
 
 FORMAT = "napari-unet/1"
 CLASS_NAMES = ("background", "interior", "boundary")
-
-
-class ModelFileError(ValueError):
-    """A model file that is missing, unreadable, foreign or inconsistent."""
+#: Training diameters a model file may declare, px (inputs are rescaled by model diameter / object diameter).
+MIN_DIAMETER, MAX_DIAMETER = 2.0, 1000.0
 
 
 @dataclass
@@ -75,19 +77,39 @@ class ModelInfo:
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise ModelFileError(f"{where} has a damaged header: {exc}") from None
-        if not 0.0 < info.mask_threshold < 1.0:
-            raise ModelFileError(f"{where} has a damaged header: mask_threshold {info.mask_threshold} is not in (0, 1)")
+        problem = info.problem()
+        if problem:
+            raise ModelFileError(f"{where} has a damaged header: {problem}")
         return info
 
+    def problem(self) -> str | None:
+        """What makes this description unusable, or None: values a model file must never carry."""
+        if self.config.classes != len(CLASS_NAMES):
+            return f"{self.config.classes} output classes (the format has {len(CLASS_NAMES)})"
+        if not (math.isfinite(self.diameter) and MIN_DIAMETER <= self.diameter <= MAX_DIAMETER):
+            return f"diameter {self.diameter} is not between {MIN_DIAMETER} and {MAX_DIAMETER} px"
+        if not (math.isfinite(self.mask_threshold) and 0.0 < self.mask_threshold < 1.0):
+            return f"mask_threshold {self.mask_threshold} is not in (0, 1)"
+        n = self.normalization
+        try:
+            lo, hi = float(n.get("low", 1.0)), float(n.get("high", 99.8))
+        except (AttributeError, TypeError, ValueError):
+            return f"normalization {n!r} is not {{'kind': 'percentile', 'low': ..., 'high': ...}}"
+        if n.get("kind", "percentile") != "percentile" or not 0.0 <= lo < hi <= 100.0:
+            return f"normalization {n!r} is not percentiles 0 <= low < high <= 100"
+        if not isinstance(self.provenance, dict):
+            return "provenance is not a JSON object"
+        return None
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
-
-def save_model(model: UNet, info: ModelInfo, path: str | os.PathLike) -> Path:
+def save_model(model: UNet, info: ModelInfo, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
     """Write `model` and `info` to `path` atomically (a temporary file renamed into place).
+
+    Args:
+        model: The network.
+        info: Its description (config, diameter, normalisation, provenance).
+        path: The file to write.
+        overwrite: Replace an existing file; when False, FileExistsError if the name is taken.
 
     Returns:
         The path written.
@@ -96,16 +118,8 @@ def save_model(model: UNet, info: ModelInfo, path: str | os.PathLike) -> Path:
     if info.config != model.config:
         raise ValueError("ModelInfo.config does not match the model's config")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a saved file should look like any other
-    try:
-        save_file(tensors, tmp, metadata=info.to_metadata())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, overwrite=overwrite) as tmp:
+        save_file(tensors, str(tmp), metadata=info.to_metadata())
     return path
 
 
@@ -129,13 +143,50 @@ def read_info(path: str | os.PathLike) -> ModelInfo:
     return ModelInfo.from_metadata(meta, where)
 
 
+def check_shapes(path: str | os.PathLike, info: ModelInfo, where: str) -> None:
+    """Compare the file's tensor names and shapes with what its config builds, before building anything.
+
+    The expected shapes come from a U-Net built on torch's "meta" device (shapes, no memory), the
+    file's from its header (no tensor is read), so a file whose header claims a huge network fails
+    here in milliseconds instead of after allocating gigabytes.
+    """
+    from safetensors import safe_open
+
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in UNet(info.config).state_dict().items()}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a dict
+    except Exception as exc:  # noqa: BLE001 - any reader failure is a damaged file
+        raise ModelFileError(f"{where} is unreadable or truncated ({type(exc).__name__})") from None
+    if found != expected:
+        missing = set(expected) - set(found)
+        extra = set(found) - set(expected)
+        shaped = {k for k in set(found) & set(expected) if found[k] != expected[k]}
+        raise ModelFileError(
+            f"{where} does not fit its own architecture (base {info.config.base}, depth {info.config.depth}: "
+            f"{len(missing)} missing, {len(extra)} unexpected, {len(shaped)} mis-shaped tensors)"
+        )
+
+
+def check_model_file(path: str | os.PathLike) -> ModelInfo:
+    """Read a model file's header and check its tensors' names and shapes (no weights are loaded).
+
+    Raises:
+        ModelFileError: missing, unreadable, foreign or inconsistent file.
+    """
+    info = read_info(path)
+    check_shapes(path, info, f"model file '{path}'")
+    return info
+
+
 def read_model(path: str | os.PathLike) -> tuple[UNet, ModelInfo]:
     """Load a model file into a U-Net in eval mode (on the CPU) and its `ModelInfo`.
 
     Raises:
         ModelFileError: missing, unreadable, foreign or inconsistent file.
     """
-    info = read_info(path)
+    info = check_model_file(path)
     where = f"model file '{path}'"
     try:
         tensors = load_file(str(path))

@@ -12,11 +12,11 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from .errors import InputError
+
+__all__ = ["InputError", "iter_planes", "normalize_plane", "percentile_range", "resolve_axes", "to_standard"]
+
 PLANE_AXES = "TZ"
-
-
-class InputError(ValueError):
-    """An image that cannot be segmented as given; the message is one plain sentence."""
 
 
 def resolve_axes(shape: tuple[int, ...], axes: str | None = None) -> str:
@@ -46,6 +46,9 @@ def resolve_axes(shape: tuple[int, ...], axes: str | None = None) -> str:
         raise InputError(f"axes '{axes}' must contain Y and X")
     if axes.count("C") > 1:
         raise InputError(f"axes '{axes}' has more than one channel axis")
+    if not axes.replace("C", "").endswith("YX"):
+        # The labels keep the image's axis order (without C), so Y and X must come last.
+        raise InputError(f"axes '{axes}' must end in YX (a channel axis may follow: 'YXC'); transpose the image first")
     return axes
 
 
@@ -156,10 +159,13 @@ def iter_planes(
     plane_shape = tuple(image.shape[:n_plane_axes])
     if has_c:
         n_c = image.shape[n_plane_axes]
+        # Channel-last with 4 entries is RGBA: the alpha channel is opacity, not intensity, so neither
+        # the average nor the automatic choice uses it (channel=3 still selects it explicitly).
+        n_intensity = 3 if n_c == 4 and axes.endswith("YXC") else n_c
         if channel == "mean":
-            channels = list(range(n_c))
+            channels = list(range(n_intensity))
         elif channel is None:
-            channels = [nuclear_channel(image, n_plane_axes, n_c) if n_c > 1 else 0]
+            channels = [nuclear_channel(image, n_plane_axes, n_intensity) if n_intensity > 1 else 0]
         elif isinstance(channel, str) or not -n_c <= channel < n_c:
             raise InputError(f"channel {channel} does not exist: the image has {n_c} channels")
         else:

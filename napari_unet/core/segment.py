@@ -17,10 +17,12 @@ from skimage.filters import threshold_otsu
 from skimage.transform import resize
 
 from .device import describe, select_device
+from .errors import InputError
 from .instances import labels_from_probabilities, link_planes, median_diameter, min_object_size
+from .jobs import drain
 from .model import UNet
 from .modelfile import ModelInfo
-from .normalize import InputError, iter_planes
+from .normalize import iter_planes
 from .predict import InferenceModel, predict_plane
 
 
@@ -92,7 +94,7 @@ def measure_at(
     if abs(scale - 1.0) > 0.02:
         size = (max(8, round(sub.shape[0] * scale)), max(8, round(sub.shape[1] * scale)))
         sub = resize(sub, size, order=1, anti_aliasing=scale < 1, preserve_range=True).astype(np.float32)
-    probs = _drain(predict_plane(infer, sub))
+    probs = drain(predict_plane(infer, sub))
     labels = labels_from_probabilities(probs, min_size=min_object_size(model_diameter), mask_threshold=mask_threshold)
     inner = labels.copy()  # objects cut by the crop's edge look smaller than they are
     edge = np.unique(np.r_[labels[0], labels[-1], labels[:, 0], labels[:, -1]])
@@ -125,14 +127,6 @@ def estimate_diameter(infer: InferenceModel, plane: np.ndarray, info: ModelInfo)
     guess = consistent[-1]
     found, _ = measure_at(infer, plane, model_diameter, guess, mask_threshold=mask_threshold)
     return float(np.clip(found if found is not None else guess, 4, 400))
-
-
-def _drain(gen):
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
 
 
 def segment_iter(

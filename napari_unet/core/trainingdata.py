@@ -30,12 +30,13 @@ import numpy as np
 import torch
 from skimage.transform import resize
 
+from .errors import InputError
 from .instances import border_weights, class_targets
+from .losses import BACKGROUND, FOREGROUND
 from .model import UNet
 from .modelfile import ModelInfo
-from .normalize import InputError, normalize_plane, percentile_range
+from .normalize import normalize_plane, percentile_range
 
-BACKGROUND, INTERIOR, BOUNDARY, FOREGROUND = 0, 1, 2, 3  # FOREGROUND: interior or boundary (scribbles)
 REPLAY_FILE = Path(__file__).resolve().parents[1] / "resources" / "replay.npz"
 SCRIBBLE_BACKGROUND = 1
 
@@ -266,13 +267,10 @@ class CropSampler:
         counts = np.array([w.size for w in self.where], float)
         self.p = counts / counts.sum()
 
-    def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(image (n,1,S,S), target, border weight, train mask, distillation mask) as CPU tensors.
-
-        The distillation mask marks untrusted pixels (neither trained on nor held out).
-        """
+    def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(image (n,1,S,S), target, border weight, train mask) as CPU tensors."""
         s, rng = self.size, self.rng
-        parts: list[list[np.ndarray]] = [[], [], [], [], []]
+        parts: list[list[np.ndarray]] = [[], [], [], []]
         for _ in range(n):
             k = int(rng.choice(len(self.items), p=self.p))
             it = self.items[k]
@@ -288,11 +286,11 @@ class CropSampler:
                     int(rng.integers(min(0, H - s), max(0, H - s) + 1)),
                     int(rng.integers(min(0, W - s), max(0, W - s) + 1)),
                 )
-            arrays = (it.image, it.target, it.weight, it.train_mask, ~it.trusted)
+            arrays = (it.image, it.target, it.weight, it.train_mask)
             for p, a in zip(parts, arrays):
                 p.append(_crop(a, y, x, s))
         t = [torch.from_numpy(np.stack(p)) for p in parts]
-        return t[0][:, None], t[1], t[2], t[3], t[4]
+        return t[0][:, None], t[1], t[2], t[3]
 
 
 def validation_crops(

@@ -9,7 +9,7 @@ overrides the platform default)::
         current.json                        {"name": "v0001-..."}: what "current" loads
 
 A version file is never overwritten: it is written to a temporary file and hard-linked into place,
-which fails if the name is taken. Lineage lives in each file's `ModelInfo.provenance` (parent name and
+which fails if the name is taken (`atomic.atomic_write`). Lineage lives in each file's `ModelInfo.provenance` (parent name and
 sha256, hashes of the training data, seed, settings, metrics before and after, date, improvement).
 """
 
@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
@@ -27,8 +26,9 @@ from pathlib import Path
 
 import torch
 
+from .atomic import atomic_write
 from .model import UNet
-from .modelfile import ModelFileError, ModelInfo, read_info, read_model, save_model
+from .modelfile import ModelFileError, ModelInfo, check_model_file, read_info, read_model, save_model
 
 SUFFIX = ".safetensors"
 POINTER = "current.json"
@@ -114,29 +114,12 @@ def save_version(model: UNet, info: ModelInfo, name: str | None = None, root: st
     d.mkdir(parents=True, exist_ok=True)
     for _ in range(100):
         vname = validate_name(name) if name else new_version_name(d)
-        final = d / f"{vname}{SUFFIX}"
-        if final.exists():
-            if name:
-                raise FileExistsError(f"a version named '{vname}' exists already; choose another name")
-            continue
         info.name = vname
-        fd, tmp = tempfile.mkstemp(prefix=f".{vname}.", suffix=".part", dir=d)
-        os.close(fd)
         try:
-            save_model(model, info, tmp)
-            try:
-                os.link(tmp, final)  # atomic and exclusive: fails if the name was taken meanwhile
-            except FileExistsError:
-                if name:
-                    raise FileExistsError(f"a version named '{vname}' exists already; choose another name") from None
-                continue
-            except OSError:  # file systems without hard links
-                if final.exists():
-                    continue
-                os.replace(tmp, final)
-            return final
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+            return save_model(model, info, d / f"{vname}{SUFFIX}", overwrite=False)
+        except FileExistsError:  # exclusive: the name was taken, even a moment ago
+            if name:
+                raise FileExistsError(f"a version named '{vname}' exists already; choose another name") from None
     raise FileExistsError(f"could not find a free version name in {d}")
 
 
@@ -157,12 +140,13 @@ def set_current(name: str, root: str | os.PathLike | None = None) -> None:
     """
     d = _root(root)
     if name != "bundled":
-        version_path(name, d)  # must exist
-    d.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".current.", suffix=".part", dir=d)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"name": name, "set": datetime.now().isoformat(timespec="seconds")}, f)
-    os.replace(tmp, d / POINTER)
+        path = version_path(name, d)
+        try:
+            check_model_file(path)
+        except ModelFileError as exc:
+            raise ModelFileError(f"cannot make '{name}' current: {exc}") from None
+    with atomic_write(d / POINTER) as tmp:
+        tmp.write_text(json.dumps({"name": name, "set": datetime.now().isoformat(timespec="seconds")}))
 
 
 def resolve_model_path(spec: str | os.PathLike = "bundled", root: str | os.PathLike | None = None) -> Path:
@@ -172,7 +156,12 @@ def resolve_model_path(spec: str | os.PathLike = "bundled", root: str | os.PathL
         return bundled_model_path()
     if s == "current":
         name = current_name(root)
-        return bundled_model_path() if name is None else version_path(name, root)
+        if name is None:
+            return bundled_model_path()
+        try:
+            return version_path(name, root)
+        except (ModelFileError, ValueError) as exc:
+            raise ModelFileError(f"the current model is gone ({exc}); choose another: napari-unet models revert bundled") from None
     path = Path(s).expanduser()
     if path.exists() or path.suffix == SUFFIX or os.sep in s or (os.altsep and os.altsep in s):
         return path
@@ -184,7 +173,11 @@ def resolve_model_path(spec: str | os.PathLike = "bundled", root: str | os.PathL
 
 @dataclass
 class Version:
-    """One saved version as listed: name, file, and the headline of its lineage."""
+    """One saved version as listed: name, file, and the headline of its lineage.
+
+    `problem` is None for a usable version, else one sentence (an unreadable file, or provenance
+    that is not what this release writes); such a version is listed, flagged, and never loaded.
+    """
 
     name: str
     path: Path
@@ -194,33 +187,61 @@ class Version:
     metrics: dict = field(default_factory=dict)
     current: bool = False
     provenance: dict = field(default_factory=dict)
+    problem: str | None = None
+
+    @property
+    def val_change(self) -> tuple[float, float] | None:
+        """(held-out metric before, after) when both are numbers."""
+        before, after = self.metrics.get("val_before"), self.metrics.get("val_after")
+        ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (before, after))
+        return (float(before), float(after)) if ok else None
+
+
+def _version(path: Path, name: str, current: bool) -> Version:
+    """A `Version` read defensively: odd provenance flags the version instead of breaking the list."""
+    try:
+        prov = read_info(path).provenance
+    except ModelFileError as exc:
+        return Version(name, path, current=current, problem=str(exc))
+    odd = []
+
+    def pick(key, kinds, default):
+        v = prov.get(key, default)
+        if v is not default and not isinstance(v, kinds):
+            odd.append(key)
+            return default
+        return v
+
+    parent = pick("parent", dict, {}) or {}
+    parent_name = parent.get("name")
+    if parent_name is not None and not isinstance(parent_name, str):
+        odd.append("parent.name")
+        parent_name = None
+    v = Version(
+        name=name,
+        path=path,
+        created=pick("date", str, ""),
+        parent=parent_name,
+        improved=pick("improved", bool, None),
+        metrics=pick("metrics", dict, {}) or {},
+        current=current,
+        provenance=prov,
+    )
+    if odd:
+        v.problem = f"its provenance has unexpected {', '.join(odd)}"
+    return v
 
 
 def list_versions(root: str | os.PathLike | None = None) -> list[Version]:
-    """Saved versions, oldest first; unreadable files are skipped."""
+    """Saved versions, oldest first; an unreadable or odd file is listed with its `problem`, not skipped."""
     d = _root(root)
     cur = current_name(d)
     out = []
     for p in d.glob(f"*{SUFFIX}"):
         if p.name.startswith("."):
             continue
-        try:
-            prov = read_info(p).provenance
-        except ModelFileError:
-            continue
         name = p.name[: -len(SUFFIX)]
-        out.append(
-            Version(
-                name=name,
-                path=p,
-                created=str(prov.get("date", "")),
-                parent=(prov.get("parent") or {}).get("name"),
-                improved=prov.get("improved"),
-                metrics=prov.get("metrics", {}),
-                current=name == cur,
-                provenance=prov,
-            )
-        )
+        out.append(_version(p, name, name == cur))
     return sorted(out, key=lambda v: (v.created, v.name))
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_unet._qt.autosave import SavedCorrections, candidate_paths, find_saved, load_corrections, save_corrections
-from napari_unet._qt.jobs import fallback_plan
+from napari_unet.core.autosave import SavedCorrections, candidate_paths, find_saved, load_corrections, save_corrections
+from napari_unet.core.jobs import fallback_plan
 from napari_unet._qt.layers import merge_keep_painted
 from napari_unet._qt.retrain_data import parse_planes
 
@@ -38,7 +38,7 @@ def test_parse_planes():
 
 
 def test_fallback_plan_order():
-    plan = list(fallback_plan("cuda", 256, 4))
+    plan = list(fallback_plan("cuda", 256, 4, first_tile=256))
     assert [p[:3] for p in plan] == [
         ("cuda", 256, 4),
         ("cuda", 256, 1),
@@ -46,7 +46,9 @@ def test_fallback_plan_order():
         ("cuda", 64, 1),
         ("cpu", 256, 4),
     ]
-    assert list(fallback_plan("cpu", 256, 4)) == [("cpu", 256, 4, "")]
+    assert list(fallback_plan("cpu", 256, 4, first_tile=256)) == [("cpu", 256, 4, "")]
+    # By default the first try lets the engine size tiles and batches, as every caller does.
+    assert [p[:3] for p in fallback_plan("cuda", 512, None)][:2] == [("cuda", None, None), ("cuda", None, 1)]
 
 
 def test_autosave_roundtrip_and_locations(tmp_path, monkeypatch):
@@ -64,8 +66,6 @@ def test_autosave_roundtrip_and_locations(tmp_path, monkeypatch):
     np.testing.assert_array_equal(back.labels, labels)
     np.testing.assert_array_equal(back.trusted, trusted)
     assert back.layer_name == "cells labels" and back.reviewed == [{"kind": "plane"}]
-    near.write_bytes(b"garbage")
-    assert load_corrections(near) is None  # a damaged autosave never blocks opening the image
     # no file: the project folder, under the data's key
     (path,) = candidate_paths(None, "sample-nuclei3d", "mine")
     assert path == tmp_path / "project" / "sample-nuclei3d.mine.corrections.npz"

@@ -154,7 +154,7 @@ def test_short_finetune_lowers_the_loss_and_reports_events():
     model = _tiny(base=8)
     before = _state(model)
     events, res = _drain(
-        train_iter(img, lab, init=model, steps=60, device="cpu", save=False, lr=1e-2, val_every=0.5, interpolate=1.0,
+        train_iter(img, lab, init=model, steps=60, device="cpu", lr=1e-2, val_every=0.5, interpolate=1.0,
                    **FAST)  # the full fine-tuned weights; the WiSE-FT default has its own test
     )
     assert isinstance(res, TrainResult) and res.path is None
@@ -175,7 +175,7 @@ def test_short_finetune_lowers_the_loss_and_reports_events():
 def test_interpolate_keeps_that_fraction_of_the_change():
     img, lab = synth_nuclei((96, 96), rng=6, style=SynthStyle(diameter=(20, 26), dtype="uint8"))
     model = _tiny(base=4)
-    kw = dict(init=model, steps=8, device="cpu", save=False, lr=1e-2, seed=3, **FAST)
+    kw = dict(init=model, steps=8, device="cpu", lr=1e-2, seed=3, **FAST)
     _, full = _drain(train_iter(img, lab, interpolate=1.0, **kw))
     _, half = _drain(train_iter(img, lab, interpolate=0.25, **kw))  # same seed: the same 8 updates
     for (k, p0), p1, ph in zip(model.named_parameters(), full.model.parameters(), half.model.parameters()):
@@ -207,7 +207,7 @@ def test_forgetting_budget_keeps_the_largest_fraction_within_it():
 
 def test_forgetting_is_measured_against_the_root_of_the_lineage():
     img, lab = synth_nuclei((96, 96), rng=6, style=SynthStyle(diameter=(20, 26), dtype="uint8"))
-    kw = dict(steps=4, device="cpu", save=False, lr=1e-2, replay=0, patch=64, batch=2, probe_images=1)
+    kw = dict(steps=4, device="cpu", lr=1e-2, replay=0, patch=64, batch=2, probe_images=1)
     _, first = _drain(train_iter(img, lab, init=_tiny(0), **kw))
     _, second = _drain(train_iter(img, lab, init=first.model, **kw))
     m1, m2 = first.metrics, second.metrics
@@ -254,7 +254,7 @@ def test_nan_guard_rolls_back_and_lowers_the_learning_rate(monkeypatch):
 
     monkeypatch.setattr(train_mod, "masked_loss", flaky)
     img, lab = synth_nuclei((96, 96), rng=4)
-    events, res = _drain(train_iter(img, lab, init=_tiny(), steps=25, device="cpu", save=False, **FAST))
+    events, res = _drain(train_iter(img, lab, init=_tiny(), steps=25, device="cpu", **FAST))
     msgs = [e for e in events if "rolled back" in e.message]
     assert len(msgs) == 1 and "NaN" in msgs[0].message and "halved" in msgs[0].message
     later = [e for e in events if e.step > msgs[0].step and not e.message]
@@ -267,7 +267,7 @@ def test_preview_events_carry_foreground_probability():
     img, lab = synth_nuclei((96, 96), rng=6)
     events, _ = _drain(
         train_iter(
-            img, lab, init=_tiny(), steps=8, device="cpu", save=False, preview=img[:40, :56], preview_every=0.0, **FAST
+            img, lab, init=_tiny(), steps=8, device="cpu", preview=img[:40, :56], preview_every=0.0, **FAST
         )
     )
     previews = [e.preview for e in events if e.preview is not None]
@@ -310,7 +310,7 @@ def test_finetune_on_style_shift_raises_ap_on_held_out_images():
     events, res = _drain(
         # The full fine-tuned weights: one 120-step run (~50 s) on one image is the engine's test. The default keeps half
         # of the change per run (WiSE-FT), which the simulated annotator measures over rounds.
-        train_iter(train_img, train_lab, init=model, steps=120, device="cpu", save=False, diameter=20, interpolate=1.0)
+        train_iter(train_img, train_lab, init=model, steps=120, device="cpu", diameter=20, interpolate=1.0)
     )
     losses = [e.loss for e in events if e.step > 0 and not e.message]
     assert np.mean(losses[-10:]) < np.mean(losses[:10])
@@ -324,12 +324,12 @@ def test_api_trains_on_several_images_and_on_scribbles():
     (i1, l1), (i2, l2) = synth_nuclei((96, 128), rng=7), synth_nuclei((80, 80), rng=8)
     m1 = np.zeros(l1.shape, bool)
     m1[:, :64] = True
-    res = api.train_model([i1, i2], [l1, l2], [m1, None], init=_tiny(), steps=3, device="cpu", save=False, **FAST)
+    res = api.train_model([i1, i2], [l1, l2], [m1, None], init=_tiny(), steps=3, device="cpu", **FAST)
     assert res.metrics["steps"] == 3 and len(res.metrics["diameters"]) == 2
     scrib = np.zeros_like(l1)
     scrib[l1 > 0] = 2
     scrib[:4] = np.where(l1[:4] == 0, 1, 0)
-    gen = api.train(i1, scrib, init=_tiny(), steps=3, device="cpu", save=False, scribbles=True, diameter=20, **FAST)
+    gen = api.train(i1, scrib, init=_tiny(), steps=3, device="cpu", scribbles=True, diameter=20, **FAST)
     events, res = _drain(gen)
     assert res.metrics["steps"] == 3 and res.metrics["diameters"] == [20.0]
     with pytest.raises(InputError, match="scribbles are empty"):

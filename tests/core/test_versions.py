@@ -12,7 +12,6 @@ from napari_unet.core import versions
 from napari_unet.core.model import UNet, UNetConfig
 from napari_unet.core.modelfile import ModelFileError, ModelInfo
 from napari_unet.core.synth import synth_nuclei
-from napari_unet.core.train import train_iter
 from napari_unet.core.trainingdata import array_sha256
 
 FAST = {"replay": 0, "probe_images": 0, "patch": 64, "batch": 2}
@@ -76,7 +75,7 @@ def test_training_run_records_lineage_and_sets_current():
     mask = np.zeros(lab.shape, np.uint8)
     mask[:, :64] = 1
     parent = versions.save_version(_tiny(), ModelInfo(config=UNetConfig(base=4, depth=2)), name="parent")
-    res = _run(train_iter(img, lab, mask, init="parent", steps=4, device="cpu", seed=7, make_current=True, **FAST))
+    res = _run(api.train(img, lab, mask, init="parent", steps=4, device="cpu", seed=7, make_current=True, **FAST))
     assert res.path is not None and res.path.exists() and res.name.startswith("v0001-")
     prov = versions.read_info(res.path).provenance
     assert prov["parent"]["name"] == "parent"
@@ -92,7 +91,7 @@ def test_training_run_records_lineage_and_sets_current():
     assert isinstance(prov["improved"], bool) and prov["date"]
     assert versions.current_name() == res.name
     # A second run from "current" names its parent, and revert goes back.
-    res2 = _run(train_iter(img, lab, mask, init="current", steps=2, device="cpu", make_current=True, **FAST))
+    res2 = _run(api.train(img, lab, mask, init="current", steps=2, device="cpu", make_current=True, **FAST))
     assert versions.read_info(res2.path).provenance["parent"]["name"] == res.name
     listed = versions.list_versions()
     assert [v.name for v in listed] == ["parent", res.name, res2.name]
@@ -116,8 +115,8 @@ def test_not_improved_version_is_saved_but_not_made_current(monkeypatch):
 
     monkeypatch.setattr(train_mod, "evaluate_pixels", worse)
     img, lab = synth_nuclei((96, 96), rng=3)
-    res = _run(train_iter(img, lab, init=_tiny(), steps=2, device="cpu", name="worse", **FAST))
+    res = _run(api.train(img, lab, init=_tiny(), steps=2, device="cpu", name="worse", **FAST))
     assert res.metrics["improved"] is False and res.path.exists()
     assert versions.current_name() is None
     with pytest.raises(Exception, match="exists"):
-        _run(train_iter(img, lab, init=_tiny(), steps=2, device="cpu", name="worse", **FAST))
+        _run(api.train(img, lab, init=_tiny(), steps=2, device="cpu", name="worse", **FAST))

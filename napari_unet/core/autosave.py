@@ -8,8 +8,8 @@ compressed ``.npz`` file per (image, labels layer):
 * otherwise in the project folder: ``$NAPARI_UNET_PROJECT`` or the per-user data folder
   (``.../napari-unet/corrections``), under a name made from the image's key and a short hash.
 
-Files are written atomically (a temporary file renamed into place), so a crash mid-write leaves the
-previous autosave intact.
+Files are written atomically (`atomic.atomic_write`), so a crash mid-write leaves the previous
+autosave intact; a damaged one is moved aside on reading and never blocks opening the image.
 """
 
 from __future__ import annotations
@@ -18,13 +18,24 @@ import hashlib
 import json
 import os
 import re
-import tempfile
+import warnings
+import zipfile
+import zlib
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write
+from .errors import InputError
+
 SUFFIX = ".corrections.npz"
+META_KEY = "napari_unet"  # the key of the plugin's dict in a layer's metadata
+
+
+class DamagedAutosave(UserWarning):
+    """An autosave that could not be read (it was moved aside)."""
 
 
 @dataclass
@@ -118,44 +129,102 @@ def find_saved(source: str | os.PathLike | None, key: str) -> list[Path]:
 
 def save_corrections(path: Path, saved: SavedCorrections) -> Path:
     """Write one autosave atomically; returns the path written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(
-                f,
-                labels=np.asarray(saved.labels),
-                trusted=np.packbits(np.asarray(saved.trusted, bool)),
-                info=np.array(
-                    json.dumps(
-                        {
-                            "layer_name": saved.layer_name,
-                            "reviewed": saved.reviewed,
-                            "shape": list(np.shape(saved.trusted)),
-                            **saved.meta,
-                        }
-                    )
-                ),
-            )
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    info = {"layer_name": saved.layer_name, "reviewed": saved.reviewed, "shape": list(np.shape(saved.trusted)),
+            **saved.meta}  # fmt: skip
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(
+            f,
+            labels=np.asarray(saved.labels),
+            trusted=np.packbits(np.asarray(saved.trusted, bool)),
+            info=np.array(json.dumps(info)),
+        )
     return path
 
 
-def load_corrections(path: Path) -> SavedCorrections | None:
-    """Read an autosave; None (not an error) when it is missing or damaged, so a bad file never blocks opening."""
+#: What a truncated or corrupt .npz raises on reading (zip, deflate, numpy headers, our JSON).
+_DAMAGE = (OSError, EOFError, KeyError, ValueError, TypeError, zipfile.BadZipFile, zlib.error)
+
+
+def load_corrections(path: Path) -> SavedCorrections:
+    """Read an autosave.
+
+    Raises:
+        InputError: the file is damaged (truncated, corrupt, or not one of ours). The file is first
+            moved aside to ``<name>.damaged-<date>-<time>``, where it no longer blocks opening the
+            image and can still be inspected; the message says where it went.
+    """
     try:
         with np.load(path, allow_pickle=False) as z:
             info = json.loads(str(z["info"]))
             labels = z["labels"]
-            shape = tuple(info.pop("shape"))
+            shape = tuple(int(n) for n in info.pop("shape"))
             trusted = np.unpackbits(z["trusted"], count=int(np.prod(shape))).reshape(shape).astype(bool)
-    except (OSError, KeyError, ValueError, json.JSONDecodeError):
-        return None
-    if labels.shape != trusted.shape:
-        return None
+        if labels.shape != trusted.shape:
+            raise ValueError(f"labels {labels.shape} and trusted mask {trusted.shape} differ")
+    except _DAMAGE as exc:
+        aside = path.with_name(f"{path.name}.damaged-{datetime.now():%Y%m%d-%H%M%S}")
+        try:
+            os.replace(path, aside)
+            where = f"moved aside to '{aside.name}'"
+        except OSError:
+            where = "left in place"
+        raise InputError(f"the autosaved corrections '{path.name}' are damaged ({type(exc).__name__}): {where}") from None
     name = info.pop("layer_name", "corrections")
     reviewed = info.pop("reviewed", [])
     return SavedCorrections(labels, trusted, name, reviewed, info)
+
+
+def corrections_layers(
+    source: str | None,
+    key: str,
+    image_name: str,
+    shape: tuple[int, ...],
+    *,
+    skip: set[str] | frozenset[str] = frozenset(),
+    **layer_kwargs,
+) -> list[tuple[np.ndarray, dict, str]]:
+    """The Labels layer data of every correction autosaved for an image.
+
+    A damaged autosave is moved aside (see `load_corrections`) and reported by a `DamagedAutosave`
+    warning, one line, which napari shows as a notification; the image opens without it.
+
+    The one place that turns an autosave back into a layer: the reader and the session (for images
+    added by other means) both call it.
+
+    Args:
+        source: The image's file (with ``#c<k>`` for one channel), or None.
+        key: The image's key when it has no file.
+        image_name: The image layer's name (recorded, so the corrections follow it).
+        shape: The image's spatial shape; autosaves of another shape are skipped.
+        skip: Autosave paths or layer names already present (not restored twice).
+        **layer_kwargs: Passed on to each layer (scale, translate, axis_labels).
+
+    Returns:
+        [(labels, kwargs, "labels"), ...] in napari's layer-data form.
+    """
+    layers = []
+    for path in find_saved(source, key):
+        if str(path) in skip:
+            continue
+        try:
+            saved = load_corrections(path)
+        except InputError as exc:
+            warnings.warn(f"{exc}; the image opens without them", DamagedAutosave, stacklevel=2)
+            continue
+        if saved.labels.shape != tuple(shape) or saved.layer_name in skip:
+            continue
+        meta = {
+            META_KEY: {
+                "role": "corrections",
+                "image": image_name,
+                "edited": True,
+                "restored_from": str(path),
+                "trusted": saved.trusted,
+                "reviewed": saved.reviewed,
+                "source": source,
+                "key": key,
+            }
+        }
+        kwargs = {"name": saved.layer_name, "metadata": meta, **{k: v for k, v in layer_kwargs.items() if v is not None}}
+        layers.append((saved.labels, kwargs, "labels"))
+    return layers

@@ -1,18 +1,31 @@
-"""The work the widgets hand to napari workers, as plain generators (no Qt: testable headless).
+"""Long work as plain generators with out-of-memory fallbacks; what `napari_unet.api` runs.
 
 Each job yields `Progress` (from the engine) or `Notice` (something the user must be told, e.g. a
 fallback after running out of GPU memory) and returns its result. Out of GPU memory, segmentation
-retries with one tile per batch, then with smaller tiles, then on the CPU; training retries on the CPU.
+retries with one tile per batch, then with smaller tiles, then on the CPU; training retries with
+smaller batches, then on the CPU. The API, and through it the CLI and the widgets, use these jobs,
+so every caller gets the same fallbacks and the same labels. `drain` runs any of them to the end.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 MIN_TILE = 64
+
+
+def drain(gen: Generator, on_item: Callable[[object], None] | None = None):
+    """Run a generator to the end and return its return value, passing each yielded item to `on_item`."""
+    while True:
+        try:
+            item = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if on_item is not None:
+            on_item(item)
 
 
 @dataclass
@@ -43,16 +56,20 @@ def _free_gpu_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def fallback_plan(device: str, tile: int, batch_size: int, fit=lambda t: t) -> Iterator[tuple[str, int, int, str]]:
+def fallback_plan(
+    device: str, tile: int, batch_size: int | None, fit=lambda t: t, first_tile: int | None = None
+) -> Iterator[tuple[str, int | None, int | None, str]]:
     """Settings to try in order: (device, tile, batch, why), first the requested ones.
 
+    `tile` is the largest tile of the first try, which uses `first_tile` (None: the engine sizes tiles
+    to fit the image, as every caller does by default) and `batch_size` (None: the engine's choice).
     `fit` rounds a tile size to one the network accepts.
     """
-    yield device, tile, batch_size, ""
+    yield device, first_tile, batch_size, ""
     if device == "cpu":
         return
-    if batch_size > 1:
-        yield device, tile, 1, f"out of GPU memory: retrying with 1 tile per batch (was {batch_size})"
+    if batch_size is None or batch_size > 1:
+        yield device, first_tile, 1, f"out of GPU memory: retrying with 1 tile per batch (was {batch_size or 'auto'})"
     t = tile
     while t // 2 >= MIN_TILE:
         t2 = fit(t // 2)
@@ -60,15 +77,28 @@ def fallback_plan(device: str, tile: int, batch_size: int, fit=lambda t: t) -> I
             break
         yield device, t2, 1, f"out of GPU memory: retrying with {t2} px tiles (was {t})"
         t = t2
-    yield "cpu", tile, batch_size, "out of GPU memory even with small tiles: running on the CPU instead (slower)"
+    yield "cpu", first_tile, batch_size, "out of GPU memory even with small tiles: running on the CPU instead (slower)"
 
 
 def resolve_model(model):
-    """A loaded model for a spec (``"bundled"``, a version name, a file) or the model itself."""
-    if isinstance(model, str):
+    """A loaded model for a spec (None = ``"current"``, ``"bundled"``, a version name, a file) or the model itself.
+
+    Raises:
+        TypeError: `model` is neither a spec nor a napari-unet `UNet`.
+    """
+    import os
+
+    from .model import UNet
+
+    if model is None or isinstance(model, (str, os.PathLike)):
         from ..api import load_model
 
-        return load_model(model)
+        return load_model(model or "current")
+    if not isinstance(model, UNet):
+        raise TypeError(
+            "model must be a napari-unet UNet (from load_model), a model file or a saved version's name, "
+            f"got {type(model).__module__}.{type(model).__name__}"
+        )
     return model
 
 
@@ -81,7 +111,8 @@ def segment_job(
     channel: int | None = None,
     axes: str | None = None,
     tile: int | None = None,
-    batch_size: int = 4,
+    overlap: int = 32,
+    batch_size: int | None = None,
     probabilities: bool = False,
     estimate_plane: int | None = None,
     link_iou: float | None = None,
@@ -92,7 +123,7 @@ def segment_job(
     Args:
         image: The data to segment, with `axes`.
         model: A loaded U-Net or a model spec.
-        device, diameter, channel, axes, tile, batch_size, probabilities, link_iou, tta: As
+        device, diameter, channel, axes, tile, overlap, batch_size, probabilities, link_iou, tta: As
             `core.segment.segment_iter`.
         estimate_plane: For a stack with no diameter given, estimate it on this plane (flat index)
             rather than on the first one (often empty at the top of a z-stack).
@@ -103,9 +134,9 @@ def segment_job(
     Returns:
         `SegmentResult`; ``result.extra["notices"]`` lists the fallbacks taken.
     """
-    from ..core.device import select_device
-    from ..core.predict import default_tile
-    from ..core.segment import segment_iter
+    from .device import select_device
+    from .predict import default_tile
+    from .segment import segment_iter
 
     net = resolve_model(model)
     dev = select_device(device)  # raises a plain ValueError for an unavailable device
@@ -116,7 +147,7 @@ def segment_job(
     tile0 = default_tile(net, tile)
     notices: list[str] = []
     for dev_name, t, b, why in fallback_plan(
-        dev.type if dev.type != "cuda" else str(dev), tile0, batch_size, net.fit_input_size
+        dev.type if dev.type != "cuda" else str(dev), tile0, batch_size, net.fit_input_size, first_tile=tile
     ):
         if why:
             notices.append(why)
@@ -130,6 +161,7 @@ def segment_job(
                 channel=channel,
                 axes=axes,
                 tile=t,
+                overlap=overlap,
                 batch_size=b,
                 probabilities=probabilities,
                 link_iou=link_iou,
@@ -155,10 +187,10 @@ def estimate_job(
     plane: int = 0,
 ) -> Generator[object, None, float]:
     """Estimate the object diameter (px) on one plane of `image` (flat plane index `plane`)."""
-    from ..core.device import select_device
-    from ..core.normalize import iter_planes, resolve_axes, to_standard
-    from ..core.predict import InferenceModel
-    from ..core.segment import Progress, estimate_diameter, model_info
+    from .device import select_device
+    from .normalize import iter_planes, resolve_axes, to_standard
+    from .predict import InferenceModel
+    from .segment import Progress, estimate_diameter, model_info
 
     net = resolve_model(model)
     yield Progress(0, 1, 0, 1, "estimating object size")
@@ -189,8 +221,8 @@ def train_job(images, labels, masks, *, device: str = "auto", **kwargs) -> Gener
     Returns:
         `TrainResult`.
     """
-    from ..core.device import select_device
-    from ..core.train import TrainSettings, train_iter
+    from .device import select_device
+    from .train import TrainSettings, train_iter
 
     dev = select_device(device).type
     batch = int(kwargs.pop("batch", TrainSettings.batch))

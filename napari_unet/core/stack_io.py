@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.io import LAZY_BYTES, ImageData, read_image
-from ..core.normalize import InputError, resolve_axes, to_standard
-from .autosave import find_saved, load_corrections
+from .autosave import META_KEY, corrections_layers
+from .errors import InputError
+from .io import LAZY_BYTES, ImageData, read_image
+from .normalize import resolve_axes, to_standard
 
 FOLDER_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
 CHANNEL_COLORMAPS = ("green", "magenta", "cyan", "yellow", "red", "blue")
-META_KEY = "napari_unet"
 
 LayerData = tuple[object, dict, str]
 
@@ -183,32 +183,12 @@ def image_layers(
 
 
 def restored_layers(image_layer: LayerData) -> list[LayerData]:
-    """Labels layers autosaved for an image (see `autosave`), ready to add next to it."""
+    """Labels layers autosaved for an image layer's data (see `autosave.corrections_layers`)."""
     data, kwargs, _ = image_layer
     meta = kwargs.get("metadata", {}).get(META_KEY, {})
-    shape = tuple(data.shape)
-    out = []
-    for path in find_saved(meta.get("source") and _channel_source(meta), meta.get("key", kwargs["name"])):
-        saved = load_corrections(path)
-        if saved is None or saved.labels.shape != shape:
-            continue
-        lmeta = {
-            META_KEY: {
-                "role": "corrections",
-                "image": kwargs["name"],
-                "edited": True,
-                "restored_from": str(path),
-                "trusted": saved.trusted,
-                "reviewed": saved.reviewed,
-                "source": meta.get("source"),
-                "key": meta.get("key"),
-            }
-        }
-        lkw = {"name": saved.layer_name, "scale": kwargs.get("scale"), "metadata": lmeta}
-        if kwargs.get("axis_labels"):
-            lkw["axis_labels"] = kwargs["axis_labels"]
-        out.append((saved.labels, lkw, "labels"))
-    return out
+    source = meta.get("source") and _channel_source(meta)
+    return corrections_layers(source, meta.get("key", kwargs["name"]), kwargs["name"], tuple(data.shape),
+                              scale=kwargs.get("scale"), axis_labels=kwargs.get("axis_labels"))  # fmt: skip
 
 
 def _channel_source(meta: dict) -> str:
