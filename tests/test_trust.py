@@ -1,0 +1,247 @@
+"""Regression tests of the issue "Trustworthy in daily use": each case was seen to break before."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_unet import api
+from napari_unet.cli import main
+from napari_unet.core import versions
+from napari_unet.core.errors import InputError, ModelFileError
+from napari_unet.core.model import UNet, UNetConfig
+from napari_unet.core.modelfile import ModelInfo, read_info, read_model, save_model
+from napari_unet.core.synth import synth_nuclei
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def files(tmp_path):
+    img, lab = synth_nuclei((96, 96), rng=11)
+    paths = {k: tmp_path / f"{k}.tif" for k in ("img", "lab")}
+    tifffile.imwrite(paths["img"], img)
+    tifffile.imwrite(paths["lab"], lab)
+    model = UNet(UNetConfig(base=4, depth=2)).eval()
+    paths["init"] = save_model(model, ModelInfo(config=model.config, name="tiny"), tmp_path / "tiny.safetensors")
+    return paths
+
+
+def _train(f, out, *extra):
+    return main(["train", "--image", str(f["img"]), "--labels", str(f["lab"]), "--init", str(f["init"]),
+                 "--device", "cpu", "-o", str(out), "-q", "--steps", "2", *extra])  # fmt: skip
+
+
+# -- 1. labels of 3/4-plane stacks ----------------------------------------------------------------
+@pytest.mark.parametrize("planes", [3, 4])
+def test_segment_of_a_3_or_4_plane_stack_writes_grey_zyx_labels(tmp_path, tiny_model, planes):
+    stack = np.stack([synth_nuclei((64, 64), rng=k)[0] for k in range(planes)])
+    src, out = tmp_path / "s.tif", tmp_path / "s_labels.tif"
+    tifffile.imwrite(src, stack, metadata={"axes": "ZYX"})
+    model = tmp_path / "m.safetensors"
+    save_model(tiny_model, tiny_model.info, model)
+    assert main(["segment", str(src), "--model", str(model), "-q", "--device", "cpu", "--diameter", "24"]) == 0
+    with tifffile.TiffFile(out) as tif:
+        assert tif.series[0].axes == "ZYX" and tif.series[0].shape == stack.shape
+        assert tif.pages[0].photometric == tifffile.PHOTOMETRIC.MINISBLACK
+
+
+# -- 2. a failed `train -o` changes nothing in the store ---------------------------------------
+def test_train_output_under_a_file_fails_before_training(files, tmp_path, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    t0 = time.perf_counter()
+    assert _train(files, blocker / "m.safetensors") == 1
+    assert time.perf_counter() - t0 < 5  # refused at once, not after training
+    assert "folder" in capsys.readouterr().err
+    assert versions.list_versions() == [] and versions.current_name() is None
+
+
+def test_train_that_cannot_write_its_output_saves_no_version(files, tmp_path, monkeypatch, capsys):
+    import napari_unet.core.modelfile as mf
+
+    real = mf.save_file
+
+    def full_disk(tensors, filename, metadata=None):
+        if ".out.safetensors." in str(filename):
+            raise OSError(28, "No space left on device")
+        return real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(mf, "save_file", full_disk)
+    out = tmp_path / "out.safetensors"
+    assert _train(files, out) == 1
+    assert "No space left" in capsys.readouterr().err
+    assert versions.list_versions() == [] and versions.current_name() is None
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+    assert not list(versions.models_dir().glob("*")) or [p.name for p in versions.models_dir().iterdir()] == []
+
+
+# -- 4. odd provenance ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "provenance, flagged",
+    [({"parent": "just a string"}, True), ({"metrics": [1, 2]}, True), ({"date": 20261202}, True),
+     ({"parent": {"name": ["x"]}}, True), ({"improved": "yes"}, True),
+     ({"metrics": {"val_before": "high", "val_after": 1}}, False)],  # listed without the figure
+)  # fmt: skip
+def test_one_odd_version_does_not_break_the_list(tiny_model, capsys, provenance, flagged):
+    versions.save_version(tiny_model, ModelInfo(config=tiny_model.config), name="good")
+    versions.save_version(tiny_model, ModelInfo(config=tiny_model.config, provenance=provenance), name="odd")
+    listed = {v.name: v for v in api.list_versions()}
+    assert listed["good"].problem is None and bool(listed["odd"].problem) == flagged
+    assert main(["models", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "good" in out and "odd" in out and ("unexpected" in out) == flagged
+    api.revert("good")
+    assert api.load_model("current").info.name == "good"
+
+
+def test_an_unreadable_version_is_flagged_and_cannot_be_made_current(tiny_model, capsys):
+    path = versions.save_version(tiny_model, ModelInfo(config=tiny_model.config), name="broken")
+    path.write_bytes(path.read_bytes()[:200])
+    (v,) = api.list_versions()
+    assert v.problem and "truncated" in v.problem
+    with pytest.raises(ModelFileError, match="cannot make 'broken' current"):
+        api.revert("broken")
+    assert main(["models", "revert", "broken"]) == 1
+    assert api.current_version() == "bundled"  # unchanged, so `--model current` still works
+    capsys.readouterr()
+    assert main(["models", "list"]) == 0 and "UNUSABLE" in capsys.readouterr().out
+
+
+# -- 5. a header is checked before anything is built ----------------------------------------------
+@pytest.mark.parametrize("claim", [{"base": 512}, {"depth": 40}, {"base": 24}])
+def test_a_header_claiming_a_bigger_network_fails_fast(tmp_path, tiny_model, claim):
+    from safetensors.torch import save_file
+
+    info = ModelInfo(config=tiny_model.config)
+    meta = info.to_metadata()
+    meta["config"] = json.dumps({**tiny_model.config.to_dict(), **claim})
+    path = tmp_path / "liar.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_model.state_dict().items()}, str(path), metadata=meta)
+    t0 = time.perf_counter()
+    with pytest.raises(ModelFileError, match="damaged header|does not fit"):
+        read_model(path)
+    assert time.perf_counter() - t0 < 2  # base 512 used to allocate gigabytes first
+
+
+@pytest.mark.parametrize("diameter", [0.0, -5.0, float("nan"), float("inf"), 1e9])
+def test_a_header_with_a_bad_diameter_is_refused(tmp_path, tiny_model, diameter):
+    from safetensors.torch import save_file
+
+    meta = ModelInfo(config=tiny_model.config).to_metadata()
+    meta["diameter"] = json.dumps(diameter)
+    path = tmp_path / "d.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_model.state_dict().items()}, str(path), metadata=meta)
+    with pytest.raises(ModelFileError, match="diameter"):
+        read_info(path)
+
+
+# -- 6. options and inputs -------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "option, match",
+    [(["--tile", "0"], "tile"), (["--tile", "1"], "tile"), (["--tile", "-5"], "tile"), (["--tile", "100000"], "tile"),
+     (["--diameter", "1"], "diameter"), (["--diameter", "nan"], "diameter"), (["--axes", "XY"], "end in YX")],
+)  # fmt: skip
+def test_segment_refuses_bad_options_in_one_line(files, capsys, option, match):
+    out = files["img"].parent / "o.tif"
+    assert main(["segment", str(files["img"]), "--model", str(files["init"]), "-q", "-o", str(out), *option]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and match in err and not out.exists()
+
+
+def test_axes_yxz_is_refused_rather_than_transposed():
+    with pytest.raises(InputError, match="end in YX"):
+        api.segment(np.zeros((16, 16, 5), np.float32), "bundled", axes="YXZ")
+
+
+def test_train_refuses_an_endless_budget(files, tmp_path, capsys):
+    for budget in ("inf", "nan", "-3"):
+        rc = main(["train", "--image", str(files["img"]), "--labels", str(files["lab"]), "--init", str(files["init"]),
+                   "--device", "cpu", "-o", str(tmp_path / "x.safetensors"), "-q", "--seconds", budget])  # fmt: skip
+        assert rc == 1 and "budget" in capsys.readouterr().err
+    assert versions.list_versions() == []
+
+
+def test_a_tiff_whose_pages_differ_is_refused(tmp_path, capsys):
+    path = tmp_path / "mixed.tif"
+    with tifffile.TiffWriter(path) as w:
+        w.write(np.zeros((64, 64), np.uint16))
+        w.write(np.zeros((32, 48), np.uint16))
+    assert main(["segment", str(path), "-q"]) == 1
+    assert "2 images of different shapes" in capsys.readouterr().err
+
+
+def test_rgba_alpha_is_not_intensity(tiny_model):
+    from napari_unet.core.normalize import iter_planes
+
+    img = synth_nuclei((64, 64), rng=1)[0]
+    rgba = np.stack([img, img, img, np.full_like(img, img.max())], axis=-1)
+    _, _, planes = iter_planes(rgba, "YXC", "mean")
+    _, _, grey = iter_planes(img, "YX")
+    (_, p), (_, g) = next(iter(planes)), next(iter(grey))
+    np.testing.assert_allclose(p, g, atol=1e-5)  # the mean of R, G, B only
+    assert iter_planes(rgba, "YXC", None)[2].channel in (0, 1, 2)
+
+
+def test_a_bool_image_gets_a_sound_size_estimate():
+    img, lab = synth_nuclei((256, 256), rng=0)
+    from napari_unet.core.instances import median_diameter
+
+    r = api.segment(lab > 0, "bundled", return_result=True, device="cpu")
+    assert abs(r.diameter / median_diameter(lab) - 1) < 0.2
+
+
+# -- 8. API errors name the argument ------------------------------------------------------------------
+def test_api_errors_are_clear():
+    img = np.zeros((32, 32), np.float32)
+    with pytest.raises(TypeError, match="model must be a napari-unet UNet"):
+        api.segment(img, torch.nn.Linear(2, 2))
+    with pytest.raises(InputError, match="no CUDA GPU"):
+        api.segment(img, "bundled", device=torch.device("cuda:1"))
+    with pytest.raises(InputError, match="unknown device"):
+        api.segment(img, "bundled", device="tpu")
+    with pytest.raises(TypeError, match="device must be"):
+        api.segment(img, "bundled", device=3)
+    with pytest.raises(TypeError, match="init must be a napari-unet UNet"):
+        api.train_model(img, img.astype(np.int32), init=torch.nn.Conv2d(1, 1, 3), steps=1)
+    # a torch tensor is an image like any other
+    t = torch.from_numpy(synth_nuclei((64, 64), rng=2)[0])
+    assert api.segment(t, "bundled", diameter=20, device="cpu").shape == (64, 64)
+
+
+# -- 11. the same labels everywhere -----------------------------------------------------------------------
+def test_widget_path_and_cli_path_give_the_same_labels(tiny_model):
+    from napari_unet.core.jobs import drain, segment_job
+    from napari_unet.core.segment import segment_iter
+
+    img = synth_nuclei((600, 700), rng=4)[0]
+    cli = drain(segment_iter(img, tiny_model, device="cpu", diameter=24.0, probabilities=True))
+    widget = drain(segment_job(img, tiny_model, device="cpu", diameter=24.0, probabilities=True))
+    np.testing.assert_array_equal(widget.probabilities, cli.probabilities)
+    np.testing.assert_array_equal(widget.labels, cli.labels)
+
+
+# -- 12. broken pipe, and one rule for the default model ----------------------------------------------
+def test_models_show_into_head_is_quiet(tmp_path):
+    cmd = f"{sys.executable} -m napari_unet.cli models show bundled | head -n 2"
+    res = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=120)
+    assert res.stdout.count("\n") == 2 and "Broken pipe" not in res.stderr and "Error" not in res.stderr
+
+
+def test_segment_uses_the_current_model_by_default(files, tiny_model, capsys):
+    versions.save_version(tiny_model, ModelInfo(config=tiny_model.config, diameter=24.0), name="mine")
+    api.revert("mine")
+    assert api.load_model().info.name == "mine"
+    out = files["img"].parent / "d.tif"
+    assert main(["segment", str(files["img"]), "-q", "-o", str(out), "--device", "cpu", "--diameter", "24"]) == 0
+    tiny_out = files["img"].parent / "t.tif"
+    assert main(["segment", str(files["img"]), "-q", "-o", str(tiny_out), "--model", "mine", "--device", "cpu",
+                 "--diameter", "24"]) == 0  # fmt: skip
+    np.testing.assert_array_equal(tifffile.imread(out), tifffile.imread(tiny_out))
