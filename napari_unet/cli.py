@@ -138,25 +138,20 @@ def _read_array(path: str, what: str):
 
 def _training_planes(args: argparse.Namespace):
     """(images, labels, masks) as lists of 2D planes: 2D files as they are, stacks by --planes."""
-    from .core.trainingdata import parse_planes
+    from .core.trainingdata import training_planes
 
     images, labels, masks = [], [], []
     for k, (ip, lp) in enumerate(zip(args.image, args.labels)):
         img, lab = _read_array(ip, "image"), _read_array(lp, "labels")
         msk = _read_array(args.mask[k], "mask") if args.mask else None
-        for other, name in ((lab, lp), (msk, args.mask[k] if args.mask else "")):
-            if other is not None and other.shape != img.shape:
-                raise InputError(f"'{name}' has shape {other.shape} but image '{ip}' has {img.shape}")
-        if img.ndim == 2:
-            images.append(img), labels.append(lab), masks.append(msk)
-            continue
-        source = msk if msk is not None else lab
-        chosen = (parse_planes(args.planes, img.shape[0]) if args.planes
-                  else [z for z in range(img.shape[0]) if source[z].any()])  # fmt: skip
-        if not chosen:
-            raise InputError(f"no plane of '{ip}' has labels or trusted pixels: choose planes with --planes")
-        for z in chosen:
-            images.append(img[z]), labels.append(lab[z]), masks.append(None if msk is None else msk[z])
+        planes = args.planes if img.ndim == 3 else None
+        try:
+            i, lb, m, _ = training_planes(img, lab, msk, planes=planes)
+        except InputError as exc:
+            raise InputError(f"'{ip}': {exc}") from None
+        images += i
+        labels += lb
+        masks += m if m is not None else [None] * len(i)
     return images, labels, (masks if args.mask else None)
 
 

@@ -12,7 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..core.io import TIFF_SUFFIXES, read_image
-from .stack_io import LayerData, image_layers, list_folder_images, ome_extra_scale, read_folder_stack, restored_layers
+from ..core.stack_io import (
+    LayerData,
+    image_layers,
+    list_folder_images,
+    ome_extra_scale,
+    read_folder_stack,
+    restored_layers,
+)
 
 
 def _is_zarr(path: Path) -> bool:
@@ -58,24 +65,12 @@ def read_path(path: str | os.PathLike) -> list[LayerData]:
     return layers
 
 
-def start_recording() -> None:
-    """Follow the current viewer's Labels layers from now on, so that paint strokes are recorded
-    (and autosaved) even before a widget of the plugin is opened."""
-    try:
-        from napari import current_viewer
-
-        from .session import session_for
-
-        viewer = current_viewer()
-        if viewer is not None:
-            session_for(viewer)
-    except Exception:  # noqa: BLE001 - reading must never fail because of this
-        pass
-
-
 def read_paths(path: str | list[str]) -> list[LayerData]:
-    """The reader function napari calls (one path or a list of paths)."""
-    start_recording()
+    """The reader function napari calls (one path or a list of paths): layer data only, no side effects.
+
+    Paint strokes are recorded from the moment a widget of the plugin is docked (it creates the
+    viewer's `Session`); restored corrections carry their trusted pixels in their metadata.
+    """
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     out: list[LayerData] = []
     for p in paths:

@@ -6,17 +6,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..core.trainingdata import parse_planes
+from ..core.errors import InputError
+from ..core.trainingdata import training_planes
 from .corrections import CorrectionsTracker
 from .layers import visible_yx
 from .session import spatial_shape
 
 PLANE_CHOICES = ("planes with corrections", "displayed plane", "all planes")
 TRUST_CHOICES = ("painted + reviewed pixels", "whole edited objects too", "every pixel of the planes")
-
-
-class UserError(ValueError):
-    """A problem the user can fix; the message says how."""
 
 
 @dataclass
@@ -64,50 +61,31 @@ def build_request(
     labels_layer = tracker.layer
     shape = tuple(labels_layer.data.shape)
     if spatial_shape(image_layer) != shape:
-        raise UserError(
+        raise InputError(
             f"the labels layer '{labels_layer.name}' is {'x'.join(map(str, shape))} but the image "
             f"'{image_layer.name}' is {'x'.join(map(str, spatial_shape(image_layer)))}: choose matching layers"
         )
-    n_planes = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
-    all_planes = (
-        [tuple(int(i) for i in np.unravel_index(k, shape[:-2])) for k in range(n_planes)] if len(shape) > 2 else [()]
-    )
-    if plane_list.strip() and len(shape) > 2:
-        chosen = [all_planes[k] for k in parse_planes(plane_list, n_planes)]
-    elif planes == "displayed plane" or len(shape) == 2:
-        chosen = [displayed if len(shape) > 2 else ()]
-    elif planes == "all planes":
-        chosen = all_planes
-    else:
-        chosen = tracker.trusted_planes()
-    trust_all = trust == TRUST_CHOICES[2]
-    if not trust_all and tracker.n_trusted == 0:
-        raise UserError(
+    mode = {TRUST_CHOICES[0]: "painted", TRUST_CHOICES[1]: "objects", TRUST_CHOICES[2]: "all"}[trust]
+    if mode != "all" and tracker.n_trusted == 0:
+        raise InputError(
             "nothing painted yet: correct some objects with the brush or mark a plane reviewed "
             "(Corrections widget), or choose to trust every pixel of the planes"
         )
-    images, labels, masks, kept = [], [], [], []
-    for plane in chosen:
-        lab = np.array(labels_layer.data[plane] if plane else labels_layer.data, copy=True)
-        if trust_all:
-            mask = np.ones(lab.shape, bool)
-        else:
-            mask = tracker.trusted[plane].copy() if plane else tracker.trusted.copy()
-            if trust == TRUST_CHOICES[1]:
-                ids = np.unique(lab[mask])
-                mask |= np.isin(lab, ids[ids > 0])
-        if not mask.any():
-            continue
-        images.append(_plane_image(image_layer, plane))
-        labels.append(lab.astype(np.int32, copy=False))
-        masks.append(mask)
-        kept.append(plane)
-    if not kept:
-        raise UserError(
-            "the chosen planes hold no painted or reviewed pixel: paint there first, "
-            "or choose 'planes with corrections'"
-        )
-    req = TrainingRequest(images, labels, None if trust_all else masks, kept)
+    plane_shape = shape[:-2]
+    flat = (lambda idx: int(np.ravel_multi_index(idx, plane_shape))) if plane_shape else (lambda idx: 0)
+    if plane_list.strip() and plane_shape:
+        chosen: str | list[int] | None = plane_list
+    elif planes == "displayed plane" or not plane_shape:
+        chosen = [flat(displayed) if plane_shape else 0]
+    elif planes == "all planes":
+        chosen = list(range(int(np.prod(plane_shape))))
+    else:
+        chosen = [flat(p) for p in tracker.trusted_planes()]
+    images, labels, masks, kept = training_planes(
+        image_layer.data, labels_layer.data, tracker.trusted, planes=chosen, trust=mode, rgb=bool(image_layer.rgb)
+    )
+    kept = [tuple(int(i) for i in np.unravel_index(k, plane_shape)) if plane_shape else () for k in kept]
+    req = TrainingRequest(images, labels, masks, kept)
     diameter = labels_layer.metadata.get("napari_unet", {}).get("diameter")
     req.diameter = float(diameter) if diameter else None
     if preview:

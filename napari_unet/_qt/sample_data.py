@@ -25,10 +25,7 @@ def sample_path(key: str) -> Path:
 
 
 def load_sample(key: str, *, restore: bool = True) -> list[LayerData]:
-    """Layer data of one sample, plus any corrections autosaved for it (unless `restore` is False)."""
-    from .reader import start_recording
-
-    start_recording()
+    """Layer data of one sample, plus any corrections autosaved for it (unless `restore` is False); no side effects."""
     filename, name, axes, scale = SAMPLES[key]
     data = tifffile.imread(sample_path(key))
     layers = image_layers(ImageData(data, axes), name, scale=scale, key=f"sample-{key}")

@@ -375,6 +375,87 @@ def parse_planes(text: str, n: int) -> list[int]:
     return sorted(set(out))
 
 
+TRUST_MODES = ("painted", "objects", "all")
+
+
+def training_planes(
+    image,
+    labels,
+    trusted=None,
+    *,
+    planes: str | list[int] | None = None,
+    trust: str = "painted",
+    rgb: bool = False,
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray] | None, list[int]]:
+    """The 2D planes of an image or stack to train on (copies), as the CLI and the Retrain widget choose them.
+
+    Args:
+        image: 2D image or stack (planes..., Y, X), numpy or lazy; with `rgb`, a trailing colour axis
+            (averaged over R, G, B).
+        labels: Instance labels of the same spatial shape.
+        trusted: The pixels the user vouches for (nonzero), same shape; None trusts every pixel.
+        planes: Flat plane indices, or text such as ``"0-3, 7"``; None takes the planes holding trusted
+            pixels (or labels, when `trusted` is None).
+        trust: ``"painted"`` the trusted pixels; ``"objects"`` also every pixel of an object they touch;
+            ``"all"`` every pixel of the chosen planes.
+
+    Returns:
+        (images, labels, masks or None when every pixel is trusted, chosen flat plane indices).
+
+    Raises:
+        InputError: shapes that differ, a plane that does not exist, or nothing to train on.
+    """
+    if trust not in TRUST_MODES:
+        raise InputError(f"trust must be one of {', '.join(TRUST_MODES)}, got {trust!r}")
+    shape = tuple(labels.shape)
+    ishape = tuple(image.shape[:-1] if rgb else image.shape)
+    if ishape != shape or (trusted is not None and tuple(trusted.shape) != shape):
+        raise InputError(
+            f"the labels are {'x'.join(map(str, shape))} but the image is {'x'.join(map(str, ishape))}"
+            + ("" if trusted is None else f" and the mask {'x'.join(map(str, trusted.shape))}")
+            + ": they must match"
+        )
+    if len(shape) < 2:
+        raise InputError(f"need 2D planes, got shape {shape}")
+    plane_shape = shape[:-2]
+    n = int(np.prod(plane_shape)) if plane_shape else 1
+    index = [tuple(int(i) for i in np.unravel_index(k, plane_shape)) for k in range(n)] if plane_shape else [()]
+    if isinstance(planes, str):
+        chosen = parse_planes(planes, n)
+    elif planes is not None:
+        chosen = sorted({int(k) for k in planes})
+        if any(not 0 <= k < n for k in chosen):
+            raise InputError(f"planes {chosen}: the stack has planes 0 to {n - 1}")
+    else:
+        source = trusted if trusted is not None and trust != "all" else labels
+        chosen = [k for k in range(n) if np.asarray(source[index[k]]).any()]
+    if trusted is None and trust == "painted":
+        trust = "all"
+    images, labs, masks, kept = [], [], [], []
+    for k in chosen:
+        idx = index[k]
+        lab = np.array(labels[idx], copy=True)
+        if trust == "all":
+            mask = np.ones(lab.shape, bool)
+        else:
+            mask = np.asarray(trusted[idx]).astype(bool, copy=True)
+            if trust == "objects":
+                ids = np.unique(lab[mask])
+                mask |= np.isin(lab, ids[ids > 0])
+        if not mask.any():
+            continue
+        img = np.asarray(image[idx])
+        if rgb:
+            img = img[..., :3].mean(axis=-1)
+        images.append(np.array(img, dtype=np.float32 if img.dtype.kind == "f" else img.dtype, copy=True))
+        labs.append(lab)  # dtype as given: `check_inputs` refuses non-integer labels in one sentence
+        masks.append(mask)
+        kept.append(k)
+    if not kept:
+        raise InputError("the chosen planes hold no painted or reviewed pixel: paint there first, or choose other planes")
+    return images, labs, (None if trust == "all" else masks), kept
+
+
 def diameters_per_image(diameter, n: int) -> list[float | None]:
     """One diameter (or None) per image from a scalar or a sequence; checked."""
     ds = list(diameter) if isinstance(diameter, (list, tuple)) else [diameter] * n

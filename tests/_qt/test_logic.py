@@ -8,7 +8,7 @@ import pytest
 from napari_unet.core.autosave import SavedCorrections, candidate_paths, find_saved, load_corrections, save_corrections
 from napari_unet.core.jobs import fallback_plan
 from napari_unet._qt.layers import merge_keep_painted
-from napari_unet._qt.retrain_data import parse_planes
+from napari_unet.core.trainingdata import parse_planes
 
 
 def test_merge_keeps_painted_objects_whole_and_avoids_id_clashes():
