@@ -245,3 +245,24 @@ def test_segment_uses_the_current_model_by_default(files, tiny_model, capsys):
     assert main(["segment", str(files["img"]), "-q", "-o", str(tiny_out), "--model", "mine", "--device", "cpu",
                  "--diameter", "24"]) == 0  # fmt: skip
     np.testing.assert_array_equal(tifffile.imread(out), tifffile.imread(tiny_out))
+
+
+# -- 7. a corrupt zarr chunk: one line, no asyncio noise -------------------------------------------------
+def test_corrupt_zarr_chunk_reports_without_asyncio_noise(tmp_path):
+    import zarr
+
+    path = tmp_path / "c.zarr"
+    z = zarr.open(str(path), mode="w", shape=(1024, 1024), chunks=(64, 64), dtype="uint16")
+    z[:] = 7
+    chunks = sorted(p for p in (path / "c").rglob("*") if p.is_file())
+    for p in chunks[::3]:
+        p.write_bytes(b"garbage!!")
+    code = (
+        "import numpy as np\n"
+        "from napari_unet.core.io import read_image\n"
+        f"img = read_image({str(path)!r})\n"
+        "try:\n    np.asarray(img.data)\nexcept Exception as e:\n    print('error:', e)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.stdout.startswith("error:")
+    assert "Task was destroyed" not in res.stderr, res.stderr[:300]

@@ -10,6 +10,7 @@ file in the target folder that is renamed into place only when complete.
 
 from __future__ import annotations
 
+import logging
 import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -91,8 +92,30 @@ def read_tiff(path: Path) -> ImageData:
     return ImageData(data, axes, pixel_size)
 
 
+class _ZarrTaskNoise(logging.Filter):
+    """Drops asyncio's "Task was destroyed but it is pending!" reports about zarr's own read tasks.
+
+    When one chunk of a zarr array is corrupt, zarr 3 raises the error (which we report in one line)
+    and abandons its other concurrent chunk reads; asyncio then logs each of them, ~40 lines of
+    tracebacks about zarr internals that say nothing to the user.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not (msg.startswith("Task was destroyed but it is pending") and "zarr" in msg)
+
+
+def quiet_zarr_tasks() -> None:
+    """Install `_ZarrTaskNoise` on the asyncio logger (once)."""
+    logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _ZarrTaskNoise) for f in logger.filters):
+        logger.addFilter(_ZarrTaskNoise())
+
+
 def read_zarr(path: Path) -> ImageData:
     import zarr
+
+    quiet_zarr_tasks()
 
     node = zarr.open(str(path), mode="r")
     axes = None
