@@ -1,5 +1,6 @@
 """Segmentation speed and memory, side by side in one run.
 
+    pip install -e ".[benchmarks]"   # MONAI, for the side-by-side comparison
     python benchmarks/segment_speed.py [--model bundled] [--device cpu] [--repeats 2]
 
 For a 2048x2048 image and a 32x512x512 stack (real nuclei tiled from mnfinder/val, so the work

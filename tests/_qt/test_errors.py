@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from napari_unet._qt.segment_widget import SegmentWidget
 from napari_unet.core import jobs
 from napari_unet.core.jobs import Notice, segment_job
-from napari_unet._qt.segment_widget import SegmentWidget
 
 
 @pytest.fixture

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_unet._qt.layers import merge_keep_painted
 from napari_unet.core.autosave import SavedCorrections, candidate_paths, find_saved, load_corrections, save_corrections
 from napari_unet.core.jobs import fallback_plan
-from napari_unet._qt.layers import merge_keep_painted
 from napari_unet.core.trainingdata import parse_planes
 
 
