@@ -9,7 +9,7 @@ import torch
 
 from napari_unet._qt.segment_widget import SegmentWidget
 from napari_unet.core import jobs
-from napari_unet.core.jobs import Notice, segment_job
+from napari_unet.core.jobs import Notice, drain, segment_job
 
 
 @pytest.fixture
@@ -28,12 +28,9 @@ def notes():
 
 
 def _drain(gen):
+    """(everything yielded, the return value)."""
     yielded = []
-    while True:
-        try:
-            yielded.append(next(gen))
-        except StopIteration as stop:
-            return yielded, stop.value
+    return yielded, drain(gen, yielded.append)
 
 
 @pytest.fixture
@@ -51,7 +48,8 @@ def fake_gpu(monkeypatch):
 
     def fake_iter(image, model, *, device, tile, batch_size, **kw):
         calls.append((str(device), tile, batch_size))
-        if str(device) != "cpu" and tile * batch_size > state["limit"]:
+        # None = the engine's choice (the default first try): a 512 px tile, 4 per batch, here
+        if str(device) != "cpu" and (tile or 512) * (batch_size or 4) > state["limit"]:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return (yield from real_iter(image, model, device="cpu", tile=tile, batch_size=batch_size, **kw))
 

@@ -10,6 +10,7 @@ import torch
 
 from napari_unet.core.augment import AugmentConfig, augment_batch
 from napari_unet.core.finetune import masked_loss
+from napari_unet.core.jobs import drain
 from napari_unet.core.model import UNet, UNetConfig
 from napari_unet.core.modelfile import ModelInfo, save_model
 from napari_unet.core.normalize import InputError
@@ -31,12 +32,9 @@ def _tiny(seed: int = 0, base: int = 4) -> UNet:
 
 
 def _drain(gen):
+    """(everything yielded, the return value)."""
     events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            return events, stop.value
+    return events, drain(gen, events.append)
 
 
 def _state(model: UNet) -> dict:
