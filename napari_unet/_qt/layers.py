@@ -216,29 +216,3 @@ def apply_probability(viewer, request: SegmentRequest, probs: np.ndarray) -> Ima
     if labels is not None:  # under the labels, so the masks stay readable on top of it
         viewer.layers.move(viewer.layers.index(layer), viewer.layers.index(labels))
     return layer
-
-
-def merge_keep_painted(old: np.ndarray, new: np.ndarray, trusted: np.ndarray, overlap: float = 0.2) -> np.ndarray:
-    """A fresh prediction that keeps everything the user vouched for.
-
-    Objects the user touched are kept whole from `old`, and so is every trusted pixel (including
-    painted-over background). New objects that overlap those by more than `overlap` of their area are
-    dropped (they are the same objects); the others are clipped around them. New ids never collide.
-    """
-    old = np.asarray(old)
-    keep_ids = np.unique(old[trusted])
-    keep_ids = keep_ids[keep_ids > 0]
-    keep = trusted | np.isin(old, keep_ids)
-    out = np.where(keep, old, 0).astype(np.int32)
-    new = np.asarray(new)
-    if new.max(initial=0) == 0:
-        return out
-    n = int(new.max()) + 1
-    area = np.bincount(new.ravel(), minlength=n)
-    clash = np.bincount(new[keep].ravel(), minlength=n)
-    dropped = clash > overlap * np.maximum(area, 1)
-    dropped[0] = True
-    place = ~keep & ~dropped[new]
-    offset = int(old.max(initial=0))
-    out[place] = new[place] + offset
-    return out

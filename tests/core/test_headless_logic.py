@@ -1,12 +1,12 @@
-"""The plain-Python parts of the napari layer: merging under painted pixels, plane lists, autosave files."""
+"""Headless logic behind the widgets: keeping painted pixels, plane lists, fallbacks, autosave locations."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from napari_unet._qt.layers import merge_keep_painted
 from napari_unet.core.autosave import SavedCorrections, candidate_paths, find_saved, load_corrections, save_corrections
+from napari_unet.core.instances import merge_keep_painted
 from napari_unet.core.jobs import fallback_plan
 from napari_unet.core.trainingdata import parse_planes
 
@@ -69,26 +69,3 @@ def test_autosave_roundtrip_and_locations(tmp_path, monkeypatch):
     # no file: the project folder, under the data's key
     (path,) = candidate_paths(None, "sample-nuclei3d", "mine")
     assert path == tmp_path / "project" / "sample-nuclei3d.mine.corrections.npz"
-
-
-def test_progress_update_that_ends_the_job_does_not_crash():
-    """napari's progress bar processes Qt events on update; the job's end can run inside it."""
-    from napari_unet._qt.runner import JobRunner
-
-    runner = JobRunner()
-
-    class Bar:
-        n = 0
-
-        def update(self, k):
-            runner._finished()  # what processEvents may deliver in the middle of an update
-
-        def close(self):
-            pass
-
-        def set_description(self, message):
-            raise AssertionError("a closed bar must not be touched")
-
-    runner.pbar = Bar()
-    runner.set_fraction(0.5, "re-segmenting")
-    assert runner.pbar is None
