@@ -4,10 +4,29 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QLabel, QSizePolicy, QWidget
+from qtpy.QtCore import QEvent, QSize, Qt, Signal
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QScrollArea,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
 
 from .models import model_choices
+
+
+def layer_key(layer) -> int:
+    """A layer's identity, the same for the layer and for napari's public proxy of it.
+
+    A plugin's viewer is a proxy: indexing its layer list or reading the active layer gives a new
+    proxy each time, so `id()` differs, while the proxy hashes as the layer (whose hash is its identity).
+    """
+    return hash(layer)
 
 
 class LayerCombo(QComboBox):
@@ -63,7 +82,7 @@ class LayerCombo(QComboBox):
         self.blockSignals(True)
         self.clear()
         for layer in layers:
-            self.addItem(layer.name, id(layer))
+            self.addItem(layer.name, layer_key(layer))
         idx = self.findData(current)
         self.setCurrentIndex(idx if idx >= 0 else (0 if layers else -1))
         self.blockSignals(False)
@@ -74,14 +93,15 @@ class LayerCombo(QComboBox):
         """The chosen layer, or None."""
         key = self.currentData()
         for layer in self.viewer.layers:
-            if id(layer) == key:
+            if layer_key(layer) == key:
                 return layer
         return None
 
     def set_layer(self, layer) -> None:
-        if self.findData(id(layer)) < 0:
+        """Choose `layer` (a layer of the viewer, or napari's proxy of one)."""
+        if self.findData(layer_key(layer)) < 0:
             self.refresh()
-        idx = self.findData(id(layer))
+        idx = self.findData(layer_key(layer))
         if idx >= 0:
             self.setCurrentIndex(idx)
 
@@ -174,6 +194,67 @@ def row(*widgets: QWidget) -> QWidget:
     for i, x in enumerate(widgets):
         lay.addWidget(x, 1 if i == 0 else 0)
     return w
+
+
+MIN_ROWS = 9  # text rows a scrolled widget shows at least (about five rows of controls)
+
+
+class VerticalScroll(QScrollArea):
+    """Scrolls its content vertically only: as wide as the content needs, only a few rows tall.
+
+    Args:
+        content: The widget to show, laid out already (Qt shows nothing added to it later).
+        grow: Let the area grow taller than the content needs (for content with a stretchable part,
+            like a plot); otherwise the spare height goes to the neighbouring docks.
+    """
+
+    def __init__(self, content: QWidget, grow: bool = False) -> None:
+        super().__init__()
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self.setWidget(content)
+        self.grow = grow
+        content.installEventFilter(self)
+        self._fit()
+
+    def _fit(self) -> None:
+        if not self.grow:
+            self.setMaximumHeight(self.widget().sizeHint().height() + 2 * self.frameWidth())
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt's name
+        if obj is self.widget() and event.type() == QEvent.LayoutRequest:
+            self._fit()  # e.g. a status line that wrapped onto more rows
+        return super().eventFilter(obj, event)
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt's name
+        # A few rows at least: napari sizes stacked docks 1:5:9 from the top, which would leave the
+        # first one a sliver; three docks at this minimum still fit a 768 px screen.
+        content = self.widget()
+        width = content.minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width()
+        return QSize(width, min(content.sizeHint().height(), MIN_ROWS * self.fontMetrics().height()))
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt's name
+        # The content's own size, but at most a third of the screen: a newly docked widget keeps the
+        # height it asks for and the docks above it give way, so three docked widgets share the height.
+        hint = self.widget().sizeHint()
+        screen = self.screen()
+        height = min(hint.height(), screen.availableGeometry().height() // 3) if screen else hint.height()
+        return QSize(hint.width() + self.verticalScrollBar().sizeHint().width(), height)
+
+
+def scroll_in(owner: QWidget, content: QWidget, grow: bool = False) -> VerticalScroll:
+    """Show `content` (laid out already) in `owner` inside a vertical scroll area.
+
+    napari stacks docked widgets, so the main window's minimum height is the sum of theirs; in a
+    scroll area a widget asks for a few rows only, and Segment, Corrections and Retrain docked
+    together fit a 1366x768 screen. The content keeps its natural size and scrolls when squeezed.
+    """
+    area = VerticalScroll(content, grow)
+    lay = QVBoxLayout(owner)
+    lay.setContentsMargins(0, 0, 0, 0)
+    lay.addWidget(area)
+    return area
 
 
 def is_source_image(layer) -> bool:

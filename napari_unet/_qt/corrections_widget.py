@@ -12,7 +12,7 @@ from napari.layers import Labels, Shapes
 from qtpy.QtWidgets import QCheckBox, QGridLayout, QLabel, QLineEdit, QPushButton, QVBoxLayout, QWidget
 
 from . import notify
-from .controls import LayerCombo, form
+from .controls import LayerCombo, form, scroll_in
 from .layers import current_plane, visible_yx
 from .session import session_for
 
@@ -29,7 +29,7 @@ class CorrectionsWidget(QWidget):
 
     def __init__(self, napari_viewer) -> None:
         super().__init__()
-        self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
+        self.viewer = napari_viewer  # napari's public proxy when docked from the Plugins menu
         self.session = session_for(self.viewer)
         self.labels = LayerCombo(self.viewer, Labels)
         self.this_plane = QCheckBox("helpers act on the displayed plane only", checked=True)
@@ -71,7 +71,8 @@ class CorrectionsWidget(QWidget):
         r.setContentsMargins(0, 0, 0, 0)
         for i, key in enumerate(("plane", "view", "draw", "boxes", "clear", "save")):
             r.addWidget(self.buttons[key], i // 3, i % 3)
-        lay = QVBoxLayout(self)
+        content = QWidget()
+        lay = QVBoxLayout(content)
         lay.addWidget(top)
         lay.addWidget(QLabel("<b>Edit</b> (undo with napari's undo)"))
         lay.addWidget(edit)
@@ -82,6 +83,7 @@ class CorrectionsWidget(QWidget):
         lay.addWidget(self.counts)
         lay.addWidget(self.status)
         lay.addStretch(1)
+        scroll_in(self, content)
 
         self.labels.layer_changed.connect(lambda _: self.update_counts())
         self.session.trackers_changed.connect(self.update_counts)

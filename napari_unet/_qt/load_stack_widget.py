@@ -16,9 +16,9 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.io import read_image
+from ..core.stack_io import image_layers, read_folder_stack, restored_layers
 from . import notify
 from .controls import form, row
-from .stack_io import image_layers, read_folder_stack, restored_layers
 
 AXES_CHOICES = ("from file", "YX", "ZYX", "TYX", "CYX", "YXC", "ZCYX", "CZYX", "TZYX", "TCYX", "TZCYX")
 
@@ -32,7 +32,7 @@ class LoadStackWidget(QWidget):
 
     def __init__(self, napari_viewer) -> None:
         super().__init__()
-        self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
+        self.viewer = napari_viewer  # napari's public proxy when docked from the Plugins menu
         self.path = QLineEdit(placeholderText="a TIFF / OME-TIFF / zarr, or a folder of 2D images")
         file_btn = QPushButton("File...")
         folder_btn = QPushButton("Folder...")
@@ -103,7 +103,7 @@ class LoadStackWidget(QWidget):
                 else read_image(path)
             )
             if not scale:
-                from .stack_io import ome_extra_scale
+                from ..core.stack_io import ome_extra_scale
 
                 scale = ome_extra_scale(path)
             name = path.name.split(".")[0] or path.name

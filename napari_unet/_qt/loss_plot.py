@@ -1,4 +1,4 @@
-"""A small live plot of the training loss and the held-out metric, drawn with QPainter.
+"""A small live plot of the training loss and the validation metric, drawn with QPainter.
 
 Chosen over matplotlib (not a napari dependency, and slow to redraw live) and pyqtgraph (another
 dependency): two series and two axes take a hundred lines, repaint in well under a millisecond and
@@ -19,7 +19,11 @@ METRIC_COLOR = QColor(90, 200, 255)
 
 
 class LossPlot(QWidget):
-    """Loss (left axis, log scale) and held-out metric (right axis, 0..1) against the training step."""
+    """Loss (left axis, log scale) and validation metric (right axis, 0..1) against the training step.
+
+    `metric_name` says what the metric was measured on ("held-out", or "on training pixels" when the
+    engine had too few trusted pixels to hold some out). Nothing is drawn for the loss before a step.
+    """
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -28,12 +32,45 @@ class LossPlot(QWidget):
         self.loss: list[tuple[int, float]] = []
         self.smooth: list[tuple[int, float]] = []
         self.metric: list[tuple[int, float]] = []
+        self.metric_name = "held-out"
 
     def clear(self) -> None:
         self.loss.clear()
         self.smooth.clear()
         self.metric.clear()
+        self.metric_name = "held-out"
         self.update()
+
+    def set_metric_name(self, name: str) -> None:
+        """Say what the validation metric is measured on (legend text)."""
+        self.metric_name = name
+        self.update()
+
+    def _step_range(self) -> tuple[int, int]:
+        steps = [s for s, _ in self.loss + self.metric] or [0, 1]
+        return min(steps), max(max(steps), min(steps) + 1)
+
+    def _loss_range(self) -> tuple[float, float]:
+        """log10 of the loss axis' bottom and top."""
+        values = [v for _, v in self.loss + self.smooth] or [0.1, 1.0]
+        lo, hi = math.log10(min(values)), math.log10(max(values))
+        if hi - lo < 0.3:
+            mid = (hi + lo) / 2
+            lo, hi = mid - 0.15, mid + 0.15
+        return lo, hi
+
+    def texts(self) -> dict[str, str]:
+        """The words and figures the plot shows: legends, loss-axis ends, step range."""
+        lo, hi = self._loss_range()
+        has_loss = bool(self.loss or self.smooth)
+        latest_loss = (self.smooth or self.loss)[-1][1] if has_loss else None
+        return {
+            "loss": "● training loss" + (f" {latest_loss:.3f}" if latest_loss is not None else ""),
+            "metric": f"● {self.metric_name}" + (f" {self.metric[-1][1]:.3f}" if self.metric else ""),
+            "loss_top": f"{10**hi:.3g}" if has_loss else "",
+            "loss_bottom": f"{10**lo:.3g}" if has_loss else "",
+            "steps": "step {}–{}".format(*self._step_range()) if self.loss else "step",
+        }
 
     def add(self, step: int, loss: float | None, smoothed: float | None = None, metric: float | None = None) -> None:
         """Append one event's values (NaN / None are skipped) and schedule a repaint."""
@@ -57,13 +94,9 @@ class LossPlot(QWidget):
         area = QRectF(left, top, max(10, self.width() - left - right), max(10, self.height() - top - bottom))
         p.setPen(QPen(grid, 1))
         p.drawRect(area)
-        steps = [s for s, _ in self.loss + self.metric] or [0, 1]
-        x0, x1 = min(steps), max(max(steps), min(steps) + 1)
-        values = [v for _, v in self.loss + self.smooth] or [0.1, 1.0]
-        lo, hi = math.log10(min(values)), math.log10(max(values))
-        if hi - lo < 0.3:
-            mid = (hi + lo) / 2
-            lo, hi = mid - 0.15, mid + 0.15
+        x0, x1 = self._step_range()
+        lo, hi = self._loss_range()
+        text = self.texts()
 
         def px(step: float) -> float:
             return area.left() + (step - x0) / (x1 - x0) * area.width()
@@ -84,20 +117,19 @@ class LossPlot(QWidget):
         self._line(p, [(px(s), py_metric(v)) for s, v in self.metric], METRIC_COLOR, markers=True)
 
         p.setPen(fg)
-        p.drawText(QRectF(0, area.top() - 2, left - 4, 14), Qt.AlignRight, f"{10**hi:.3g}")
-        p.drawText(QRectF(0, area.bottom() - 12, left - 4, 14), Qt.AlignRight, f"{10**lo:.3g}")
+        p.drawText(QRectF(0, area.top() - 2, left - 4, 14), Qt.AlignRight, text["loss_top"])
+        p.drawText(QRectF(0, area.bottom() - 12, left - 4, 14), Qt.AlignRight, text["loss_bottom"])
         p.drawText(QRectF(area.right() + 4, area.top() - 2, right, 14), Qt.AlignLeft, "1.0")
         p.drawText(QRectF(area.right() + 4, area.bottom() - 12, right, 14), Qt.AlignLeft, "0.0")
         p.drawText(
             QRectF(area.left(), area.bottom() + 2, area.width(), 14),
             Qt.AlignCenter,
-            f"step {x0}–{x1}" if self.loss else "step",
+            text["steps"],
         )
         p.setPen(LOSS_COLOR)
-        p.drawText(QRectF(area.left() + 4, 0, area.width() / 2, 16), Qt.AlignLeft, "● training loss")
+        p.drawText(QRectF(area.left() + 4, 0, area.width() / 2, 16), Qt.AlignLeft, text["loss"])
         p.setPen(METRIC_COLOR)
-        latest = f" {self.metric[-1][1]:.3f}" if self.metric else ""
-        p.drawText(QRectF(area.center().x(), 0, area.width() / 2 - 4, 16), Qt.AlignRight, f"● held-out{latest}")
+        p.drawText(QRectF(area.center().x(), 0, area.width() / 2 - 4, 16), Qt.AlignRight, text["metric"])
         p.end()
 
     @staticmethod

@@ -14,12 +14,30 @@ class ModelChoice:
     tooltip: str = ""
 
 
-def _metric(version) -> str:
-    m = version.metrics or {}
+HELD_OUT = "held-out"
+TRAINING_PIXELS = "on training pixels"
+
+
+def metric_name(metrics: dict | None) -> str:
+    """What a run's validation metric was measured on, in the widgets' words.
+
+    The engine validates on the training pixels when too few trusted pixels can be held out
+    (`metrics["held_out"]` is then False; versions saved before that field say so in
+    `metrics["val_metric"]`), and calling the figure "held-out" would flatter it.
+    """
+    m = metrics or {}
+    if "held_out" in m:
+        return HELD_OUT if m["held_out"] else TRAINING_PIXELS
+    return TRAINING_PIXELS if "training pixels" in str(m.get("val_metric", "")) else HELD_OUT
+
+
+def metric_change(metrics: dict | None) -> str:
+    """E.g. "held-out 0.612 -> 0.705" (or "on training pixels ..."); "" without both figures."""
+    m = metrics or {}
     before, after = m.get("val_before"), m.get("val_after")
     if before is None or after is None:
         return ""
-    return f"held-out {before:.3f} -> {after:.3f}"
+    return f"{metric_name(m)} {before:.3f} -> {after:.3f}"
 
 
 def model_choices() -> list[ModelChoice]:
@@ -32,8 +50,11 @@ def model_choices() -> list[ModelChoice]:
     except OSError:
         listed = []
     for v in reversed(listed):
+        if v.problem and not v.provenance:  # unreadable: it cannot be loaded (models list flags it)
+            continue
         label = f"{v.name}{'  (current)' if v.current else ''}"
-        tip = "; ".join(t for t in (f"from {v.parent}" if v.parent else "", _metric(v), v.created) if t)
+        change = metric_change(v.metrics) if v.val_change else ""
+        tip = "; ".join(t for t in (f"from {v.parent}" if v.parent else "", change, v.created) if t)
         out.append(ModelChoice(v.name, label, tip))
     return out
 

@@ -8,10 +8,12 @@ selected everywhere and the image is re-segmented with it, keeping every painted
 
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
 from napari.layers import Image, Labels
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -24,18 +26,24 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..core.instances import merge_keep_painted
+from ..core.jobs import Notice
 from . import notify
-from .controls import DeviceRow, LayerCombo, ModelCombo, form, is_source_image, row
-from .jobs import Notice, segment_job, train_job
-from .layers import current_plane, layer_axes, merge_keep_painted
+from .controls import DeviceRow, LayerCombo, ModelCombo, form, is_source_image, row, scroll_in
+from .layers import current_plane, layer_axes
 from .loss_plot import LossPlot
+from .models import TRAINING_PIXELS, metric_change, metric_name
 from .retrain_data import PLANE_CHOICES, TRUST_CHOICES, build_request
 from .runner import JobRunner
 from .session import layer_meta, session_for
 
+# What the engine's step-0 message says when too few trusted pixels can be held out.
+TRAINING_PIXELS_NOTE = "validating on the training pixels"
+REMOVE_DELAY_MS = 30  # lets the hidden preview and the new status be drawn before the preview is removed
+
 
 class RetrainWidget(QWidget):
-    """Fine-tune on corrections; live loss, held-out metric and preview; select or revert versions.
+    """Fine-tune on corrections; live loss, validation metric and preview; select or revert versions.
 
     Args:
         napari_viewer: The viewer (napari passes it when docking the widget).
@@ -43,7 +51,7 @@ class RetrainWidget(QWidget):
 
     def __init__(self, napari_viewer) -> None:
         super().__init__()
-        self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
+        self.viewer = napari_viewer  # napari's public proxy when docked from the Plugins menu
         self.session = session_for(self.viewer)
         self.last_result = None
         self.last_error: str | None = None
@@ -52,6 +60,8 @@ class RetrainWidget(QWidget):
         self._image_layer = None
         self._preview_plane: tuple[int, ...] = ()
         self._pending = None
+        self._training = False  # the runner's job is the training run (not the re-segmentation after it)
+        self._saved_name: str | None = None  # the version the current run saved
         self.previews = 0  # previews shown during the current run
         self.background = True  # train below the GUI's OS priority (see runner.lower_thread_priority)
 
@@ -94,13 +104,15 @@ class RetrainWidget(QWidget):
         g = form(bottom)
         g.addRow("versions", self.versions)
         g.addRow("", self.use_btn)
-        lay = QVBoxLayout(self)
+        content = QWidget()
+        lay = QVBoxLayout(content)
         lay.addWidget(top)
         lay.addWidget(row(self.start_btn, self.stop_btn))
         lay.addWidget(self.bar)
         lay.addWidget(self.plot, 1)
         lay.addWidget(self.status)
         lay.addWidget(bottom)
+        scroll_in(self, content, grow=True)  # the loss plot takes spare height
 
         self.runner = JobRunner(
             on_yield=self._on_event, on_error=self._on_error, on_finish=self._on_finish, on_notice=self._on_notice
@@ -158,7 +170,9 @@ class RetrainWidget(QWidget):
         self.last_error = None
         self._request, self._labels_layer, self._image_layer = req, labels, image
         self._preview_plane = displayed
-        job = train_job(
+        from ..api import train  # here, not at import: it imports torch; the API saves the new version
+
+        job = train(
             req.images,
             req.labels,
             req.masks,
@@ -173,6 +187,7 @@ class RetrainWidget(QWidget):
         )
         self.plot.clear()
         self.previews = 0
+        self._training, self._saved_name = True, None
         self.runner.on_return = self._on_trained
         self._busy(True)
         n = len(req.planes)
@@ -180,11 +195,30 @@ class RetrainWidget(QWidget):
         return self.runner.start(job, f"Retraining on {labels.name}", background=self.background)
 
     def stop(self) -> None:
-        """Stop at the next step: nothing is saved, the model in use is unchanged."""
+        """Stop now, as the user sees it: nothing is saved and the model in use is unchanged.
+
+        The status, the preview and the buttons change at once; the worker stops at the engine's next
+        yield (up to one step, preview or validation later) and nothing it sends meanwhile is drawn.
+        Start stays disabled ("stopping…") until then, so two runs never overlap.
+        """
+        if not self.runner.running or self.runner.cancelled:
+            return
         self.runner.cancel()
-        self.status.setText("stopping...")
+        self._pending = None
+        self.stop_btn.setEnabled(False)
+        self.start_btn.setText("stopping…")
+        self.bar.setValue(0)
+        self._remove_preview(soon=True)
+        if self._saved_name is None:
+            self.status.setText("stopped: nothing was saved and the model in use is unchanged")
+        else:
+            self.status.setText(
+                f"stopped re-segmenting: version '{self._saved_name}' was saved and is in use; the labels are unchanged"
+            )
 
     def _busy(self, busy: bool) -> None:
+        if not busy:
+            self.start_btn.setText("Start")
         self.start_btn.setEnabled(not busy)
         self.stop_btn.setEnabled(busy)
         self.use_btn.setEnabled(not busy)
@@ -201,15 +235,17 @@ class RetrainWidget(QWidget):
         budget = float(self.seconds.value())
         fraction = min(1.0, ev.elapsed_s / budget) if budget else 0.0
         self.bar.setValue(int(fraction * 1000))
-        self.runner.set_fraction(fraction)
-        eta = f", {ev.eta_s:.0f} s left" if ev.eta_s is not None else ""
-        line = f"step {ev.step}, loss {ev.loss:.3f}, {ev.steps_per_s:.1f} steps/s{eta}" if ev.step else ""
-        self.status.setText(ev.message or line)
-        if "rolled back" in ev.message:
-            notify.warning(ev.message)
+        if TRAINING_PIXELS_NOTE in ev.message:
+            self.plot.set_metric_name(TRAINING_PIXELS)
+        self.status.setText(progress_line(ev))
         if ev.preview is not None and self._request is not None:
             self._show_preview(ev.preview)
             self.previews += 1
+        # Last: a notification or the activity bar can process Qt events, and with them a Stop or the
+        # run's end, which must not be drawn over by the rest of this (now stale) event.
+        if "rolled back" in ev.message:
+            notify.warning(ev.message)
+        self.runner.set_fraction(fraction)
 
     @notify.guarded("Could not show the preview")
     def _show_preview(self, prob: np.ndarray) -> None:
@@ -246,13 +282,13 @@ class RetrainWidget(QWidget):
     @notify.guarded("Training finished, but updating the widgets failed")
     def _on_trained(self, result) -> None:
         self.last_result = result
+        self._saved_name = result.name
         m = result.metrics or {}
-        before, after = m.get("val_before"), m.get("val_after")
-        change = f"held-out {before:.3f} -> {after:.3f}" if before is not None and after is not None else ""
+        change = metric_change(m)
         self.session.models_changed.emit(result.name)
         msg = f"saved version '{result.name}' ({m.get('steps', '?')} steps{', ' + change if change else ''})"
         if m.get("improved") is False:
-            notify.warning(f"{msg}: the held-out metric dropped; you can revert to the previous version below")
+            notify.warning(f"{msg}: the metric {metric_name(m)} dropped; you can revert to the previous version below")
         else:
             notify.info(msg)
         self.status.setText(msg)
@@ -268,7 +304,9 @@ class RetrainWidget(QWidget):
         data = np.array(image.data, copy=True) if isinstance(image.data, np.ndarray) else image.data
         diameter = layer_meta(labels).get("diameter")
         plane = int(np.ravel_multi_index(self._preview_plane, labels.data.shape[:-2])) if labels.ndim > 2 else None
-        job = segment_job(
+        from .. import api
+
+        job = api.segment_iter(
             data,
             result.model,
             device=self.device.device(),
@@ -296,8 +334,10 @@ class RetrainWidget(QWidget):
     def _on_finish(self) -> None:
         self._busy(False)
         self.bar.setValue(0)
-        if self.runner.cancelled:
-            self.status.setText("stopped: nothing was saved and the model in use is unchanged")
+        training, self._training = self._training, False
+        late = self.runner.result_after_cancel
+        if self.runner.cancelled and training and late is not None:
+            self._saved_too_late(late)
         pending, self._pending = self._pending, None
         if pending is not None and not self.runner.cancelled:
             job, merged = pending
@@ -307,11 +347,33 @@ class RetrainWidget(QWidget):
             return
         self._remove_preview()
 
-    def _remove_preview(self) -> None:
-        """The preview only makes sense during a run: the labels show the outcome afterwards."""
-        for layer in list(self.viewer.layers):
-            if layer_meta(layer).get("role") == "preview":
+    @notify.guarded("Training finished, but updating the widgets failed")
+    def _saved_too_late(self, result) -> None:
+        """Stop came while the engine was already saving: the version exists and is in use; say so."""
+        self.last_result, self._saved_name = result, result.name
+        self.session.models_changed.emit(result.name)
+        msg = (
+            f"stopped too late to undo: the run had already finished and saved version '{result.name}', "
+            "now the model in use (revert below if you do not want it); the labels were not re-segmented"
+        )
+        notify.warning(msg)
+        self.status.setText(msg)
+
+    def _remove_preview(self, soon: bool = False) -> None:
+        """The preview only makes sense during a run: the labels show the outcome afterwards.
+
+        With `soon`, the preview is hidden now and removed in the next turn of the event loop, once the
+        hiding has been drawn: napari runs a full garbage collection when a layer goes (a third of
+        a second with torch loaded), which would otherwise hold back the status and the canvas.
+        """
+        previews = [layer for layer in self.viewer.layers if layer_meta(layer).get("role") == "preview"]
+        for layer in previews:
+            if soon:
+                layer.visible = False
+            else:
                 self.viewer.layers.remove(layer)
+        if soon and previews:
+            QTimer.singleShot(REMOVE_DELAY_MS, lambda: self._remove_preview())
 
     # --- versions ------------------------------------------------------------------------------
     def use_version(self, name: str | None = None) -> str:
@@ -328,6 +390,17 @@ class RetrainWidget(QWidget):
         notify.info(msg)
         self.status.setText(msg)
         return msg
+
+
+def progress_line(ev) -> str:
+    """The status line of a training event: its message, else step, loss (once finite), speed, time left."""
+    if ev.message:
+        return ev.message
+    if not ev.step:
+        return ""
+    loss = f", loss {ev.loss:.3f}" if math.isfinite(ev.loss) else ""
+    eta = f", {ev.eta_s:.0f} s left" if ev.eta_s is not None else ""
+    return f"step {ev.step}{loss}, {ev.steps_per_s:.1f} steps/s{eta}"
 
 
 def _warm_up() -> None:

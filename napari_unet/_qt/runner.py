@@ -9,21 +9,29 @@ Two details of the worker machinery are handled here so that widgets need not ca
   cannot starve the event loop;
 * `worker.quit()` only stops iterating; `ClosingGeneratorWorker` also closes the job (in the worker
   thread, at the yield where it stopped), so its cleanup runs at once and nothing half-done survives.
+  A job that had already passed its last yield when asked to stop (a training run saving its model)
+  still returns; superqt then drops the result, so the worker keeps it as `result_after_quit`;
+* jobs run in the plugin's own thread pool (`plugin_pool`), so a job starts at once without
+  resizing Qt's process-wide pool, which napari and other plugins share.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import threading
 from collections.abc import Callable, Generator
 
-from napari.qt.threading import GeneratorWorker, create_worker
+from napari.qt.threading import GeneratorWorker, WorkerBase, create_worker
 from napari.utils import progress
+from qtpy.QtCore import QCoreApplication, QThreadPool
 
-from .jobs import Notice
+from ..core.jobs import Notice
 
 PROGRESS_STEPS = 1000
+POOL_NAME = "napari-unet jobs"
+MAX_JOBS = 8  # more than the plugin ever runs at once (one job per widget, plus autosaves)
 
 
 class JobFailed(Exception):
@@ -63,32 +71,62 @@ def _relay(job: Generator, background: bool = True) -> Generator:
 
 
 class ClosingGeneratorWorker(GeneratorWorker):
-    """A generator worker that closes its job when asked to quit."""
+    """A generator worker that closes its job when asked to quit, and starts in the plugin's pool."""
 
     def __init__(self, func, *args, **kwargs) -> None:
         super().__init__(func, *args, **kwargs)
         self.job = args[0]
+        self.result_after_quit = None
 
     def work(self):
         result = super().work()
         if self.abort_requested:
+            if inspect.getgeneratorstate(self.job) == inspect.GEN_CLOSED and not isinstance(result, Exception):
+                self.result_after_quit = result  # it had finished on its own: what it did is done
             self.job.close()
         return result
+
+    def start(self) -> None:
+        """Start in the plugin's thread pool (superqt's `start` always uses Qt's global one)."""
+        start_worker(self)
+
+
+def plugin_pool() -> QThreadPool:
+    """The plugin's thread pool: a child of the Qt application, created on first use.
+
+    Qt's global pool holds one thread per core and is shared with napari and other plugins: there,
+    two long jobs fill it on a 2-core machine and a third queues. Growing it would change the whole
+    process, so the plugin's jobs run here; threads are made on demand, up to `MAX_JOBS`.
+    """
+    app = QCoreApplication.instance()
+    pool = app.findChild(QThreadPool, POOL_NAME)
+    if pool is None:
+        pool = QThreadPool(app)
+        pool.setObjectName(POOL_NAME)
+        pool.setMaxThreadCount(MAX_JOBS)
+    return pool
+
+
+def start_worker(worker: WorkerBase) -> None:
+    """Start a napari (superqt) worker in `plugin_pool`: what `worker.start()` does in Qt's global pool."""
+    # superqt's registry of running workers keeps the worker alive and lets napari stop it on close
+    # (`await_workers`); it is private, so without it the worker is kept alive here instead.
+    registry = getattr(WorkerBase, "_worker_set", None)
+    if registry is None:
+        registry = _RUNNING
+    if worker in registry:
+        raise RuntimeError("this worker is already started")
+    registry.add(worker)
+    worker.finished.connect(lambda w=worker: registry.discard(w))
+    plugin_pool().start(worker)
+
+
+_RUNNING: set = set()  # workers started by `start_worker` when superqt has no registry of its own
 
 
 def unwrap(exc: BaseException) -> BaseException:
     """The original exception behind a `JobFailed`."""
     return exc.original if isinstance(exc, JobFailed) else exc
-
-
-def make_room() -> None:
-    """Grow Qt's global thread pool when it is full, so that a job starts now instead of queueing
-    behind a long one (the pool holds one thread per core: two jobs fill it on a 2-core machine)."""
-    from qtpy.QtCore import QThreadPool
-
-    pool = QThreadPool.globalInstance()
-    if pool.activeThreadCount() >= pool.maxThreadCount():
-        pool.setMaxThreadCount(pool.activeThreadCount() + 1)
 
 
 class JobRunner:
@@ -115,6 +153,7 @@ class JobRunner:
         self.worker: ClosingGeneratorWorker | None = None
         self.pbar: progress | None = None
         self.cancelled = False
+        self.result_after_cancel: object | None = None  # what a job returned although cancelled
 
     @property
     def running(self) -> bool:
@@ -128,6 +167,7 @@ class JobRunner:
         if self.worker is not None:
             raise RuntimeError("a job is already running")
         self.cancelled = False
+        self.result_after_cancel = None
         self.pbar = progress(total=PROGRESS_STEPS, desc=desc)
         worker = create_worker(
             _relay, job, background, _worker_class=ClosingGeneratorWorker, _start_thread=False, _ignore_errors=True
@@ -137,12 +177,15 @@ class JobRunner:
         worker.errored.connect(self._errored)
         worker.finished.connect(self._finished)
         self.worker = worker
-        make_room()
         worker.start()
         return worker
 
     def cancel(self) -> None:
-        """Ask the job to stop at its next yield."""
+        """Ask the job to stop at its next yield; what it yields from now on is dropped.
+
+        `running` stays true until the worker has really ended (`on_finish`). A job that had already
+        passed its last yield still returns: its value is then `result_after_cancel`, not `on_return`'s.
+        """
         if self.worker is not None:
             self.cancelled = True
             self.worker.quit()
@@ -160,6 +203,8 @@ class JobRunner:
             pbar.set_description(message)
 
     def _yielded(self, value) -> None:
+        if self.cancelled:  # late: the widget has already shown the stop
+            return
         if isinstance(value, Notice):
             if self.on_notice is not None:
                 self.on_notice(value)
@@ -183,6 +228,8 @@ class JobRunner:
         if self.pbar is not None:
             self.pbar.close()
             self.pbar = None
+        if self.cancelled and self.worker is not None:
+            self.result_after_cancel = self.worker.result_after_quit
         self.worker = None
         if self.on_finish is not None:
             self.on_finish()

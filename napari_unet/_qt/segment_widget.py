@@ -17,9 +17,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..core.jobs import Notice
 from . import notify
-from .controls import DeviceRow, LayerCombo, ModelCombo, form, is_source_image, row
-from .jobs import Notice, estimate_job, segment_job
+from .controls import DeviceRow, LayerCombo, ModelCombo, form, is_source_image, row, scroll_in
 from .layers import SCOPES, apply_labels, apply_probability, layer_axes, make_request
 from .runner import JobRunner
 from .session import session_for
@@ -42,7 +42,7 @@ class SegmentWidget(QWidget):
 
     def __init__(self, napari_viewer) -> None:
         super().__init__()
-        self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
+        self.viewer = napari_viewer  # napari's public proxy when docked from the Plugins menu
         self.session = session_for(self.viewer)
         self.last_layer = None
         self.last_result = None
@@ -82,12 +82,14 @@ class SegmentWidget(QWidget):
         f.addRow("", self.probability)
         f.addRow("", self.link)
         f.addRow("", self.tta)
-        lay = QVBoxLayout(self)
+        content = QWidget()
+        lay = QVBoxLayout(content)
         lay.addWidget(top)
         lay.addWidget(row(self.run_btn, self.cancel_btn))
         lay.addWidget(self.bar)
         lay.addWidget(self.status)
         lay.addStretch(1)
+        scroll_in(self, content)
 
         self.runner = JobRunner(
             on_yield=self._on_progress, on_error=self._on_error, on_finish=self._on_finish, on_notice=self._on_notice
@@ -142,8 +144,10 @@ class SegmentWidget(QWidget):
         if request is None:
             return None
         self.last_error = None
-        spec = self.model.spec() or "bundled"
-        job = segment_job(
+        from .. import api
+
+        spec = self.model.spec() or "current"
+        job = api.segment_iter(
             request.data,
             spec,
             device=self.device.device(),
@@ -167,9 +171,11 @@ class SegmentWidget(QWidget):
         )
         if request is None:
             return None
-        job = estimate_job(
+        from .. import api
+
+        job = api.estimate_iter(
             request.data,
-            self.model.spec() or "bundled",
+            self.model.spec() or "current",
             device=self.device.device(),
             channel=self.channel.currentData(),
             axes=request.axes,

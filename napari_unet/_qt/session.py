@@ -15,22 +15,27 @@ from napari.qt.threading import create_worker
 from psygnal import Signal
 from qtpy.QtCore import QTimer
 
+from ..core.autosave import SavedCorrections, candidate_paths, corrections_layers, save_corrections
 from . import notify
-from .autosave import SavedCorrections, candidate_paths, find_saved, load_corrections, save_corrections
 from .corrections import META_KEY, CorrectionsTracker
-from .runner import make_room
+from .runner import start_worker
 
 AUTOSAVE_DELAY_MS = 1500
 
-_SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_SESSIONS: dict[int, Session] = {}
 
 
 def session_for(viewer) -> Session:
-    """The viewer's session (created on first use). `viewer` may be napari's public proxy."""
-    viewer = getattr(viewer, "__wrapped__", viewer)
-    if viewer not in _SESSIONS:
-        _SESSIONS[viewer] = Session(viewer)
-    return _SESSIONS[viewer]
+    """The viewer's session (created on first use). `viewer` may be napari's public proxy.
+
+    napari hands each docked widget its own proxy of the viewer, and a proxy hashes as the viewer it
+    wraps (a viewer's hash is its identity), so the key is `hash(viewer)`. The session holds the
+    viewer it was made with, so that identity cannot pass to another viewer while the entry exists.
+    """
+    key = hash(viewer)
+    if key not in _SESSIONS:
+        _SESSIONS[key] = Session(viewer)
+    return _SESSIONS[key]
 
 
 def layer_meta(layer) -> dict:
@@ -153,8 +158,7 @@ class Session:
         worker = create_worker(_write_all, jobs, _start_thread=False, _ignore_errors=True)
         worker.returned.connect(self._saved)
         worker.errored.connect(lambda exc: notify.error(exc, "autosave of corrections failed"))
-        make_room()
-        worker.start()
+        start_worker(worker)
 
     def _write(self, path, saved) -> None:
         try:
@@ -187,36 +191,12 @@ class Session:
             return []
         source, key = self.identity(image)
         present = {layer_meta(lay).get("restored_from") for lay in self.viewer.layers if isinstance(lay, Labels)}
-        names = {lay.name for lay in self.viewer.layers}
+        present |= {lay.name for lay in self.viewer.layers}
         shape = spatial_shape(image)
-        added = []
-        for path in find_saved(source, key):
-            if str(path) in present:
-                continue
-            saved = load_corrections(path)
-            if saved is None or saved.labels.shape != shape or saved.layer_name in names:
-                continue
-            meta = {
-                META_KEY: {
-                    "role": "corrections",
-                    "image": image.name,
-                    "edited": True,
-                    "restored_from": str(path),
-                    "trusted": saved.trusted,
-                    "reviewed": saved.reviewed,
-                    "source": source,
-                    "key": key,
-                }
-            }
-            layer = self.viewer.add_labels(
-                saved.labels,
-                name=saved.layer_name,
-                metadata=meta,
-                scale=image.scale[-len(shape) :],
-                translate=image.translate[-len(shape) :],
-                axis_labels=image.axis_labels[-len(shape) :],
-            )
-            added.append(layer)
+        n = len(shape)
+        found = corrections_layers(source, key, image.name, shape, skip=present, scale=image.scale[-n:],
+                                   translate=image.translate[-n:], axis_labels=image.axis_labels[-n:])  # fmt: skip
+        added = [self.viewer.add_labels(data, **kwargs) for data, kwargs, _ in found]
         if added:
             notify.info(f"Restored your corrections of '{image.name}' ({', '.join(a.name for a in added)}).")
         return added

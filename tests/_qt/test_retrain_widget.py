@@ -110,3 +110,167 @@ def test_nothing_painted_is_a_plain_error(viewer, qtbot, nuclei_image):
     w.image.set_layer(viewer.layers["cells"])
     assert w.start() is None
     assert "choose matching layers" in w.last_error
+
+
+def test_stop_takes_effect_at_once_and_nothing_late_is_drawn(viewer, qtbot, wait_idle, corrected, monkeypatch):
+    """Stop, as the user sees it (status, preview gone, buttons), within 0.5 s of the click, in a real run.
+
+    The click comes during a step that takes 2 s (as a big model's does on the CPU): the engine can
+    only stop at its next yield, but the widget must not wait for it.
+    """
+    import threading
+    import time
+
+    import torch
+    from qtpy.QtCore import Qt
+
+    slow, zero_grad = threading.Event(), torch.optim.Optimizer.zero_grad
+
+    def slow_zero_grad(self, *args, **kwargs):
+        if slow.is_set():
+            time.sleep(2.0)
+        return zero_grad(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Optimizer, "zero_grad", slow_zero_grad)
+    w = _retrain(viewer, qtbot, 60)
+    w.start()
+    qtbot.waitUntil(lambda: w.previews >= 1 and len(w.plot.loss) >= 2, timeout=120_000)
+    assert any(la.name == "cells preview" for la in viewer.layers)
+    slow.set()
+    qtbot.wait(100)  # the worker is in a slow step now
+    t0 = time.perf_counter()
+    qtbot.mouseClick(w.stop_btn, Qt.LeftButton)
+
+    def settled() -> None:
+        assert w.status.text() == "stopped: nothing was saved and the model in use is unchanged"
+        assert not any(la.name == "cells preview" and la.visible for la in viewer.layers)
+        assert not w.stop_btn.isEnabled()
+        if w.runner.running:  # winding down: Start waits for the worker, and says so
+            assert not w.start_btn.isEnabled() and w.start_btn.text() == "stopping…"
+
+    qtbot.waitUntil(settled, timeout=10_000)
+    latency = time.perf_counter() - t0
+    shown, steps = w.status.text(), len(w.plot.loss)
+    qtbot.waitUntil(lambda: not any(la.name == "cells preview" for la in viewer.layers), timeout=5_000)
+    removed = time.perf_counter() - t0
+    if w.runner.running:
+        assert w.start() is None  # starting again while the worker winds down does nothing
+    wait_idle(w.runner, timeout=60_000)
+    wind_down = time.perf_counter() - t0
+    print(
+        f"Stop: status/preview right after {1000 * latency:.0f} ms, preview layer removed after "
+        f"{1000 * removed:.0f} ms, worker ended after {1000 * wind_down:.0f} ms"
+    )
+    assert latency < 0.5
+    assert w.status.text() == shown and len(w.plot.loss) == steps  # late events drew nothing
+    assert not any(la.name == "cells preview" for la in viewer.layers)
+    assert w.start_btn.isEnabled() and w.start_btn.text() == "Start" and not w.stop_btn.isEnabled()
+    assert versions.current_name() == "tiny" and w.last_result is None
+    slow.clear()
+    w.seconds.setValue(2)
+    w.resegment.setChecked(False)
+    assert w.start() is not None  # starting again after the wind-down works
+    wait_idle(w.runner, timeout=120_000)
+    assert w.last_error is None, w.last_error
+    assert w.last_result is not None and versions.current_name() == w.last_result.name
+
+
+def _fake_training(monkeypatch, events, result, gate=None):
+    """Replace training by a generator that yields `events`, waits for `gate`, then returns `result`."""
+    from napari_unet import api
+
+    def job(*args, **kwargs):
+        yield from events
+        if gate is not None:
+            gate.wait(30)
+        return result
+
+    monkeypatch.setattr(api, "train", job)
+
+
+def _painted(viewer, qtbot, nuclei_image) -> RetrainWidget:
+    """A Retrain widget (5 s budget, no re-segmenting) for an image with one painted object."""
+    viewer.add_image(nuclei_image, name="cells")
+    labels = viewer.add_labels(np.zeros(nuclei_image.shape, np.int32), name="cells labels")
+    w = _retrain(viewer, qtbot, 5)
+    w.resegment.setChecked(False)
+    labels.brush_size = 14
+    labels.paint((30, 30), 1)
+    labels.paint((60, 60), 0)
+    return w
+
+
+def test_stop_after_the_run_saved_says_so(viewer, qtbot, wait_idle, monkeypatch, nuclei_image, tiny_model):
+    """A Stop that comes while the engine is already saving cannot undo it: the widget must not claim it did."""
+    import math
+    import threading
+
+    from napari_unet.core.train import TrainEvent, TrainResult
+
+    path = versions.save_version(tiny_model, tiny_model.info, "saved-late")
+    versions.set_current("saved-late")
+    gate = threading.Event()
+    step = TrainEvent(1, None, 0.5, 1e-3, 2.0, 4.0, 0.5)
+    result = TrainResult(tiny_model, path, "saved-late", {"steps": 1})
+    first = TrainEvent(0, None, math.nan, 0, 0, 5.0, 0.0, message="preparing")
+    _fake_training(monkeypatch, [first, step], result, gate)
+    w = _painted(viewer, qtbot, nuclei_image)
+    w.start()
+    qtbot.waitUntil(lambda: len(w.plot.loss) == 1, timeout=10_000)
+    w.stop()
+    gate.set()  # the engine was past its last yield: it returns its saved result
+    wait_idle(w.runner)
+    assert "nothing was saved" not in w.status.text()
+    assert "'saved-late'" in w.status.text() and "saved" in w.status.text()
+    assert w.last_result is result
+    assert w.versions.spec() == "saved-late"
+
+
+def test_validation_on_training_pixels_is_not_called_held_out(
+    viewer, qtbot, wait_idle, monkeypatch, nuclei_image, tiny_model
+):
+    import math
+
+    from napari_unet.core.train import TrainEvent, TrainResult
+
+    note = "training on cpu (1 threads); too few trusted pixels to hold some out: validating on the training pixels"
+    events = [
+        TrainEvent(0, None, math.nan, 0, 0, 5.0, 0.0, message="preparing 1 image(s)"),
+        TrainEvent(0, None, math.nan, 0, 0, 5.0, 0.1, val_metric=0.61, message=note),
+    ]
+    metrics = {
+        "val_metric": "balanced pixel accuracy (background/interior/boundary) on the training pixels (too few to hold out)",
+        "val_before": 0.61,
+        "val_after": 0.72,
+        "steps": 3,
+        "improved": True,
+    }
+    path = versions.save_version(tiny_model, tiny_model.info, "small-run")
+    _fake_training(monkeypatch, events, TrainResult(tiny_model, path, "small-run", metrics))
+    w = _painted(viewer, qtbot, nuclei_image)
+    w.start()
+    wait_idle(w.runner)
+    assert w.last_error is None, w.last_error
+    text = w.plot.texts()
+    assert text["metric"] == "● on training pixels 0.610" and "held-out" not in w.status.text()
+    assert "on training pixels 0.610 -> 0.720" in w.status.text()
+    assert text["loss"] == "● training loss" and text["loss_top"] == text["loss_bottom"] == ""  # no step yet
+    w.plot.add(1, 0.5, 0.5)
+    assert w.plot.texts()["loss"] == "● training loss 0.500" and w.plot.texts()["loss_top"]
+
+
+def test_status_shows_no_loss_before_the_first_step(viewer, qtbot, wait_idle, monkeypatch, nuclei_image, tiny_model):
+    import math
+
+    from napari_unet.core.train import TrainEvent, TrainResult
+
+    events = [TrainEvent(0, None, math.nan, 0, 0, 5.0, 0.0), TrainEvent(1, None, math.nan, 0, 2.0, 4.0, 0.5)]
+    _fake_training(monkeypatch, events, TrainResult(tiny_model, None, "x", {}))
+    w = _painted(viewer, qtbot, nuclei_image)
+    texts: list[str] = []
+    orig = w.status.setText
+    monkeypatch.setattr(w.status, "setText", lambda t: (texts.append(t), orig(t)))
+    w.start()
+    wait_idle(w.runner)
+    assert w.last_error is None, w.last_error
+    assert "step 1, 2.0 steps/s, 4 s left" in texts and not any("nan" in t for t in texts), texts
