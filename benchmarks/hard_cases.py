@@ -66,7 +66,11 @@ def _scaled(samples: list[Sample], factor: float, texture: bool = False) -> list
     out = []
     for i, s in enumerate(samples):
         img, lab = A.rescale(s.image, s.labels.astype(np.int32), factor)
-        ign = None if s.ignore is None else A.rescale(s.ignore.astype(np.float32), s.ignore.astype(np.int32), factor)[1] > 0
+        ign = (
+            None
+            if s.ignore is None
+            else A.rescale(s.ignore.astype(np.float32), s.ignore.astype(np.int32), factor)[1] > 0
+        )
         if texture:  # a confocal 40-63x look: chromatin texture and bright foci on large nuclei
             img = A.add_chromatin(img, lab, np.random.default_rng([7, i]), texture=0.45, foci=8)
         out.append(Sample(s.name, img, lab, ign))
@@ -88,11 +92,17 @@ def cases() -> dict[str, tuple[str, Callable[[], list[Sample]]]]:
         "cytoplasm 1/30": ("clean", lambda: _each(val(), lambda im, lab, r: cyto(im, lab, r, level=1 / 30), 1)),
         "cytoplasm 1/10": ("clean", lambda: _each(val(), lambda im, lab, r: cyto(im, lab, r, level=0.1), 2)),
         "cytoplasm 1/10, autofluorescent grain": (
-            "clean", lambda: _each(val(), lambda im, lab, r: cyto(im, lab, r, level=0.1, texture=1.0, orphans=0.3), 3)),
+            "clean",
+            lambda: _each(val(), lambda im, lab, r: cyto(im, lab, r, level=0.1, texture=1.0, orphans=0.3), 3),
+        ),
         "cytoplasm 1/4 (beyond the 10-50x of the issue)": (
-            "clean", lambda: _each(val(), lambda im, lab, r: cyto(im, lab, r, level=0.25), 11)),
+            "clean",
+            lambda: _each(val(), lambda im, lab, r: cyto(im, lab, r, level=0.25), 11),
+        ),
         "cytoplasm channel averaged in (1/2, nuclei excluded)": (
-            "clean", lambda: _each(val(), lambda im, lab, r: cyto(im, lab, r, level=0.5, exclude_nuclei=1.0), 4)),
+            "clean",
+            lambda: _each(val(), lambda im, lab, r: cyto(im, lab, r, level=0.5, exclude_nuclei=1.0), 4),
+        ),
         "RGB: nuclear + cytoplasmic + empty channel (default channel)": ("clean", lambda: _each(val(), _rgb, 10)),
         # 2. size: every magnification, and large textured nuclei
         "rescaled 0.25x": ("clean", lambda: _scaled(val(), 0.25)),
@@ -102,25 +112,47 @@ def cases() -> dict[str, tuple[str, Callable[[], list[Sample]]]]:
         "large textured nuclei (2.5x + chromatin foci)": ("clean", lambda: _scaled(val(), 2.5, texture=True)),
         # 3. very bright condensed nuclei next to dim ones
         "bright condensed nuclei (5x, halo)": (
-            "clean", lambda: _each(val(), lambda im, lab, r: A.condense(im, lab, r, 0.15, 5.0, 0.4), 5)),
+            "clean",
+            lambda: _each(val(), lambda im, lab, r: A.condense(im, lab, r, 0.15, 5.0, 0.4), 5),
+        ),
         # camera and contrast
-        "camera: uint8, 30 photons": ("clean", lambda: _each(val(), lambda im, lab, r: A.camera(im, r, "uint8", photons=30), 6)),
+        "camera: uint8, 30 photons": (
+            "clean",
+            lambda: _each(val(), lambda im, lab, r: A.camera(im, r, "uint8", photons=30), 6),
+        ),
         "camera: uint12, saturated": (
-            "clean", lambda: _each(val(), lambda im, lab, r: A.camera(im, r, "uint12", fill=1.6, photons=500), 7)),
+            "clean",
+            lambda: _each(val(), lambda im, lab, r: A.camera(im, r, "uint12", fill=1.6, photons=500), 7),
+        ),
         "gamma 0.5": ("clean", lambda: _each(val(), lambda im, lab, r: np.asarray(im, np.float32) ** 0.5, 8)),
         "gamma 2": ("clean", lambda: _each(val(), lambda im, lab, r: np.asarray(im, np.float32) ** 2, 9)),
         # synthetic renderings of the same classes (exact labels)
         "synth clean": ("synth clean", lambda: _synth(8, 20_000, diameter=(20.0, 30.0), cytoplasm_prob=0.0)),
         "synth cytoplasm 1/10 (on the clean images)": (
-            "synth clean", lambda: _each(_synth(8, 20_000, diameter=(20.0, 30.0), cytoplasm_prob=0.0),
-                                         lambda im, lab, r: cyto(im, lab, r, level=0.1, orphans=0.2), 12)),
+            "synth clean",
+            lambda: _each(
+                _synth(8, 20_000, diameter=(20.0, 30.0), cytoplasm_prob=0.0),
+                lambda im, lab, r: cyto(im, lab, r, level=0.1, orphans=0.2),
+                12,
+            ),
+        ),
         "synth large textured (60-90 px)": (
-            "synth clean", lambda: _synth(8, 20_001, diameter=(60.0, 90.0), texture=(0.4, 0.6), spots=(6.0, 10.0), cytoplasm_prob=0.0)),
+            "synth clean",
+            lambda: _synth(8, 20_001, diameter=(60.0, 90.0), texture=(0.4, 0.6), spots=(6.0, 10.0), cytoplasm_prob=0.0),
+        ),
         "synth small (8-12 px)": ("synth clean", lambda: _synth(8, 20_002, diameter=(8.0, 12.0), cytoplasm_prob=0.0)),
         "synth condensed + dim (30x range)": (
-            "synth clean", lambda: _synth(8, 20_003, diameter=(20.0, 30.0), mitotic=(0.15, 0.2), dynamic_range=(30.0, 30.0), cytoplasm_prob=0.0)),
+            "synth clean",
+            lambda: _synth(
+                8, 20_003, diameter=(20.0, 30.0), mitotic=(0.15, 0.2), dynamic_range=(30.0, 30.0), cytoplasm_prob=0.0
+            ),
+        ),
         "synth dense touching": (
-            "synth clean", lambda: _synth(8, 20_004, diameter=(20.0, 30.0), density=(0.55, 0.6), touching=(0.8, 0.8), cytoplasm_prob=0.0)),
+            "synth clean",
+            lambda: _synth(
+                8, 20_004, diameter=(20.0, 30.0), density=(0.55, 0.6), touching=(0.8, 0.8), cytoplasm_prob=0.0
+            ),
+        ),
     }
 
 

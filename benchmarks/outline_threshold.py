@@ -72,7 +72,9 @@ def main(argv=None) -> int:
         for image, labels, _ in items:
             lo, hi = percentile_range(image)
             d = median_diameter(labels)
-            probs.append((drain(predict_plane(infer, normalize_plane(image, lo, hi), scale=model.info.diameter / d)), d))
+            probs.append(
+                (drain(predict_plane(infer, normalize_plane(image, lo, hi), scale=model.info.diameter / d)), d)
+            )
         for t in ths:
             m50, m75, ratios = [], [], []
             for (pr, d), (_, labels, ignore) in zip(probs, items):

@@ -46,7 +46,12 @@ def real_canvas(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
 
     src = tifffile.imread(DATA / "mnfinder" / "val" / "images" / "2022-10-14_U2OS_1.tif").astype(np.uint16)
     reps = (int(np.ceil(shape[0] / src.shape[0])) + 1, int(np.ceil(shape[1] / src.shape[1])) + 1)
-    tiles = np.block([[src[:: 1 if (i % 2 == 0) else -1, :: 1 if (j % 2 == 0) else -1] for j in range(reps[1])] for i in range(reps[0])])
+    tiles = np.block(
+        [
+            [src[:: 1 if (i % 2 == 0) else -1, :: 1 if (j % 2 == 0) else -1] for j in range(reps[1])]
+            for i in range(reps[0])
+        ]
+    )
     rng = np.random.default_rng(seed)
     y, x = rng.integers(0, src.shape[0]), rng.integers(0, src.shape[1])
     return np.ascontiguousarray(tiles[y : y + shape[0], x : x + shape[1]])
@@ -146,8 +151,12 @@ def main() -> None:
     gflop_per_mpx = flops_per_pixel(model) * 1e6 / 1e9
     fp32 = matmul_rate(torch.float32, device=dev.type)
     bf16 = matmul_rate(torch.bfloat16, device=dev.type)
-    print(f"# segment speed: {platform.processor() or platform.machine()}, {describe(dev)}, {time.strftime('%Y-%m-%d')}")
-    print(f"network: {model.config}, {gflop_per_mpx:.1f} GFLOP/Mpx; matmul fp32 {fp32:.0f} GFLOP/s, bf16 {bf16:.0f} GFLOP/s\n")
+    print(
+        f"# segment speed: {platform.processor() or platform.machine()}, {describe(dev)}, {time.strftime('%Y-%m-%d')}"
+    )
+    print(
+        f"network: {model.config}, {gflop_per_mpx:.1f} GFLOP/Mpx; matmul fp32 {fp32:.0f} GFLOP/s, bf16 {bf16:.0f} GFLOP/s\n"
+    )
     cases = {
         "2048x2048": real_canvas((2048, 2048))[None],
         "32x512x512": np.stack([real_canvas((512, 512), seed=i) for i in range(32)]),
@@ -161,17 +170,23 @@ def main() -> None:
         t_naive = timed(partial(naive_forward, model, planes, dev), args.repeats)
         t_monai = timed(partial(monai_forward, model, planes, dev, args.tile, args.overlap, args.batch), args.repeats)
         rows.append((name, mpx, t_ours, t_naive, t_monai))
-    print("| input | Mpx | ours end-to-end s | Mpx/s | GFLOP/s (share of fp32 matmul) | naive full-frame fp32 forward s | MONAI sliding window s | ours vs naive | ours vs MONAI |")
+    print(
+        "| input | Mpx | ours end-to-end s | Mpx/s | GFLOP/s (share of fp32 matmul) | naive full-frame fp32 forward s | MONAI sliding window s | ours vs naive | ours vs MONAI |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for name, mpx, t_o, t_n, t_m in rows:
         gfs = gflop_per_mpx * mpx / t_o
-        print(f"| {name} | {mpx:.1f} | {t_o:.2f} | {mpx / t_o:.2f} | {gfs:.0f} ({gfs / fp32:.0%}) | {t_n:.2f} | {t_m:.2f} | {t_n / t_o:.2f}x | {t_m / t_o:.2f}x |")
+        print(
+            f"| {name} | {mpx:.1f} | {t_o:.2f} | {mpx / t_o:.2f} | {gfs:.0f} ({gfs / fp32:.0%}) | {t_n:.2f} | {t_m:.2f} | {t_n / t_o:.2f}x | {t_m / t_o:.2f}x |"
+        )
     if args.memory_size:
         mem = peak_memory_child(args.model, args.memory_size)
         beyond = (mem["peak_kb"] - mem["before_kb"]) / 1024
-        print(f"\npeak RSS segmenting {args.memory_size}x{args.memory_size} (uint16 input {mem['input_mb']:.0f} MB): "
-              f"{beyond:.0f} MB beyond the process with its input loaded; {mem['seconds']:.1f} s "
-              f"({args.memory_size**2 / 1e6 / mem['seconds']:.2f} Mpx/s), {mem['objects']} objects")
+        print(
+            f"\npeak RSS segmenting {args.memory_size}x{args.memory_size} (uint16 input {mem['input_mb']:.0f} MB): "
+            f"{beyond:.0f} MB beyond the process with its input loaded; {mem['seconds']:.1f} s "
+            f"({args.memory_size**2 / 1e6 / mem['seconds']:.2f} Mpx/s), {mem['objects']} objects"
+        )
 
 
 if __name__ == "__main__":

@@ -352,7 +352,9 @@ def main() -> None:
     p.add_argument("--reg", default="default", choices=list(REGULARIZERS))
     p.add_argument("--k", type=int, default=10, help="objects painted per round")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--seconds", type=float, default=23.0, help="fine-tuning seconds per round (5 x 23 s + set-up <= 120 s)")
+    p.add_argument(
+        "--seconds", type=float, default=23.0, help="fine-tuning seconds per round (5 x 23 s + set-up <= 120 s)"
+    )
     p.add_argument(
         "--steps", type=int, help="regularizers: a step budget per round instead of --seconds (fair under load)"
     )
@@ -360,7 +362,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, help="also write the raw results here")
     p.add_argument("--save", type=Path, help="annotate: save each round's model in this folder")
-    p.add_argument("--regs", default="none,replay-synthetic,replay2-real,replay4-real", help="configurations to compare")
+    p.add_argument(
+        "--regs", default="none,replay-synthetic,replay2-real,replay4-real", help="configurations to compare"
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     results: dict = {"machine": machine(), "date": datetime.now(timezone.utc).isoformat(timespec="minutes")}

@@ -202,8 +202,19 @@ def segment(
         InputError: bad image or option (one sentence naming it). TypeError: `model` or `image` of a wrong kind.
     """
     result = drain(
-        segment_iter(image, model, device=device, diameter=diameter, channel=channel, axes=axes, tile=tile,
-                     overlap=overlap, batch_size=batch_size, link_iou=link_iou, tta=tta)  # fmt: skip
+        segment_iter(
+            image,
+            model,
+            device=device,
+            diameter=diameter,
+            channel=channel,
+            axes=axes,
+            tile=tile,
+            overlap=overlap,
+            batch_size=batch_size,
+            link_iou=link_iou,
+            tta=tta,
+        )  # fmt: skip
     )
     return result if return_result else result.labels
 
@@ -268,7 +279,9 @@ def train(
         output = _check_output(Path(output), overwrite)
     if isinstance(init, torch.nn.Module) and not isinstance(init, UNet):
         raise TypeError(f"init must be a napari-unet UNet, a model file or a version name, got {type(init).__name__}")
-    images = [_as_array(a, "images") for a in images] if isinstance(images, (list, tuple)) else _as_array(images, "images")
+    images = (
+        [_as_array(a, "images") for a in images] if isinstance(images, (list, tuple)) else _as_array(images, "images")
+    )
     result = yield from train_job(images, labels, masks, init=init, seconds=seconds, steps=steps, device=device, **kw)
     if save or output is not None:
         result.path = _save(result, save=save, name=name, make_current=make_current, output=output,

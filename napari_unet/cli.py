@@ -21,8 +21,14 @@ PROG = "napari-unet"
 def _progress_bar(total: float, desc: str, enabled: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, file=sys.stderr, disable=not enabled, leave=False,
-                bar_format="{desc} {percentage:3.0f}%|{bar:30}| {elapsed}<{remaining}")
+    return tqdm(
+        total=total,
+        desc=desc,
+        file=sys.stderr,
+        disable=not enabled,
+        leave=False,
+        bar_format="{desc} {percentage:3.0f}%|{bar:30}| {elapsed}<{remaining}",
+    )
 
 
 def _outputs(inputs: list[Path], output: str | None) -> list[Path]:
@@ -77,13 +83,21 @@ def cmd_segment(args: argparse.Namespace) -> int:
         try:
             img = read_image(inp)
             gen = api.segment_iter(
-                img.data, model, device=args.device, diameter=args.diameter, channel=args.channel,
-                axes=args.axes or img.axes, tile=args.tile, link_iou=args.link_iou, tta=args.tta,
+                img.data,
+                model,
+                device=args.device,
+                diameter=args.diameter,
+                channel=args.channel,
+                axes=args.axes or img.axes,
+                tile=args.tile,
+                link_iou=args.link_iou,
+                tta=args.tta,
             )
             with _progress_bar(1.0, inp.name, not args.quiet) as bar:
                 result = drain(gen, lambda p, bar=bar: _show(bar, p, args.quiet))
-            write_labels(out, result.labels, overwrite=args.overwrite, axes=result.axes,
-                         scale=_pixel_scale(img, result.axes))
+            write_labels(
+                out, result.labels, overwrite=args.overwrite, axes=result.axes, scale=_pixel_scale(img, result.axes)
+            )
         except (ValueError, OSError) as exc:  # InputError, FileExistsError, ... : one line, go on
             print(f"{PROG}: error: {exc}", file=sys.stderr)
             failures += 1
@@ -169,9 +183,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     api._check_output(Path(args.output), args.overwrite)  # before reading anything or training
     images, labels, masks = _training_planes(args)
     gen = api.train(
-        images, labels, masks, init=args.init, seconds=args.seconds, steps=args.steps, device=args.device,
-        seed=args.seed, diameter=args.diameter, name=args.name, scribbles=args.scribbles, interpolate=args.keep,
-        output=args.output, overwrite=args.overwrite,
+        images,
+        labels,
+        masks,
+        init=args.init,
+        seconds=args.seconds,
+        steps=args.steps,
+        device=args.device,
+        seed=args.seed,
+        diameter=args.diameter,
+        name=args.name,
+        scribbles=args.scribbles,
+        interpolate=args.keep,
+        output=args.output,
+        overwrite=args.overwrite,
     )
     by_steps = args.seconds is None and args.steps is not None
     total = float(args.steps if by_steps else (args.seconds or 60.0))
@@ -237,8 +262,13 @@ def _add_train_commands(sub) -> None:
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     t.add_argument("--diameter", type=float, help="object diameter in px (default: from the labels)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--keep", type=float, default=0.5, metavar="F",
-                   help="fraction of the fine-tuning change kept (WiSE-FT): 0.5 forgets less, 1 keeps all (default 0.5)")
+    t.add_argument(
+        "--keep",
+        type=float,
+        default=0.5,
+        metavar="F",
+        help="fraction of the fine-tuning change kept (WiSE-FT): 0.5 forgets less, 1 keeps all (default 0.5)",
+    )
     t.add_argument("--name", help="version name (default v<NNNN>-<date>-<time>)")
     t.add_argument("-o", "--output", required=True, help="model file to write (loadable by segment --model)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing -o file")
@@ -286,12 +316,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "a model file, or a saved version name")  # fmt: skip
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     s.add_argument("--diameter", type=float, help="object diameter in px (estimated if omitted)")
-    s.add_argument("--channel", type=_channel,
-                   help="channel index to segment, or 'mean' (default: the channel that looks most like a nuclear stain)")
+    s.add_argument(
+        "--channel",
+        type=_channel,
+        help="channel index to segment, or 'mean' (default: the channel that looks most like a nuclear stain)",
+    )
     s.add_argument("--axes", help="axis letters, e.g. ZYX, TYX, CYX (default: from the file or guessed)")
     s.add_argument("--tile", type=int, help="largest tile in px (default 512, sized to fit the image)")
     s.add_argument("--link-iou", type=float, help="link objects across planes of a stack above this IoU")
-    s.add_argument("--tta", action="store_true", help="test-time augmentation: average the four flips (about 2x the time)")
+    s.add_argument(
+        "--tta", action="store_true", help="test-time augmentation: average the four flips (about 2x the time)"
+    )
     s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_segment)

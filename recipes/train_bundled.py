@@ -145,7 +145,9 @@ def main():
     p.add_argument("--minutes", type=float, default=60)
     p.add_argument("--out", type=Path, default=ROOT / "napari_unet" / "resources" / "bundled.safetensors")
     p.add_argument("--v1", action="store_true", help="v1's data: mnfinder + the default synthetic style, no hard cases")
-    p.add_argument("--init", type=Path, help="start from this model file's weights (v2: recipes/bundled_v1.safetensors)")
+    p.add_argument(
+        "--init", type=Path, help="start from this model file's weights (v2: recipes/bundled_v1.safetensors)"
+    )
     p.add_argument("--checkpoint", type=Path, help="write the run's state here every --eval-every steps")
     p.add_argument("--resume", action="store_true", help="carry on from --checkpoint")
     p.add_argument("--base", type=int, default=16)
@@ -157,8 +159,12 @@ def main():
     p.add_argument("--synth", type=int, default=500, help="synthetic images in the pool")
     p.add_argument("--variants", type=int, default=3, help="hard-case renderings of each real image (v2)")
     p.add_argument("--synth-frac", type=float, default=0.5)
-    p.add_argument("--original-frac", type=float, default=0.25,
-                   help="v2: share of the real crops taken from the unperturbed images (default: as in the pool)")
+    p.add_argument(
+        "--original-frac",
+        type=float,
+        default=0.25,
+        help="v2: share of the real crops taken from the unperturbed images (default: as in the pool)",
+    )
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--eval-every", type=int, default=150)
     p.add_argument("--seed", type=int, default=0)
@@ -177,7 +183,9 @@ def main():
     vdir = args.data / "mnfinder" / "val"
     for f in sorted((vdir / "images").glob("*.tif")):
         lab = tifffile.imread(vdir / "nuclei" / f.name).astype(np.int32)
-        val_sets.append((tifffile.imread(f), lab, tifffile.imread(vdir / "micronuclei" / f.name) > 0, median_diameter(lab)))
+        val_sets.append(
+            (tifffile.imread(f), lab, tifffile.imread(vdir / "micronuclei" / f.name) > 0, median_diameter(lab))
+        )
     if args.v1:
         style = SynthStyle(diameter=(16.0, 34.0))
         synth = [prepare(*synth_nuclei((256, 256), rng=100_000 + i, style=style)) for i in range(args.synth)]
@@ -246,23 +254,49 @@ def main():
         step += 1
         ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
         if step % 25 == 0:
-            print(f"step {step} t={elapsed:.0f}s loss={ema:.4f} lr={lr:.2e} {step / max(elapsed, 1e-9):.2f} it/s", flush=True)
+            print(
+                f"step {step} t={elapsed:.0f}s loss={ema:.4f} lr={lr:.2e} {step / max(elapsed, 1e-9):.2f} it/s",
+                flush=True,
+            )
         if step % args.eval_every == 0:
             sel, ap = score(model)
-            history.append({"step": step, "seconds": round(elapsed), "loss": round(ema, 4), "val_ap50": round(ap, 4), "select": round(sel, 4)})
+            history.append(
+                {
+                    "step": step,
+                    "seconds": round(elapsed),
+                    "loss": round(ema, 4),
+                    "val_ap50": round(ap, 4),
+                    "select": round(sel, 4),
+                }
+            )
             print(f"  eval step {step}: mnfinder val AP@0.5 = {ap:.3f}, selection score {sel:.3f}", flush=True)
             if sel >= best:
                 best, best_state = sel, {k: v.clone() for k, v in model.state_dict().items()}
             if args.checkpoint:
                 state = {
-                    "model": model.state_dict(), "opt": opt.state_dict(), "best_state": best_state, "best": best,
-                    "step": step, "ema": ema, "seconds": time.time() - t_train, "history": json.dumps(history),
-                    "rng": json.dumps(rng.bit_generator.state), "torch_rng": g.get_state(),
+                    "model": model.state_dict(),
+                    "opt": opt.state_dict(),
+                    "best_state": best_state,
+                    "best": best,
+                    "step": step,
+                    "ema": ema,
+                    "seconds": time.time() - t_train,
+                    "history": json.dumps(history),
+                    "rng": json.dumps(rng.bit_generator.state),
+                    "torch_rng": g.get_state(),
                 }
                 torch.save(state, f"{args.checkpoint}.part")
                 Path(f"{args.checkpoint}.part").replace(args.checkpoint)
     sel, ap = score(model)
-    history.append({"step": step, "seconds": round(time.time() - t_train), "loss": round(ema, 4), "val_ap50": round(ap, 4), "select": round(sel, 4)})
+    history.append(
+        {
+            "step": step,
+            "seconds": round(time.time() - t_train),
+            "loss": round(ema, 4),
+            "val_ap50": round(ap, 4),
+            "select": round(sel, 4),
+        }
+    )
     print(f"final step {step}: mnfinder val AP@0.5 = {ap:.3f}, selection score {sel:.3f}", flush=True)
     if sel >= best:
         best, best_state = sel, model.state_dict()
@@ -271,8 +305,10 @@ def main():
     if args.v1:
         data.append(f"synthetic x{args.synth} (napari_unet.core.synth, default style, 16-34 px)")
     else:
-        data += [f"mnfinder/train x{args.variants} hard-case renderings (napari_unet.core.appearance.perturb)",
-                 f"synthetic x{args.synth} (napari_unet.core.synth.WIDE, 8-80 px)"]
+        data += [
+            f"mnfinder/train x{args.variants} hard-case renderings (napari_unet.core.appearance.perturb)",
+            f"synthetic x{args.synth} (napari_unet.core.synth.WIDE, 8-80 px)",
+        ]
     info = ModelInfo(
         config=config,
         diameter=DIAMETER,

@@ -31,7 +31,9 @@ def test_entry_point_segments_and_summarises(nuclei_tif, tmp_path):
     out = tmp_path / "labels.tif"
     proc = subprocess.run(
         [sys.executable, "-m", "napari_unet.cli", "segment", str(nuclei_tif), "-o", str(out), "--diameter", "24"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     labels = tifffile.imread(out)
@@ -99,7 +101,12 @@ def test_bad_model_files(nuclei_tif, tmp_path, capsys):
     save_file({"w": np.zeros(3, np.float32)}, str(foreign))
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(b"\x07" * 100)
-    for model, needle in [(foreign, "not a napari-unet model"), (corrupt, "unreadable"), (tmp_path / "no.safetensors", "does not exist"), ("nosuchversion", "no model file or saved version")]:
+    for model, needle in [
+        (foreign, "not a napari-unet model"),
+        (corrupt, "unreadable"),
+        (tmp_path / "no.safetensors", "does not exist"),
+        ("nosuchversion", "no model file or saved version"),
+    ]:
         out = tmp_path / "o.tif"
         rc, _, err = run(["segment", str(nuclei_tif), "--model", str(model), "-o", str(out)], capsys)
         assert rc != 0 and needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
@@ -117,18 +124,43 @@ def test_all_zero_image_gives_empty_labels(tmp_path, capsys):
 def test_stack_npy_and_zarr_inputs(tmp_path, capsys):
     import zarr
 
-    planes = np.stack([synth_nuclei((96, 96), rng=i, style=SynthStyle(diameter=(24, 24)))[0].astype(np.uint16) for i in range(3)])
+    planes = np.stack(
+        [synth_nuclei((96, 96), rng=i, style=SynthStyle(diameter=(24, 24)))[0].astype(np.uint16) for i in range(3)]
+    )
     np.save(tmp_path / "stack.npy", planes)
     z = zarr.open(str(tmp_path / "stack2.zarr"), mode="w", shape=planes.shape, dtype=planes.dtype, chunks=(1, 96, 96))
     z[:] = planes
-    rc, out, err = run(["segment", str(tmp_path / "stack.npy"), str(tmp_path / "stack2.zarr"), "-o", str(tmp_path / "out"), "--diameter", "24", "--axes", "ZYX", "-q"], capsys)
+    rc, out, err = run(
+        [
+            "segment",
+            str(tmp_path / "stack.npy"),
+            str(tmp_path / "stack2.zarr"),
+            "-o",
+            str(tmp_path / "out"),
+            "--diameter",
+            "24",
+            "--axes",
+            "ZYX",
+            "-q",
+        ],
+        capsys,
+    )
     assert rc == 0, err
     a = tifffile.imread(tmp_path / "out" / "stack_labels.tif")
     assert a.shape == (3, 96, 96) and a.max() > 3
     # ids are unique per plane
     assert not set(np.unique(a[0])[1:]) & set(np.unique(a[1])[1:])
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "stack2_labels.tif"), a)
-    rc, _, err = run(["segment", str(tmp_path / "stack.npy"), str(tmp_path / "out" / ".." / "stack.npy"), "-o", str(tmp_path / "o2")], capsys)
+    rc, _, err = run(
+        [
+            "segment",
+            str(tmp_path / "stack.npy"),
+            str(tmp_path / "out" / ".." / "stack.npy"),
+            "-o",
+            str(tmp_path / "o2"),
+        ],
+        capsys,
+    )
     assert rc != 0 and "would both write" in err
 
 
@@ -137,14 +169,18 @@ def test_channel_axis_and_wrong_channel(tmp_path, capsys):
     cyx = np.stack([np.zeros_like(img), img])
     p = tmp_path / "two.tif"
     tifffile.imwrite(p, cyx, photometric="minisblack", metadata={"axes": "CYX"})
-    rc, out, err = run(["segment", str(p), "--channel", "1", "--diameter", "24", "-o", str(tmp_path / "c.tif"), "-q"], capsys)
+    rc, out, err = run(
+        ["segment", str(p), "--channel", "1", "--diameter", "24", "-o", str(tmp_path / "c.tif"), "-q"], capsys
+    )
     assert rc == 0, err
     assert tifffile.imread(tmp_path / "c.tif").shape == (96, 96)
     rc, _, err = run(["segment", str(p), "--channel", "5", "-o", str(tmp_path / "d.tif")], capsys)
     assert rc != 0 and "channel 5 does not exist" in err and not (tmp_path / "d.tif").exists()
     rc, out, err = run(["segment", str(p), "--diameter", "24", "-o", str(tmp_path / "e.tif"), "-q"], capsys)
     assert rc == 0 and ", channel 1 ->" in out  # by default the channel with the nuclei, not the empty one
-    rc, out, err = run(["segment", str(p), "--channel", "mean", "--diameter", "24", "-o", str(tmp_path / "f.tif"), "-q"], capsys)
+    rc, out, err = run(
+        ["segment", str(p), "--channel", "mean", "--diameter", "24", "-o", str(tmp_path / "f.tif"), "-q"], capsys
+    )
     assert rc == 0 and "channels averaged" in out
     with pytest.raises(SystemExit) as exc:  # argparse: usage and one error line, exit status 2
         main(["segment", str(p), "--channel", "blue", "-o", str(tmp_path / "g.tif")])

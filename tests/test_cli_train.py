@@ -78,7 +78,18 @@ def _bad(tmp_path, files, name, arr):
 
 @pytest.mark.parametrize(
     "case",
-    ["shape", "empty_mask", "float_labels", "unreadable", "missing", "zero_steps", "zero_seconds", "exists", "3d", "keep"],
+    [
+        "shape",
+        "empty_mask",
+        "float_labels",
+        "unreadable",
+        "missing",
+        "zero_steps",
+        "zero_seconds",
+        "exists",
+        "3d",
+        "keep",
+    ],
 )
 def test_bad_input_is_one_line_and_leaves_no_model(files, tmp_path, capsys, case):
     lab = tifffile.imread(files["lab"])

@@ -75,7 +75,7 @@ def add_cytoplasm(
     """
     img = np.asarray(image, np.float32)
     bg, sig = _levels(img, labels)
-    d = (median_diameter(labels) or 20.0)
+    d = median_diameter(labels) or 20.0
     shape = labels.shape
     seeds = labels.astype(np.int32, copy=True)
     n = int(labels.max())
@@ -119,7 +119,7 @@ def add_chromatin(
     """
     img = np.asarray(image, np.float32)
     bg, sig = _levels(img, labels)
-    d = (median_diameter(labels) or 20.0)
+    d = median_diameter(labels) or 20.0
     inside = labels > 0
     tex = 1.0 + texture * _band_noise(rng, labels.shape, max(0.7, 0.06 * d))
     out = bg + (img - bg) * np.where(inside, np.maximum(tex, 0.2), 1.0)
@@ -152,7 +152,7 @@ def condense(
         pick[1 + rng.integers(n)] = True
     sel = pick[labels]
     extra = np.where(sel, (img - bg) * (gain - 1.0), 0.0).astype(np.float32)
-    d = (median_diameter(labels) or 20.0)
+    d = median_diameter(labels) or 20.0
     glow = ndi.gaussian_filter(extra, max(1.5, 0.25 * d))
     return img + extra + halo * glow * (labels == 0)
 
@@ -218,7 +218,12 @@ def perturb(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> 
     if rng.random() < 0.6:
         dtype = ("uint8", "uint12", "uint16")[int(rng.integers(3))]
         img = camera(
-            img, rng, dtype, offset=rng.uniform(0, 0.15), fill=rng.uniform(0.1, 1.1),
-            photons=float(np.exp(rng.uniform(np.log(20), np.log(3000)))), read_noise=rng.uniform(0.0, 0.04),
+            img,
+            rng,
+            dtype,
+            offset=rng.uniform(0, 0.15),
+            fill=rng.uniform(0.1, 1.1),
+            photons=float(np.exp(rng.uniform(np.log(20), np.log(3000)))),
+            read_noise=rng.uniform(0.0, 0.04),
         )
     return np.asarray(img, np.float32), lab

@@ -50,7 +50,11 @@ def sampling_grid(
     lo, hi = math.log(cfg.scale[0]), math.log(cfg.scale[1])
     zoom = torch.exp(_uniform(n, lo, hi, g, device))
     shear = _uniform(n, -cfg.shear, cfg.shear, g, device)
-    flip = torch.where(torch.rand(n, generator=g, device=device) < 0.5, -1.0, 1.0) if cfg.rotate else torch.ones(n, device=device)
+    flip = (
+        torch.where(torch.rand(n, generator=g, device=device) < 0.5, -1.0, 1.0)
+        if cfg.rotate
+        else torch.ones(n, device=device)
+    )
     c, s = torch.cos(angle), torch.sin(angle)
     # Output pixel -> input pixel, in pixel units centred on the patch: R(angle) @ Shear @ diag(flip, 1) / zoom.
     a11, a12 = c * flip, c * shear - s

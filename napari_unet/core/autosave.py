@@ -168,7 +168,9 @@ def load_corrections(path: Path) -> SavedCorrections:
             where = f"moved aside to '{aside.name}'"
         except OSError:
             where = "left in place"
-        raise InputError(f"the autosaved corrections '{path.name}' are damaged ({type(exc).__name__}): {where}") from None
+        raise InputError(
+            f"the autosaved corrections '{path.name}' are damaged ({type(exc).__name__}): {where}"
+        ) from None
     name = info.pop("layer_name", "corrections")
     reviewed = info.pop("reviewed", [])
     return SavedCorrections(labels, trusted, name, reviewed, info)
@@ -225,6 +227,10 @@ def corrections_layers(
                 "key": key,
             }
         }
-        kwargs = {"name": saved.layer_name, "metadata": meta, **{k: v for k, v in layer_kwargs.items() if v is not None}}
+        kwargs = {
+            "name": saved.layer_name,
+            "metadata": meta,
+            **{k: v for k, v in layer_kwargs.items() if v is not None},
+        }
         layers.append((saved.labels, kwargs, "labels"))
     return layers

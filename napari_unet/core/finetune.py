@@ -44,7 +44,9 @@ class TrainSettings:
     diverge: float = 10.0  # a loss above this x its running mean counts as divergence
     max_rollbacks: int = 6
     probe_images: int = 2  # synthetic original-domain images scored before/after (forgetting); 0 = off
-    max_forgetting: float = 0.0  # keep less of the change if the probe's AP fell more than this below the root's; 0 = off
+    max_forgetting: float = (
+        0.0  # keep less of the change if the probe's AP fell more than this below the root's; 0 = off
+    )
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     @classmethod

@@ -37,7 +37,9 @@ class ImageData:
 
 
 def _is_zarr(path: Path) -> bool:
-    return path.suffix == ".zarr" or (path.is_dir() and any((path / n).exists() for n in (".zarray", ".zgroup", "zarr.json")))
+    return path.suffix == ".zarr" or (
+        path.is_dir() and any((path / n).exists() for n in (".zarray", ".zgroup", "zarr.json"))
+    )
 
 
 def _tiff_axes(axes: str) -> str:

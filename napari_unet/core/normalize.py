@@ -70,9 +70,7 @@ def _sample(array, max_samples: int) -> np.ndarray:
     return np.asarray(sub, dtype=np.float32)
 
 
-def percentile_range(
-    array, low: float = 1.0, high: float = 99.8, max_samples: int = 2_000_000
-) -> tuple[float, float]:
+def percentile_range(array, low: float = 1.0, high: float = 99.8, max_samples: int = 2_000_000) -> tuple[float, float]:
     """Percentiles of `array` from a strided sample; NaNs ignored.
 
     Raises:

@@ -136,6 +136,9 @@ def predict_plane(
     yield from stitch(grid, work[None], infer, sink, channels=3, batch_size=batch_size)
     if work is not plane:
         probs = np.stack(
-            [resize(p, (H, W), order=1, preserve_range=True, anti_aliasing=False).round().astype(np.uint8) for p in probs]
+            [
+                resize(p, (H, W), order=1, preserve_range=True, anti_aliasing=False).round().astype(np.uint8)
+                for p in probs
+            ]
         )
     return probs

@@ -77,7 +77,11 @@ def _busiest_window(plane: np.ndarray, side: int) -> tuple[int, int]:
 
 
 def measure_at(
-    infer: InferenceModel, plane: np.ndarray, model_diameter: float, diameter: float, side: int = 320,
+    infer: InferenceModel,
+    plane: np.ndarray,
+    model_diameter: float,
+    diameter: float,
+    side: int = 320,
     mask_threshold: float = 0.5,
 ):
     """Segment a busy crop of `plane` as if its objects were `diameter` px across.

@@ -504,7 +504,9 @@ def synth_nuclei(
         peak_adu, offset = _loguniform(rng, style.peak_uint16), _uniform(rng, style.offset_uint16)
         if dtype == "uint12":
             peak_adu, offset = peak_adu / 16, offset / 16
-    cytoplasm = style.cytoplasm_prob > 0 and rng.random() < style.cytoplasm_prob  # no draw when off: old seeds, old images
+    cytoplasm = (
+        style.cytoplasm_prob > 0 and rng.random() < style.cytoplasm_prob
+    )  # no draw when off: old seeds, old images
 
     # ---- geometry ---------------------------------------------------------------
     raw, rho_map, raw_mitotic = _place_nuclei(shape, rng, style, d_med, density, p_touch, irregularity, mit_frac)

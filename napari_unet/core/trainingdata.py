@@ -452,7 +452,9 @@ def training_planes(
         masks.append(mask)
         kept.append(k)
     if not kept:
-        raise InputError("the chosen planes hold no painted or reviewed pixel: paint there first, or choose other planes")
+        raise InputError(
+            "the chosen planes hold no painted or reviewed pixel: paint there first, or choose other planes"
+        )
     return images, labs, (None if trust == "all" else masks), kept
 
 

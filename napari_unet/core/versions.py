@@ -161,7 +161,9 @@ def resolve_model_path(spec: str | os.PathLike = "bundled", root: str | os.PathL
         try:
             return version_path(name, root)
         except (ModelFileError, ValueError) as exc:
-            raise ModelFileError(f"the current model is gone ({exc}); choose another: napari-unet models revert bundled") from None
+            raise ModelFileError(
+                f"the current model is gone ({exc}); choose another: napari-unet models revert bundled"
+            ) from None
     path = Path(s).expanduser()
     if path.exists() or path.suffix == SUFFIX or os.sep in s or (os.altsep and os.altsep in s):
         return path

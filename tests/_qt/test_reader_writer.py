@@ -56,6 +56,7 @@ def test_large_tiff_opens_lazily(tmp_path, monkeypatch):
 
 def test_zarr_and_ome_zarr(tmp_path):
     import zarr
+
     plain = zarr.create_array(str(tmp_path / "plain.zarr"), shape=(32, 48), dtype="float32")
     plain[:] = 3.0
     ((d, k, _),) = _read(tmp_path / "plain.zarr")

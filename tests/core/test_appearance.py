@@ -91,8 +91,9 @@ def test_default_channel_is_the_nuclear_stain(field):
     from napari_unet.core.normalize import iter_planes
 
     img, lab = field
-    cyto = A.add_cytoplasm(np.zeros_like(img, np.float32), lab, np.random.default_rng(6), level=1.0,
-                           exclude_nuclei=1.0, reach=1.2)  # a cytoplasmic stain, dark in the nuclei
+    cyto = A.add_cytoplasm(
+        np.zeros_like(img, np.float32), lab, np.random.default_rng(6), level=1.0, exclude_nuclei=1.0, reach=1.2
+    )  # a cytoplasmic stain, dark in the nuclei
     cyto = cyto / cyto.max() * img.max() + np.random.default_rng(7).normal(0, 0.01 * img.max(), img.shape)
     for order in ((0, 1), (1, 0)):
         pair = np.stack([img.astype(np.float32), cyto.astype(np.float32)], -1)[..., order]

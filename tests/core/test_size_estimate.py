@@ -38,10 +38,16 @@ def _real():
         pytest.skip(f"no shared data at {DATA}")
     val = DATA / "mnfinder" / "val"
     name = sorted((val / "images").glob("*.tif"))[0].name
-    stack, lab3 = tifffile.imread(DATA / "cells3d" / "nuclei.tif"), tifffile.imread(DATA / "cells3d" / "nuclei_label.tif")
+    stack, lab3 = (
+        tifffile.imread(DATA / "cells3d" / "nuclei.tif"),
+        tifffile.imread(DATA / "cells3d" / "nuclei_label.tif"),
+    )
     return [
         (tifffile.imread(val / "images" / name), tifffile.imread(val / "nuclei" / name)),
-        (tifffile.imread(DATA / "bbbc007" / "17P1_POS0007_D_1UL.tif"), tifffile.imread(DATA / "bbbc007" / "17P1_POS0007_D_1UL_labels.tif")),
+        (
+            tifffile.imread(DATA / "bbbc007" / "17P1_POS0007_D_1UL.tif"),
+            tifffile.imread(DATA / "bbbc007" / "17P1_POS0007_D_1UL_labels.tif"),
+        ),
         (stack[30], lab3[30]),
     ]
 
@@ -56,7 +62,9 @@ def test_real_images_at_any_magnification(bundled, factor):
 
 
 def test_large_textured_nuclei_do_not_shatter(bundled):
-    style = SynthStyle(diameter=(70.0, 70.0), texture=(0.5, 0.5), spots=(8.0, 8.0), blur_sigma=(0.5, 0.5), dtype="uint16")
+    style = SynthStyle(
+        diameter=(70.0, 70.0), texture=(0.5, 0.5), spots=(8.0, 8.0), blur_sigma=(0.5, 0.5), dtype="uint16"
+    )
     img, lab = synth_nuclei((640, 640), rng=11, style=style)
     img = add_chromatin(img, lab, np.random.default_rng(0), texture=0.5, foci=8)
     true = median_diameter(lab)

@@ -152,8 +152,9 @@ def test_short_finetune_lowers_the_loss_and_reports_events():
     model = _tiny(base=8)
     before = _state(model)
     events, res = _drain(
-        train_iter(img, lab, init=model, steps=60, device="cpu", lr=1e-2, val_every=0.5, interpolate=1.0,
-                   **FAST)  # the full fine-tuned weights; the WiSE-FT default has its own test
+        train_iter(
+            img, lab, init=model, steps=60, device="cpu", lr=1e-2, val_every=0.5, interpolate=1.0, **FAST
+        )  # the full fine-tuned weights; the WiSE-FT default has its own test
     )
     assert isinstance(res, TrainResult) and res.path is None
     assert all(isinstance(e, TrainEvent) for e in events)
@@ -264,9 +265,7 @@ def test_nan_guard_rolls_back_and_lowers_the_learning_rate(monkeypatch):
 def test_preview_events_carry_foreground_probability():
     img, lab = synth_nuclei((96, 96), rng=6)
     events, _ = _drain(
-        train_iter(
-            img, lab, init=_tiny(), steps=8, device="cpu", preview=img[:40, :56], preview_every=0.0, **FAST
-        )
+        train_iter(img, lab, init=_tiny(), steps=8, device="cpu", preview=img[:40, :56], preview_every=0.0, **FAST)
     )
     previews = [e.preview for e in events if e.preview is not None]
     assert previews and all(p.shape == (40, 56) and p.dtype == np.uint8 for p in previews)
