@@ -1,6 +1,6 @@
 """Where the outline sits: AP and matched IoU against the foreground threshold of the watershed mask.
 
-    python benchmarks/outline_threshold.py [--model bundled] [--thresholds 0.3,0.4,0.5,0.6,0.7]
+    python benchmarks/outline_threshold.py [--model bundled] [--thresholds 0.3,0.4,0.5,0.6,0.7] [--seeds 0.5]
 
 Scored only on the selection sets (mnfinder val, gold; 8 synthetic validation images in the
 training style, exact labels), never on the hard-case suite. Each image is predicted once at its
@@ -53,7 +53,8 @@ def area_ratio(true, pred):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="bundled")
-    p.add_argument("--thresholds", default="0.3,0.4,0.5,0.6,0.7")
+    p.add_argument("--thresholds", default="0.3,0.4,0.5,0.6,0.7", help="mask (outline) thresholds")
+    p.add_argument("--seeds", default="0.5", help="seed thresholds (interior probability that starts an object)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -63,10 +64,10 @@ def main(argv=None) -> int:
         "mnfinder val": [(s.image, s.labels.astype(np.int32), s.ignore) for s in load_dataset("mnfinder_val")],
         "synthetic val": [(im, lab, None) for im, lab in (wide_synth(900_000 + i) for i in range(8))],
     }
-    ths = [float(t) for t in args.thresholds.split(",")]
+    ths = [(float(t), float(sd)) for sd in args.seeds.split(",") for t in args.thresholds.split(",")]
     print(f"model {args.model}\n")
-    print("| set | mask threshold | AP@0.5 | AP@0.75 | mean matched IoU | area ratio |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| set | seed threshold | mask threshold | AP@0.5 | AP@0.75 | mean matched IoU | area ratio |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, items in sets.items():
         probs = []
         for image, labels, _ in items:
@@ -75,16 +76,18 @@ def main(argv=None) -> int:
             probs.append(
                 (drain(predict_plane(infer, normalize_plane(image, lo, hi), scale=model.info.diameter / d)), d)
             )
-        for t in ths:
+        for t, sd in ths:
             m50, m75, ratios = [], [], []
             for (pr, d), (_, labels, ignore) in zip(probs, items):
-                pred = labels_from_probabilities(pr, min_size=min_object_size(d), mask_threshold=t)
+                pred = labels_from_probabilities(pr, min_size=min_object_size(d), mask_threshold=t, seed_threshold=sd)
                 m50.append(match_instances(labels, pred, 0.5, ignore=ignore))
                 m75.append(match_instances(labels, pred, 0.75, ignore=ignore))
                 ratios += area_ratio(labels, pred)
             a50 = aggregate(m50)
             iou = np.average([m.mean_matched_iou for m in m50], weights=[m.tp for m in m50])
-            print(f"| {name} | {t:g} | {a50.ap:.3f} | {aggregate(m75).ap:.3f} | {iou:.3f} | {np.median(ratios):.2f} |")
+            print(
+                f"| {name} | {sd:g} | {t:g} | {a50.ap:.3f} | {aggregate(m75).ap:.3f} | {iou:.3f} | {np.median(ratios):.2f} |"
+            )
     return 0
 
 
