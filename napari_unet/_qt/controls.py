@@ -219,8 +219,18 @@ class VerticalScroll(QScrollArea):
         self._fit()
 
     def _fit(self) -> None:
-        if not self.grow:
-            self.setMaximumHeight(self.widget().sizeHint().height() + 2 * self.frameWidth())
+        if self.grow:
+            return
+        content = self.widget()
+        height = content.sizeHint().height()
+        width = self.viewport().width()
+        if content.hasHeightForWidth() and width > 0:  # wrapped status lines need more rows when narrow
+            height = max(height, content.heightForWidth(width))
+        self.setMaximumHeight(height + 2 * self.frameWidth())
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        super().resizeEvent(event)
+        self._fit()
 
     def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt's name
         if obj is self.widget() and event.type() == QEvent.LayoutRequest:
@@ -253,7 +263,9 @@ def scroll_in(owner: QWidget, content: QWidget, grow: bool = False) -> VerticalS
     area = VerticalScroll(content, grow)
     lay = QVBoxLayout(owner)
     lay.setContentsMargins(0, 0, 0, 0)
-    lay.addWidget(area)
+    lay.addWidget(area, 1)  # up to its maximum height (all of the content)...
+    if not grow:
+        lay.addStretch(0)  # ...and what a taller dock has beyond that goes below it, so the content stays on top
     return area
 
 

@@ -40,10 +40,20 @@ def open_demo(sample: str = "nuclei3d"):
         "Corrections": CorrectionsWidget(viewer),
         "Retrain": RetrainWidget(viewer),
     }
-    for name, w in widgets.items():
-        viewer.window.add_dock_widget(w, name=name, area="right", tabify=name == "Retrain")
+    docks = {
+        name: viewer.window.add_dock_widget(w, name=name, area="right", tabify=name == "Retrain")
+        for name, w in widgets.items()
+    }
     viewer.layers.selection.active = image
     viewer.window.resize(1500, 950)
+    # Segment, the first action, gets the height it asks for; Corrections / Retrain (tabbed) the rest.
+    from qtpy.QtCore import Qt
+
+    from .controls import VerticalScroll
+
+    window = docks["Segment"].parentWidget()
+    want = widgets["Segment"].findChild(VerticalScroll).widget().sizeHint().height() + 40  # + the title bar
+    window.resizeDocks([docks["Segment"], docks["Retrain"]], [want, max(200, 950 - want)], Qt.Vertical)
     viewer.reset_view()
     return viewer, widgets
 

@@ -288,7 +288,9 @@ class RetrainWidget(QWidget):
         self.session.models_changed.emit(result.name)
         msg = f"saved version '{result.name}' ({m.get('steps', '?')} steps{', ' + change if change else ''})"
         if m.get("improved") is False:
-            notify.warning(f"{msg}: the metric {metric_name(m)} dropped; you can revert to the previous version below")
+            notify.warning(
+                f"{msg}: its metric ({metric_name(m)}) dropped; you can revert to the previous version below"
+            )
         else:
             notify.info(msg)
         self.status.setText(msg)
