@@ -114,9 +114,8 @@ def _show(bar, item, quiet: bool) -> None:
     """Draw one yielded item: progress moves the bar, a notice (a fallback) is printed above it."""
     from .core.jobs import Notice
 
-    if isinstance(item, Notice):
-        if not quiet:
-            bar.write(f"{PROG}: {item.message}", file=sys.stderr)
+    if isinstance(item, Notice):  # a fallback the user must know of, even with --quiet
+        bar.write(f"{PROG}: {item.message}", file=sys.stderr)
         return
     if hasattr(item, "fraction"):
         bar.n = round(item.fraction, 4)
