@@ -13,6 +13,7 @@ __all__ = [
     "NapariUnetError",
     "current_version",
     "estimate_iter",
+    "export",
     "list_versions",
     "load_model",
     "models_dir",

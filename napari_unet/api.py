@@ -22,7 +22,6 @@ from .core import versions
 from .core.errors import InputError, ModelFileError, NapariUnetError
 from .core.jobs import Notice, drain, estimate_job, resolve_model, segment_job, train_job
 from .core.model import UNet
-from .core.modelfile import read_model
 from .core.segment import Progress, SegmentResult
 
 if TYPE_CHECKING:
@@ -37,6 +36,7 @@ __all__ = [
     "bundled_model_path",
     "current_version",
     "estimate_iter",
+    "export",
     "list_versions",
     "load_model",
     "models_dir",
@@ -69,7 +69,8 @@ def load_model(spec: str | os.PathLike = "current", *, device: str | torch.devic
 
     Args:
         spec: ``"current"`` (the version `revert` / training last selected, else bundled),
-            ``"bundled"``, a model file, or the name of a saved version.
+            ``"bundled"``, a model file, a bioimage.io package exported by napari-unet (``.zip``), or
+            the name of a saved version.
         device: Where to put it; None leaves it on the CPU (`segment` moves a copy as needed).
 
     Returns:
@@ -81,7 +82,7 @@ def load_model(spec: str | os.PathLike = "current", *, device: str | torch.devic
     """
     if not isinstance(spec, (str, os.PathLike)):
         raise TypeError(f"spec must be 'current', 'bundled', a model file or a version name, got {type(spec).__name__}")
-    model, info = read_model(resolve_model_path(spec))
+    model, info = versions.load_model_file(resolve_model_path(spec))
     model.info = info
     if device is not None:
         from .core.device import select_device
@@ -348,6 +349,40 @@ def train_model(
 ) -> TrainResult:
     """Run `train` to the end and return its `TrainResult` (model, saved path, name, metrics)."""
     return drain(train(images, labels, masks, init=init, seconds=seconds, steps=steps, device=device, **kw))
+
+
+def export(
+    model: UNet | str | os.PathLike | None,
+    out: str | os.PathLike,
+    *,
+    format: str | None = None,  # noqa: A002 - the CLI's word
+    overwrite: bool = False,
+) -> Path:
+    """Export a model so it can leave napari: a bioimage.io package (default), ONNX or TorchScript.
+
+    Args:
+        model: A loaded model, a spec for `load_model` (``"current"``, ``"bundled"``, a version
+            name, a file), or None for ``"current"``.
+        out: The file to write (``.zip``, ``.onnx``, ``.pt``); the format follows its suffix unless given.
+        format: ``"bioimageio"``, ``"onnx"`` or ``"torchscript"``.
+        overwrite: Replace an existing `out`.
+
+    Returns:
+        The file written.
+
+    Raises:
+        InputError: unknown format, existing output, missing ``[export]`` extra, a network that
+            cannot be exported (nothing is written then).
+    """
+    from .core.export import export_model
+
+    net = resolve_model(model)
+    info = getattr(net, "info", None)
+    if info is None:
+        from .core.modelfile import ModelInfo
+
+        info = ModelInfo(config=net.config)
+    return export_model(net, info, out, format=format, overwrite=overwrite)
 
 
 def list_versions() -> list[versions.Version]:

@@ -284,6 +284,25 @@ def _add_train_commands(sub) -> None:
     m.set_defaults(func=cmd_models)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from . import api
+
+    t0 = time.perf_counter()
+    path = api.export(args.model, args.output, format=args.format, overwrite=args.overwrite)
+    print(f"exported {args.model} -> {path} ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def _add_export_command(sub) -> None:
+    """The `export` subcommand (bioimage.io package, ONNX, TorchScript)."""
+    e = sub.add_parser("export", help="export a model: bioimage.io package (.zip), ONNX (.onnx) or TorchScript (.pt)")
+    e.add_argument("model", help="current, bundled, a saved version name or a model file")
+    e.add_argument("-o", "--output", required=True, help="file to write; its suffix picks the format")
+    e.add_argument("--format", choices=["bioimageio", "onnx", "torchscript"], help="default: from the suffix")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    e.set_defaults(func=cmd_export)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import importlib.util
 
@@ -330,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_segment)
     _add_train_commands(sub)
+    _add_export_command(sub)
     _add_demo_command(sub)
     return p
 

@@ -12,8 +12,11 @@ an existing file unless asked.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -53,6 +56,23 @@ def example_input(model: UNet, size: int = 256, batch: int = 1) -> torch.Tensor:
     return torch.rand(batch, model.config.in_channels, s, s, generator=g)
 
 
+@contextlib.contextmanager
+def _quiet():
+    """Silence the exporters' chatter (tracer warnings on our shape checks, which are constants for a
+    given size; notes about torchvision ops we do not use): the export's outcome is what the user needs."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.onnx._internal.exporter._registration")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lvl in zip(loggers, levels):
+            lg.setLevel(lvl)
+
+
 def _need(module: str, extra: str = "export"):
     import importlib
 
@@ -70,7 +90,7 @@ def write_onnx(model: UNet, path: str | os.PathLike, *, overwrite: bool = False)
     net = exportable(model)
     x = example_input(model, batch=2)
     dims = {0: "batch", 2: "height", 3: "width"}
-    with atomic_write(path, overwrite=overwrite) as tmp:
+    with atomic_write(path, overwrite=overwrite) as tmp, _quiet():
         try:
             torch.onnx.export(
                 net, (x,), str(tmp), dynamo=True, opset_version=ONNX_OPSET, input_names=["image"],
@@ -86,7 +106,7 @@ def write_torchscript(model: UNet, path: str | os.PathLike, *, overwrite: bool =
     path = Path(path)
     net = exportable(model)
     x = example_input(model)
-    with atomic_write(path, overwrite=overwrite) as tmp:
+    with atomic_write(path, overwrite=overwrite) as tmp, _quiet():
         try:
             with torch.no_grad():
                 traced = torch.jit.trace(net, (x,), check_trace=False)

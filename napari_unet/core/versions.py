@@ -247,6 +247,17 @@ def list_versions(root: str | os.PathLike | None = None) -> list[Version]:
     return sorted(out, key=lambda v: (v.created, v.name))
 
 
+def load_model_file(path: str | os.PathLike) -> tuple[UNet, ModelInfo]:
+    """A model file or a bioimage.io package that napari-unet exported -> (U-Net in eval mode, its `ModelInfo`)."""
+    path = Path(path)
+    name = path.name.lower()
+    if name.endswith(".zip") or name in ("rdf.yaml", "bioimageio.yaml") or name.endswith(".bioimageio.yaml"):
+        from .bioimageio_package import read_package
+
+        return read_package(path)
+    return read_model(path)
+
+
 def resolve_init(init: str | os.PathLike | UNet) -> tuple[UNet, ModelInfo, dict]:
     """The starting model of a training run, its `ModelInfo`, and its lineage entry for the new version.
 
@@ -266,7 +277,7 @@ def resolve_init(init: str | os.PathLike | UNet) -> tuple[UNet, ModelInfo, dict]
     else:
         spec = str(init)
         path = resolve_model_path(spec)
-        model, info = read_model(path)
+        model, info = load_model_file(path)
         model.info = info
         name = {"bundled": "bundled", "current": current_name() or "bundled"}.get(spec, info.name)
         parent = {"name": name, "spec": spec, "path": str(path), "file_sha256": file_sha256(path)}
