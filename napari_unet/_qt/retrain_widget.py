@@ -86,6 +86,10 @@ class RetrainWidget(QWidget):
         self.use_btn = QPushButton(
             "Use / revert to this version", toolTip="make it the current model (versions are never deleted)"
         )
+        self.export_btn = QPushButton(
+            "Export…",
+            toolTip="save the chosen version as a bioimage.io package (.zip), ONNX (.onnx) or TorchScript (.pt)",
+        )
         self.status = QLabel(wordWrap=True)
 
         top = QWidget()
@@ -103,7 +107,7 @@ class RetrainWidget(QWidget):
         bottom = QWidget()
         g = form(bottom)
         g.addRow("versions", self.versions)
-        g.addRow("", self.use_btn)
+        g.addRow("", row(self.use_btn, self.export_btn))
         content = QWidget()
         lay = QVBoxLayout(content)
         lay.addWidget(top)
@@ -120,6 +124,8 @@ class RetrainWidget(QWidget):
         self.start_btn.clicked.connect(lambda: self.start())
         self.stop_btn.clicked.connect(self.stop)
         self.use_btn.clicked.connect(lambda: self.use_version())
+        self.export_btn.clicked.connect(lambda: self.export_version())
+        self.exporter = JobRunner(on_return=self._on_exported, on_error=self._on_export_error)
         self.labels.layer_changed.connect(self._follow_labels)
         self.session.models_changed.connect(self._on_models_changed)
         self._follow_labels()
@@ -378,6 +384,41 @@ class RetrainWidget(QWidget):
             QTimer.singleShot(REMOVE_DELAY_MS, lambda: self._remove_preview())
 
     # --- versions ------------------------------------------------------------------------------
+    def export_version(self, name: str | None = None, path: str | None = None):
+        """Export a version (default: the one chosen in the list) in a worker; asks where when `path` is None.
+
+        Returns:
+            The worker, or None when nothing was started (dialog cancelled, an export running).
+        """
+        if self.exporter.running:
+            return None
+        name = name or self.versions.spec() or "current"
+        asked = path is None
+        if asked:
+            from qtpy.QtWidgets import QFileDialog
+
+            path, _ = QFileDialog.getSaveFileName(
+                self, f"Export '{name}'", f"{name}.zip",
+                "bioimage.io package (*.zip);;ONNX (*.onnx);;TorchScript (*.pt)",
+            )  # fmt: skip
+            if not path:
+                return None
+        self.export_btn.setEnabled(False)
+        self.status.setText(f"exporting '{name}' to {path}...")
+        # The file dialog asked before replacing an existing file; a path given in code never replaces one.
+        return self.exporter.start(_export_job(name, path, overwrite=asked), f"Exporting {name}")
+
+    def _on_exported(self, path) -> None:
+        self.export_btn.setEnabled(True)
+        msg = f"exported to {path}"
+        notify.info(msg)
+        self.status.setText(msg)
+
+    def _on_export_error(self, exc: BaseException) -> None:
+        self.export_btn.setEnabled(True)
+        self.last_error = notify.error(exc, "Export failed (nothing was written)")
+        self.status.setText(self.last_error)
+
     def use_version(self, name: str | None = None) -> str:
         """Make a version (default: the one chosen in the list) the current model everywhere."""
         from .models import set_current
@@ -392,6 +433,15 @@ class RetrainWidget(QWidget):
         notify.info(msg)
         self.status.setText(msg)
         return msg
+
+
+def _export_job(name: str, path: str, overwrite: bool):
+    """The export as a job for the runner (one step; exporting the bundled model takes a few seconds)."""
+    from .. import api
+    from ..core.segment import Progress
+
+    yield Progress(0, 1, 0, 1, "exporting")
+    return api.export(name, path, overwrite=overwrite)
 
 
 def progress_line(ev) -> str:

@@ -274,3 +274,22 @@ def test_status_shows_no_loss_before_the_first_step(viewer, qtbot, wait_idle, mo
     wait_idle(w.runner)
     assert w.last_error is None, w.last_error
     assert "step 1, 2.0 steps/s, 4 s left" in texts and not any("nan" in t for t in texts), texts
+
+
+def test_export_button_exports_the_chosen_version(viewer, qtbot, tmp_path, wait_idle):
+    import torch
+
+    from napari_unet._qt.retrain_widget import RetrainWidget
+
+    w = RetrainWidget(viewer)
+    w.versions.refresh(select="tiny")
+    out = tmp_path / "tiny.pt"
+    worker = w.export_version(path=str(out))
+    assert worker is not None
+    wait_idle(w.exporter)
+    assert out.exists() and "exported to" in w.status.text() and w.export_btn.isEnabled()
+    assert torch.jit.load(str(out))(torch.rand(1, 1, 64, 64)).shape == (1, 3, 64, 64)
+    # the same again: an existing file is never replaced silently
+    w.export_version(path=str(out))
+    wait_idle(w.exporter)
+    assert "exists" in w.status.text() and w.export_btn.isEnabled()
