@@ -23,7 +23,7 @@ def _blocks(lang: str) -> list[str]:
 
 
 def test_readme_python_block_runs(one_thread):
-    (block,) = _blocks("python")
+    block = _blocks("python")[0]
     fast = re.sub(r"seconds=\d+", "steps=2", block)
     fast = re.sub(r"steps=\d+", "steps=2", fast)
     assert fast != block  # the budgets were found (so the block still names them)
@@ -38,6 +38,20 @@ def test_readme_python_block_runs(one_thread):
     exec(compile(fast, str(README), "exec"), namespace)  # noqa: S102 - the README is ours
     assert namespace["labels"].shape == image.shape
     assert namespace["napari_unet"].current_version() == "bundled"
+
+
+def test_readme_onnx_block_runs(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from napari_unet import api
+
+    (block,) = [b for b in _blocks("python") if "onnxruntime" in b]
+    monkeypatch.chdir(tmp_path)
+    api.export("bundled", "mine.onnx")
+    image = tifffile.imread(SAMPLES / "nuclei2d_u2os.tif").astype(np.float32)
+    namespace = {"image": image}
+    exec(compile(block, str(README), "exec"), namespace)  # noqa: S102 - the README is ours
+    assert namespace["probabilities"].shape == (1, 3, 512, 512)
+    np.testing.assert_allclose(namespace["probabilities"].sum(1), 1.0, atol=1e-4)
 
 
 def _command_lines() -> list[str]:
