@@ -16,6 +16,7 @@ import contextlib
 import copy
 import logging
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -73,6 +74,12 @@ def _quiet():
             lg.setLevel(lvl)
 
 
+def _first_line(exc: BaseException) -> str:
+    """An exporter's message as one plain line (torch's ONNX exporter colours its text with ANSI codes)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
 def _need(module: str, extra: str = "export"):
     import importlib
 
@@ -97,7 +104,7 @@ def write_onnx(model: UNet, path: str | os.PathLike, *, overwrite: bool = False)
                 output_names=["probabilities"], dynamic_shapes={"x": dims}, external_data=False, verbose=False,
             )  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - any exporter failure is one line for the user
-            raise InputError(f"the model cannot be exported to ONNX: {str(exc).splitlines()[0][:200]}") from None
+            raise InputError(f"the model cannot be exported to ONNX: {_first_line(exc)}") from None
     return path
 
 
@@ -112,7 +119,7 @@ def write_torchscript(model: UNet, path: str | os.PathLike, *, overwrite: bool =
                 traced = torch.jit.trace(net, (x,), check_trace=False)
             traced.save(str(tmp))
         except Exception as exc:  # noqa: BLE001
-            raise InputError(f"the model cannot be exported to TorchScript: {str(exc).splitlines()[0][:200]}") from None
+            raise InputError(f"the model cannot be exported to TorchScript: {_first_line(exc)}") from None
     return path
 
 
