@@ -73,3 +73,17 @@ def test_cli_export_torchscript(tmp_path, capsys):
     out = tmp_path / "b.pt"
     assert main(["export", "bundled", "-o", str(out)]) == 0
     assert "exported bundled" in capsys.readouterr().out and out.stat().st_size > 1_000_000
+
+
+def test_a_network_the_onnx_exporter_cannot_take_gives_one_line_and_no_file(tmp_path):
+    pytest.importorskip("onnxscript")
+    from napari_unet.core.model import UNet, UNetConfig
+    from napari_unet.core.modelfile import ModelInfo
+
+    valid = UNet(UNetConfig(base=4, depth=2, mode="valid")).eval()  # data-dependent crops: torch.export refuses
+    valid.info = ModelInfo(config=valid.config)
+    with pytest.raises(InputError, match="cannot be exported to ONNX") as err:
+        api.export(valid, tmp_path / "v.onnx")
+    assert "\n" not in str(err.value) and "\x1b" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+    assert api.export(valid, tmp_path / "v.pt").exists()  # TorchScript takes it
