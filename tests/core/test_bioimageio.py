@@ -264,3 +264,18 @@ def test_unpacked_folder_round_trip(tiny_package, tmp_path):
         (tmp_path / name).write_bytes(data)
     assert is_package(tmp_path / "rdf.yaml") and not is_package(tmp_path / MODEL_MEMBER)
     assert read_package(tmp_path / "rdf.yaml")[1] == info
+
+
+def test_a_freshly_fine_tuned_version_passes_bioimageio_test_offline(tmp_path, no_network, one_thread):
+    from napari_unet import api
+    from napari_unet.core.synth import synth_nuclei
+
+    img, lab = synth_nuclei((96, 96), rng=5)
+    start = UNet(UNetConfig(base=4, depth=2)).eval()
+    start.info = ModelInfo(config=start.config, name="tiny")
+    result = api.train_model(img, lab, init=start, steps=3, device="cpu", patch=64, batch=2, replay=0,
+                             probe_images=0, name="tuned")  # fmt: skip
+    path = api.export("tuned", tmp_path / "tuned.zip")
+    _bioimageio_test(path)
+    assert no_network == []
+    assert _rdf(path)["config"]["napari-unet"]["name"] == "tuned" == result.name
