@@ -118,11 +118,12 @@ def segment_iter(
     tta: bool = False,
     probabilities: bool = False,
     estimate_plane: int | None = None,
+    doubt: bool = False,
 ) -> Generator[Progress | Notice, None, SegmentResult]:
     """Segment nuclei, as a generator: yields `Progress` (and `Notice`), returns a `SegmentResult`.
 
-    Same arguments as `segment`, plus `probabilities` (also return the uint8 foreground probability)
-    and `estimate_plane` (for a stack without a diameter, estimate it on this flat plane index
+    Same arguments as `segment`, plus `probabilities` (also return the uint8 foreground probability),
+    `doubt` (also return the per-pixel doubt map, `SegmentResult.doubt`) and `estimate_plane` (for a stack without a diameter, estimate it on this flat plane index
     rather than on the most contrasted plane). Out of GPU memory it retries with smaller batches and
     tiles, then on the CPU, and yields a `Notice` saying so. Closing it stops at the next tile batch.
     """
@@ -133,7 +134,7 @@ def segment_iter(
         yield from segment_job(
             image, net, device=device, diameter=diameter, channel=channel, axes=axes, tile=tile, overlap=overlap,
             batch_size=batch_size, probabilities=probabilities, estimate_plane=estimate_plane, link_iou=link_iou,
-            tta=tta,
+            tta=tta, doubt=doubt,
         )
     )  # fmt: skip
 
@@ -193,7 +194,10 @@ def segment(
         link_iou: For stacks, link objects across consecutive planes whose IoU exceeds this.
         tta: Test-time augmentation: average the network's output over the four flips of every
             tile (four forward passes, about 2x the time end to end; see benchmarks/RESULTS.md for what it buys).
-        return_result: Return the full `SegmentResult` (labels, device used, diameter) instead.
+        return_result: Return the full `SegmentResult` instead: labels, device used, diameter, and
+            ``scores``, {label id: confidence in [0, 1]} of every object (how much the model believes it
+            is a right, whole nucleus: 1 minus the mean softmax entropy over the object; see
+            `core.scores` and benchmarks/RESULTS.md for how well it ranks errors).
 
     Returns:
         int32 labels with the image's spatial shape (the channel axis removed); 0 is background,

@@ -44,6 +44,21 @@ def _outputs(inputs: list[Path], output: str | None) -> list[Path]:
     return [out]
 
 
+def _side_outputs(arg: str | None, outputs: list[Path], suffix: str, flag: str) -> list[Path | None]:
+    """Where `--scores` / `--uncertainty` write for each labels output: beside it by default, or the given
+    file (one input) or folder (several)."""
+    if arg is None:
+        return [None] * len(outputs)
+    if arg == "auto":
+        return [o.with_name(o.name.removesuffix(".tif").removesuffix("_labels") + suffix) for o in outputs]
+    target = Path(arg)
+    if len(outputs) > 1 or target.is_dir():
+        if target.exists() and not target.is_dir():
+            raise InputError(f"{flag} '{target}' must be a folder when segmenting several inputs")
+        return [target / (o.name.removesuffix(".tif").removesuffix("_labels") + suffix) for o in outputs]
+    return [target]
+
+
 def _channel_note(result) -> str:
     c = result.extra.get("channel")
     return "" if c is None else ", channels averaged" if c == "mean" else f", channel {c}"
@@ -59,18 +74,21 @@ def _channel(text: str) -> int | str:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from .core.io import read_image, write_labels
+    from .core.io import read_image, write_labels, write_map, write_scores
 
     inputs = [Path(p) for p in args.input]
     outputs = _outputs(inputs, args.output)
+    scores_out = _side_outputs(args.scores, outputs, "_scores.csv", "--scores")
+    doubt_out = _side_outputs(args.uncertainty, outputs, "_doubt.tif", "--uncertainty")
     seen: dict[Path, Path] = {}
     for inp, out in zip(inputs, outputs):
         if out.resolve() in seen:
             raise InputError(f"'{seen[out.resolve()]}' and '{inp}' would both write '{out}'")
         seen[out.resolve()] = inp
-    for inp, out in zip(inputs, outputs):
+    for out in [*outputs, *(p for p in scores_out + doubt_out if p is not None)]:
         if out.exists() and not args.overwrite:
             raise InputError(f"'{out}' exists; pass --overwrite to replace it")
+    for inp, out in zip(inputs, outputs):
         if inp.exists() and out.resolve() == inp.resolve():
             raise InputError(f"output '{out}' would overwrite the input")
     from . import api
@@ -78,7 +96,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     model = api.load_model(args.model)
     failures = 0
-    for inp, out in zip(inputs, outputs):
+    for inp, out, s_out, d_out in zip(inputs, outputs, scores_out, doubt_out):
         t0 = time.perf_counter()
         try:
             img = read_image(inp)
@@ -92,12 +110,19 @@ def cmd_segment(args: argparse.Namespace) -> int:
                 tile=args.tile,
                 link_iou=args.link_iou,
                 tta=args.tta,
+                doubt=d_out is not None,
             )
             with _progress_bar(1.0, inp.name, not args.quiet) as bar:
                 result = drain(gen, lambda p, bar=bar: _show(bar, p, args.quiet))
             write_labels(
                 out, result.labels, overwrite=args.overwrite, axes=result.axes, scale=_pixel_scale(img, result.axes)
             )
+            plane_shape = tuple(result.labels.shape[:-2])
+            if s_out is not None:
+                write_scores(s_out, result.plane_scores, plane_shape=plane_shape, overwrite=args.overwrite)
+            if d_out is not None:
+                write_map(d_out, result.doubt, overwrite=args.overwrite, axes=result.axes,
+                          scale=_pixel_scale(img, result.axes), name="doubt")  # fmt: skip
         except (ValueError, OSError) as exc:  # InputError, FileExistsError, ... : one line, go on
             print(f"{PROG}: error: {exc}", file=sys.stderr)
             failures += 1
@@ -345,6 +370,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--tta", action="store_true", help="test-time augmentation: average the four flips (about 2x the time)"
     )
+    s.add_argument(
+        "--scores", nargs="?", const="auto", metavar="CSV",
+        help="also write each object's confidence (label,score; stacks label,plane,score); default <stem>_scores.csv",
+    )  # fmt: skip
+    s.add_argument(
+        "--uncertainty", nargs="?", const="auto", metavar="TIF",
+        help="also write the per-pixel doubt map (uint8, 255 = most doubtful); default <stem>_doubt.tif",
+    )  # fmt: skip
     s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_segment)

@@ -216,3 +216,28 @@ def apply_probability(viewer, request: SegmentRequest, probs: np.ndarray) -> Ima
     if labels is not None:  # under the labels, so the masks stay readable on top of it
         viewer.layers.move(viewer.layers.index(layer), viewer.layers.index(labels))
     return layer
+
+
+def set_score_features(layer: Labels, region: tuple[slice, ...], result) -> None:
+    """Put the objects' confidence scores in the layer's `features` table (napari's convention: an
+    ``index`` column of label values), so that they show in the status bar and in table widgets.
+
+    The labels may have been renumbered when placed into the layer (a region or a plane of a larger
+    layer), so the scores follow the ids as they are in the layer; objects outside `region` keep theirs
+    (an id painted away later keeps its row: a stale row is harmless, a lookup of the whole layer is not).
+    """
+    placed = np.asarray(layer.data[region]).reshape(result.labels.shape)
+    fg = result.labels > 0
+    if not fg.any() or not result.scores:
+        return
+    new_id = np.zeros(int(result.labels.max()) + 1, np.int64)
+    new_id[result.labels[fg]] = placed[fg]
+    table = {}
+    old = layer.features
+    if "index" in old and "score" in old:
+        table = dict(zip(old["index"].tolist(), old["score"].tolist()))
+    for i, v in result.scores.items():
+        if 0 < i < new_id.size and new_id[i] > 0:
+            table[int(new_id[i])] = float(v)
+    ids = sorted(table)
+    layer.features = {"index": ids, "score": [table[k] for k in ids]}

@@ -20,7 +20,7 @@ from qtpy.QtWidgets import (
 from ..core.jobs import Notice
 from . import notify
 from .controls import DeviceRow, LayerCombo, ModelCombo, form, is_source_image, row, scroll_in
-from .layers import SCOPES, apply_labels, apply_probability, layer_axes, make_request
+from .layers import SCOPES, apply_labels, apply_probability, layer_axes, make_request, set_score_features
 from .runner import JobRunner
 from .session import session_for
 
@@ -219,6 +219,7 @@ class SegmentWidget(QWidget):
             "scope": self.scope.currentText(),
         }
         layer, new = apply_labels(self.viewer, request, result.labels, info)
+        set_score_features(layer, request.region, result)
         if result.probabilities is not None:
             apply_probability(self.viewer, request, result.probabilities)
         self.last_layer, self.last_result = layer, result

@@ -219,6 +219,49 @@ def write_labels(
     if len(axes) != labels.ndim or not axes.endswith("YX") or len(set(axes)) != len(axes) or set(axes) - set("TZCYX"):
         raise InputError(f"cannot write {labels.ndim}-D labels with axes '{axes}': use letters of TZCYX ending in YX")
     labels = labels.astype(np.uint16 if labels.max(initial=0) < 2**16 and labels.min(initial=0) >= 0 else np.int32)
+    return _write_ome(path, labels, axes, scale, name, overwrite)
+
+
+def write_map(
+    path: str | os.PathLike,
+    values: np.ndarray,
+    *,
+    overwrite: bool = False,
+    axes: str | None = None,
+    scale: dict[str, float] | None = None,
+    name: str | None = None,
+) -> Path:
+    """Write a per-pixel uint8 map (e.g. the doubt map, 255 = most doubtful) like `write_labels` does labels."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"'{path}' exists; pass --overwrite to replace it")
+    values = np.asarray(values)
+    axes = (axes or DEFAULT_LABEL_AXES.get(values.ndim, "")).upper()
+    if len(axes) != values.ndim or not axes.endswith("YX"):
+        raise InputError(f"cannot write a {values.ndim}-D map with axes '{axes}'")
+    return _write_ome(path, values.astype(np.uint8), axes, scale, name, overwrite)
+
+
+def write_scores(path: str | os.PathLike, rows, *, plane_shape: tuple[int, ...] = (), overwrite: bool = False) -> Path:
+    """Write per-object scores as CSV: ``label,score`` (2D) or ``label,plane,score`` (stacks).
+
+    Args:
+        rows: (plane index tuple, label id, score) as in `SegmentResult.plane_scores`.
+        plane_shape: The stack's plane axes (e.g. (Z,) or (T, Z)); ``plane`` is the flat plane index.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"'{path}' exists; pass --overwrite to replace it")
+    stack = bool(plane_shape)
+    lines = ["label,plane,score" if stack else "label,score"]
+    for z, i, v in sorted(rows, key=lambda r: (r[0], r[1])):
+        lines.append(f"{i},{int(np.ravel_multi_index(z, plane_shape))},{v:.4f}" if stack else f"{i},{v:.4f}")
+    with atomic_write(path, overwrite=overwrite) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _write_ome(path: Path, data: np.ndarray, axes: str, scale, name, overwrite: bool) -> Path:
     meta: dict = {"axes": axes}
     for a, v in (scale or {}).items():
         if a in "XYZ" and a in axes and np.isfinite(v) and v > 0:
@@ -226,5 +269,5 @@ def write_labels(
     if name:
         meta["Name"] = str(name)
     with atomic_write(path, overwrite=overwrite) as tmp:
-        tifffile.imwrite(tmp, labels, photometric="minisblack", compression="zlib", ome=True, metadata=meta)
+        tifffile.imwrite(tmp, data, photometric="minisblack", compression="zlib", ome=True, metadata=meta)
     return path

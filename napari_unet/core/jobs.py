@@ -117,13 +117,14 @@ def segment_job(
     estimate_plane: int | None = None,
     link_iou: float | None = None,
     tta: bool = False,
+    doubt: bool = False,
 ) -> Generator[object, None, object]:
     """Segment `image` (already a copy of what the user chose) with out-of-memory fallbacks.
 
     Args:
         image: The data to segment, with `axes`.
         model: A loaded U-Net or a model spec.
-        device, diameter, channel, axes, tile, overlap, batch_size, probabilities, link_iou, tta: As
+        device, diameter, channel, axes, tile, overlap, batch_size, probabilities, link_iou, tta, doubt: As
             `core.segment.segment_iter`.
         estimate_plane: For a stack with no diameter given, estimate it on this plane (flat index)
             rather than on the first one (often empty at the top of a z-stack).
@@ -166,6 +167,7 @@ def segment_job(
                 probabilities=probabilities,
                 link_iou=link_iou,
                 tta=tta,
+                doubt=doubt,
             )
         except Exception as exc:
             if not is_out_of_memory(exc):

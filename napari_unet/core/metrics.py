@@ -427,3 +427,17 @@ def per_object_iou(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.n
     np.maximum.at(true_best, ov.row, ov.iou)
     np.maximum.at(pred_best, ov.col, ov.iou)
     return true_best, pred_best
+
+
+def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float:
+    """Area under the ROC curve: the chance that a random positive scores above a random negative
+    (ties count half; Mann-Whitney U). NaN when either class is empty."""
+    from scipy.stats import rankdata
+
+    s = np.asarray(scores, float)
+    y = np.asarray(positive, bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(s)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

@@ -24,6 +24,7 @@ from .model import UNet
 from .modelfile import ModelInfo
 from .normalize import iter_planes
 from .predict import InferenceModel, predict_plane
+from .scores import MEASURES, SCORE, doubt_map, object_measures
 
 
 @dataclass
@@ -49,6 +50,11 @@ class SegmentResult:
     probabilities: np.ndarray | None = None  # uint8 foreground probability, 255 = 1.0
     axes: str = "YX"
     extra: dict = field(default_factory=dict)
+    #: {label id: confidence in [0, 1]} (`core.scores`; an object linked across planes: its lowest plane).
+    scores: dict[int, float] = field(default_factory=dict)
+    #: (plane index, label id, score) for every object of every plane (stacks: what a CSV lists).
+    plane_scores: list[tuple[tuple[int, ...], int, float]] = field(default_factory=list)
+    doubt: np.ndarray | None = None  # uint8 per-pixel doubt (`core.scores.doubt_map`), when asked
 
 
 def model_info(model: UNet) -> ModelInfo:
@@ -148,6 +154,8 @@ def segment_iter(
     probabilities: bool = False,
     precision: str = "auto",
     tta: bool = False,
+    doubt: bool = False,
+    measures: bool = False,
 ) -> Generator[Progress, None, SegmentResult]:
     """Segment a 2D image or a stack, plane by plane. See `napari_unet.segment` for the arguments.
 
@@ -156,7 +164,9 @@ def segment_iter(
 
     Returns:
         `SegmentResult` with int32 labels of the image's spatial shape (channel axis removed);
-        ids are unique across planes, and shared by linked objects when `link_iou` is set.
+        ids are unique across planes, and shared by linked objects when `link_iou` is set; every
+        object's confidence score; with `doubt`, the per-pixel doubt map; with `measures`, every
+        candidate measure of `core.scores.object_measures` in ``extra["measures"]`` (benchmarks).
     """
     if diameter is not None and not (np.isfinite(diameter) and diameter > 0):
         raise InputError(f"diameter must be a positive number of pixels, got {diameter}")
@@ -168,6 +178,10 @@ def segment_iter(
     # A single plane is returned as computed; stacks are assembled in one preallocated array.
     labels = np.zeros(spatial, np.int32) if n_planes > 1 else None
     probs_out = np.zeros(spatial, np.uint8) if probabilities else None
+    doubt_out = np.zeros(spatial, np.uint8) if doubt else None
+    plane_scores: list[tuple[tuple[int, ...], int, float]] = []
+    all_measures: dict[str, list[float]] = {}
+    last_probs = None
     offset = 0
     used_diameter = diameter
     if used_diameter is None:  # once per stack, on the plane where objects are sharpest
@@ -190,6 +204,16 @@ def segment_iter(
         lab = labels_from_probabilities(
             probs, min_size=min_object_size(used_diameter), mask_threshold=info.mask_threshold
         )
+        ids, found = object_measures(lab, probs, MEASURES if measures else (SCORE,))
+        plane_scores += [
+            (tuple(int(i) for i in idx), int(i) + offset, round(float(v), 4)) for i, v in zip(ids, found[SCORE])
+        ]
+        if measures:
+            for name, values in found.items():
+                all_measures.setdefault(name, []).extend(values.tolist())
+            last_probs = probs  # the benchmark times the scoring alone on them
+        if doubt_out is not None:
+            doubt_out[idx] = doubt_map(probs)
         del probs
         if labels is None:
             labels = lab
@@ -200,7 +224,20 @@ def segment_iter(
         labels[idx] = lab
     if link_iou is not None and labels.ndim > 2:
         flat = labels.reshape(-1, *labels.shape[-2:])
-        labels = link_planes(flat, link_iou).reshape(labels.shape)
+        linked = link_planes(flat, link_iou)
+        fg = flat > 0
+        new_id = np.zeros(int(flat.max()) + 1, np.int64)
+        new_id[flat[fg]] = linked[fg]  # every old id has exactly one new id
+        plane_scores = [(z, int(new_id[i]), v) for z, i, v in plane_scores]
+        labels = linked.reshape(labels.shape)
+    scores: dict[int, float] = {}
+    for _, i, v in plane_scores:
+        scores[i] = min(v, scores.get(i, v))
+    extra = {"channel": planes.channel}
+    if measures:
+        extra["measures"] = {k: np.asarray(v) for k, v in all_measures.items()}
+        extra["class_probabilities"] = last_probs
     return SegmentResult(
-        labels, describe(dev), float(used_diameter or info.diameter), probs_out, out_axes, {"channel": planes.channel}
-    )
+        labels, describe(dev), float(used_diameter or info.diameter), probs_out, out_axes, extra,
+        scores=scores, plane_scores=plane_scores, doubt=doubt_out,
+    )  # fmt: skip

@@ -119,3 +119,21 @@ def test_channels_of_an_rgb_image(viewer, qtbot, wait_idle, nuclei_image):
     w.run()
     wait_idle(w.runner)
     assert viewer.layers["rgb labels"].data.shape == nuclei_image.shape
+
+
+def test_labels_layer_carries_the_scores_as_features(viewer, qtbot, wait_idle, nuclei_image):
+    viewer.add_image(np.stack([nuclei_image, nuclei_image]), name="z")
+    w = _widget(viewer, qtbot)
+    w.model.refresh(select="bundled")
+    w.run()
+    wait_idle(w.runner)
+    layer = viewer.layers["z labels"]
+    ids = np.unique(layer.data)[1:]
+    table = layer.features
+    assert ids.size >= 3 and sorted(table["index"].tolist()) == ids.tolist()
+    assert ((table["score"] >= 0) & (table["score"] <= 1)).all()
+    # the current plane only: its objects get fresh scores, the other plane's keep theirs
+    w.scope.setCurrentText("current plane")
+    w.run()
+    wait_idle(w.runner)
+    assert set(layer.features["index"].tolist()) >= set(np.unique(layer.data)[1:].tolist())
