@@ -115,6 +115,29 @@ class CorrectionsTracker:
         self._changed()
         return int(np.prod([len(range(*s.indices(n))) for s, n in zip(region, self.shape)]))
 
+    def accept(self, label: int, ring: int = 2) -> int:
+        """The user vouches that object `label` is right as it is: its pixels, and a `ring` of
+        background around it (its outline), become trusted; returns how many pixels."""
+        data = np.asarray(self.layer.data)
+        where = np.nonzero(data == label)
+        if not where[0].size:
+            return 0
+        lo = [max(0, int(w.min()) - (ring if k >= data.ndim - 2 else 0)) for k, w in enumerate(where)]
+        hi = [
+            min(n, int(w.max()) + 1 + (ring if k >= data.ndim - 2 else 0))
+            for k, (w, n) in enumerate(zip(where, data.shape))
+        ]
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        crop = data[box]
+        obj = crop == label
+        structure = np.zeros((1,) * (data.ndim - 2) + (3, 3), bool)
+        structure[(0,) * (data.ndim - 2)] = True  # grow within each plane only
+        grown = ndi.binary_dilation(obj, structure=structure, iterations=ring) & ((crop == 0) | obj)
+        self.trusted[box] |= grown
+        self.reviewed.append({"kind": "object", "label": int(label)})
+        self._changed()
+        return int(grown.sum())
+
     def mark_plane(self, plane: tuple[int, ...]) -> int:
         """Mark a whole 2D plane (its index along the non-YX axes) as reviewed."""
         region = tuple(slice(int(i), int(i) + 1) for i in plane) + (slice(None), slice(None))

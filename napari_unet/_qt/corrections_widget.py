@@ -17,6 +17,7 @@ from .layers import current_plane, visible_yx
 from .session import session_for
 
 REVIEW_BOXES = "review boxes"
+NEXT_KEY, ACCEPT_KEY = "Shift-N", "Shift-A"
 TRUSTED_OVERLAY = "trusted pixels"
 
 
@@ -37,6 +38,9 @@ class CorrectionsWidget(QWidget):
         self.show_trusted = QCheckBox("show trusted pixels")
         self.counts = QLabel(wordWrap=True)
         self.status = QLabel(wordWrap=True)
+        self.queue_status = QLabel(wordWrap=True)
+        self.current: int | None = None  # the object the queue shows
+        self._keyed: set[int] = set()  # layers whose keys are bound
 
         buttons = {
             "new": ("New object", "select a label id no object uses yet, then paint", self.new_object),
@@ -49,7 +53,11 @@ class CorrectionsWidget(QWidget):
             "boxes": ("Boxes reviewed", "mark the drawn rectangles as reviewed", self.mark_boxes),
             "clear": ("Forget trusted", "forget what was painted / reviewed (labels unchanged)", self.clear),
             "save": ("Save now", "write the autosave now", self.save_now),
-        }
+            "next": ("Next doubtful", f"show the object the model believes least, not yet reviewed ({NEXT_KEY})",
+                     self.next_doubtful),
+            "accept": ("Accept", f"the shown object is right: its pixels and outline become trusted ({ACCEPT_KEY})",
+                       self.accept_current),
+        }  # fmt: skip
         self.buttons = {}
         for key, (text, tip, slot) in buttons.items():
             b = QPushButton(text, toolTip=tip)
@@ -80,15 +88,25 @@ class CorrectionsWidget(QWidget):
         lay.addWidget(QLabel("<b>Review</b> (trusted pixels train the model)"))
         lay.addWidget(review)
         lay.addWidget(self.show_trusted)
+        lay.addWidget(QLabel("<b>Doubt queue</b> (lowest confidence first; fix the object, or accept it)"))
+        queue = QWidget()
+        q = QGridLayout(queue)
+        q.setContentsMargins(0, 0, 0, 0)
+        q.addWidget(self.buttons["next"], 0, 0)
+        q.addWidget(self.buttons["accept"], 0, 1)
+        lay.addWidget(queue)
+        lay.addWidget(self.queue_status)
         lay.addWidget(self.counts)
         lay.addWidget(self.status)
         lay.addStretch(1)
         scroll_in(self, content)
 
         self.labels.layer_changed.connect(lambda _: self.update_counts())
+        self.labels.layer_changed.connect(lambda _: self._bind_keys())
         self.session.trackers_changed.connect(self.update_counts)
         self.show_trusted.toggled.connect(lambda _: self.update_counts())
         self.update_counts()
+        self._bind_keys()
 
     # --- helpers -------------------------------------------------------------------------------
     def _tracker(self):
@@ -123,6 +141,75 @@ class CorrectionsWidget(QWidget):
         saved = f"\nautosaved to {self.session.last_saved}" if self.session.last_saved else ""
         self.counts.setText(f"{t.n_trusted:,} trusted pixels{where}; {len(t.reviewed)} region(s) reviewed{saved}")
         self._overlay(layer, t)
+
+    # --- the doubt queue ------------------------------------------------------------------------
+    def _bind_keys(self) -> None:
+        layer = self.labels.layer()
+        if layer is None or hash(layer) in self._keyed:
+            return
+        self._keyed.add(hash(layer))
+        layer.bind_key(NEXT_KEY, lambda _layer: self._safely(self.next_doubtful), overwrite=True)
+        layer.bind_key(ACCEPT_KEY, lambda _layer: self._safely(self.accept_current), overwrite=True)
+
+    def _queue(self, layer) -> tuple[list[int], set[int]]:
+        """(ids by ascending score, ids already reviewed in the queue) of a layer with scores."""
+        table = layer.features
+        if "index" not in table or "score" not in table:
+            raise ValueError(
+                f"'{layer.name}' has no confidence scores: segment the image with the Segment widget first"
+            )
+        order = [int(i) for i in table.sort_values("score", kind="stable")["index"].tolist()]
+        done = set(layer.metadata.setdefault("napari_unet", {}).setdefault("queue_done", []))
+        return order, done
+
+    def next_doubtful(self) -> str:
+        """Show and select the lowest-scored object not reviewed yet (the one shown before counts as reviewed)."""
+        layer = self.labels.layer()
+        if layer is None:
+            raise ValueError("No labels layer: segment an image first.")
+        order, done = self._queue(layer)
+        meta = layer.metadata["napari_unet"]
+        if self.current is not None and self.current not in done:
+            meta["queue_done"].append(self.current)
+            done.add(self.current)
+        data = np.asarray(layer.data)
+        present = set(np.unique(data).tolist())
+        nxt = next((i for i in order if i not in done and i in present), None)
+        self.current = nxt
+        if nxt is None:
+            self._queue_text(layer)
+            return "every scored object has been reviewed"
+        where = np.nonzero(data == nxt)
+        if data.ndim > 2:  # go to the plane where the object is largest
+            planes, counts = np.unique(np.stack(where[:-2]), axis=1, return_counts=True)
+            plane = planes[:, int(np.argmax(counts))]
+            for axis, value in enumerate(plane):
+                self.viewer.dims.set_current_step(axis, int(value))
+        centre = np.array([float(np.mean(w)) for w in where])
+        world = np.asarray(layer.data_to_world(centre))
+        self.viewer.camera.center = tuple(world[-2:]) if self.viewer.dims.ndisplay == 2 else tuple(world[-3:])
+        layer.selected_label = nxt
+        self._queue_text(layer)
+        score = float(layer.features.set_index("index").loc[nxt, "score"])
+        return f"object {nxt}: confidence {score:.2f}; fix it, or Accept ({ACCEPT_KEY}); next: {NEXT_KEY}"
+
+    def accept_current(self) -> str:
+        """The shown object is right: it becomes trusted pixels and counts as reviewed."""
+        layer = self.labels.layer()
+        if layer is None or self.current is None:
+            raise ValueError("No object shown: click Next doubtful first.")
+        n = self.session.tracker(layer).accept(self.current)
+        accepted = self.current
+        meta = layer.metadata.setdefault("napari_unet", {})
+        if accepted not in meta.setdefault("queue_done", []):
+            meta["queue_done"].append(accepted)
+        msg = f"object {accepted} accepted ({n:,} pixels trusted)"
+        nxt = self.next_doubtful()
+        return f"{msg}; {nxt}"
+
+    def _queue_text(self, layer) -> None:
+        order, done = self._queue(layer)
+        self.queue_status.setText(f"{len(done & set(order))} of {len(order)} scored objects reviewed")
 
     def _overlay(self, layer, tracker) -> None:
         existing = next((la for la in self.viewer.layers if la.name == TRUSTED_OVERLAY), None)
