@@ -120,6 +120,9 @@ def segment_and_correct(out: Path, seconds: float) -> None:
     boxes.add_rectangles(np.array([[40, 300], [40, 470], [200, 470], [200, 300]], float))
     corr.labels.set_layer(labels)
     corr.mark_boxes()
+    corr._safely(corr.next_doubtful)  # the doubt queue: the object the model believes least...
+    corr._safely(corr.accept_current)  # ...accepted as right (trusted), and the next one shown and selected
+    viewer.camera.zoom *= 1.6
     corr.show_trusted.setChecked(True)
     viewer.layers.selection.active = labels
     labels.mode = "paint"
