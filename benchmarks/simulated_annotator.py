@@ -50,6 +50,10 @@ from napari_unet.core.synth import SynthStyle, synth_nuclei  # noqa: E402
 from napari_unet.core.train import train_iter  # noqa: E402
 from napari_unet.core.trainingdata import replay_pool  # noqa: E402
 
+#: Which objects the annotator looks at: "oracle" (worst by ground truth), "doubt" (lowest model
+#: confidence first, what the Corrections widget's queue shows) or "random"; set by --policy.
+POLICY = {"name": "oracle", "rng": np.random.default_rng(0)}
+
 REGULARIZERS = {
     "none": {"replay": 0},
     "replay-synthetic": {"replay": 4, "replay_weight": 1.0, "replay_real": False},
@@ -140,14 +144,22 @@ def ap_mnfinder(model, val) -> float:
 
 
 # -- the annotator ------------------------------------------------------------------------------
-def paint_worst(gt: np.ndarray, pred: np.ndarray, painted: np.ndarray, k: int) -> int:
-    """Paint (add to `painted`, in place) whole GT objects around the k worst objects; return count."""
+def paint_worst(gt: np.ndarray, pred: np.ndarray, painted: np.ndarray, k: int, order: list[int] | None = None) -> int:
+    """Paint (add to `painted`, in place) whole GT objects around the k worst objects; return count.
+
+    `order` None is the oracle: the k objects worst by ground truth. Otherwise the annotator may look only
+    at the predicted objects of `order`, in that order (the model's doubt, or a random order), and paints
+    the ground truth there: the objects under each, or erases a false positive.
+    """
     true_ids, pred_ids = object_ids(gt), object_ids(pred)
     true_best, pred_best = per_object_iou(gt, pred)
     done_true = set(np.unique(gt[painted & (gt > 0)]).tolist())
-    cands = [(iou, "t", i) for i, iou in zip(true_ids, true_best) if i not in done_true and iou < 0.95]
-    cands += [(iou, "p", i) for i, iou in zip(pred_ids, pred_best) if iou < 0.5 and not painted[pred == i].all()]
-    cands.sort(key=lambda c: c[0])
+    if order is None:
+        cands = [(iou, "t", i) for i, iou in zip(true_ids, true_best) if i not in done_true and iou < 0.95]
+        cands += [(iou, "p", i) for i, iou in zip(pred_ids, pred_best) if iou < 0.5 and not painted[pred == i].all()]
+        cands.sort(key=lambda c: c[0])
+    else:
+        cands = [(rank, "p", i) for rank, i in enumerate(order) if not painted[pred == i].all()]
     count = 0
     for _, kind, i in cands:
         if count >= k:
@@ -197,7 +209,14 @@ def _protocol(domain, reg, k, rounds, seconds, seed, log, steps, save) -> dict:
     for r in range(1, rounds + 1):
         per_image = [k // len(train) + (i < k % len(train)) for i in range(len(train))]
         for (img, gt), p, kk in zip(train, painted, per_image):
-            objects += paint_worst(gt, segment(img, model, diameter=d), p, kk)
+            res_seg = segment(img, model, diameter=d, return_result=True)
+            if POLICY["name"] == "doubt":  # the objects the model believes least, first
+                order = sorted(res_seg.scores, key=res_seg.scores.get)
+            elif POLICY["name"] == "random":
+                order = [int(i) for i in POLICY["rng"].permutation(sorted(res_seg.scores))]
+            else:
+                order = None
+            objects += paint_worst(gt, res_seg.labels, p, kk, order)
         labels = [np.where(p, gt, 0) for (_, gt), p in zip(train, painted)]
         settings = {k: v for k, v in REGULARIZERS[reg].items() if not k.startswith("_")}
         gen = train_iter([im for im, _ in train], labels, painted, init=model, seconds=seconds, steps=steps, device="cpu",
@@ -359,6 +378,8 @@ def main() -> None:
         "--steps", type=int, help="regularizers: a step budget per round instead of --seconds (fair under load)"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--policy", default="oracle", choices=["oracle", "doubt", "random"],
+                   help="which objects the annotator looks at each round")  # fmt: skip
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, help="also write the raw results here")
     p.add_argument("--save", type=Path, help="annotate: save each round's model in this folder")
@@ -367,6 +388,7 @@ def main() -> None:
     )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    POLICY.update(name=args.policy, rng=np.random.default_rng(args.seed))
     results: dict = {"machine": machine(), "date": datetime.now(timezone.utc).isoformat(timespec="minutes")}
     print(f"# {results['machine']}, {results['date']}", flush=True)
     log = lambda s: print(s, flush=True)  # noqa: E731
