@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .core import versions
+from .core.atomic import check_output
 from .core.errors import InputError, ModelFileError, NapariUnetError
 from .core.jobs import Notice, drain, estimate_job, resolve_model, segment_job, train_job
 from .core.model import UNet
@@ -281,7 +282,7 @@ def train(
         if save and (versions.models_dir() / f"{name}{versions.SUFFIX}").exists():
             raise InputError(f"a version named '{name}' exists already; choose another name")
     if output is not None:
-        output = _check_output(Path(output), overwrite)
+        output = check_output(output, overwrite)
     if isinstance(init, torch.nn.Module) and not isinstance(init, UNet):
         raise TypeError(f"init must be a napari-unet UNet, a model file or a version name, got {type(init).__name__}")
     images = (
@@ -293,18 +294,6 @@ def train(
                             overwrite=overwrite)  # fmt: skip
         result.name = result.model.info.name
     return result
-
-
-def _check_output(out: Path, overwrite: bool) -> Path:
-    if out.is_dir():
-        raise InputError(f"'{out}' is a folder; give a model file name, e.g. model.safetensors")
-    if out.exists() and not overwrite:
-        raise InputError(f"'{out}' exists; pass --overwrite (overwrite=True) to replace it")
-    if not out.parent.is_dir():
-        raise InputError(f"the folder of '{out}' does not exist or is not a folder")
-    if not os.access(out.parent, os.W_OK):
-        raise InputError(f"the folder of '{out}' is not writable")
-    return out
 
 
 def _save(result: TrainResult, *, save: bool, name: str | None, make_current: bool | None,

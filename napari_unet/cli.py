@@ -195,6 +195,7 @@ def _training_planes(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from . import api
+    from .core.atomic import check_output
     from .core.jobs import drain
 
     n = len(args.image)
@@ -204,7 +205,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     if not 0 < args.keep <= 1:
         raise InputError(f"--keep must be in (0, 1], got {args.keep}")
-    api._check_output(Path(args.output), args.overwrite)  # before reading anything or training
+    check_output(args.output, args.overwrite)  # before reading anything or training
     images, labels, masks = _training_planes(args)
     gen = api.train(
         images,

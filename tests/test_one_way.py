@@ -72,3 +72,12 @@ def test_cli_segmentation_gets_the_out_of_memory_fallback(tmp_path, monkeypatch,
     assert main(args) == 0
     out = capsys.readouterr()
     assert "out of GPU memory" in out.err and "on the CPU" in out.err and "objects" in out.out
+
+
+def test_the_package_exports_what_the_api_exports():
+    import napari_unet
+    from napari_unet import api
+
+    assert set(napari_unet.__all__) <= set(api.__all__)
+    for name in napari_unet.__all__:
+        assert getattr(napari_unet, name) is getattr(api, name)

@@ -66,6 +66,26 @@ def remove_stale_parts(folder: str | os.PathLike, now: float | None = None) -> l
     return removed
 
 
+def check_output(path: str | os.PathLike, overwrite: bool, example: str = "model.safetensors") -> Path:
+    """Refuse, before any work, an output that cannot or must not be written; returns it as a Path.
+
+    Raises:
+        InputError: `path` is a folder, exists without `overwrite`, or its folder is missing or read-only.
+    """
+    from .errors import InputError
+
+    out = Path(path)
+    if out.is_dir():
+        raise InputError(f"'{out}' is a folder; give a file name, e.g. {example}")
+    if out.exists() and not overwrite:
+        raise InputError(f"'{out}' exists; pass --overwrite (overwrite=True) to replace it")
+    if not out.parent.is_dir():
+        raise InputError(f"the folder of '{out}' does not exist or is not a folder")
+    if not os.access(out.parent, os.W_OK):
+        raise InputError(f"the folder of '{out}' is not writable")
+    return out
+
+
 def temporary_path(path: str | os.PathLike) -> Path:
     """Create an empty temporary file beside `path` (mode 0666 minus the umask) and return its path."""
     path = Path(path)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .atomic import atomic_write
+from .atomic import atomic_write, check_output
 from .errors import InputError
 from .model import UNet, fuse_batchnorm
 from .modelfile import ModelInfo
@@ -142,12 +142,7 @@ def export_model(
         format = next((f for f, s in SUFFIXES.items() if out.name.lower().endswith(s)), "bioimageio")
     if format not in FORMATS:
         raise InputError(f"unknown export format '{format}': use one of {', '.join(FORMATS)}")
-    if out.is_dir():
-        raise InputError(f"'{out}' is a folder; give a file name, e.g. model{SUFFIXES[format]}")
-    if out.exists() and not overwrite:
-        raise InputError(f"'{out}' exists; pass --overwrite (overwrite=True) to replace it")
-    if not out.parent.is_dir():
-        raise InputError(f"the folder of '{out}' does not exist")
+    check_output(out, overwrite, f"model{SUFFIXES[format]}")
     if format == "onnx":
         return write_onnx(model, out, overwrite=overwrite)
     if format == "torchscript":
