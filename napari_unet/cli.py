@@ -114,15 +114,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
             )
             with _progress_bar(1.0, inp.name, not args.quiet) as bar:
                 result = drain(gen, lambda p, bar=bar: _show(bar, p, args.quiet))
-            write_labels(
-                out, result.labels, overwrite=args.overwrite, axes=result.axes, scale=_pixel_scale(img, result.axes)
-            )
+            scale = _pixel_scale(img)
+            write_labels(out, result.labels, overwrite=args.overwrite, axes=result.axes, scale=scale)
             plane_shape = tuple(result.labels.shape[:-2])
             if s_out is not None:
                 write_scores(s_out, result.plane_scores, plane_shape=plane_shape, overwrite=args.overwrite)
             if d_out is not None:
                 write_map(d_out, result.doubt, overwrite=args.overwrite, axes=result.axes,
-                          scale=_pixel_scale(img, result.axes), name="doubt")  # fmt: skip
+                          scale=scale, name="doubt")  # fmt: skip
         except (ValueError, OSError) as exc:  # InputError, FileExistsError, ... : one line, go on
             print(f"{PROG}: error: {exc}", file=sys.stderr)
             failures += 1
@@ -135,7 +134,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def _show(bar, item, quiet: bool) -> None:
+def _show(bar, item, quiet: bool, by_steps: bool = False) -> None:
     """Draw one yielded item: progress moves the bar, a notice (a fallback) is printed above it."""
     from .core.jobs import Notice
 
@@ -145,7 +144,6 @@ def _show(bar, item, quiet: bool) -> None:
     if hasattr(item, "fraction"):
         bar.n = round(item.fraction, 4)
     else:  # a training event
-        by_steps = bar.total == getattr(item, "total_steps", None)
         bar.n = min(bar.total, item.step if by_steps else round(item.elapsed_s, 1))
         loss = f" loss {item.smoothed_loss:.3f}" if item.smoothed_loss is not None else ""
         bar.set_description_str(f"train step {item.step}{loss}", refresh=False)
@@ -154,7 +152,7 @@ def _show(bar, item, quiet: bool) -> None:
     bar.refresh()
 
 
-def _pixel_scale(img, axes: str) -> dict[str, float] | None:
+def _pixel_scale(img) -> dict[str, float] | None:
     """The input's pixel size (Y, X), to record in the labels file."""
     if not img.pixel_size:
         return None
@@ -226,7 +224,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     by_steps = args.seconds is None and args.steps is not None
     total = float(args.steps if by_steps else (args.seconds or 60.0))
     with _progress_bar(total, "train", not args.quiet) as bar:
-        result = drain(gen, lambda ev: _show(bar, ev, args.quiet))
+        result = drain(gen, lambda ev: _show(bar, ev, args.quiet, by_steps))
     m = result.metrics
     where = "held-out" if m.get("held_out", True) else "training-pixel"
     val = "" if m.get("val_before") is None else f", {where} {m['val_before']:.3f} -> {m['val_after']:.3f}"

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import InputError
+
 #: ``.<target name>.<pid>-<8 hex>.part``
 _PART = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.part$")
 #: Temporary files of earlier releases (tempfile.mkstemp names): removed when older than this.
@@ -72,8 +74,6 @@ def check_output(path: str | os.PathLike, overwrite: bool, example: str = "model
     Raises:
         InputError: `path` is a folder, exists without `overwrite`, or its folder is missing or read-only.
     """
-    from .errors import InputError
-
     out = Path(path)
     if out.is_dir():
         raise InputError(f"'{out}' is a folder; give a file name, e.g. {example}")

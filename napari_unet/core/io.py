@@ -209,15 +209,9 @@ def write_labels(
         FileExistsError: `path` exists and `overwrite` is False.
         InputError: labels that are not integers, or axes that do not fit them.
     """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"'{path}' exists; pass --overwrite to replace it")
     labels = np.asarray(labels)
     if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
         raise InputError(f"labels must be integers, got {labels.dtype}")
-    axes = (axes or DEFAULT_LABEL_AXES.get(labels.ndim, "")).upper()
-    if len(axes) != labels.ndim or not axes.endswith("YX") or len(set(axes)) != len(axes) or set(axes) - set("TZCYX"):
-        raise InputError(f"cannot write {labels.ndim}-D labels with axes '{axes}': use letters of TZCYX ending in YX")
     labels = labels.astype(np.uint16 if labels.max(initial=0) < 2**16 and labels.min(initial=0) >= 0 else np.int32)
     return _write_ome(path, labels, axes, scale, name, overwrite)
 
@@ -232,14 +226,7 @@ def write_map(
     name: str | None = None,
 ) -> Path:
     """Write a per-pixel uint8 map (e.g. the doubt map, 255 = most doubtful) like `write_labels` does labels."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"'{path}' exists; pass --overwrite to replace it")
-    values = np.asarray(values)
-    axes = (axes or DEFAULT_LABEL_AXES.get(values.ndim, "")).upper()
-    if len(axes) != values.ndim or not axes.endswith("YX"):
-        raise InputError(f"cannot write a {values.ndim}-D map with axes '{axes}'")
-    return _write_ome(path, values.astype(np.uint8), axes, scale, name, overwrite)
+    return _write_ome(path, np.asarray(values).astype(np.uint8), axes, scale, name, overwrite)
 
 
 def write_scores(path: str | os.PathLike, rows, *, plane_shape: tuple[int, ...] = (), overwrite: bool = False) -> Path:
@@ -261,7 +248,14 @@ def write_scores(path: str | os.PathLike, rows, *, plane_shape: tuple[int, ...] 
     return path
 
 
-def _write_ome(path: Path, data: np.ndarray, axes: str, scale, name, overwrite: bool) -> Path:
+def _write_ome(path: str | os.PathLike, data: np.ndarray, axes: str | None, scale, name, overwrite: bool) -> Path:
+    """The shared part of `write_labels` and `write_map`: refuse to replace, check the axes, write atomically."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"'{path}' exists; pass --overwrite to replace it")
+    axes = (axes or DEFAULT_LABEL_AXES.get(data.ndim, "")).upper()
+    if len(axes) != data.ndim or not axes.endswith("YX") or len(set(axes)) != len(axes) or set(axes) - set("TZCYX"):
+        raise InputError(f"cannot write {data.ndim}-D data with axes '{axes}': use letters of TZCYX ending in YX")
     meta: dict = {"axes": axes}
     for a, v in (scale or {}).items():
         if a in "XYZ" and a in axes and np.isfinite(v) and v > 0:
