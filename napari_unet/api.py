@@ -20,12 +20,14 @@ import torch
 
 from .core import versions
 from .core.atomic import check_output
+from .core.blockwise import DEFAULT_BLOCK
 from .core.errors import InputError, ModelFileError, NapariUnetError
 from .core.jobs import Notice, drain, estimate_job, resolve_model, segment_job, train_job
 from .core.model import UNet
 from .core.segment import Progress, SegmentResult
 
 if TYPE_CHECKING:
+    from .core.bigrun import BigResult
     from .core.train import TrainEvent, TrainResult
 
 __all__ = [
@@ -120,22 +122,47 @@ def segment_iter(
     probabilities: bool = False,
     estimate_plane: int | None = None,
     doubt: bool = False,
-) -> Generator[Progress | Notice, None, SegmentResult]:
+    output: str | os.PathLike | None = None,
+    cluster=None,
+    block: int | None = DEFAULT_BLOCK,
+    overwrite: bool = False,
+    pixel_size: tuple[float, float] | None = None,
+) -> Generator[Progress | Notice, None, SegmentResult | BigResult]:
     """Segment nuclei, as a generator: yields `Progress` (and `Notice`), returns a `SegmentResult`.
 
     Same arguments as `segment`, plus `probabilities` (also return the uint8 foreground probability),
     `doubt` (also return the per-pixel doubt map, `SegmentResult.doubt`) and `estimate_plane` (for a stack without a diameter, estimate it on this flat plane index
     rather than on the most contrasted plane). Out of GPU memory it retries with smaller batches and
     tiles, then on the CPU, and yields a `Notice` saying so. Closing it stops at the next tile batch.
+
+    With `output` (a ``.zarr`` folder), the labels are written there block by block instead
+    (`core.bigrun`: bounded memory, resumable, optionally on a dask `cluster`) and a `BigResult` is returned.
     """
     image = _as_array(image, "image")
     net = resolve_model(model)
     _check_segment_options(diameter, tile, overlap, batch_size, link_iou)
+    if block is not None and not (isinstance(block, (int, np.integer)) and block >= 256):
+        raise InputError(f"block must be a whole number of pixels, at least 256, got {block}")
+    if output is not None or cluster is not None:
+        if output is None:
+            raise InputError("a cluster run writes its labels to an OME-Zarr: pass output='out.zarr'")
+        for name, value in (("link_iou", link_iou), ("doubt", doubt or None), ("probabilities", probabilities or None)):
+            if value is not None:
+                raise InputError(f"{name} is not available with a .zarr output yet")
+        from .core.bigrun import segment_to_zarr_iter
+
+        return (
+            yield from segment_to_zarr_iter(
+                image, net, output, device=device, diameter=diameter, channel=channel, axes=axes, tile=tile,
+                overlap=overlap, batch_size=batch_size, block=block or DEFAULT_BLOCK, cluster=cluster, tta=tta,
+                overwrite=overwrite, pixel_size=pixel_size,
+            )
+        )  # fmt: skip
     return (
         yield from segment_job(
             image, net, device=device, diameter=diameter, channel=channel, axes=axes, tile=tile, overlap=overlap,
             batch_size=batch_size, probabilities=probabilities, estimate_plane=estimate_plane, link_iou=link_iou,
-            tta=tta, doubt=doubt,
+            tta=tta, doubt=doubt, block=block,
         )
     )  # fmt: skip
 
@@ -177,6 +204,10 @@ def segment(
     link_iou: float | None = None,
     tta: bool = False,
     return_result: bool = False,
+    output: str | os.PathLike | None = None,
+    cluster=None,
+    block: int | None = DEFAULT_BLOCK,
+    overwrite: bool = False,
 ) -> np.ndarray | SegmentResult:
     """Segment nuclei in a 2D image or a stack into integer instance labels.
 
@@ -199,6 +230,15 @@ def segment(
             ``scores``, {label id: confidence in [0, 1]} of every object (how much the model believes it
             is a right, whole nucleus: 1 minus the mean softmax entropy over the object; see
             `core.scores` and benchmarks/RESULTS.md for how well it ranks errors).
+        output: A ``.zarr`` folder to write the labels to, block by block, as an OME-Zarr labels image
+            (``labels/nuclei``); for images larger than memory. Then the labels are returned as a
+            read-only zarr array (a `core.bigrun.BigResult` with `return_result`). An unfinished run
+            (``output.part``) with the same settings is resumed.
+        cluster: With `output`: ``"local:N"`` (a dask LocalCluster of N one-thread workers), a dask
+            scheduler address, or a `distributed.Client`.
+        block: Planes larger than this (px) are segmented in blocks with halos and stitched; the result
+            does not depend on the block size (measured in benchmarks/RESULTS.md). None: one block.
+        overwrite: With `output`: replace an existing one.
 
     Returns:
         int32 labels with the image's spatial shape (the channel axis removed); 0 is background,
@@ -220,9 +260,19 @@ def segment(
             batch_size=batch_size,
             link_iou=link_iou,
             tta=tta,
+            output=output,
+            cluster=cluster,
+            block=block,
+            overwrite=overwrite,
         )  # fmt: skip
     )
-    return result if return_result else result.labels
+    if return_result:
+        return result
+    if output is not None:
+        import zarr
+
+        return zarr.open_group(str(result.path), mode="r")["labels/nuclei/0"]
+    return result.labels
 
 
 def estimate_iter(

@@ -50,12 +50,12 @@ def _side_outputs(arg: str | None, outputs: list[Path], suffix: str, flag: str) 
     if arg is None:
         return [None] * len(outputs)
     if arg == "auto":
-        return [o.with_name(o.name.removesuffix(".tif").removesuffix("_labels") + suffix) for o in outputs]
+        return [o.with_name(o.name.removesuffix(".tif").removesuffix(".zarr").removesuffix("_labels") + suffix) for o in outputs]
     target = Path(arg)
     if len(outputs) > 1 or target.is_dir():
         if target.exists() and not target.is_dir():
             raise InputError(f"{flag} '{target}' must be a folder when segmenting several inputs")
-        return [target / (o.name.removesuffix(".tif").removesuffix("_labels") + suffix) for o in outputs]
+        return [target / (o.name.removesuffix(".tif").removesuffix(".zarr").removesuffix("_labels") + suffix) for o in outputs]
     return [target]
 
 
@@ -95,11 +95,21 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from .core.jobs import drain
 
     model = api.load_model(args.model)
+    if args.cluster and args.scheduler:
+        raise InputError("pass --cluster or --scheduler, not both")
+    cluster = args.cluster or args.scheduler
+    if cluster and not all(o.suffix == ".zarr" for o in outputs):
+        raise InputError("a cluster run writes OME-Zarr: pass -o OUT.zarr")
     failures = 0
     for inp, out, s_out, d_out in zip(inputs, outputs, scores_out, doubt_out):
         t0 = time.perf_counter()
         try:
             img = read_image(inp)
+            if out.suffix == ".zarr":
+                if d_out is not None:
+                    raise InputError("--uncertainty is not available with a .zarr output yet")
+                _segment_to_zarr(api, args, img, model, inp, out, s_out, cluster, t0)
+                continue
             gen = api.segment_iter(
                 img.data,
                 model,
@@ -111,6 +121,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
                 link_iou=args.link_iou,
                 tta=args.tta,
                 doubt=d_out is not None,
+                block=args.block,
             )
             with _progress_bar(1.0, inp.name, not args.quiet) as bar:
                 result = drain(gen, lambda p, bar=bar: _show(bar, p, args.quiet))
@@ -132,6 +143,36 @@ def cmd_segment(args: argparse.Namespace) -> int:
             f"diameter {result.diameter:.1f} px{_channel_note(result)} -> {out}"
         )
     return 1 if failures else 0
+
+
+def _segment_to_zarr(api, args, img, model, inp: Path, out: Path, s_out: Path | None, cluster, t0: float) -> None:
+    """One input to an OME-Zarr, block by block (resumes an unfinished run of the same command)."""
+    from .core.io import write_scores
+    from .core.jobs import drain
+
+    gen = api.segment_iter(
+        img.data, model, device=args.device, diameter=args.diameter, channel=args.channel,
+        axes=args.axes or img.axes, tile=args.tile, tta=args.tta, output=out, cluster=cluster,
+        block=args.block, overwrite=args.overwrite, pixel_size=_pixel_scale(img),
+    )  # fmt: skip
+    try:
+        with _progress_bar(1.0, inp.name, not args.quiet) as bar:
+            result = drain(gen, lambda p, bar=bar: _show(bar, p, args.quiet))
+    except KeyboardInterrupt:
+        gen.close()
+        print(f"{PROG}: interrupted; the unfinished run is kept in '{out}.part': run the same command to resume it",
+              file=sys.stderr)  # fmt: skip
+        raise SystemExit(130) from None
+    if s_out is not None:
+        plane_shape = tuple(img.data.shape[: len(result.axes) - 2])
+        write_scores(s_out, result.plane_scores, plane_shape=plane_shape, overwrite=args.overwrite)
+    where = f", {result.blocks} blocks" + (
+        f" ({result.resumed_blocks} from the unfinished run)" if result.resumed_blocks else ""
+    )
+    print(
+        f"{inp.name}: {result.n_objects} objects, {time.perf_counter() - t0:.1f} s, device {result.device}, "
+        f"diameter {result.diameter:.1f} px{_channel_note(result)}{where} -> {out}"
+    )
 
 
 def _show(bar, item, quiet: bool, by_steps: bool = False) -> None:
@@ -352,7 +393,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("segment", help="segment images into instance labels (TIFF)")
     s.add_argument("input", nargs="+", help="TIFF/OME-TIFF, .npy or zarr")
-    s.add_argument("-o", "--output", help="output TIFF (a folder for several inputs); default <stem>_labels.tif")
+    s.add_argument(
+        "-o", "--output",
+        help="output TIFF, or OUT.zarr (OME-Zarr labels written block by block, resumable; for images larger "
+             "than memory); a folder for several inputs; default <stem>_labels.tif",
+    )  # fmt: skip
     s.add_argument("--model", default="current",
                    help="current (default: the version training or 'models revert' chose, else bundled), bundled, "
                         "a model file, or a saved version name")  # fmt: skip
@@ -376,6 +421,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--uncertainty", nargs="?", const="auto", metavar="TIF",
         help="also write the per-pixel doubt map (uint8, 255 = most doubtful); default <stem>_doubt.tif",
+    )  # fmt: skip
+    s.add_argument(
+        "--block", type=int, default=2048,
+        help="planes larger than this (px) are segmented in blocks with halos and stitched (default 2048)",
+    )  # fmt: skip
+    s.add_argument(
+        "--cluster", metavar="local:N",
+        help="run the blocks on a dask LocalCluster of N one-thread workers (needs -o OUT.zarr)",
+    )  # fmt: skip
+    s.add_argument(
+        "--scheduler", metavar="ADDRESS",
+        help="run the blocks on an existing dask cluster, e.g. tcp://host:8786 (needs -o OUT.zarr on shared storage)",
     )  # fmt: skip
     s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -22,7 +22,22 @@ nucleus diameter is the model's training diameter (24 px); and a pool of synthet
 `napari_unet.core.synth` (all styles). Batches mix both halves. Model selection on
 mnfinder/val (AP@0.5) every `--eval-every` steps (v2: the mean of mnfinder/val and a synthetic
 validation set in the wide style, seeds apart from the training pool); the best weights are written.
-The hard-case suite (`benchmarks/hard_cases.py`) is never used for selection.
+The hard-case suite (`benchmarks/hard_cases.py`) is never used for selection. `--no-real` trains on
+the synthetic pool alone and selects on synthetic validation images (no data folder needed), and
+`--steps N` stops after N optimizer steps instead of `--minutes` (the cosine schedule then runs over
+the steps): with a tiny network (`--base 4 --depth 2`) that makes a run of seconds for the tests.
+
+More than one process (`recipes/ddp.py`), on the CPU (gloo) or one GPU per process (NCCL, `--device cuda`):
+
+    python -m torch.distributed.run --standalone --nproc_per_node 2 recipes/train_bundled.py --threads 1 ...
+
+Every rank builds the same data pools and the same initial weights (DDP also broadcasts rank 0's),
+and draws its own crops and augmentations (its own seed); `--batch` is per process, so the global
+batch is N x batch. The learning rate is not scaled with N: the recipe's schedule was tuned at batch
+8, and a larger batch is taken as less noise at the same step size (`--lr` to change it). Rank 0
+alone evaluates, logs and writes the checkpoint and the model file; its clock decides the stop and the
+learning rate of every step, so that all ranks stop at the same step. `--resume` needs as many
+processes as wrote the checkpoint (it holds each rank's data stream).
 """
 
 from __future__ import annotations
@@ -39,11 +54,14 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
+from safetensors.torch import save_file
 from scipy import ndimage as ndi
 from skimage.transform import resize
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+import ddp  # noqa: E402 - recipes/ddp.py, beside this script
 
 from napari_unet.api import segment  # noqa: E402
 from napari_unet.core.appearance import perturb  # noqa: E402
@@ -110,8 +128,9 @@ def crop_batch(pool, n, size, rng):
 def evaluate(model, val_sets):
     model.eval()
     ms = []
+    device = next(model.parameters()).device  # the training device (the CPU unless --device cuda)
     for image, labels, ignore, d in val_sets:
-        pred = segment(image, model, device="cpu", diameter=d)
+        pred = segment(image, model, device=device, diameter=d)
         ms.append(match_instances(labels, pred, 0.5, ignore=ignore))
     model.train()
     return aggregate(ms).ap
@@ -139,24 +158,27 @@ def real_variants(split_dir: Path, n: int, seed: int):
     return items
 
 
-def main():
-    p = argparse.ArgumentParser()
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Train the bundled model (also under torchrun; see the module docstring).")
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    p.add_argument("--no-real", action="store_true", help="synthetic data only (no --data needed); selection on it")
     p.add_argument("--minutes", type=float, default=60)
+    p.add_argument("--steps", type=int, help="stop after N optimizer steps, not --minutes (cosine over the steps)")
     p.add_argument("--out", type=Path, default=ROOT / "napari_unet" / "resources" / "bundled.safetensors")
     p.add_argument("--v1", action="store_true", help="v1's data: mnfinder + the default synthetic style, no hard cases")
     p.add_argument(
         "--init", type=Path, help="start from this model file's weights (v2: recipes/bundled_v1.safetensors)"
     )
     p.add_argument("--checkpoint", type=Path, help="write the run's state here every --eval-every steps")
-    p.add_argument("--resume", action="store_true", help="carry on from --checkpoint")
+    p.add_argument("--resume", action="store_true", help="carry on from --checkpoint (with as many processes)")
     p.add_argument("--base", type=int, default=16)
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--mode", default="same", choices=["same", "valid"])
     p.add_argument("--norm", default="batch", choices=["batch", "none"])
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=int, default=8, help="crops per step and process (global batch: N x batch)")
     p.add_argument("--patch", type=int, default=192)
     p.add_argument("--synth", type=int, default=500, help="synthetic images in the pool")
+    p.add_argument("--synth-val", type=int, default=8, help="synthetic validation images (v2 and --no-real)")
     p.add_argument("--variants", type=int, default=3, help="hard-case renderings of each real image (v2)")
     p.add_argument("--synth-frac", type=float, default=0.5)
     p.add_argument(
@@ -165,42 +187,102 @@ def main():
         default=0.25,
         help="v2: share of the real crops taken from the unperturbed images (default: as in the pool)",
     )
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate, the same for any number of processes")
     p.add_argument("--eval-every", type=int, default=150)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="CPU threads per process")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda under torchrun: cuda:LOCAL_RANK")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward pass")
     p.add_argument("--mask-threshold", type=float, default=0.5, help="outline threshold written into the model file")
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
-    t0 = time.time()
+    p.add_argument(
+        "--dump-weights",
+        type=Path,
+        metavar="DIR",
+        help="test hook: every rank writes its state dict to DIR/rank<R>_start.safetensors before the first "
+        "step and DIR/rank<R>.safetensors after the last (not the selected best), to compare the ranks",
+    )
+    args = p.parse_args(argv)
+    if args.steps is not None and args.steps < 1:
+        p.error("--steps must be at least 1")
+    if args.no_real and args.synth_val < 1:
+        p.error("--no-real selects on synthetic validation images: --synth-val must be at least 1")
+    return args
 
-    real = load_real(args.data / "mnfinder" / "train")
+
+def load_data(args):
+    """(real pool, its first n_orig unperturbed, real val sets, synthetic pool, synthetic val sets, augmentation)."""
+    real, val_sets = [], []
+    if not args.no_real:
+        tdir, vdir = args.data / "mnfinder" / "train", args.data / "mnfinder" / "val"
+        if not (tdir / "images").is_dir():
+            raise SystemExit(f"no training images in {tdir / 'images'}: pass --data, or --no-real (synthetic only)")
+        real = load_real(tdir)
+        for f in sorted((vdir / "images").glob("*.tif")):
+            lab = tifffile.imread(vdir / "nuclei" / f.name).astype(np.int32)
+            val_sets.append(
+                (tifffile.imread(f), lab, tifffile.imread(vdir / "micronuclei" / f.name) > 0, median_diameter(lab))
+            )
     n_orig = len(real)
-    val_sets = []
-    vdir = args.data / "mnfinder" / "val"
-    for f in sorted((vdir / "images").glob("*.tif")):
-        lab = tifffile.imread(vdir / "nuclei" / f.name).astype(np.int32)
-        val_sets.append(
-            (tifffile.imread(f), lab, tifffile.imread(vdir / "micronuclei" / f.name) > 0, median_diameter(lab))
-        )
     if args.v1:
         style = SynthStyle(diameter=(16.0, 34.0))
         synth = [prepare(*synth_nuclei((256, 256), rng=100_000 + i, style=style)) for i in range(args.synth)]
-        synth_val = []
+        # v1 selected on mnfinder val alone; without it, on synthetic images of its own style.
+        vals = (synth_nuclei((256, 256), rng=900_000 + i, style=style) for i in range(args.synth_val))
+        synth_val = [(im, lab, None, median_diameter(lab)) for im, lab in vals] if args.no_real else []
         aug = AugmentConfig()
     else:
-        real += real_variants(args.data / "mnfinder" / "train", args.variants, args.seed)
+        if real:
+            real += real_variants(args.data / "mnfinder" / "train", args.variants, args.seed)
         synth = [prepare(*wide_synth(100_000 + i)) for i in range(args.synth)]
-        synth_val = [(im, lab, None, median_diameter(lab)) for im, lab in (wide_synth(900_000 + i) for i in range(8))]
+        vals = (wide_synth(900_000 + i) for i in range(args.synth_val))
+        synth_val = [(im, lab, None, median_diameter(lab)) for im, lab in vals]
         aug = AugmentConfig(scale=(0.6, 1.6))  # the size estimate may miss by 20 %; cover it twice over
-    print(f"data ready: {len(real)} real, {len(synth)} synthetic, {time.time() - t0:.0f}s", flush=True)
+    return real, n_orig, val_sets, synth, synth_val, aug
+
+
+def dump_state(model, path: Path) -> None:
+    """The `--dump-weights` test hook: `model`'s state dict as a plain safetensors file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(path))
+
+
+def main():
+    args = parse_args()
+    ctx = ddp.setup(args.device)
+
+    def log(*a, **k):
+        if ctx.main:  # one voice: rank 0 logs
+            print(*a, **k)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)  # the same on every rank: identical initial weights (DDP also broadcasts rank 0's)
+    rng = np.random.default_rng(ddp.rank_seed(args.seed, ctx.rank))  # each rank draws its own crops
+    t0 = time.time()
+
+    real, n_orig, val_sets, synth, synth_val, aug = load_data(args)
+    log(f"data ready: {len(real)} real, {len(synth)} synthetic, {time.time() - t0:.0f}s", flush=True)
 
     def score(model):
-        ap = evaluate(model, val_sets)
-        return (ap, ap) if not synth_val else ((ap + evaluate(model, synth_val)) / 2, ap)
+        """(selection score, mnfinder val AP@0.5 or None without real data)."""
+        ap = evaluate(model, val_sets) if val_sets else None
+        if not synth_val:
+            return ap, ap
+        s = evaluate(model, synth_val)
+        return (s, None) if ap is None else ((ap + s) / 2, ap)
+
+    def report(head, sel, ap):
+        what = "synthetic val AP@0.5 (selection)" if ap is None else "mnfinder val AP@0.5"
+        log(f"{head}: {what} = {sel if ap is None else ap:.3f}, selection score {sel:.3f}", flush=True)
+
+    def entry(step, seconds, ema, sel, ap):
+        val = None if ap is None else round(ap, 4)
+        return {
+            "step": step,
+            "seconds": round(seconds),
+            "loss": round(ema, 4),
+            "val_ap50": val,
+            "select": round(sel, 4),
+        }
 
     config = UNetConfig(base=args.base, depth=args.depth, mode=args.mode, norm=args.norm)
     if args.init:
@@ -209,29 +291,44 @@ def main():
         model.train()
     else:
         model = UNet(config)
+    if ctx.rank:  # dropout masks of their own on the other ranks; rank 0 keeps the single-process stream
+        torch.manual_seed(ddp.rank_seed(args.seed, ctx.rank))
+    model.to(ctx.device)
     args.patch = model.fit_input_size(args.patch)
-    print(f"model: {config} params={count_parameters(model)}", flush=True)
+    log(f"model: {config} params={count_parameters(model)}" + (f" processes={ctx.world}" * ctx.distributed), flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    g = torch.Generator().manual_seed(args.seed)
+    g = torch.Generator(device=ctx.device).manual_seed(ddp.rank_seed(args.seed, ctx.rank))
     budget = args.minutes * 60
     best, best_state, history, step, ema, done = -1.0, None, [], 0, None, 0.0
-    if args.resume:
-        ck = torch.load(args.checkpoint, weights_only=True)
+    if args.resume:  # every rank loads the same checkpoint, and its own data stream from it
+        ck = torch.load(args.checkpoint, weights_only=True, map_location="cpu")
+        if ck.get("world_size", 1) != ctx.world:
+            raise SystemExit(f"{args.checkpoint} was written by {ck.get('world_size', 1)} process(es), not {ctx.world}")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         best_state, best, step, ema, done = ck["best_state"], ck["best"], ck["step"], ck["ema"], ck["seconds"]
         history = json.loads(ck["history"])
-        rng.bit_generator.state = json.loads(ck["rng"])
-        g.set_state(ck["torch_rng"])
-        print(f"resumed at step {step}, {done:.0f}s of {budget:.0f}s done", flush=True)
+        if ctx.distributed:
+            rng.bit_generator.state = json.loads(ck["rank_rngs"])[ctx.rank]
+            g.set_state(ck["rank_torch_rngs"][ctx.rank])
+        else:
+            rng.bit_generator.state = json.loads(ck["rng"])
+            g.set_state(ck["torch_rng"])
+        log(f"resumed at step {step}, {done:.0f}s of {budget:.0f}s done", flush=True)
+    net = ddp.wrap(model, ctx)  # forward and backward through `net`; everything else uses `model` itself
+    if args.dump_weights:
+        dump_state(model, args.dump_weights / f"rank{ctx.rank}_start.safetensors")
     t_train = time.time() - done
-    n_synth = round(args.batch * args.synth_frac)
+    n_synth = args.batch if args.no_real else round(args.batch * args.synth_frac)
     warmup = 100 if args.init is None else 20
     while True:
-        elapsed = time.time() - t_train
-        if elapsed > budget:
+        # Rank 0's clock rules: the same stop step and the same learning rate on every rank (separate clocks
+        # would stop the ranks at different steps, and the last one would wait for the others forever).
+        elapsed = ddp.broadcast_float(time.time() - t_train, ctx)
+        if (step >= args.steps) if args.steps else (elapsed > budget):
             break
-        lr = args.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, elapsed / budget)))
+        progress = step / args.steps if args.steps else elapsed / budget
+        lr = args.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
         lr = lr * min(1.0, (step + 1) / warmup)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -239,40 +336,36 @@ def main():
         k = n_real if args.v1 else int(rng.binomial(n_real, args.original_frac))
         draws = [(real[:n_orig], k), (real[n_orig:], n_real - k), (synth, n_synth)]
         parts = [crop_batch(pool, n, args.patch, rng) for pool, n in draws if n]
-        img, tgt, wt, msk = (torch.cat(z) for z in zip(*parts))
+        img, tgt, wt, msk = (torch.cat(z).to(ctx.device) for z in zip(*parts))
         img, tgt, wt, msk = augment_batch(img, tgt, wt, msk, aug, g)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-            logits = model(img)
+        with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            logits = net(img)
         if logits.shape[-1] != tgt.shape[-1]:  # valid mode: targets cropped to the output
             c = (tgt.shape[-1] - logits.shape[-1]) // 2
             tgt, wt, msk = (a[..., c : c + logits.shape[-2], c : c + logits.shape[-1]] for a in (tgt, wt, msk))
         loss = masked_loss(logits.float(), tgt, wt, msk)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # under DDP the gradients are averaged over the ranks here
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
         step += 1
-        ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+        ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()  # rank 0's batches in the log
         if step % 25 == 0:
-            print(
+            log(
                 f"step {step} t={elapsed:.0f}s loss={ema:.4f} lr={lr:.2e} {step / max(elapsed, 1e-9):.2f} it/s",
                 flush=True,
             )
         if step % args.eval_every == 0:
-            sel, ap = score(model)
-            history.append(
-                {
-                    "step": step,
-                    "seconds": round(elapsed),
-                    "loss": round(ema, 4),
-                    "val_ap50": round(ap, 4),
-                    "select": round(sel, 4),
-                }
-            )
-            print(f"  eval step {step}: mnfinder val AP@0.5 = {ap:.3f}, selection score {sel:.3f}", flush=True)
-            if sel >= best:
-                best, best_state = sel, {k: v.clone() for k, v in model.state_dict().items()}
-            if args.checkpoint:
+            # All ranks reach this step together; only rank 0 evaluates and writes, the others wait for it in
+            # the next step's collectives. Each rank's data stream goes into the checkpoint for --resume.
+            rngs = ddp.gather((rng.bit_generator.state, g.get_state()), ctx) if args.checkpoint else []
+            if ctx.main:
+                sel, ap = score(model)
+                history.append(entry(step, elapsed, ema, sel, ap))
+                report(f"  eval step {step}", sel, ap)
+                if sel >= best:
+                    best, best_state = sel, {k: v.clone() for k, v in model.state_dict().items()}
+            if ctx.main and args.checkpoint:
                 state = {
                     "model": model.state_dict(),
                     "opt": opt.state_dict(),
@@ -284,51 +377,61 @@ def main():
                     "history": json.dumps(history),
                     "rng": json.dumps(rng.bit_generator.state),
                     "torch_rng": g.get_state(),
+                    "world_size": ctx.world,
                 }
+                if ctx.distributed:
+                    state["rank_rngs"] = json.dumps([s for s, _ in rngs])
+                    state["rank_torch_rngs"] = [t for _, t in rngs]
                 torch.save(state, f"{args.checkpoint}.part")
                 Path(f"{args.checkpoint}.part").replace(args.checkpoint)
-    sel, ap = score(model)
-    history.append(
-        {
-            "step": step,
-            "seconds": round(time.time() - t_train),
-            "loss": round(ema, 4),
-            "val_ap50": round(ap, 4),
-            "select": round(sel, 4),
-        }
-    )
-    print(f"final step {step}: mnfinder val AP@0.5 = {ap:.3f}, selection score {sel:.3f}", flush=True)
-    if sel >= best:
-        best, best_state = sel, model.state_dict()
-    model.load_state_dict(best_state)
-    data = ["mnfinder/train (30 images, gold)"]
+    ddp.sync_buffers(model, ctx)  # every rank ends with rank 0's BatchNorm statistics, as the model file has
+    if args.dump_weights:
+        dump_state(model, args.dump_weights / f"rank{ctx.rank}.safetensors")
+    if ctx.main:  # rank 0: the final evaluation, the selection of the best step and the model file
+        sel, ap = score(model)
+        history.append(entry(step, time.time() - t_train, ema, sel, ap))
+        report(f"final step {step}", sel, ap)
+        if sel >= best:
+            best, best_state = sel, model.state_dict()
+        model.load_state_dict(best_state)
+        data, selected_on = describe_data(args)
+        info = ModelInfo(
+            config=config,
+            diameter=DIAMETER,
+            name="bundled",
+            mask_threshold=args.mask_threshold,
+            provenance={
+                "recipe": "recipes/train_bundled.py",
+                "args": {k: str(v) for k, v in vars(args).items() if k != "data"},
+                "processes": ctx.world,
+                "init": str(args.init) if args.init else None,
+                "data": data,
+                "selected_on": selected_on,
+                "val_ap50": next(h["val_ap50"] for h in history if h["select"] == round(best, 4)),
+                "steps": step,
+                "train_seconds": round(time.time() - t_train),
+                "date": date.today().isoformat(),
+                "history": history,
+            },
+        )
+        save_model(model, info, args.out)
+        print(json.dumps({"best_select": best, "steps": step, "out": str(args.out)}), flush=True)
+    ddp.barrier(ctx)  # the other ranks exit only once the model file is written
+    ddp.teardown(ctx)
+
+
+def describe_data(args) -> tuple[list[str], str]:
+    """The model file's provenance: what the run trained on, and what it selected on."""
+    data = [] if args.no_real else ["mnfinder/train (30 images, gold)"]
     if args.v1:
         data.append(f"synthetic x{args.synth} (napari_unet.core.synth, default style, 16-34 px)")
     else:
-        data += [
-            f"mnfinder/train x{args.variants} hard-case renderings (napari_unet.core.appearance.perturb)",
-            f"synthetic x{args.synth} (napari_unet.core.synth.WIDE, 8-80 px)",
-        ]
-    info = ModelInfo(
-        config=config,
-        diameter=DIAMETER,
-        name="bundled",
-        mask_threshold=args.mask_threshold,
-        provenance={
-            "recipe": "recipes/train_bundled.py",
-            "args": {k: str(v) for k, v in vars(args).items() if k != "data"},
-            "init": str(args.init) if args.init else None,
-            "data": data,
-            "selected_on": "mnfinder/val AP@0.5" if args.v1 else "mean of mnfinder/val and wide synthetic val AP@0.5",
-            "val_ap50": round(next(h["val_ap50"] for h in history if h["select"] == round(best, 4)), 4),
-            "steps": step,
-            "train_seconds": round(time.time() - t_train),
-            "date": date.today().isoformat(),
-            "history": history,
-        },
-    )
-    save_model(model, info, args.out)
-    print(json.dumps({"best_select": best, "steps": step, "out": str(args.out)}), flush=True)
+        if not args.no_real:
+            data.append(f"mnfinder/train x{args.variants} hard-case renderings (napari_unet.core.appearance.perturb)")
+        data.append(f"synthetic x{args.synth} (napari_unet.core.synth.WIDE, 8-80 px)")
+    if args.no_real:
+        return data, f"synthetic val x{args.synth_val} AP@0.5"
+    return data, "mnfinder/val AP@0.5" if args.v1 else "mean of mnfinder/val and wide synthetic val AP@0.5"
 
 
 if __name__ == "__main__":

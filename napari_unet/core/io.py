@@ -124,6 +124,11 @@ def read_zarr(path: Path) -> ImageData:
     if not hasattr(node, "shape"):  # a group: OME-Zarr multiscales -> the full-resolution level
         attrs = dict(node.attrs)
         ms = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+        if not ms and "labels" in node.group_keys():  # labels only, as `segment -o OUT.zarr` writes
+            name = dict(node["labels"].attrs).get("labels", ["nuclei"])[0]
+            labels = read_zarr(path / "labels" / name)
+            labels.metadata["labels"] = True
+            return labels
         if not ms:
             arrays = list(node.array_keys())
             if not arrays:

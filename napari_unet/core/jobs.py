@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .blockwise import DEFAULT_BLOCK
+
 MIN_TILE = 64
 
 
@@ -118,13 +120,14 @@ def segment_job(
     link_iou: float | None = None,
     tta: bool = False,
     doubt: bool = False,
+    block: int | None = DEFAULT_BLOCK,
 ) -> Generator[object, None, object]:
     """Segment `image` (already a copy of what the user chose) with out-of-memory fallbacks.
 
     Args:
         image: The data to segment, with `axes`.
         model: A loaded U-Net or a model spec.
-        device, diameter, channel, axes, tile, overlap, batch_size, probabilities, link_iou, tta, doubt: As
+        device, diameter, channel, axes, tile, overlap, batch_size, probabilities, link_iou, tta, doubt, block: As
             `core.segment.segment_iter`.
         estimate_plane: For a stack with no diameter given, estimate it on this plane (flat index)
             rather than on the first one (often empty at the top of a z-stack).
@@ -168,6 +171,7 @@ def segment_job(
                 link_iou=link_iou,
                 tta=tta,
                 doubt=doubt,
+                block=block,
             )
         except Exception as exc:
             if not is_out_of_memory(exc):

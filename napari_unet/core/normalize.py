@@ -175,36 +175,46 @@ def iter_planes(
         ranges = {None: percentile_range(image, low, high)}
     spatial = plane_shape + tuple(image.shape[-2:])
     out_axes = std.replace("C", "")
-
-    def load(idx: tuple[int, ...]) -> np.ndarray:
-        if not has_c:
-            lo, hi = ranges[None]
-            return normalize_plane(image[idx], lo, hi)
-        acc = None
-        for c, (lo, hi) in ranges.items():
-            p = normalize_plane(image[idx + (c,)], lo, hi)
-            acc = p if acc is None else acc + p
-        return acc / len(ranges) if len(ranges) > 1 else acc
-
-    planes = Planes(load, plane_shape)
+    planes = Planes(image, plane_shape, ranges if has_c else None, ranges.get(None))
     planes.channel = (channels[0] if len(channels) == 1 else "mean") if has_c else None
     return spatial, out_axes, planes
 
 
 class Planes:
-    """The normalised 2D planes of a stack: iterate for (plane index, plane), or load one with `at`."""
+    """The normalised 2D planes of a stack: iterate for (plane index, plane), load one with `at`, or
+    read any window of one lazily through `view`.
 
-    def __init__(self, load, plane_shape: tuple[int, ...]):
-        self._load = load
+    Holds only the (possibly lazy) image and the normalisation, so it pickles: a dask worker gets
+    the same planes, normalised exactly as on the client.
+    """
+
+    def __init__(self, image, plane_shape: tuple[int, ...], channel_ranges: dict | None, range_: tuple | None):
+        self.image = image  # (planes..., [C,] Y, X)
+        self.channel_ranges = channel_ranges  # {channel: (lo, hi)} with a channel axis, else None
+        self.range = range_  # (lo, hi) without one
         self.channel: int | str | None = None  # the channel used: an index, "mean", or None (no C axis)
         self.indices = list(np.ndindex(*plane_shape)) if plane_shape else [()]
+        self.plane_shape = tuple(image.shape[-2:])
+
+    def load(self, idx: tuple[int, ...], window: tuple[slice, slice] = (slice(None), slice(None))) -> np.ndarray:
+        """Plane `idx` (or its `window`), normalised float32; reads only that window of a lazy image."""
+        if self.channel_ranges is None:
+            return normalize_plane(self.image[idx + window], *self.range)
+        acc = None
+        for c, (lo, hi) in self.channel_ranges.items():
+            p = normalize_plane(self.image[idx + (c,) + window], lo, hi)
+            acc = p if acc is None else acc + p
+        return acc / len(self.channel_ranges) if len(self.channel_ranges) > 1 else acc
 
     def __iter__(self) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
         for idx in self.indices:
-            yield idx, self._load(idx)
+            yield idx, self.load(idx)
 
     def at(self, idx: tuple[int, ...]) -> np.ndarray:
-        return self._load(idx)
+        return self.load(idx)
+
+    def view(self, idx: tuple[int, ...]) -> PlaneView:
+        return PlaneView(self, idx)
 
     def most_contrasted(self, candidates: int = 9, max_samples: int = 250_000) -> tuple[int, ...]:
         """Index of the plane with the widest spread of intensities among up to `candidates` evenly spaced.
@@ -213,5 +223,24 @@ class Planes:
         objects are sharpest, so that is where their size can be measured.
         """
         picks = np.unique(np.linspace(0, len(self.indices) - 1, min(candidates, len(self.indices))).astype(int))
-        spread = [float(np.std(_sample(self._load(self.indices[k]), max_samples))) for k in picks]
+        spread = [float(np.std(_sample(self.view(self.indices[k]), max_samples))) for k in picks]
         return self.indices[picks[int(np.argmax(spread))]]
+
+
+class PlaneView:
+    """One normalised plane read lazily: ``view[y0:y1, x0:x1]`` (steps allowed) loads only that window."""
+
+    def __init__(self, planes: Planes, idx: tuple[int, ...]):
+        self.planes, self.idx = planes, idx
+        self.shape = planes.plane_shape
+        self.ndim = 2
+        self.dtype = np.dtype(np.float32)
+
+    def __getitem__(self, key) -> np.ndarray:
+        if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, slice) for k in key)):
+            raise TypeError("a plane view takes two slices, e.g. view[0:512, 0:512]")
+        return self.planes.load(self.idx, key)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self.planes.load(self.idx)
+        return out if dtype is None else out.astype(dtype)

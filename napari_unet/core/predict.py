@@ -14,11 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from skimage.transform import resize
 
 from .device import autocast_dtype
 from .model import UNet, fuse_batchnorm
-from .tiling import TileGrid, stitch
+from .tiling import TileGrid, input_span, linear_taps, resample_window, stitch
 
 
 @dataclass
@@ -96,7 +95,7 @@ def predict_plane(
     overlap: int = 32,
     batch_size: int | None = None,
 ) -> Generator[tuple[int, int], None, np.ndarray]:
-    """Predict class probabilities of a normalised 2D plane.
+    """Predict class probabilities of a normalised 2D plane (`predict_window` over all of it).
 
     Args:
         infer: The prepared network.
@@ -113,32 +112,85 @@ def predict_plane(
     Returns:
         uint8 probabilities (3, H, W), 255 = 1.0.
     """
-    net = infer.net
     H, W = plane.shape
-    work = plane
-    if abs(scale - 1.0) > 0.02:
-        size = (max(1, round(H * scale)), max(1, round(W * scale)))
-        work = resize(plane, size, order=1, anti_aliasing=scale < 1, preserve_range=True).astype(np.float32)
+    return (
+        yield from predict_window(
+            infer, lambda ys, xs: plane[ys, xs], (H, W), (0, H, 0, W),
+            scale=scale, tile=tile, overlap=overlap, batch_size=batch_size,
+        )
+    )  # fmt: skip
+
+
+def network_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
+    """The plane's size once rescaled for the network (unchanged within 2 % of 1)."""
+    if abs(scale - 1.0) <= 0.02:
+        return tuple(shape)
+    return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
+
+
+def predict_window(
+    infer: InferenceModel,
+    read,
+    shape: tuple[int, int],
+    window: tuple[int, int, int, int],
+    *,
+    scale: float = 1.0,
+    tile: int | None = None,
+    overlap: int = 32,
+    batch_size: int | None = None,
+) -> Generator[tuple[int, int], None, np.ndarray]:
+    """Class probabilities of the `window` (y0, y1, x0, x1) of a plane of `shape`, reading only what it needs.
+
+    The tiles are those of the whole plane, blended in the same order, and the rescaling is done per
+    window with the whole plane's geometry, so a window gets the same probabilities as the same pixels
+    of the whole plane: the result does not depend on how a big plane is cut into blocks.
+
+    Args:
+        read: ``read(rows, cols)`` -> normalised float32 pixels of the plane, for two slices.
+        shape: (H, W) of the whole plane.
+        scale, tile, overlap, batch_size: As `predict_plane`.
+
+    Returns:
+        uint8 probabilities (3, y1 - y0, x1 - x0), 255 = 1.0.
+    """
+    net = infer.net
+    H, W = shape
+    y0, y1, x0, x1 = window
+    h, w = network_shape(shape, scale)
+    resized = (h, w) != (H, W)
     slack = 2 * overlap if tile is None else 0  # a tile size the caller chose is a hard limit
     tile = default_tile(net, tile)
-    h, w = work.shape
     tin = (plan_axis(net, h, tile, overlap, slack), plan_axis(net, w, tile, overlap, slack))
     tout = (net.output_size(tin[0]), net.output_size(tin[1]))
     ov = min(overlap, tout[0] // 2, tout[1] // 2)
     if batch_size is None:  # about 256 k pixels a batch: enough to keep the cores busy, little memory
         batch_size = max(1, round(4 * 256 * 256 / (tin[0] * tin[1])))
     grid = TileGrid((h, w), tin, tout, ov)
-    probs = np.empty((3, h, w), np.uint8)
+    if resized:  # the network pixels that bilinear resizing back to `window` reads
+        ty, tx = linear_taps(h, H, y0, y1), linear_taps(w, W, x0, x1)
+        net_window = (int(ty[0].min()), int(ty[1].max()) + 1, int(tx[0].min()), int(tx[1].max()) + 1)
+    else:
+        net_window = window
+    a, b, c, d = input_span(grid, net_window)
+    if resized:
+        work = resample_window(read, (H, W), (h, w), (a, b, c, d), antialias=scale < 1)
+    else:
+        work = np.asarray(read(slice(a, b), slice(c, d)), dtype=np.float32)
+    ny0, ny1, nx0, nx1 = net_window
+    probs = np.empty((3, ny1 - ny0, nx1 - nx0), np.uint8)
 
-    def sink(y0: int, y1: int, block: np.ndarray) -> None:
-        probs[:, y0:y1] = np.clip(block * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    def sink(r0: int, r1: int, block: np.ndarray) -> None:
+        probs[:, r0 - ny0 : r1 - ny0] = np.clip(block * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
-    yield from stitch(grid, work[None], infer, sink, channels=3, batch_size=batch_size)
-    if work is not plane:
-        probs = np.stack(
-            [
-                resize(p, (H, W), order=1, preserve_range=True, anti_aliasing=False).round().astype(np.uint8)
-                for p in probs
-            ]
-        )
+    yield from stitch(
+        grid, work[None], infer, sink, channels=3, batch_size=batch_size, window=net_window, origin=(a, c)
+    )
+    del work
+    if resized:
+
+        def read_probs(rows: slice, cols: slice) -> np.ndarray:
+            return probs[:, rows.start - ny0 : rows.stop - ny0, cols.start - nx0 : cols.stop - nx0]
+
+        back = resample_window(read_probs, (h, w), (H, W), window)
+        probs = np.clip(back + 0.5, 0, 255).astype(np.uint8)
     return probs

@@ -61,8 +61,7 @@ def object_measures(
     if "interior" in which:
         out["interior"] = _means(p[INTERIOR], compact, n)
     if "certainty" in which:
-        q = np.clip(p, 1e-6, 1.0)
-        out["certainty"] = _means(1.0 + (q * np.log(q)).sum(0) / np.log(3.0), compact, n)
+        out["certainty"] = _means(certainty_map(p), compact, n)
     if "core" in which:
         out["core"] = _means((p[INTERIOR] > 0.5).astype(np.float32), compact, n)
     if "edge" in which:
@@ -79,6 +78,13 @@ def object_measures(
     return ids, out
 
 
+def certainty_map(probs: np.ndarray) -> np.ndarray:
+    """Per-pixel certainty in [0, 1]: 1 minus the normalised softmax entropy of the classes (float32)."""
+    p = probs.astype(np.float32) / (255.0 if probs.dtype == np.uint8 else 1.0)
+    q = np.clip(p, 1e-6, 1.0)
+    return 1.0 + (q * np.log(q)).sum(0) / np.float32(np.log(3.0))
+
+
 def object_scores(labels: np.ndarray, probs: np.ndarray, measure: str = SCORE) -> dict[int, float]:
     """{label id: confidence in [0, 1]} of every object of a 2D labels image (see `object_measures`)."""
     ids, measures = object_measures(labels, probs, (measure,))
@@ -87,6 +93,4 @@ def object_scores(labels: np.ndarray, probs: np.ndarray, measure: str = SCORE) -
 
 def doubt_map(probs: np.ndarray) -> np.ndarray:
     """Per-pixel doubt, uint8 (255 = most doubtful): the normalised softmax entropy of the classes."""
-    p = np.clip(probs.astype(np.float32) / (255.0 if probs.dtype == np.uint8 else 1.0), 1e-6, 1.0)
-    entropy = -(p * np.log(p)).sum(0) / np.log(3.0)
-    return np.round(255 * np.clip(entropy, 0, 1)).astype(np.uint8)
+    return np.round(255 * np.clip(1.0 - certainty_map(probs), 0, 1)).astype(np.uint8)

@@ -16,6 +16,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 from skimage.transform import resize
 
+from .blockwise import DEFAULT_BLOCK, plan_blocks, segment_block_iter, stitch_blocks
 from .device import describe, select_device
 from .errors import InputError
 from .instances import labels_from_probabilities, link_planes, median_diameter, min_object_size
@@ -24,7 +25,7 @@ from .model import UNet
 from .modelfile import ModelInfo
 from .normalize import iter_planes
 from .predict import InferenceModel, predict_plane
-from .scores import MEASURES, SCORE, doubt_map, object_measures
+from .scores import MEASURES, doubt_map, object_measures
 
 
 @dataclass
@@ -156,6 +157,7 @@ def segment_iter(
     tta: bool = False,
     doubt: bool = False,
     measures: bool = False,
+    block: int | None = DEFAULT_BLOCK,
 ) -> Generator[Progress, None, SegmentResult]:
     """Segment a 2D image or a stack, plane by plane. See `napari_unet.segment` for the arguments.
 
@@ -187,41 +189,54 @@ def segment_iter(
     if used_diameter is None:  # once per stack, on the plane where objects are sharpest
         yield Progress(0, n_planes, 0, 1, "estimating object size")
         best = planes.most_contrasted() if n_planes > 1 else planes.indices[0]
-        used_diameter = estimate_diameter(replace(infer, tta=False), planes.at(best), info)
-    for k, (idx, plane) in enumerate(planes):
+        used_diameter = estimate_diameter(replace(infer, tta=False), planes.view(best), info)
+    for k, idx in enumerate(planes.indices):
         scale = info.diameter / used_diameter
-        gen = predict_plane(infer, plane, scale=scale, tile=tile, overlap=overlap, batch_size=batch_size)
-        while True:
-            try:
-                done, total = next(gen)
-            except StopIteration as stop:
-                probs = stop.value
-                break
-            yield Progress(k, n_planes, done, total)
-        del plane  # the normalised plane is not needed past prediction
-        if probs_out is not None:
-            probs_out[idx] = 255 - probs[0]
-        lab = labels_from_probabilities(
-            probs, min_size=min_object_size(used_diameter), mask_threshold=info.mask_threshold
-        )
-        ids, found = object_measures(lab, probs, MEASURES if measures else (SCORE,))
-        plane_scores += [
-            (tuple(int(i) for i in idx), int(i) + offset, round(float(v), 4)) for i, v in zip(ids, found[SCORE])
-        ]
-        if measures:
-            for name, values in found.items():
-                all_measures.setdefault(name, []).extend(values.tolist())
-            last_probs = probs  # the benchmark times the scoring alone on them
-        if doubt_out is not None:
-            doubt_out[idx] = doubt_map(probs)
-        del probs
+        plan = plan_blocks(planes.plane_shape, used_diameter, scale, block)
+        if measures and len(plan) > 1:
+            raise InputError("measures are computed on planes of one block only; pass a larger block")
+        lab = labels[idx] if labels is not None else np.zeros(planes.plane_shape, np.int32)
+        outputs = {}
+        for b in range(len(plan)):
+            gen = segment_block_iter(
+                planes, idx, plan, b, infer, scale=scale, min_size=min_object_size(used_diameter),
+                mask_threshold=info.mask_threshold, tile=tile, overlap=overlap, batch_size=batch_size,
+                probabilities=probs_out is not None or doubt_out is not None or measures,
+            )  # fmt: skip
+            while True:
+                try:
+                    done, total = next(gen)
+                except StopIteration as stop:
+                    out = stop.value
+                    break
+                if len(plan) == 1:
+                    yield Progress(k, n_planes, done, total)
+                else:  # blocks differ in size: count each as 1000 steps
+                    yield Progress(
+                        k, n_planes, b * 1000 + 1000 * done // total, len(plan) * 1000, f"block {b + 1}/{len(plan)}"
+                    )
+            y0, y1, x0, x1 = plan.block(b).core
+            lab[y0:y1, x0:x1] = out.labels  # local ids until the plane is stitched
+            if out.probabilities is not None:
+                if probs_out is not None:
+                    probs_out[idx][y0:y1, x0:x1] = 255 - out.probabilities[0]
+                if doubt_out is not None:
+                    doubt_out[idx][y0:y1, x0:x1] = doubt_map(out.probabilities)
+            if measures:
+                ids, found = object_measures(out.labels, out.probabilities, MEASURES)
+                for name, values in found.items():
+                    all_measures.setdefault(name, []).extend(values.tolist())
+                last_probs = out.probabilities  # the benchmark times the scoring alone on them
+            out.labels = out.probabilities = None  # the strips and sums are all stitching needs
+            outputs[b] = out
+        stitched = stitch_blocks(plan, outputs, first_id=offset + 1)
+        for b, lut in stitched.luts.items():
+            y0, y1, x0, x1 = plan.block(b).core
+            lab[y0:y1, x0:x1] = lut[lab[y0:y1, x0:x1]]
+        plane_scores += [(tuple(int(i) for i in idx), i, v) for i, v in stitched.scores.items()]
+        offset += stitched.n_objects
         if labels is None:
             labels = lab
-            continue
-        if lab.max():
-            lab[lab > 0] += offset
-            offset = int(lab.max())
-        labels[idx] = lab
     if link_iou is not None and labels.ndim > 2:
         flat = labels.reshape(-1, *labels.shape[-2:])
         linked = link_planes(flat, link_iou)

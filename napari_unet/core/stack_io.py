@@ -155,6 +155,8 @@ def image_layers(
     layer_scale = [float(sizes.get(a, 1.0)) for a in spatial_axes]
     axis_labels = [a.lower() for a in spatial_axes]
     base_meta = {"axes": spatial_axes, "source": source, "key": key or name}
+    if img.metadata.get("labels"):  # an OME-Zarr of labels (`segment -o OUT.zarr`): a Labels layer
+        return [(data, {"name": name, "scale": layer_scale, "axis_labels": axis_labels}, "labels")]
     if "C" not in std:
         if channel not in (None, 0):
             raise InputError(f"channel {channel} requested but the image has no channel axis")

@@ -86,14 +86,19 @@ class TileGrid:
     def __len__(self) -> int:
         return len(self.ys) * len(self.xs)
 
-    def input_tile(self, image: np.ndarray, y: int, x: int) -> np.ndarray:
-        """The input tile whose output starts at (y, x), mirrored where it leaves the image."""
+    def input_tile(self, image: np.ndarray, y: int, x: int, origin: tuple[int, int] = (0, 0)) -> np.ndarray:
+        """The input tile whose output starts at (y, x), mirrored where it leaves the plane.
+
+        `image` holds the plane from `origin` (row, column) on: the whole plane, or the part that a
+        window's tiles read (`input_span`).
+        """
         (h, w), (sy, sx) = self.tile_in, self.context
         y0, x0 = y - sy, x - sx
-        H, W = image.shape[-2:]
+        H, W = self.shape
+        oy, ox = origin
         if y0 >= 0 and x0 >= 0 and y0 + h <= H and x0 + w <= W:
-            return image[..., y0 : y0 + h, x0 : x0 + w]
-        ry, rx = reflect_indices(y0, y0 + h, H), reflect_indices(x0, x0 + w, W)
+            return image[..., y0 - oy : y0 - oy + h, x0 - ox : x0 - ox + w]
+        ry, rx = reflect_indices(y0, y0 + h, H) - oy, reflect_indices(x0, x0 + w, W) - ox
         return image[..., ry[:, None], rx[None, :]]
 
     @property
@@ -115,57 +120,76 @@ def stitch(
     sink: Sink,
     channels: int,
     batch_size: int = 4,
+    *,
+    window: tuple[int, int, int, int] | None = None,
+    origin: tuple[int, int] = (0, 0),
 ) -> Generator[tuple[int, int], None, None]:
-    """Predict every tile of `image` and blend the outputs, streaming finished rows to `sink`.
+    """Predict the tiles of `grid` and blend the outputs, streaming finished rows to `sink`.
+
+    With a `window`, only the tiles whose output reaches into it are predicted, and only the window is
+    blended, in the same order as for the whole plane: a window's result is the same numbers as the
+    same pixels of the whole plane's, which is what lets blocks of a big plane (`core.blockwise`)
+    agree with the whole-plane result whatever the block size.
 
     Args:
-        grid: The tile layout; `grid.shape` must equal `image.shape[-2:]`.
-        image: (H, W) or (C_in, H, W) float array.
+        grid: The tile layout of the whole plane.
+        image: (H, W) or (C_in, H, W) float array: the whole plane, or the part of it starting at
+            `origin` (row, column) that holds every input pixel the window's tiles read (mirrored
+            indices included).
         predict: Maps a batch (B, C_in, *tile_in) to (B, channels, *tile_out) float32.
-        sink: Called as ``sink(y0, y1, block)`` with block (channels, y1 - y0, W) float32 for each
-            finished band of rows, top to bottom, covering [0, H) exactly once.
+        sink: Called as ``sink(y0, y1, block)`` with block (channels, y1 - y0, window width) float32
+            for each finished band of rows, top to bottom, covering the window's rows exactly once
+            (y0, y1 in plane coordinates).
         channels: Output channels of `predict`.
         batch_size: Tiles per call of `predict`.
+        window: (y0, y1, x0, x1) of the plane to produce; None for the whole plane.
+        origin: Plane coordinates of `image`'s first pixel.
 
     Yields:
         (tiles done, tiles in total) after each batch.
     """
     H, W = grid.shape
-    if tuple(image.shape[-2:]) != (H, W):
-        raise ValueError(f"grid shape {grid.shape} != image shape {image.shape[-2:]}")
+    wy0, wy1, wx0, wx1 = window or (0, H, 0, W)
     if image.ndim == 2:
         image = image[None]
+    if window is None and origin == (0, 0) and tuple(image.shape[-2:]) != (H, W):
+        raise ValueError(f"grid shape {grid.shape} != image shape {image.shape[-2:]}")
     oh, ow = grid.tile_out
     win = blend_window(grid.tile_out, grid.overlap)
-    ys, xs = grid.ys, grid.xs
+    ys = [y for y in grid.ys if y < wy1 and y + oh > wy0]
+    xs = [x for x in grid.xs if x < wx1 and x + ow > wx0]
     total, done = len(ys) * len(xs), 0
-    # Band buffer covering image rows [lo, lo + cap); rows above `lo` are already finished.
+    width = wx1 - wx0
+    # Band buffer covering plane rows [lo, lo + cap); rows above `lo` are already finished.
     cap = 2 * oh + 1
-    acc = np.zeros((channels, cap, W), np.float32)
-    wsum = np.zeros((cap, W), np.float32)
-    lo = 0
+    acc = np.zeros((channels, cap, width), np.float32)
+    wsum = np.zeros((cap, width), np.float32)
+    lo = wy0
     for r, y in enumerate(ys):
         positions = [(y, x) for x in xs]
         for b in range(0, len(positions), batch_size):
             chunk = positions[b : b + batch_size]
-            batch = np.stack([grid.input_tile(image, yy, xx) for yy, xx in chunk]).astype(np.float32, copy=False)
+            batch = np.stack([grid.input_tile(image, yy, xx, origin) for yy, xx in chunk]).astype(
+                np.float32, copy=False
+            )
             out = np.asarray(predict(batch), dtype=np.float32)
             if out.shape != (len(chunk), channels, oh, ow):
                 raise ValueError(f"predictor returned {out.shape}, expected {(len(chunk), channels, oh, ow)}")
             for (yy, xx), o in zip(chunk, out):
-                # Clip the output tile to the image, then place it in the band buffer.
-                ty0, tx0 = max(0, -yy), max(0, -xx)
-                ty1, tx1 = min(oh, H - yy), min(ow, W - xx)
+                # Clip the output tile to the window, then place it in the band buffer.
+                ty0, tx0 = max(0, wy0 - yy), max(0, wx0 - xx)
+                ty1, tx1 = min(oh, wy1 - yy), min(ow, wx1 - xx)
                 if ty1 <= ty0 or tx1 <= tx0:
                     continue
                 by0, by1 = yy + ty0 - lo, yy + ty1 - lo
+                bx0, bx1 = xx + tx0 - wx0, xx + tx1 - wx0
                 w = win[ty0:ty1, tx0:tx1]
-                acc[:, by0:by1, xx + tx0 : xx + tx1] += o[:, ty0:ty1, tx0:tx1] * w
-                wsum[by0:by1, xx + tx0 : xx + tx1] += w
+                acc[:, by0:by1, bx0:bx1] += o[:, ty0:ty1, tx0:tx1] * w
+                wsum[by0:by1, bx0:bx1] += w
             done += len(chunk)
             yield done, total
         # Rows before the next tile row's first row are final.
-        done_to = H if r + 1 == len(ys) else min(H, max(lo, ys[r + 1]))
+        done_to = wy1 if r + 1 == len(ys) else min(wy1, max(lo, ys[r + 1]))
         n = done_to - lo
         if n > 0:
             sink(lo, done_to, acc[:, :n] / wsum[:n])
@@ -174,3 +198,49 @@ def stitch(
             wsum[: cap - n] = wsum[n:].copy()
             wsum[cap - n :] = 0
             lo = done_to
+
+
+def input_span(grid: TileGrid, window: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1) of the plane pixels that the tiles reaching into `window` read (mirroring included)."""
+    (H, W), (oh, ow), (h, w), (sy, sx) = grid.shape, grid.tile_out, grid.tile_in, grid.context
+    wy0, wy1, wx0, wx1 = window
+    ys = [y for y in grid.ys if y < wy1 and y + oh > wy0]
+    xs = [x for x in grid.xs if x < wx1 and x + ow > wx0]
+    ry = reflect_indices(ys[0] - sy, ys[-1] - sy + h, H)
+    rx = reflect_indices(xs[0] - sx, xs[-1] - sx + w, W)
+    return int(ry.min()), int(ry.max()) + 1, int(rx.min()), int(rx.max()) + 1
+
+
+def linear_taps(n_in: int, n_out: int, o0: int, o1: int):
+    """Source taps of output pixels o0..o1-1 when resizing n_in -> n_out px (pixel centres aligned)."""
+    c = np.clip((np.arange(o0, o1) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
+    i0 = np.floor(c).astype(np.int64)
+    return i0, np.minimum(i0 + 1, n_in - 1), (c - i0).astype(np.float32)
+
+
+def resample_window(read, in_shape, out_shape, window, antialias: bool = False) -> np.ndarray:
+    """Pixels `window` (y0, y1, x0, x1) of a plane of `in_shape` resized to `out_shape`, reading only what they need.
+
+    Bilinear with pixel centres aligned, as scikit-image's ``resize(order=1)``; with `antialias`, a
+    Gaussian (sigma = (factor - 1) / 2, as scikit-image) is applied first over the part read plus a
+    margin of its radius, so a window's pixels equal those of the whole plane resized.
+
+    Args:
+        read: ``read(rows, cols)`` -> float32 (..., rows, cols) of the source plane, for two slices.
+    """
+    import scipy.ndimage as ndi
+
+    (H, W), (h, w) = in_shape, out_shape
+    y0, y1, x0, x1 = window
+    ty, tx = linear_taps(H, h, y0, y1), linear_taps(W, w, x0, x1)
+    sigma = (max(0.0, (H / h - 1) / 2), max(0.0, (W / w - 1) / 2)) if antialias else (0.0, 0.0)
+    my, mx = (int(4 * s + 0.5) + 1 if s > 0 else 0 for s in sigma)
+    r0, r1 = max(0, int(ty[0].min()) - my), min(H, int(ty[1].max()) + 1 + my)
+    c0, c1 = max(0, int(tx[0].min()) - mx), min(W, int(tx[1].max()) + 1 + mx)
+    src = np.asarray(read(slice(r0, r1), slice(c0, c1)), dtype=np.float32)
+    if any(s > 0 for s in sigma):
+        src = ndi.gaussian_filter(src, (0,) * (src.ndim - 2) + sigma, mode="mirror")
+    a, b, f = ty
+    rows = src[..., a - r0, :] * (1 - f)[:, None] + src[..., b - r0, :] * f[:, None]
+    a, b, f = tx
+    return rows[..., a - c0] * (1 - f) + rows[..., b - c0] * f

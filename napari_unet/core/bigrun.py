@@ -1,0 +1,358 @@
+"""Segment an image of any size into an OME-Zarr, block by block, resumably, here or on a dask cluster.
+
+The output is built in ``OUT.zarr.part`` and renamed to ``OUT.zarr`` only when complete, so a
+``.zarr`` is always whole and a ``.part`` is always a run that did not finish. Inside the ``.part``,
+``napari-unet-run/`` records the run's settings and every finished block (its stitching summary: a
+few strips and sums), next to the blocks' provisional labels; running the same command again skips
+the finished blocks. Stitching (`core.blockwise`) then writes the final labels chunk by chunk, and
+the NGFF metadata (``labels/nuclei``, multiscales + image-label, via ome-zarr) makes it a labels
+image that napari and other OME-Zarr viewers open.
+
+Blocks run in this process, or as tasks on dask.distributed (`cluster`): ``"local:N"`` starts a
+LocalCluster of N single-threaded workers, an address or a `distributed.Client` uses an existing
+cluster. The network is sent once to every worker; each worker writes its blocks' provisional
+labels itself (the output must be on storage the workers share, as on any cluster).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_write
+from .blockwise import DEFAULT_BLOCK, BlockOutput, BlockPlan, plan_blocks, segment_block_iter, stitch_blocks
+from .errors import InputError
+from .jobs import Notice, drain
+
+WORK = "napari-unet-run"
+LABELS_PATH = "labels/nuclei"
+FORMAT = 1  # of the run record: a .part from another format is not resumed
+
+
+@dataclass
+class BigResult:
+    """What a run to an OME-Zarr made: where, how many objects, and each object's score."""
+
+    path: Path
+    n_objects: int
+    diameter: float
+    device: str
+    axes: str
+    blocks: int
+    resumed_blocks: int = 0
+    plane_scores: list[tuple[tuple[int, ...], int, float]] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+
+def part_path(out: Path) -> Path:
+    return out.with_name(out.name + ".part")
+
+
+def _settings(planes, shape, diameter, block, tile, overlap, model_id, channel) -> dict:
+    return {
+        "format": FORMAT, "shape": list(shape), "diameter": diameter, "block": block, "tile": tile,
+        "overlap": overlap, "model": model_id, "channel": channel,
+        "ranges": repr(planes.channel_ranges if planes.channel_ranges is not None else planes.range),
+    }  # fmt: skip
+
+
+def model_id(model) -> str:
+    """A digest of the network's weights and settings: a run resumes only with the same model."""
+    import hashlib
+
+    h = hashlib.sha256(repr(model.config).encode())
+    info = getattr(model, "info", None)
+    h.update(repr((getattr(info, "diameter", None), getattr(info, "mask_threshold", None))).encode())
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _open_part(part: Path, settings: dict, spatial, chunks):
+    """The .part's output and provisional arrays, created or reopened; (output, provisional, resumed)."""
+    import zarr
+
+    record = part / WORK / "run.json"
+    resumed = record.exists()
+    if resumed:
+        try:
+            old = json.loads(record.read_text())
+        except (OSError, ValueError):
+            old = None
+        if old != settings:
+            raise InputError(
+                f"'{part}' is an unfinished run with other settings (image, model or options); "
+                "run the same command to resume it, or delete it to start again"
+            )
+    elif part.exists():
+        raise InputError(f"'{part}' exists but holds no napari-unet run; delete it first")
+    root = zarr.open_group(str(part), mode="a")
+    kw = dict(shape=tuple(spatial), chunks=tuple(chunks), dtype="int32", fill_value=0)
+    if resumed:
+        out, prov = root[LABELS_PATH + "/0"], zarr.open_array(str(part / WORK / "provisional.zarr"), mode="r+")
+    else:
+        out = root.require_group(LABELS_PATH).create_array("0", **kw)
+        prov = zarr.create_array(str(part / WORK / "provisional.zarr"), **kw)
+        (part / WORK / "blocks").mkdir(parents=True, exist_ok=True)
+        with atomic_write(record) as tmp:
+            tmp.write_text(json.dumps(settings))
+    return out, prov, resumed
+
+
+def _summary_path(part: Path, plane: tuple[int, ...], index: int) -> Path:
+    return part / WORK / "blocks" / ("_".join(map(str, (*plane, index))) + ".npz")
+
+
+def _save_summary(path: Path, o: BlockOutput) -> None:
+    arrays = {f"strip_{k}": v for k, v in o.strips.items()}
+
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, n=o.n, area=o.area, certainty=o.certainty, seconds=o.seconds, **arrays)
+
+
+def _load_summary(path: Path, index: int) -> BlockOutput:
+    with np.load(path) as z:
+        strips = {k.removeprefix("strip_"): z[k] for k in z.files if k.startswith("strip_")}
+        return BlockOutput(
+            index, None, int(z["n"]), strips, z["area"], z["certainty"], seconds=float(z["seconds"])
+        )  # fmt: skip
+
+
+def run_block(planes, plane, plan: BlockPlan, index: int, infer, prov_path: str, params: dict) -> BlockOutput:
+    """Segment one block and write its provisional labels into the zarr at `prov_path` (here or on a worker)."""
+    import zarr
+
+    out = drain(segment_block_iter(planes, plane, plan, index, infer, **params))
+    y0, y1, x0, x1 = plan.block(index).core
+    zarr.open_array(prov_path, mode="r+")[plane + (slice(y0, y1), slice(x0, x1))] = out.labels
+    out.labels = None
+    return out
+
+
+def _worker_block(planes, plane, plan, index, model, device, precision, tta, prov_path, params):
+    """`run_block` on a dask worker: the network is prepared once per worker and kept there."""
+    import torch
+    from distributed import get_worker
+
+    from .device import select_device
+    from .predict import InferenceModel
+
+    worker = get_worker()
+    cache = worker.__dict__.setdefault("_napari_unet_nets", {})
+    key = (id(model), str(device), precision, tta)
+    if key not in cache:
+        torch.set_num_threads(max(1, int(getattr(worker, "nthreads", 1))))
+        dev = select_device(device)
+        if dev.type == "cuda" and torch.cuda.device_count() > 1:  # one GPU per worker, round robin
+            dev = torch.device("cuda", abs(hash(worker.name)) % torch.cuda.device_count())
+        cache.clear()
+        cache[key] = InferenceModel.prepare(model, dev, precision, tta=tta)
+    return run_block(planes, plane, plan, index, cache[key], prov_path, params)
+
+
+def connect(cluster):
+    """A `distributed.Client` for `cluster`: ``"local:N"``, a scheduler address, or a Client (used as is)."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise InputError("a cluster needs dask.distributed: pip install distributed") from None
+    if not isinstance(cluster, str):
+        return cluster, False
+    if cluster.startswith("local:"):
+        n = cluster.removeprefix("local:")
+        if not n.isdigit() or int(n) < 1:
+            raise InputError(f"--cluster local:N needs a number of workers, got '{cluster}'")
+        lc = LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True, dashboard_address=":0")
+        return Client(lc), True
+    try:
+        return Client(cluster, timeout="10s"), True
+    except (OSError, TimeoutError) as exc:
+        raise InputError(f"cannot reach the dask scheduler at '{cluster}': {exc}") from None
+
+
+def segment_to_zarr_iter(
+    image,
+    model,
+    out: str | os.PathLike,
+    *,
+    device: str = "auto",
+    diameter: float | None = None,
+    channel: int | str | None = None,
+    axes: str | None = None,
+    tile: int | None = None,
+    overlap: int = 32,
+    batch_size: int | None = None,
+    block: int = DEFAULT_BLOCK,
+    cluster=None,
+    precision: str = "auto",
+    tta: bool = False,
+    pixel_size: tuple[float, float] | None = None,
+    overwrite: bool = False,
+) -> Generator[object, None, BigResult]:
+    """Segment `image` into the OME-Zarr `out`, block by block; resumes an unfinished run of the same settings.
+
+    Yields:
+        `segment.Progress` (plane, planes, blocks done, blocks of the plane) and `jobs.Notice`.
+
+    Returns:
+        `BigResult`. Closing the generator (Stop, Ctrl-C) leaves a resumable ``.part``.
+    """
+
+    from .device import describe, select_device
+    from .instances import min_object_size
+    from .normalize import iter_planes
+    from .predict import InferenceModel
+    from .segment import Progress, estimate_diameter, model_info
+
+    out = Path(out)
+    if out.suffix != ".zarr":
+        raise InputError(f"a blockwise output must be a .zarr folder, got '{out}'")
+    if out.exists() and not overwrite:
+        raise InputError(f"'{out}' exists; pass --overwrite to replace it")
+    if not out.parent.is_dir():
+        raise InputError(f"the folder of '{out}' does not exist")
+    part = part_path(out)
+    info = model_info(model)
+    spatial, out_axes, planes = iter_planes(image, axes, channel)
+    dev = select_device(device)
+    infer = InferenceModel.prepare(model, dev, precision, tta=tta)
+    mid = model_id(model)
+    record = part / WORK / "run.json"
+    if diameter is None and record.exists():  # a resumed run keeps the diameter it estimated
+        try:
+            diameter = json.loads(record.read_text()).get("diameter")
+        except (OSError, ValueError):
+            diameter = None
+    if diameter is None:
+        yield Progress(0, len(planes.indices), 0, 1, "estimating object size")
+        best = planes.most_contrasted() if len(planes.indices) > 1 else planes.indices[0]
+        diameter = round(float(estimate_diameter(infer, planes.view(best), info)), 3)
+    scale = info.diameter / diameter
+    plan = plan_blocks(planes.plane_shape, diameter, scale, block)
+    chunks = (1,) * (len(spatial) - 2) + plan.core_shape
+    settings = _settings(planes, spatial, diameter, block, tile, overlap, mid, str(planes.channel))
+    settings["tta"] = tta
+    client, own = (None, False) if cluster is None else connect(cluster)  # before anything is written
+    try:
+        output, prov, resumed = _open_part(part, settings, spatial, chunks)
+    except BaseException:
+        if own:
+            client.close()
+        raise
+    params = dict(
+        scale=scale, min_size=min_object_size(diameter), mask_threshold=info.mask_threshold,
+        tile=tile, overlap=overlap, batch_size=batch_size,
+    )  # fmt: skip
+    prov_path = str(part / WORK / "provisional.zarr")
+    todo = [(p, i) for p in planes.indices for i in range(len(plan)) if not _summary_path(part, p, i).exists()]
+    n_all = len(planes.indices) * len(plan)
+    done_before = n_all - len(todo)
+    if resumed:
+        yield Notice(f"resuming '{part}': {done_before} of {n_all} blocks were done", "info")
+    t0 = time.perf_counter()
+    try:
+        n_done = done_before
+        if client is None:
+            for p, i in todo:
+                k = planes.indices.index(p)
+                gen = segment_block_iter(planes, p, plan, i, infer, **params)
+                while True:
+                    try:
+                        d, t = next(gen)
+                    except StopIteration as stop:
+                        o = stop.value
+                        break
+                    yield Progress(
+                        k,
+                        len(planes.indices),
+                        1000 * i + 1000 * d // t,
+                        1000 * len(plan),
+                        f"block {n_done + 1}/{n_all}",
+                    )
+                y0, y1, x0, x1 = plan.block(i).core
+                prov[p + (slice(y0, y1), slice(x0, x1))] = o.labels
+                _save_summary(_summary_path(part, p, i), o)
+                n_done += 1
+        else:
+            from distributed import as_completed
+
+            net = client.scatter(model, broadcast=True)
+            planes_f = client.scatter(planes, broadcast=True)
+            futures = {
+                client.submit(_worker_block, planes_f, p, plan, i, net, device, precision, tta, prov_path, params,
+                              key=f"napari-unet-block-{'_'.join(map(str, (*p, i)))}-{mid}", pure=False): (p, i)
+                for p, i in todo
+            }  # fmt: skip
+            try:
+                for fut in as_completed(futures):
+                    p, i = futures[fut]
+                    o = fut.result()
+                    _save_summary(_summary_path(part, p, i), o)
+                    n_done += 1
+                    yield Progress(0, 1, n_done, n_all, f"block {n_done}/{n_all} on the cluster")
+            finally:
+                for fut in futures:  # Cancel / Ctrl-C / an error: nothing keeps running on the cluster
+                    fut.cancel()
+        # Stitch plane by plane and write the final labels chunk by chunk.
+        yield Progress(0, 1, 0, 1, "stitching")
+        offset, plane_scores = 0, []
+        for p in planes.indices:
+            outputs = {i: _load_summary(_summary_path(part, p, i), i) for i in range(len(plan))}
+            st = stitch_blocks(plan, outputs, first_id=offset + 1)
+            for i, lut in st.luts.items():
+                y0, y1, x0, x1 = plan.block(i).core
+                key = p + (slice(y0, y1), slice(x0, x1))
+                output[key] = lut[prov[key]].astype(np.int32)
+            plane_scores += [(tuple(int(v) for v in p), i, s) for i, s in st.scores.items()]
+            offset += st.n_objects
+    finally:
+        if own:
+            client.close()
+    _write_ngff(part, out_axes, spatial, pixel_size)
+    shutil.rmtree(part / WORK)
+    _replace(part, out, overwrite)
+    return BigResult(
+        out, offset, float(diameter), describe(dev), out_axes, n_all, done_before, plane_scores,
+        {"channel": planes.channel, "seconds": time.perf_counter() - t0},
+    )  # fmt: skip
+
+
+def _write_ngff(part: Path, axes: str, shape, pixel_size) -> None:
+    import zarr
+    from ome_zarr.writer import write_label_metadata, write_multiscales_metadata
+
+    root = zarr.open_group(str(part), mode="a")
+    names = {"T": "t", "Z": "z", "Y": "y", "X": "x"}
+    ax = [{"name": names.get(a, a.lower()), "type": "time" if a == "T" else "space"} for a in axes]
+    scale = [1.0] * (len(shape) - 2) + list(pixel_size or (1.0, 1.0))
+    datasets = [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}]
+    write_multiscales_metadata(root[LABELS_PATH], datasets, axes=ax, name="nuclei")
+    write_label_metadata(root["labels"], "nuclei", source={"image": "../../"})
+
+
+def _replace(part: Path, out: Path, overwrite: bool) -> None:
+    """Move the finished .part to `out`; a replaced output is removed only once the new one is in place."""
+    if out.exists():
+        if not overwrite:
+            raise InputError(f"'{out}' appeared during the run; the result is kept in '{part}'")
+        old = out.with_name(out.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        out.rename(old)
+        part.rename(out)
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    else:
+        part.rename(out)
+
+
+def is_labels_zarr(path: Path) -> bool:
+    """True for an OME-Zarr written by `segment_to_zarr_iter` (or any with ``labels/nuclei``)."""
+    return (Path(path) / "labels" / "nuclei").is_dir()

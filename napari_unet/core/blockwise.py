@@ -1,0 +1,241 @@
+"""The one big-data engine: a plane in blocks with halos, instances per block, stitched global ids.
+
+A plane is cut into a grid of *cores* that tile it exactly; each block is segmented on its core
+grown by a halo of at least two object diameters, so every object that touches the core is seen
+whole and with context. A block keeps only its core: every output pixel comes from exactly one
+block, so objects can never overlap or be doubled. An object cut by a seam is in the cores of two
+(or four) blocks; each of them saw it whole, so their two versions overlap almost exactly in a strip
+across the seam, and they are merged there (overlap > half the smaller one's part of the strip).
+Merges are the connected components of that graph (scipy), and the final ids are numbered in
+block order, so the labels do not depend on the order in which blocks finish.
+
+A block's work is a pure function of the picklable `BlockJob` (the planes, the prepared network
+settings, the block), so the same code runs in this process, or on dask.distributed workers. The
+result of a block is small beyond its core labels (strips, per-object sums), which is what lets a
+run record finished blocks and resume (`core.bigrun`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from .instances import labels_from_probabilities
+from .scores import certainty_map
+
+#: Default block core, px: ~4.8 Mpx a block with its halo (about 150 MB of working memory, and
+#: about 13 % of the pixels predicted twice at the default halo).
+DEFAULT_BLOCK = 2048
+#: The halo is at least this many network pixels (the network's context), and two object diameters.
+MIN_HALO_NET_PX = 96
+FACES = ("top", "bottom", "left", "right")
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block of a plane: its core (what it writes) and its region (what it reads), (y0, y1, x0, x1)."""
+
+    index: int
+    row: int
+    col: int
+    core: tuple[int, int, int, int]
+    region: tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """How one (H, W) plane is cut: `rows` x `cols` cores of `core_shape` (the last ones smaller)."""
+
+    shape: tuple[int, int]
+    core_shape: tuple[int, int]
+    halo: int
+    strip: int  # half-width of the matching strip across a seam, px
+
+    @property
+    def rows(self) -> int:
+        return math.ceil(self.shape[0] / self.core_shape[0])
+
+    @property
+    def cols(self) -> int:
+        return math.ceil(self.shape[1] / self.core_shape[1])
+
+    def __len__(self) -> int:
+        return self.rows * self.cols
+
+    def block(self, index: int) -> Block:
+        r, c = divmod(index, self.cols)
+        (H, W), (bh, bw), h = self.shape, self.core_shape, self.halo
+        y0, x0 = r * bh, c * bw
+        y1, x1 = min(H, y0 + bh), min(W, x0 + bw)
+        return Block(index, r, c, (y0, y1, x0, x1), (max(0, y0 - h), min(H, y1 + h), max(0, x0 - h), min(W, x1 + h)))
+
+    def blocks(self) -> list[Block]:
+        return [self.block(i) for i in range(len(self))]
+
+    def neighbour(self, b: Block, face: str) -> int | None:
+        r, c = b.row + {"top": -1, "bottom": 1}.get(face, 0), b.col + {"left": -1, "right": 1}.get(face, 0)
+        return r * self.cols + c if 0 <= r < self.rows and 0 <= c < self.cols else None
+
+
+def plan_blocks(shape: tuple[int, int], diameter: float, scale: float, block: int | None = DEFAULT_BLOCK) -> BlockPlan:
+    """Cut a plane of `shape` into near-equal cores of at most `block` px (None: one block).
+
+    The halo is two object `diameter`s and at least `MIN_HALO_NET_PX` network pixels (`scale` is
+    network px per image px); the matching strip reaches one diameter to each side of a seam.
+    """
+    H, W = shape
+    halo = int(math.ceil(max(2 * diameter, MIN_HALO_NET_PX / scale)))
+    if block is None or (H <= block and W <= block):
+        return BlockPlan((H, W), (H, W), halo, 0)
+    if block < 2 * halo:
+        raise ValueError(f"block ({block} px) must be at least twice the halo ({halo} px)")
+    core = (math.ceil(H / math.ceil(H / block)), math.ceil(W / math.ceil(W / block)))
+    return BlockPlan((H, W), core, halo, max(2, int(math.ceil(diameter))))
+
+
+@dataclass
+class BlockOutput:
+    """What one block found: core labels with local ids 1..n, strips across its seams, per-object sums."""
+
+    index: int
+    labels: np.ndarray  # int32 (core h, core w), local ids 1..n
+    n: int
+    strips: dict[str, np.ndarray] = field(default_factory=dict)  # face -> local ids (0 = not this core's)
+    area: np.ndarray | None = None  # (n + 1,) core pixels of each local id
+    certainty: np.ndarray | None = None  # (n + 1,) sum of certainty over those pixels
+    probabilities: np.ndarray | None = None  # uint8 (3, core h, core w), when asked
+    seconds: float = 0.0
+
+
+def _strip_window(plan: BlockPlan, b: Block, face: str) -> tuple[slice, slice]:
+    """The strip across `face` of block `b`, in region coordinates: the core's rows (or columns) x 2 strip."""
+    (y0, y1, x0, x1), (ry0, _, rx0, _), s = b.core, b.region, plan.strip
+    if face in ("left", "right"):
+        x = x0 if face == "left" else x1
+        return slice(y0 - ry0, y1 - ry0), slice(x - s - rx0, x + s - rx0)
+    y = y0 if face == "top" else y1
+    return slice(y - s - ry0, y + s - ry0), slice(x0 - rx0, x1 - rx0)
+
+
+def segment_block_iter(
+    planes,
+    plane: tuple[int, ...],
+    plan: BlockPlan,
+    index: int,
+    infer,
+    *,
+    scale: float,
+    min_size: int,
+    mask_threshold: float,
+    tile: int | None = None,
+    overlap: int = 32,
+    batch_size: int | None = None,
+    probabilities: bool = False,
+) -> Generator[tuple[int, int], None, BlockOutput]:
+    """Segment block `index` of plane `plane` of `planes` (`normalize.Planes`). Yields (tiles done, total)."""
+    import time
+
+    from .predict import predict_window
+
+    t0 = time.perf_counter()
+    b = plan.block(index)
+    ry0, ry1, rx0, rx1 = b.region
+    probs = yield from predict_window(
+        infer, lambda ys, xs: planes.load(plane, (ys, xs)), plan.shape, b.region,
+        scale=scale, tile=tile, overlap=overlap, batch_size=batch_size,
+    )  # fmt: skip
+    lab = labels_from_probabilities(probs, min_size=min_size, mask_threshold=mask_threshold)
+    y0, y1, x0, x1 = b.core
+    core = (slice(y0 - ry0, y1 - ry0), slice(x0 - rx0, x1 - rx0))
+    # Keep the objects with pixels in the core, renumbered 1..n in raster order of the region.
+    present = np.zeros(int(lab.max()) + 1, bool)
+    present[np.unique(lab[core])] = True
+    present[0] = False
+    local = np.zeros(present.size, np.int32)
+    local[present] = np.arange(1, int(present.sum()) + 1, dtype=np.int32)
+    n = int(present.sum())
+    core_labels = local[lab[core]]
+    strips = {
+        face: local[lab[_strip_window(plan, b, face)]]
+        for face in FACES
+        if plan.strip and plan.neighbour(b, face) is not None
+    }
+    del lab
+    core_probs = probs[(slice(None), *core)]
+    area = np.bincount(core_labels.ravel(), minlength=n + 1)
+    cert = np.bincount(core_labels.ravel(), weights=certainty_map(core_probs).ravel(), minlength=n + 1)
+    return BlockOutput(
+        index, core_labels, n, strips, area, cert,
+        np.ascontiguousarray(core_probs) if probabilities else None, time.perf_counter() - t0,
+    )  # fmt: skip
+
+
+def seam_pairs(plan: BlockPlan, outputs: dict[int, BlockOutput], offsets: np.ndarray) -> np.ndarray:
+    """(2, K) provisional global ids to merge: the same object seen by the blocks on both sides of a seam.
+
+    Two objects are one when they share more than half of the smaller one's pixels in the strip.
+    """
+    pairs = []
+    for i, out in outputs.items():
+        b = plan.block(i)
+        for face, other in (("right", "left"), ("bottom", "top")):
+            j = plan.neighbour(b, face)
+            if j is None or face not in out.strips:
+                continue
+            a, c = out.strips[face].ravel(), outputs[j].strips[other].ravel()
+            both = (a > 0) & (c > 0)
+            if not both.any():
+                continue
+            ab, inter = np.unique(np.stack([a[both], c[both]]), axis=1, return_counts=True)
+            area_a = np.bincount(a, minlength=out.n + 1)[ab[0]]
+            area_c = np.bincount(c, minlength=outputs[j].n + 1)[ab[1]]
+            keep = inter > 0.5 * np.minimum(area_a, area_c)
+            pairs.append(np.stack([ab[0][keep] + offsets[i], ab[1][keep] + offsets[j]]))
+    return np.concatenate(pairs, axis=1) if pairs else np.zeros((2, 0), np.int64)
+
+
+def final_ids(n_total: int, pairs: np.ndarray) -> np.ndarray:
+    """Map provisional ids 0..n_total to final ids: merged ones share one, numbered 1..M by their first id."""
+    graph = coo_matrix((np.ones(pairs.shape[1], np.int8), (pairs[0], pairs[1])), shape=(n_total + 1,) * 2)
+    _, comp = connected_components(graph, directed=False)
+    # Components are numbered in order of their smallest node, and node 0 (background) is alone: 0 -> 0.
+    return comp.astype(np.int64)
+
+
+@dataclass
+class Stitched:
+    """The merge of one plane's blocks: per-block lookup tables, and per final object its area and score."""
+
+    luts: dict[int, np.ndarray]
+    n_objects: int
+    scores: dict[int, float]
+
+
+def stitch_blocks(plan: BlockPlan, outputs: dict[int, BlockOutput], first_id: int = 1) -> Stitched:
+    """Global ids for one plane's blocks, starting at `first_id`, and each object's certainty score."""
+    order = sorted(outputs)
+    counts = np.array([outputs[i].n for i in order], np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    offsets = np.zeros(len(plan), np.int64)
+    offsets[order] = starts
+    n_total = int(counts.sum())
+    comp = final_ids(n_total, seam_pairs(plan, outputs, offsets))
+    n_final = int(comp.max()) if comp.size else 0
+    area = np.zeros(n_final + 1)
+    cert = np.zeros(n_final + 1)
+    luts = {}
+    for i in order:
+        o = outputs[i]
+        g = comp[offsets[i] + np.arange(o.n + 1)]  # local id l is provisional id offset + l
+        g[0] = 0
+        np.add.at(area, g, o.area)
+        np.add.at(cert, g, o.certainty)
+        luts[i] = np.where(g > 0, g + first_id - 1, 0)
+    ids = np.nonzero(area[1:] > 0)[0] + 1
+    scores = {int(k + first_id - 1): round(float(cert[k] / area[k]), 4) for k in ids}
+    return Stitched(luts, n_final, scores)

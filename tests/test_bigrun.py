@@ -1,0 +1,96 @@
+"""Images of any size to OME-Zarr: block by block, resumable, the same labels here and on a dask cluster."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+
+from napari_unet import api
+from napari_unet.core.errors import InputError
+from napari_unet.core.io import read_image
+from napari_unet.core.jobs import Notice, drain
+
+
+@pytest.fixture
+def image():
+    rng = np.random.default_rng(1)
+    return (rng.random((700, 900)) * 1000).astype(np.uint16)
+
+
+def _zarr_labels(path):
+    return zarr.open_group(str(path), mode="r")["labels/nuclei/0"][:]
+
+
+def test_zarr_output_is_the_in_memory_result_as_ngff_labels(tiny_model, image, tmp_path):
+    ref = api.segment(image, tiny_model, diameter=20, block=256)
+    out = tmp_path / "out.zarr"
+    lab = api.segment(image, tiny_model, diameter=20, block=256, output=out)
+    np.testing.assert_array_equal(lab[:], ref)
+    assert not (tmp_path / "out.zarr.part").exists()
+    group = zarr.open_group(str(out), mode="r")
+    attrs = dict(group["labels/nuclei"].attrs)
+    meta = attrs.get("ome", attrs)
+    assert "image-label" in meta and meta["multiscales"][0]["datasets"][0]["path"] == "0"
+    back = read_image(out)
+    assert back.metadata.get("labels") and back.axes == "YX"
+    with pytest.raises(InputError, match="exists"):
+        api.segment(image, tiny_model, diameter=20, block=256, output=out)
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(tiny_model, image, tmp_path):
+    out = tmp_path / "out.zarr"
+    full = api.segment(image, tiny_model, diameter=20, block=256)
+    gen = api.segment_iter(image, tiny_model, diameter=20, block=256, output=out)
+    blocks = tmp_path / "out.zarr.part" / "napari-unet-run" / "blocks"
+    for _ in gen:  # stop (as Stop or Ctrl-C would) once two blocks are recorded
+        if blocks.exists() and len(list(blocks.iterdir())) >= 2:
+            break
+    gen.close()
+    assert not out.exists() and (tmp_path / "out.zarr.part").exists()
+    with pytest.raises(InputError, match="other settings"):
+        drain(api.segment_iter(image, tiny_model, diameter=25, block=256, output=out))
+    items = []
+    result = drain(api.segment_iter(image, tiny_model, diameter=20, block=256, output=out), items.append)
+    assert any(isinstance(i, Notice) and "resuming" in i.message for i in items)
+    assert result.resumed_blocks >= 2 and result.blocks == 12
+    np.testing.assert_array_equal(_zarr_labels(out), full)
+
+
+def test_two_local_workers_give_the_same_labels(tiny_model, image, tmp_path):
+    pytest.importorskip("distributed")
+    here = api.segment(image, tiny_model, diameter=20, block=256)
+    res = api.segment(image, tiny_model, diameter=20, block=256, output=tmp_path / "c.zarr", cluster="local:2",
+                      return_result=True)  # fmt: skip
+    np.testing.assert_array_equal(_zarr_labels(res.path), here)
+    assert len(res.plane_scores) == len(np.unique(here)) - 1
+
+
+def test_bad_cluster_options_fail_in_one_line_and_write_nothing(tiny_model, image, tmp_path):
+    pytest.importorskip("distributed")
+    out = tmp_path / "x.zarr"
+    with pytest.raises(InputError, match="cannot reach the dask scheduler"):
+        drain(api.segment_iter(image, tiny_model, diameter=20, output=out, cluster="tcp://127.0.0.1:9"))
+    with pytest.raises(InputError, match="local:N"):
+        drain(api.segment_iter(image, tiny_model, diameter=20, output=out, cluster="local:x"))
+    with pytest.raises(InputError, match="output="):
+        drain(api.segment_iter(image, tiny_model, diameter=20, cluster="local:2"))
+    with pytest.raises(InputError, match=".zarr"):
+        drain(api.segment_iter(image, tiny_model, diameter=20, output=tmp_path / "x.tif"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_writes_ome_zarr_from_a_zarr_input(tmp_path, capsys):
+    from napari_unet.cli import main
+
+    rng = np.random.default_rng(2)
+    src = zarr.create_array(str(tmp_path / "in.zarr"), shape=(600, 700), chunks=(256, 256), dtype="uint16")
+    src[:] = (rng.random((600, 700)) * 500).astype(np.uint16)
+    rc = main(["segment", str(tmp_path / "in.zarr"), "-o", str(tmp_path / "o.zarr"), "--block", "512",
+               "--diameter", "20", "-q", "--scores"])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    said = capsys.readouterr().out
+    assert "4 blocks" in said and "o.zarr" in said
+    lab = _zarr_labels(tmp_path / "o.zarr")
+    assert lab.shape == (600, 700) and lab.dtype == np.int32
+    assert (tmp_path / "o_scores.csv").read_text().startswith("label,")
