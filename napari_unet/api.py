@@ -233,7 +233,7 @@ def segment(
         output: A ``.zarr`` folder to write the labels to, block by block, as an OME-Zarr labels image
             (``labels/nuclei``); for images larger than memory. Then the labels are returned as a
             read-only zarr array (a `core.bigrun.BigResult` with `return_result`). An unfinished run
-            (``output.part``) with the same settings is resumed.
+            (its unfinished folder, `core.atomic.unfinished_dir`) with the same settings is resumed.
         cluster: With `output`: ``"local:N"`` (a dask LocalCluster of N one-thread workers), a dask
             scheduler address, or a `distributed.Client`.
         block: Planes larger than this (px) are segmented in blocks with halos and stitched; the result

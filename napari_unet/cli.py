@@ -49,13 +49,17 @@ def _side_outputs(arg: str | None, outputs: list[Path], suffix: str, flag: str) 
     file (one input) or folder (several)."""
     if arg is None:
         return [None] * len(outputs)
+
+    def stem(o: Path) -> str:
+        return o.name.removesuffix(".tif").removesuffix(".zarr").removesuffix("_labels")
+
     if arg == "auto":
-        return [o.with_name(o.name.removesuffix(".tif").removesuffix(".zarr").removesuffix("_labels") + suffix) for o in outputs]
+        return [o.with_name(stem(o) + suffix) for o in outputs]
     target = Path(arg)
     if len(outputs) > 1 or target.is_dir():
         if target.exists() and not target.is_dir():
             raise InputError(f"{flag} '{target}' must be a folder when segmenting several inputs")
-        return [target / (o.name.removesuffix(".tif").removesuffix(".zarr").removesuffix("_labels") + suffix) for o in outputs]
+        return [target / (stem(o) + suffix) for o in outputs]
     return [target]
 
 
@@ -147,11 +151,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 def _segment_to_zarr(api, args, img, model, inp: Path, out: Path, s_out: Path | None, cluster, t0: float) -> None:
     """One input to an OME-Zarr, block by block (resumes an unfinished run of the same command)."""
-    from .core.io import write_scores
+    from .core.atomic import unfinished_dir
+    from .core.io import FileArray, write_scores
     from .core.jobs import drain
 
+    data = FileArray(inp, img.data) if cluster else img.data  # workers reopen the file by its path
     gen = api.segment_iter(
-        img.data, model, device=args.device, diameter=args.diameter, channel=args.channel,
+        data, model, device=args.device, diameter=args.diameter, channel=args.channel,
         axes=args.axes or img.axes, tile=args.tile, tta=args.tta, output=out, cluster=cluster,
         block=args.block, overwrite=args.overwrite, pixel_size=_pixel_scale(img),
     )  # fmt: skip
@@ -160,7 +166,8 @@ def _segment_to_zarr(api, args, img, model, inp: Path, out: Path, s_out: Path | 
             result = drain(gen, lambda p, bar=bar: _show(bar, p, args.quiet))
     except KeyboardInterrupt:
         gen.close()
-        print(f"{PROG}: interrupted; the unfinished run is kept in '{out}.part': run the same command to resume it",
+        kept = unfinished_dir(out)
+        print(f"{PROG}: interrupted; the unfinished run is kept in '{kept}': run the same command to resume it",
               file=sys.stderr)  # fmt: skip
         raise SystemExit(130) from None
     if s_out is not None:

@@ -94,3 +94,28 @@ def test_cli_writes_ome_zarr_from_a_zarr_input(tmp_path, capsys):
     lab = _zarr_labels(tmp_path / "o.zarr")
     assert lab.shape == (600, 700) and lab.dtype == np.int32
     assert (tmp_path / "o_scores.csv").read_text().startswith("label,")
+
+
+def test_a_full_disk_mid_run_says_so_in_one_line_and_the_run_resumes(tiny_model, image, tmp_path, monkeypatch):
+    import errno
+
+    from napari_unet.core import bigrun
+    from napari_unet.core.errors import RunStopped
+
+    out = tmp_path / "out.zarr"
+    real, calls = bigrun._save_summary, []
+
+    def full_after_three(path, o):
+        calls.append(path)
+        if len(calls) > 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, o)
+
+    monkeypatch.setattr(bigrun, "_save_summary", full_after_three)
+    with pytest.raises(RunStopped, match="No space left on device.*resume") as err:
+        drain(api.segment_iter(image, tiny_model, diameter=20, block=256, output=out))
+    assert "\n" not in str(err.value) and not out.exists()
+    monkeypatch.setattr(bigrun, "_save_summary", real)
+    result = drain(api.segment_iter(image, tiny_model, diameter=20, block=256, output=out))
+    assert result.resumed_blocks == 3
+    np.testing.assert_array_equal(_zarr_labels(out), api.segment(image, tiny_model, diameter=20, block=256))

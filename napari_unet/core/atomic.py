@@ -140,3 +140,13 @@ def atomic_write(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator
                 os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def unfinished_dir(path: str | os.PathLike) -> Path:
+    """Where a folder output (an OME-Zarr) is built until it is complete and renamed to `path`.
+
+    The name is `path` + ".part", like a file being written here, so a complete output is never confused
+    with one that a killed run left behind (`core.bigrun` resumes from it).
+    """
+    path = Path(path)
+    return path.with_name(path.name + ".part")

@@ -1,7 +1,8 @@
 """Segment an image of any size into an OME-Zarr, block by block, resumably, here or on a dask cluster.
 
-The output is built in ``OUT.zarr.part`` and renamed to ``OUT.zarr`` only when complete, so a
-``.zarr`` is always whole and a ``.part`` is always a run that did not finish. Inside the ``.part``,
+The output is built in an unfinished folder beside it (`atomic.unfinished_dir`) and renamed to
+``OUT.zarr`` only when complete, so a ``.zarr`` is always whole and an unfinished folder is always a
+run that did not finish. Inside it,
 ``napari-unet-run/`` records the run's settings and every finished block (its stitching summary: a
 few strips and sums), next to the blocks' provisional labels; running the same command again skips
 the finished blocks. Stitching (`core.blockwise`) then writes the final labels chunk by chunk, and
@@ -26,14 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write
+from .atomic import atomic_write, unfinished_dir
 from .blockwise import DEFAULT_BLOCK, BlockOutput, BlockPlan, plan_blocks, segment_block_iter, stitch_blocks
-from .errors import InputError
+from .errors import InputError, RunStopped
 from .jobs import Notice, drain
 
 WORK = "napari-unet-run"
 LABELS_PATH = "labels/nuclei"
-FORMAT = 1  # of the run record: a .part from another format is not resumed
+FORMAT = 1  # of the run record: a run recorded in another format is not resumed
 
 
 @dataclass
@@ -49,10 +50,6 @@ class BigResult:
     resumed_blocks: int = 0
     plane_scores: list[tuple[tuple[int, ...], int, float]] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
-
-
-def part_path(out: Path) -> Path:
-    return out.with_name(out.name + ".part")
 
 
 def _settings(planes, shape, diameter, block, tile, overlap, model_id, channel) -> dict:
@@ -77,7 +74,7 @@ def model_id(model) -> str:
 
 
 def _open_part(part: Path, settings: dict, spatial, chunks):
-    """The .part's output and provisional arrays, created or reopened; (output, provisional, resumed)."""
+    """The unfinished folder's output and provisional arrays, created or reopened; (output, provisional, resumed)."""
     import zarr
 
     record = part / WORK / "run.json"
@@ -203,7 +200,7 @@ def segment_to_zarr_iter(
         `segment.Progress` (plane, planes, blocks done, blocks of the plane) and `jobs.Notice`.
 
     Returns:
-        `BigResult`. Closing the generator (Stop, Ctrl-C) leaves a resumable ``.part``.
+        `BigResult`. Closing the generator (Stop, Ctrl-C) leaves the unfinished folder, to resume.
     """
 
     from .device import describe, select_device
@@ -219,7 +216,7 @@ def segment_to_zarr_iter(
         raise InputError(f"'{out}' exists; pass --overwrite to replace it")
     if not out.parent.is_dir():
         raise InputError(f"the folder of '{out}' does not exist")
-    part = part_path(out)
+    part = unfinished_dir(out)
     info = model_info(model)
     spatial, out_axes, planes = iter_planes(image, axes, channel)
     dev = select_device(device)
@@ -251,7 +248,6 @@ def segment_to_zarr_iter(
         scale=scale, min_size=min_object_size(diameter), mask_threshold=info.mask_threshold,
         tile=tile, overlap=overlap, batch_size=batch_size,
     )  # fmt: skip
-    prov_path = str(part / WORK / "provisional.zarr")
     todo = [(p, i) for p in planes.indices for i in range(len(plan)) if not _summary_path(part, p, i).exists()]
     n_all = len(planes.indices) * len(plan)
     done_before = n_all - len(todo)
@@ -259,66 +255,24 @@ def segment_to_zarr_iter(
         yield Notice(f"resuming '{part}': {done_before} of {n_all} blocks were done", "info")
     t0 = time.perf_counter()
     try:
-        n_done = done_before
         if client is None:
-            for p, i in todo:
-                k = planes.indices.index(p)
-                gen = segment_block_iter(planes, p, plan, i, infer, **params)
-                while True:
-                    try:
-                        d, t = next(gen)
-                    except StopIteration as stop:
-                        o = stop.value
-                        break
-                    yield Progress(
-                        k,
-                        len(planes.indices),
-                        1000 * i + 1000 * d // t,
-                        1000 * len(plan),
-                        f"block {n_done + 1}/{n_all}",
-                    )
-                y0, y1, x0, x1 = plan.block(i).core
-                prov[p + (slice(y0, y1), slice(x0, x1))] = o.labels
-                _save_summary(_summary_path(part, p, i), o)
-                n_done += 1
+            yield from _run_here(planes, plan, todo, infer, params, prov, part, done_before, n_all)
         else:
-            from distributed import as_completed
-
-            net = client.scatter(model, broadcast=True)
-            planes_f = client.scatter(planes, broadcast=True)
-            futures = {
-                client.submit(_worker_block, planes_f, p, plan, i, net, device, precision, tta, prov_path, params,
-                              key=f"napari-unet-block-{'_'.join(map(str, (*p, i)))}-{mid}", pure=False): (p, i)
-                for p, i in todo
-            }  # fmt: skip
-            try:
-                for fut in as_completed(futures):
-                    p, i = futures[fut]
-                    o = fut.result()
-                    _save_summary(_summary_path(part, p, i), o)
-                    n_done += 1
-                    yield Progress(0, 1, n_done, n_all, f"block {n_done}/{n_all} on the cluster")
-            finally:
-                for fut in futures:  # Cancel / Ctrl-C / an error: nothing keeps running on the cluster
-                    fut.cancel()
-        # Stitch plane by plane and write the final labels chunk by chunk.
+            yield from _run_on_cluster(client, planes, plan, todo, model, device, precision, tta, params, part, mid,
+                                       done_before, n_all)  # fmt: skip
         yield Progress(0, 1, 0, 1, "stitching")
-        offset, plane_scores = 0, []
-        for p in planes.indices:
-            outputs = {i: _load_summary(_summary_path(part, p, i), i) for i in range(len(plan))}
-            st = stitch_blocks(plan, outputs, first_id=offset + 1)
-            for i, lut in st.luts.items():
-                y0, y1, x0, x1 = plan.block(i).core
-                key = p + (slice(y0, y1), slice(x0, x1))
-                output[key] = lut[prov[key]].astype(np.int32)
-            plane_scores += [(tuple(int(v) for v in p), i, s) for i, s in st.scores.items()]
-            offset += st.n_objects
+        offset, plane_scores = _stitch(planes, plan, part, prov, output)
+        _write_ngff(part, out_axes, spatial, pixel_size)
+        shutil.rmtree(part / WORK)
+        _replace(part, out, overwrite)
+    except OSError as exc:  # a full disk, a storage error: the finished blocks stay, the run resumes
+        raise RunStopped(
+            f"{exc.strerror or exc} while writing '{part}'; the finished blocks are kept: "
+            "fix the storage and run the same command to resume"
+        ) from exc
     finally:
         if own:
             client.close()
-    _write_ngff(part, out_axes, spatial, pixel_size)
-    shutil.rmtree(part / WORK)
-    _replace(part, out, overwrite)
     return BigResult(
         out, offset, float(diameter), describe(dev), out_axes, n_all, done_before, plane_scores,
         {"channel": planes.channel, "seconds": time.perf_counter() - t0},
@@ -339,7 +293,7 @@ def _write_ngff(part: Path, axes: str, shape, pixel_size) -> None:
 
 
 def _replace(part: Path, out: Path, overwrite: bool) -> None:
-    """Move the finished .part to `out`; a replaced output is removed only once the new one is in place."""
+    """Move the finished folder to `out`; a replaced output is removed only once the new one is in place."""
     if out.exists():
         if not overwrite:
             raise InputError(f"'{out}' appeared during the run; the result is kept in '{part}'")
@@ -356,3 +310,81 @@ def _replace(part: Path, out: Path, overwrite: bool) -> None:
 def is_labels_zarr(path: Path) -> bool:
     """True for an OME-Zarr written by `segment_to_zarr_iter` (or any with ``labels/nuclei``)."""
     return (Path(path) / "labels" / "nuclei").is_dir()
+
+
+def _run_here(planes, plan, todo, infer, params, prov, part, n_done, n_all):
+    """Run the blocks in this process, recording each when its labels and summary are written."""
+    from .segment import Progress
+
+    for p, i in todo:
+        k = planes.indices.index(p)
+        gen = segment_block_iter(planes, p, plan, i, infer, **params)
+        while True:
+            try:
+                d, t = next(gen)
+            except StopIteration as stop:
+                o = stop.value
+                break
+            yield Progress(
+                k, len(planes.indices), 1000 * i + 1000 * d // t, 1000 * len(plan), f"block {n_done + 1}/{n_all}"
+            )
+        y0, y1, x0, x1 = plan.block(i).core
+        prov[p + (slice(y0, y1), slice(x0, x1))] = o.labels
+        _save_summary(_summary_path(part, p, i), o)
+        n_done += 1
+
+
+def _run_on_cluster(client, planes, plan, todo, model, device, precision, tta, params, part, mid, n_done, n_all):
+    """Run the blocks as dask tasks; the network and the planes go to every worker once."""
+    import pickle
+
+    from distributed import KilledWorker, as_completed
+
+    from .segment import Progress
+
+    try:
+        pickle.dumps(planes)
+    except Exception as exc:  # noqa: BLE001 - e.g. an open file handle
+        raise InputError(
+            f"the image ({type(planes.image).__name__}) cannot be sent to dask workers ({exc}); "
+            "pass a numpy, zarr or dask array, or napari_unet.core.io.FileArray(path)"
+        ) from None
+    net = client.scatter(model, broadcast=True)
+    planes_f = client.scatter(planes, broadcast=True)
+    prov_path = str(part / WORK / "provisional.zarr")
+    futures = {
+        client.submit(_worker_block, planes_f, p, plan, i, net, device, precision, tta, prov_path, params,
+                      key=f"napari-unet-block-{'_'.join(map(str, (*p, i)))}-{mid}", pure=False): (p, i)
+        for p, i in todo
+    }  # fmt: skip
+    try:
+        for fut in as_completed(futures):
+            p, i = futures[fut]
+            try:
+                o = fut.result()
+            except KilledWorker:
+                raise RunStopped(
+                    f"dask workers died on block {i} of plane {p or 0} (out of memory?); the finished blocks are "
+                    f"kept in '{part}': run the same command to resume, with a smaller --block or more memory"
+                ) from None
+            _save_summary(_summary_path(part, p, i), o)
+            n_done += 1
+            yield Progress(0, 1, n_done, n_all, f"block {n_done}/{n_all} on the cluster")
+    finally:
+        for fut in futures:  # Cancel / Ctrl-C / an error: nothing keeps running on the cluster
+            fut.cancel()
+
+
+def _stitch(planes, plan, part, prov, output):
+    """Stitch plane by plane from the recorded summaries; write the final labels chunk by chunk."""
+    offset, plane_scores = 0, []
+    for p in planes.indices:
+        outputs = {i: _load_summary(_summary_path(part, p, i), i) for i in range(len(plan))}
+        st = stitch_blocks(plan, outputs, first_id=offset + 1)
+        for i, lut in st.luts.items():
+            y0, y1, x0, x1 = plan.block(i).core
+            key = p + (slice(y0, y1), slice(x0, x1))
+            output[key] = lut[prov[key]].astype(np.int32)
+        plane_scores += [(tuple(int(v) for v in p), i, s) for i, s in st.scores.items()]
+        offset += st.n_objects
+    return offset, plane_scores

@@ -17,3 +17,7 @@ class InputError(NapariUnetError, ValueError):
 
 class ModelFileError(NapariUnetError, ValueError):
     """A model file that is missing, unreadable, foreign or inconsistent."""
+
+
+class RunStopped(NapariUnetError, OSError):
+    """A resumable run stopped by something outside it (a full disk, dead cluster workers); its work is kept."""

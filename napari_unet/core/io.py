@@ -270,3 +270,52 @@ def _write_ome(path: str | os.PathLike, data: np.ndarray, axes: str | None, scal
     with atomic_write(path, overwrite=overwrite) as tmp:
         tifffile.imwrite(tmp, data, photometric="minisblack", compression="zlib", ome=True, metadata=meta)
     return path
+
+
+class FileArray:
+    """An image file's (lazy) array that pickles as its path: a dask worker reopens the file itself.
+
+    tifffile's zarr view of a big TIFF holds a file handle and a lock, which cannot travel to another
+    process; the path can. Reads are delegated to the opened array (a window reads only its pages or
+    chunks); `transpose` is lazy too, so axes can be reordered without reading anything.
+    """
+
+    def __init__(self, path: str | os.PathLike, data=None, perm: tuple[int, ...] | None = None):
+        self.path = Path(path)
+        self._data = data
+        base = self.data
+        self.perm = tuple(range(base.ndim)) if perm is None else tuple(perm)
+        self.shape = tuple(base.shape[p] for p in self.perm)
+        self.dtype = np.dtype(base.dtype)
+        self.ndim = len(self.shape)
+
+    @property
+    def data(self):
+        if self._data is None:
+            self._data = read_image(self.path).data
+        return self._data
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "perm": self.perm, "shape": self.shape, "dtype": self.dtype, "ndim": self.ndim}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._data = None
+
+    def transpose(self, perm) -> FileArray:
+        return FileArray(self.path, self._data, tuple(self.perm[p] for p in perm))
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (self.ndim - len(key))
+        source = [slice(None)] * self.ndim
+        for k, p in zip(key, self.perm):
+            source[p] = k
+        out = np.asarray(self.data[tuple(source)])
+        kept = [p for k, p in zip(key, self.perm) if not isinstance(k, (int, np.integer))]
+        order = sorted(kept)  # the axes the result has, in the file's order
+        return out.transpose([order.index(p) for p in kept]) if kept != order else out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[tuple(slice(None) for _ in range(self.ndim))]
+        return out if dtype is None else out.astype(dtype)

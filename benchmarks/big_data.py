@@ -1,0 +1,99 @@
+"""Big planes: peak memory of the block engine, and 1 vs 2 dask workers (`python benchmarks/big_data.py`).
+
+Each measurement runs in a fresh subprocess so that its peak RSS (ru_maxrss) is its own. The input is a
+uint16 zarr mosaic of the bundled real sample (nuclei of the same density everywhere), read lazily;
+the output is an OME-Zarr written block by block. Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHILD = r"""
+import json, resource, sys, time
+import numpy as np, zarr
+sys.path.insert(0, {tests!r})
+from napari_unet import api
+src, out, cluster, block = sys.argv[1], sys.argv[2], sys.argv[3] or None, int(sys.argv[4])
+img = zarr.open_array(src, mode="r")
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+model = api.load_model("bundled")
+t = time.perf_counter()
+res = api.segment(img, model, diameter=30.0, output=out, cluster=cluster, block=block, return_result=True)
+dt = time.perf_counter() - t
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print(json.dumps(dict(seconds=dt, objects=res.n_objects, peak_mb=peak / 1024, workers_peak_mb=kids / 1024)))
+"""
+
+
+def make_input(path: Path, size: int) -> None:
+    import numpy as np
+    import tifffile
+    import zarr
+
+    sys.path.insert(0, str(ROOT / "tests" / "core"))
+    from test_blockwise import SAMPLE, mosaic
+
+    tile = mosaic(tifffile.imread(SAMPLE), 2048)
+    z = zarr.create_array(str(path), shape=(size, size), chunks=(1024, 1024), dtype="uint16")
+    for y in range(0, size, 2048):
+        for x in range(0, size, 2048):
+            z[y : y + 2048, x : x + 2048] = tile[: min(2048, size - y), : min(2048, size - x)]
+    del np
+
+
+def run(src: Path, out: Path, cluster: str | None, block: int) -> dict:
+    code = CHILD.format(tests=str(ROOT / "tests" / "core"))
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(src), str(out), cluster or "", str(block)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    shutil.rmtree(out, ignore_errors=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--sizes", default="4096,8192", help="plane sizes for the memory rows")
+    p.add_argument("--workers-size", type=int, default=4096, help="plane size for the 1 vs 2 workers rows")
+    p.add_argument("--block", type=int, default=2048)
+    args = p.parse_args()
+    cpu = platform.processor() or platform.machine()
+    print(f"CPU: {cpu}; block {args.block}; bundled model, diameter 30 px\n")
+    print("| run | plane | seconds | Mpx/s | objects | peak RSS of the process (MB) | workers' peak (MB) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        sizes = sorted({*map(int, args.sizes.split(",")), args.workers_size})
+        for size in sizes:
+            src = tmp / f"in{size}.zarr"
+            make_input(src, size)
+            runs = [("in process", None)]
+            if size == args.workers_size:
+                runs += [
+                    ("LocalCluster, 1 worker x 1 thread", "local:1"),
+                    ("LocalCluster, 2 workers x 1 thread", "local:2"),
+                ]
+            for name, cluster in runs:
+                r = run(src, tmp / "out.zarr", cluster, args.block)
+                mpx = size * size / 1e6
+                print(
+                    f"| {name} | {size}^2 | {r['seconds']:.1f} | {mpx / r['seconds']:.2f} | {r['objects']} | "
+                    f"{r['peak_mb']:.0f} | {r['workers_peak_mb']:.0f} |",
+                    flush=True,
+                )
+            shutil.rmtree(src)
+
+
+if __name__ == "__main__":
+    main()
