@@ -32,7 +32,7 @@ res = api.segment(img, model, diameter=30.0, output=out, cluster=cluster, block=
 dt = time.perf_counter() - t
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-print(json.dumps(dict(seconds=dt, objects=res.n_objects, peak_mb=peak / 1024, workers_peak_mb=kids / 1024)))
+print(json.dumps(dict(seconds=dt, run_seconds=res.extra['seconds'], objects=res.n_objects, peak_mb=peak / 1024, workers_peak_mb=kids / 1024)))
 """
 
 
@@ -67,29 +67,35 @@ def main() -> None:
     p.add_argument("--sizes", default="4096,8192", help="plane sizes for the memory rows")
     p.add_argument("--workers-size", type=int, default=4096, help="plane size for the 1 vs 2 workers rows")
     p.add_argument("--block", type=int, default=2048)
+    p.add_argument("--workers-block", type=int, default=1024, help="block size of the 1 vs 2 workers rows")
     args = p.parse_args()
-    cpu = platform.processor() or platform.machine()
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.machine())  # fmt: skip
     print(f"CPU: {cpu}; block {args.block}; bundled model, diameter 30 px\n")
-    print("| run | plane | seconds | Mpx/s | objects | peak RSS of the process (MB) | workers' peak (MB) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| run | plane | block | seconds (with start-up) | seconds of the run | Mpx/s of the run | objects | "
+          "peak RSS of the process (MB) | workers' peak (MB) |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        sizes = sorted({*map(int, args.sizes.split(",")), args.workers_size})
+        sizes = sorted({*(int(v) for v in args.sizes.split(",") if int(v) > 0), args.workers_size})
         for size in sizes:
             src = tmp / f"in{size}.zarr"
             make_input(src, size)
-            runs = [("in process", None)]
+            mem_sizes = [int(v) for v in args.sizes.split(",") if int(v) > 0]
+            runs = [("in process, 2 threads", None, args.block)] if size in mem_sizes else []
             if size == args.workers_size:
+                b = args.workers_block
                 runs += [
-                    ("LocalCluster, 1 worker x 1 thread", "local:1"),
-                    ("LocalCluster, 2 workers x 1 thread", "local:2"),
+                    ("in process, 2 threads", None, b),
+                    ("LocalCluster, 1 worker x 1 thread", "local:1", b),
+                    ("LocalCluster, 2 workers x 1 thread", "local:2", b),
                 ]
-            for name, cluster in runs:
-                r = run(src, tmp / "out.zarr", cluster, args.block)
+            for name, cluster, block in runs:
+                r = run(src, tmp / "out.zarr", cluster, block)
                 mpx = size * size / 1e6
                 print(
-                    f"| {name} | {size}^2 | {r['seconds']:.1f} | {mpx / r['seconds']:.2f} | {r['objects']} | "
-                    f"{r['peak_mb']:.0f} | {r['workers_peak_mb']:.0f} |",
+                    f"| {name} | {size}^2 | {block} | {r['seconds']:.1f} | {r['run_seconds']:.1f} | "
+                    f"{mpx / r['run_seconds']:.2f} | {r['objects']} | {r['peak_mb']:.0f} | {r['workers_peak_mb']:.0f} |",
                     flush=True,
                 )
             shutil.rmtree(src)

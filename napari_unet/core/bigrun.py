@@ -17,6 +17,7 @@ labels itself (the output must be on storage the workers share, as on any cluste
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -116,11 +117,14 @@ def _save_summary(path: Path, o: BlockOutput) -> None:
 
 
 def _load_summary(path: Path, index: int) -> BlockOutput:
+    """A block's counts and sums (its strips are read by `_load_strips` when its seams are matched)."""
     with np.load(path) as z:
-        strips = {k.removeprefix("strip_"): z[k] for k in z.files if k.startswith("strip_")}
-        return BlockOutput(
-            index, None, int(z["n"]), strips, z["area"], z["certainty"], seconds=float(z["seconds"])
-        )  # fmt: skip
+        return BlockOutput(index, None, int(z["n"]), {}, z["area"], z["certainty"], seconds=float(z["seconds"]))
+
+
+def _load_strips(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as z:
+        return {k.removeprefix("strip_"): z[k] for k in z.files if k.startswith("strip_")}
 
 
 def run_block(planes, plane, plan: BlockPlan, index: int, infer, prov_path: str, params: dict) -> BlockOutput:
@@ -380,7 +384,9 @@ def _stitch(planes, plan, part, prov, output):
     offset, plane_scores = 0, []
     for p in planes.indices:
         outputs = {i: _load_summary(_summary_path(part, p, i), i) for i in range(len(plan))}
-        st = stitch_blocks(plan, outputs, first_id=offset + 1)
+        # Two block rows of strips in memory at a time, however many blocks the plane has.
+        strips = functools.lru_cache(maxsize=2 * plan.cols + 2)(lambda i, p=p: _load_strips(_summary_path(part, p, i)))
+        st = stitch_blocks(plan, outputs, first_id=offset + 1, strips=strips)
         for i, lut in st.luts.items():
             y0, y1, x0, x1 = plan.block(i).core
             key = p + (slice(y0, y1), slice(x0, x1))

@@ -175,19 +175,22 @@ def segment_block_iter(
     )  # fmt: skip
 
 
-def seam_pairs(plan: BlockPlan, outputs: dict[int, BlockOutput], offsets: np.ndarray) -> np.ndarray:
+def seam_pairs(plan: BlockPlan, outputs: dict[int, BlockOutput], offsets: np.ndarray, strips=None) -> np.ndarray:
     """(2, K) provisional global ids to merge: the same object seen by the blocks on both sides of a seam.
 
     Two objects are one when they share more than half of the smaller one's pixels in the strip.
+    `strips(i)` gives block i's strips (default: ``outputs[i].strips``); blocks are visited in raster
+    order, so a loader with a cache of two block rows reads every block's strips once.
     """
+    strips = strips or (lambda i: outputs[i].strips)
     pairs = []
-    for i, out in outputs.items():
-        b = plan.block(i)
+    for i in sorted(outputs):
+        out, b = outputs[i], plan.block(i)
         for face, other in (("right", "left"), ("bottom", "top")):
             j = plan.neighbour(b, face)
-            if j is None or face not in out.strips:
+            if j is None or face not in strips(i):
                 continue
-            a, c = out.strips[face].ravel(), outputs[j].strips[other].ravel()
+            a, c = strips(i)[face].ravel(), strips(j)[other].ravel()
             both = (a > 0) & (c > 0)
             if not both.any():
                 continue
@@ -216,15 +219,18 @@ class Stitched:
     scores: dict[int, float]
 
 
-def stitch_blocks(plan: BlockPlan, outputs: dict[int, BlockOutput], first_id: int = 1) -> Stitched:
-    """Global ids for one plane's blocks, starting at `first_id`, and each object's certainty score."""
+def stitch_blocks(plan: BlockPlan, outputs: dict[int, BlockOutput], first_id: int = 1, strips=None) -> Stitched:
+    """Global ids for one plane's blocks, starting at `first_id`, and each object's certainty score.
+
+    `strips`: as `seam_pairs`, for outputs whose strips stay on disk until needed.
+    """
     order = sorted(outputs)
     counts = np.array([outputs[i].n for i in order], np.int64)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     offsets = np.zeros(len(plan), np.int64)
     offsets[order] = starts
     n_total = int(counts.sum())
-    comp = final_ids(n_total, seam_pairs(plan, outputs, offsets))
+    comp = final_ids(n_total, seam_pairs(plan, outputs, offsets, strips))
     n_final = int(comp.max()) if comp.size else 0
     area = np.zeros(n_final + 1)
     cert = np.zeros(n_final + 1)
