@@ -77,7 +77,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        sizes = sorted({*(int(v) for v in args.sizes.split(",") if int(v) > 0), args.workers_size})
+        sizes = sorted({int(v) for v in [*args.sizes.split(","), args.workers_size] if int(v) > 0})
         for size in sizes:
             src = tmp / f"in{size}.zarr"
             make_input(src, size)

@@ -119,3 +119,13 @@ def test_a_full_disk_mid_run_says_so_in_one_line_and_the_run_resumes(tiny_model,
     result = drain(api.segment_iter(image, tiny_model, diameter=20, block=256, output=out))
     assert result.resumed_blocks == 3
     np.testing.assert_array_equal(_zarr_labels(out), api.segment(image, tiny_model, diameter=20, block=256))
+
+
+def test_the_plugin_opens_the_ome_zarr_as_a_labels_layer(tiny_model, image, tmp_path):
+    from napari_unet._qt.reader import get_reader
+
+    out = tmp_path / "nuclei.zarr"
+    api.segment(image, tiny_model, diameter=20, block=256, output=out)
+    [(data, kwargs, kind)] = get_reader(str(out))(str(out))
+    assert kind == "labels" and data.shape == image.shape and kwargs["name"] == "nuclei"
+    np.testing.assert_array_equal(np.asarray(data), _zarr_labels(out))
