@@ -78,6 +78,8 @@ def _channel(text: str) -> int | str:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from .core.io import read_image, write_labels, write_map, write_scores
 
     inputs = [Path(p) for p in args.input]
@@ -109,10 +111,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         try:
             img = read_image(inp)
-            if out.suffix == ".zarr":
+            if out.suffix == ".zarr" or not isinstance(img.data, np.ndarray):  # big: block by block, resumable
                 if d_out is not None:
-                    raise InputError("--uncertainty is not available with a .zarr output yet")
-                _segment_to_zarr(api, args, img, model, inp, out, s_out, cluster, t0)
+                    raise InputError("--uncertainty is not available for images larger than memory yet")
+                _segment_big(api, args, img, model, inp, out, s_out, cluster, t0)
                 continue
             gen = api.segment_iter(
                 img.data,
@@ -149,27 +151,43 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def _segment_to_zarr(api, args, img, model, inp: Path, out: Path, s_out: Path | None, cluster, t0: float) -> None:
-    """One input to an OME-Zarr, block by block (resumes an unfinished run of the same command)."""
+def _segment_big(api, args, img, model, inp: Path, out: Path, s_out: Path | None, cluster, t0: float) -> None:
+    """One input to an OME-Zarr, block by block (resumes an unfinished run of the same command).
+
+    A TIFF output of an image larger than memory is made from such an OME-Zarr (`OUT.tif.zarr`, resumable
+    the same way) as a tiled BigTIFF, and the OME-Zarr is removed once the TIFF is complete.
+    """
+    import shutil
+
+    import zarr
+
     from .core.atomic import unfinished_dir
-    from .core.io import FileArray, write_scores
+    from .core.io import FileArray, write_labels, write_scores
     from .core.jobs import drain
 
     data = FileArray(inp, img.data) if cluster else img.data  # workers reopen the file by its path
+    tiff = out.suffix != ".zarr"
+    zout = out.with_name(out.name + ".zarr") if tiff else out
+    if tiff and zout.exists() and not unfinished_dir(zout).exists():
+        shutil.rmtree(zout)  # a finished OME-Zarr whose TIFF was not written: make it again, cleanly
     gen = api.segment_iter(
         data, model, device=args.device, diameter=args.diameter, channel=args.channel,
-        axes=args.axes or img.axes, tile=args.tile, tta=args.tta, output=out, cluster=cluster,
-        block=args.block, overwrite=args.overwrite, pixel_size=_pixel_scale(img),
+        axes=args.axes or img.axes, tile=args.tile, tta=args.tta, output=zout, cluster=cluster,
+        block=args.block, overwrite=args.overwrite, pixel_size=img.pixel_size[-2:] if img.pixel_size else None,
     )  # fmt: skip
     try:
         with _progress_bar(1.0, inp.name, not args.quiet) as bar:
             result = drain(gen, lambda p, bar=bar: _show(bar, p, args.quiet))
     except KeyboardInterrupt:
         gen.close()
-        kept = unfinished_dir(out)
+        kept = unfinished_dir(zout)
         print(f"{PROG}: interrupted; the unfinished run is kept in '{kept}': run the same command to resume it",
               file=sys.stderr)  # fmt: skip
         raise SystemExit(130) from None
+    if tiff:
+        labels = zarr.open_group(str(zout), mode="r")["labels/nuclei/0"]
+        write_labels(out, labels, overwrite=args.overwrite, axes=result.axes, scale=_pixel_scale(img))
+        shutil.rmtree(zout)
     if s_out is not None:
         plane_shape = tuple(img.data.shape[: len(result.axes) - 2])
         write_scores(s_out, result.plane_scores, plane_shape=plane_shape, overwrite=args.overwrite)

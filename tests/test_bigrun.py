@@ -129,3 +129,24 @@ def test_the_plugin_opens_the_ome_zarr_as_a_labels_layer(tiny_model, image, tmp_
     [(data, kwargs, kind)] = get_reader(str(out))(str(out))
     assert kind == "labels" and data.shape == image.shape and kwargs["name"] == "nuclei"
     np.testing.assert_array_equal(np.asarray(data), _zarr_labels(out))
+
+
+def test_cli_writes_a_tiled_bigtiff_for_an_image_larger_than_memory(tmp_path, monkeypatch, capsys):
+    import tifffile
+
+    from napari_unet.cli import main
+    from napari_unet.core import io
+
+    rng = np.random.default_rng(3)
+    tifffile.imwrite(tmp_path / "big.tif", (rng.random((640, 700)) * 900).astype(np.uint16))
+    monkeypatch.setattr(io, "LAZY_BYTES", 1000)  # "larger than memory": read lazily, segmented block by block
+    out = tmp_path / "big_labels.tif"
+    rc = main(["segment", str(tmp_path / "big.tif"), "-o", str(out), "--block", "512", "--diameter", "20", "-q"])
+    assert rc == 0, capsys.readouterr().err
+    with tifffile.TiffFile(out) as tif:
+        assert tif.pages[0].is_tiled and tif.is_bigtiff
+        lab = tif.asarray()
+    monkeypatch.setattr(io, "LAZY_BYTES", 1 << 30)
+    ref = api.segment(tifffile.imread(tmp_path / "big.tif"), "bundled", diameter=20, block=512)
+    np.testing.assert_array_equal(lab, ref)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.tif", "big_labels.tif"]

@@ -23,6 +23,7 @@ from .atomic import atomic_write
 from .errors import InputError
 
 LAZY_BYTES = 1 << 30
+TIFF_TILE = 512  # px, for labels written as a tiled BigTIFF
 TIFF_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff")
 
 
@@ -214,6 +215,11 @@ def write_labels(
         FileExistsError: `path` exists and `overwrite` is False.
         InputError: labels that are not integers, or axes that do not fit them.
     """
+    if not isinstance(labels, np.ndarray) and hasattr(labels, "shape") and hasattr(labels, "dtype"):
+        # A lazy array (an OME-Zarr written block by block): a tiled BigTIFF, one band of tiles in memory.
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise InputError(f"labels must be integers, got {labels.dtype}")
+        return _write_ome(path, labels, axes, scale, name, overwrite, tile=TIFF_TILE)
     labels = np.asarray(labels)
     if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
         raise InputError(f"labels must be integers, got {labels.dtype}")
@@ -253,8 +259,13 @@ def write_scores(path: str | os.PathLike, rows, *, plane_shape: tuple[int, ...] 
     return path
 
 
-def _write_ome(path: str | os.PathLike, data: np.ndarray, axes: str | None, scale, name, overwrite: bool) -> Path:
-    """The shared part of `write_labels` and `write_map`: refuse to replace, check the axes, write atomically."""
+def _write_ome(
+    path: str | os.PathLike, data, axes: str | None, scale, name, overwrite: bool, tile: int | None = None
+) -> Path:
+    """The shared part of `write_labels` and `write_map`: refuse to replace, check the axes, write atomically.
+
+    With `tile`, `data` may be lazy (zarr): it is written as a tiled BigTIFF, read one band of tiles at a time.
+    """
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"'{path}' exists; pass --overwrite to replace it")
@@ -268,8 +279,24 @@ def _write_ome(path: str | os.PathLike, data: np.ndarray, axes: str | None, scal
     if name:
         meta["Name"] = str(name)
     with atomic_write(path, overwrite=overwrite) as tmp:
-        tifffile.imwrite(tmp, data, photometric="minisblack", compression="zlib", ome=True, metadata=meta)
+        if tile is None:
+            tifffile.imwrite(tmp, data, photometric="minisblack", compression="zlib", ome=True, metadata=meta)
+        else:
+            tifffile.imwrite(
+                tmp, _tiles(data, tile), shape=tuple(data.shape), dtype=data.dtype, tile=(tile, tile), bigtiff=True,
+                photometric="minisblack", compression="zlib", ome=True, metadata=meta,
+            )  # fmt: skip
     return path
+
+
+def _tiles(data, tile: int):
+    """The tiles of every plane of `data`, row by row, reading one band of rows at a time."""
+    H, W = data.shape[-2:]
+    for idx in np.ndindex(*data.shape[:-2]):
+        for y in range(0, H, tile):
+            band = np.asarray(data[idx + (slice(y, y + tile), slice(None))])
+            for x in range(0, W, tile):
+                yield band[:, x : x + tile]
 
 
 class FileArray:
