@@ -1,0 +1,55 @@
+"""Synthetic 3D nuclei and the (experimental) 3D mode's watershed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from napari_unet.core.errors import InputError
+from napari_unet.core.jobs import drain
+from napari_unet.core.segment3d import labels_from_probabilities_3d, segment_3d_iter
+from napari_unet.core.synth3d import synth_nuclei_3d
+
+
+def test_synthetic_stacks_have_exact_consecutive_3d_labels_and_coarser_z():
+    img, lab = synth_nuclei_3d((12, 64, 64), anisotropy=2, rng=3)
+    assert img.shape == lab.shape == (12, 64, 64) and img.dtype == np.uint16
+    ids = np.unique(lab)
+    assert ids[0] == 0 and np.array_equal(ids, np.arange(ids.size)) and ids.size > 5
+    again, lab2 = synth_nuclei_3d((12, 64, 64), anisotropy=2, rng=3)
+    assert np.array_equal(img, again) and np.array_equal(lab, lab2)
+    # Nuclei are brighter than the background they sit in.
+    assert img[lab > 0].mean() > img[lab == 0].mean() + 10
+
+
+def test_touching_spheres_in_3d_get_one_label_each():
+    zz, yy, xx = np.mgrid[:30, :40, :60]
+    truth = np.zeros((30, 40, 60), np.int32)
+    for i, cx in enumerate((18, 38), start=1):  # two spheres of radius 10 touching at x = 28
+        truth[((zz - 15) ** 2 + (yy - 20) ** 2 + (xx - cx) ** 2 <= 100) & (truth == 0)] = i
+    probs = np.zeros((3, *truth.shape), np.uint8)
+    inner = ndi.binary_erosion(truth > 0, iterations=2) & (
+        ndi.distance_transform_edt(truth > 0) > 0
+    )  # interior: 2 px inside; the rest of each sphere is boundary
+    probs[1][inner] = 230
+    probs[2][(truth > 0) & ~inner] = 230
+    probs[0] = 255 - probs[1] - probs[2]
+    labels = labels_from_probabilities_3d(probs, diameter=20, anisotropy=1.0, min_size=50)
+    assert labels.max() == 2
+    for i in (1, 2):
+        found = np.bincount(labels[truth == i]).argmax()
+        assert found > 0 and (labels[truth == i] == found).mean() > 0.9
+
+
+def test_the_3d_mode_runs_on_a_stack_and_refuses_what_it_cannot_do(tiny_model):
+    img, _ = synth_nuclei_3d((6, 48, 48), anisotropy=2, rng=0)
+    for fusion in ("xy", "xyz"):
+        r = drain(segment_3d_iter(img, tiny_model, anisotropy=2, fusion=fusion, diameter=20))
+        assert r.labels.shape == img.shape and r.axes == "ZYX" and r.extra["fusion"] == fusion
+    with pytest.raises(InputError, match="ZYX"):
+        drain(segment_3d_iter(img[0], tiny_model, diameter=20))
+    with pytest.raises(InputError, match="anisotropy"):
+        drain(segment_3d_iter(img, tiny_model, anisotropy=0.5, diameter=20))
+    with pytest.raises(InputError, match="fusion"):
+        drain(segment_3d_iter(img, tiny_model, fusion="yz", diameter=20))
