@@ -10,6 +10,7 @@ from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QLabel,
+    QLineEdit,
     QProgressBar,
     QPushButton,
     QToolButton,
@@ -17,6 +18,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..core.atomic import unfinished_dir
 from ..core.jobs import Notice
 from . import notify
 from .controls import DeviceRow, LayerCombo, ModelCombo, form, is_source_image, row, scroll_in
@@ -47,6 +49,7 @@ class SegmentWidget(QWidget):
         self.last_layer = None
         self.last_result = None
         self.last_error: str | None = None
+        self.last_output = None  # the OME-Zarr of the last cluster run (to say where a cancelled one is kept)
 
         self.image = LayerCombo(self.viewer, Image, accept=is_source_image)
         self.model = ModelCombo()
@@ -65,6 +68,11 @@ class SegmentWidget(QWidget):
         self.link.setToolTip("in a stack, give an object the id of the object it overlaps in the previous plane")
         self.tta = QCheckBox("test-time augmentation (about 2x slower)")
         self.tta.setToolTip("average the network's output over four flips of the image")
+        self.cluster = QLineEdit(placeholderText="this machine (or local:N, tcp://host:8786)")
+        self.cluster.setToolTip(
+            "run the blocks on a dask cluster: local:N starts N workers here, an address uses a running cluster; "
+            "the labels are written to an OME-Zarr beside the image's file (resumable) and shown from it"
+        )
         self.run_btn = QPushButton("Run")
         self.cancel_btn = QPushButton("Cancel", enabled=False)
         self.bar = QProgressBar(maximum=1000, textVisible=False)
@@ -79,6 +87,7 @@ class SegmentWidget(QWidget):
         f.addRow("diameter", row(self.diameter, self.estimate_btn))
         f.addRow("device", self.device)
         f.addRow("scope", self.scope)
+        f.addRow("cluster", self.cluster)
         f.addRow("", self.probability)
         f.addRow("", self.link)
         f.addRow("", self.tta)
@@ -147,6 +156,10 @@ class SegmentWidget(QWidget):
         from .. import api
 
         spec = self.model.spec() or "current"
+        cluster = self.cluster.text().strip() or None
+        self.last_output = None
+        if cluster:
+            return self._run_on_cluster(layer, request, spec, cluster)
         job = api.segment_iter(
             request.data,
             spec,
@@ -163,6 +176,54 @@ class SegmentWidget(QWidget):
         self._busy(True)
         self.status.setText(f"segmenting '{layer.name}' ({self.scope.currentText() if scope is None else scope})...")
         return self.runner.start(job, f"Segmenting {layer.name}")
+
+    def _run_on_cluster(self, layer, request, spec: str, cluster: str):
+        """Blocks on dask, labels to an OME-Zarr (`core.bigrun`); Cancel stops the cluster's work, keeping it to resume."""
+        from .. import api
+        from ..core.bigrun import default_output
+        from ..core.io import FileArray
+
+        source = request.meta.get("source")
+        data = request.data
+        if (
+            source
+            and "channel" not in request.meta
+            and tuple(request.region) == tuple(slice(0, s) for s in request.shape)
+        ):
+            data = FileArray(source)  # workers reopen the file rather than receive the pixels
+            if tuple(data.shape) != tuple(np.shape(request.data)):
+                data = request.data
+        try:
+            out = default_output(source, layer.name)
+        except ValueError as exc:
+            self._fail(notify.plain_message(exc, "Cannot segment"))
+            return None
+        job = api.segment_iter(
+            data, spec, device=self.device.device(), diameter=self._diameter(), channel=self.channel.currentData(),
+            axes=request.axes, tta=self.tta.isChecked(), output=out, cluster=cluster,
+        )  # fmt: skip
+        self.runner.on_return = lambda result: self._on_segmented_zarr(request, result)
+        self._busy(True)
+        self.last_output = out
+        self.status.setText(f"segmenting '{layer.name}' on {cluster} -> {out.name}...")
+        return self.runner.start(job, f"Segmenting {layer.name} on {cluster}")
+
+    @notify.guarded("Could not show the segmentation")
+    def _on_segmented_zarr(self, request, result) -> None:
+        import zarr
+
+        labels = zarr.open_group(str(result.path), mode="r")["labels/nuclei/0"]
+        layer = self.viewer.add_labels(
+            labels, name=f"{request.image_name} labels ({result.path.name})", scale=request.scale,
+            translate=request.translate,
+        )  # fmt: skip
+        self.last_layer, self.last_result = layer, result
+        self.device.show_used(result.device)
+        resumed = f", {result.resumed_blocks} from the unfinished run" if result.resumed_blocks else ""
+        self.status.setText(
+            f"{result.n_objects} objects in {result.blocks} blocks{resumed} -> {result.path}; "
+            f"diameter {result.diameter:.1f} px"
+        )
 
     def estimate(self):
         """Estimate the object diameter on the displayed plane; returns the worker."""
@@ -244,6 +305,8 @@ class SegmentWidget(QWidget):
     def _on_finish(self) -> None:
         self._busy(False)
         if self.runner.cancelled:
-            self.status.setText("cancelled; layers unchanged")
+            kept = unfinished_dir(self.last_output) if self.last_output else None
+            kept = f"; the finished blocks are kept in '{kept}': Run resumes" if kept and kept.exists() else ""
+            self.status.setText("cancelled; layers unchanged" + kept)
         self.bar.setValue(0)
         self.finished.emit()

@@ -311,6 +311,25 @@ def _replace(part: Path, out: Path, overwrite: bool) -> None:
         part.rename(out)
 
 
+def default_output(source: str | os.PathLike | None, name: str) -> Path:
+    """Where the widget writes a cluster run's labels: ``<stem>_labels.zarr`` beside the image's file, else in
+    the user's data folder. An existing output is never reused; an unfinished run of that name is (to resume)."""
+    import re
+
+    import platformdirs
+
+    if source:
+        folder, stem = Path(source).parent, Path(source).name.split(".")[0]
+    else:
+        folder, stem = Path(platformdirs.user_data_dir("napari-unet")) / "segmentations", re.sub(r"\W+", "_", name)
+        folder.mkdir(parents=True, exist_ok=True)
+    for k in range(1, 1000):
+        out = folder / (f"{stem}_labels.zarr" if k == 1 else f"{stem}_labels-{k}.zarr")
+        if unfinished_dir(out).exists() or not out.exists():
+            return out
+    raise InputError(f"too many outputs named '{stem}_labels-N.zarr' in '{folder}'")
+
+
 def is_labels_zarr(path: Path) -> bool:
     """True for an OME-Zarr written by `segment_to_zarr_iter` (or any with ``labels/nuclei``)."""
     return (Path(path) / "labels" / "nuclei").is_dir()

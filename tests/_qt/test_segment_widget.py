@@ -137,3 +137,45 @@ def test_labels_layer_carries_the_scores_as_features(viewer, qtbot, wait_idle, n
     w.run()
     wait_idle(w.runner)
     assert set(layer.features["index"].tolist()) >= set(np.unique(layer.data)[1:].tolist())
+
+
+def test_segment_on_a_local_dask_cluster_writes_ome_zarr_beside_the_file(
+    viewer, qtbot, wait_idle, nuclei_image, tmp_path
+):
+    import tifffile
+
+    path = tmp_path / "cells.tif"
+    tifffile.imwrite(path, np.tile(nuclei_image, (2, 2)).astype(np.uint16))
+    viewer.open(str(path), plugin="napari-unet")
+    w = _widget(viewer, qtbot)
+    w.cluster.setText("local:1")
+    w.run()
+    wait_idle(w.runner, timeout=180_000)
+    assert w.last_error is None, w.last_error
+    out = tmp_path / "cells_labels.zarr"
+    assert out.is_dir() and not (tmp_path / "cells_labels.zarr.part").exists()
+    layer = w.last_layer
+    assert layer.data.shape == (256, 320) and str(out) in w.status.text()
+    here = w.last_result.n_objects
+    assert here == len(np.unique(np.asarray(layer.data))) - 1
+
+
+def test_cancel_stops_a_cluster_run_and_run_resumes_it(viewer, qtbot, wait_idle, nuclei_image, tmp_path):
+    import tifffile
+
+    path = tmp_path / "big.tif"
+    tifffile.imwrite(path, np.tile(nuclei_image, (4, 4)).astype(np.uint16))
+    viewer.open(str(path), plugin="napari-unet")
+    w = _widget(viewer, qtbot)
+    w.cluster.setText("local:1")
+    w.run()
+    part = tmp_path / "big_labels.zarr.part"
+    qtbot.waitUntil(part.exists, timeout=120_000)
+    w.runner.cancel()
+    wait_idle(w.runner, timeout=120_000)
+    assert "kept in" in w.status.text() and not (tmp_path / "big_labels.zarr").exists()
+    w.run()
+    wait_idle(w.runner, timeout=180_000)
+    assert w.last_error is None, w.last_error
+    assert (tmp_path / "big_labels.zarr").is_dir() and not part.exists()
+    assert w.last_layer.data.shape == (512, 640)
