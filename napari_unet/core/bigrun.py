@@ -31,7 +31,7 @@ import numpy as np
 from .atomic import atomic_write, unfinished_dir
 from .blockwise import DEFAULT_BLOCK, BlockOutput, BlockPlan, plan_blocks, segment_block_iter, stitch_blocks
 from .errors import InputError, RunStopped
-from .jobs import Notice, drain
+from .jobs import Notice, drain, relay
 
 WORK = "napari-unet-run"
 LABELS_PATH = "labels/nuclei"
@@ -211,7 +211,7 @@ def segment_to_zarr_iter(
     from .instances import min_object_size
     from .normalize import iter_planes
     from .predict import InferenceModel
-    from .segment import Progress, estimate_diameter, model_info
+    from .segment import Progress, estimate_on_planes, model_info
 
     out = Path(out)
     if out.suffix != ".zarr":
@@ -234,8 +234,7 @@ def segment_to_zarr_iter(
             diameter = None
     if diameter is None:
         yield Progress(0, len(planes.indices), 0, 1, "estimating object size")
-        best = planes.most_contrasted() if len(planes.indices) > 1 else planes.indices[0]
-        diameter = round(float(estimate_diameter(infer, planes.view(best), info)), 3)
+        diameter = round(float(estimate_on_planes(infer, planes, info)), 3)
     scale = info.diameter / diameter
     plan = plan_blocks(planes.plane_shape, diameter, scale, block)
     chunks = (1,) * (len(spatial) - 2) + plan.core_shape
@@ -337,20 +336,14 @@ def is_labels_zarr(path: Path) -> bool:
 
 def _run_here(planes, plan, todo, infer, params, prov, part, n_done, n_all):
     """Run the blocks in this process, recording each when its labels and summary are written."""
-    from .segment import Progress
+    from .segment import block_progress
 
     for p, i in todo:
-        k = planes.indices.index(p)
+        k, said = planes.indices.index(p), f"block {n_done + 1}/{n_all}"
         gen = segment_block_iter(planes, p, plan, i, infer, **params)
-        while True:
-            try:
-                d, t = next(gen)
-            except StopIteration as stop:
-                o = stop.value
-                break
-            yield Progress(
-                k, len(planes.indices), 1000 * i + 1000 * d // t, 1000 * len(plan), f"block {n_done + 1}/{n_all}"
-            )
+        o = yield from relay(
+            gen, lambda dt, k=k, i=i, said=said: block_progress(k, len(planes.indices), i, len(plan), *dt, said)
+        )
         y0, y1, x0, x1 = plan.block(i).core
         prov[p + (slice(y0, y1), slice(x0, x1))] = o.labels
         _save_summary(_summary_path(part, p, i), o)

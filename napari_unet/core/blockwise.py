@@ -18,6 +18,7 @@ run record finished blocks and resume (`core.bigrun`).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
 
@@ -138,8 +139,6 @@ def segment_block_iter(
     probabilities: bool = False,
 ) -> Generator[tuple[int, int], None, BlockOutput]:
     """Segment block `index` of plane `plane` of `planes` (`normalize.Planes`). Yields (tiles done, total)."""
-    import time
-
     from .predict import predict_window
 
     t0 = time.perf_counter()

@@ -30,6 +30,16 @@ def drain(gen: Generator, on_item: Callable[[object], None] | None = None):
             on_item(item)
 
 
+def relay(gen: Generator, convert: Callable[[object], object]):
+    """`yield from gen` with every item passed through `convert`; returns what `gen` returns."""
+    while True:
+        try:
+            item = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield convert(item)
+
+
 @dataclass
 class Notice:
     """A message for the user (a napari notification), yielded by a job between progress updates."""

@@ -20,7 +20,7 @@ from .blockwise import DEFAULT_BLOCK, plan_blocks, segment_block_iter, stitch_bl
 from .device import describe, select_device
 from .errors import InputError
 from .instances import labels_from_probabilities, link_planes, median_diameter, min_object_size
-from .jobs import drain
+from .jobs import drain, relay
 from .model import UNet
 from .modelfile import ModelInfo
 from .normalize import iter_planes
@@ -140,6 +140,24 @@ def estimate_diameter(infer: InferenceModel, plane: np.ndarray, info: ModelInfo)
     return float(np.clip(found if found is not None else guess, 4, 400))
 
 
+def estimate_on_planes(infer: InferenceModel, planes, info: ModelInfo) -> float:
+    """The object diameter of a stack, px: `estimate_diameter` on its most contrasted plane, without TTA."""
+    best = planes.most_contrasted() if len(planes.indices) > 1 else planes.indices[0]
+    return estimate_diameter(replace(infer, tta=False), planes.view(best), info)
+
+
+def block_progress(
+    plane: int, planes: int, block: int, blocks: int, done: int, total: int, message: str = ""
+) -> Progress:
+    """Progress at tile `done` of `total` in block `block` of `blocks` of a plane (tiles as is for one block;
+    blocks differ in size, so with several each counts as 1000 steps)."""
+    if blocks == 1:
+        return Progress(plane, planes, done, total, message)
+    return Progress(
+        plane, planes, block * 1000 + 1000 * done // total, blocks * 1000, message or f"block {block + 1}/{blocks}"
+    )
+
+
 def segment_iter(
     image,
     model: UNet,
@@ -188,33 +206,21 @@ def segment_iter(
     used_diameter = diameter
     if used_diameter is None:  # once per stack, on the plane where objects are sharpest
         yield Progress(0, n_planes, 0, 1, "estimating object size")
-        best = planes.most_contrasted() if n_planes > 1 else planes.indices[0]
-        used_diameter = estimate_diameter(replace(infer, tta=False), planes.view(best), info)
+        used_diameter = estimate_on_planes(infer, planes, info)
     for k, idx in enumerate(planes.indices):
         scale = info.diameter / used_diameter
         plan = plan_blocks(planes.plane_shape, used_diameter, scale, block)
         if measures and len(plan) > 1:
             raise InputError("measures are computed on planes of one block only; pass a larger block")
         lab = labels[idx] if labels is not None else np.zeros(planes.plane_shape, np.int32)
-        outputs = {}
-        for b in range(len(plan)):
+        outputs, n_blocks = {}, len(plan)
+        for b in range(n_blocks):
             gen = segment_block_iter(
                 planes, idx, plan, b, infer, scale=scale, min_size=min_object_size(used_diameter),
                 mask_threshold=info.mask_threshold, tile=tile, overlap=overlap, batch_size=batch_size,
                 probabilities=probs_out is not None or doubt_out is not None or measures,
             )  # fmt: skip
-            while True:
-                try:
-                    done, total = next(gen)
-                except StopIteration as stop:
-                    out = stop.value
-                    break
-                if len(plan) == 1:
-                    yield Progress(k, n_planes, done, total)
-                else:  # blocks differ in size: count each as 1000 steps
-                    yield Progress(
-                        k, n_planes, b * 1000 + 1000 * done // total, len(plan) * 1000, f"block {b + 1}/{len(plan)}"
-                    )
+            out = yield from relay(gen, lambda dt, k=k, b=b, n=n_blocks: block_progress(k, n_planes, b, n, *dt))
             y0, y1, x0, x1 = plan.block(b).core
             lab[y0:y1, x0:x1] = out.labels  # local ids until the plane is stitched
             if out.probabilities is not None:

@@ -16,7 +16,6 @@ seeded watershed over the interior probability, so the boundary class separates 
 from __future__ import annotations
 
 from collections.abc import Generator
-from dataclasses import replace
 
 import numpy as np
 import torch
@@ -30,7 +29,8 @@ from .jobs import drain
 from .normalize import iter_planes
 from .predict import InferenceModel, predict_plane
 from .scores import certainty_map
-from .segment import Progress, SegmentResult, estimate_diameter, model_info
+from .segment import Progress, SegmentResult, estimate_on_planes, model_info
+from .tiling import linear_taps
 
 FUSIONS = ("xy", "xyz")
 #: Seeds (distance peaks) are at least this many diameters apart.
@@ -86,11 +86,8 @@ def labels_from_probabilities_3d(
 
 def _resample_z(volume: np.ndarray, n_out: int) -> np.ndarray:
     """Linear resampling along axis -3 (Z) to `n_out` planes, pixel centres aligned."""
-    n_in = volume.shape[-3]
-    c = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
-    i0 = np.floor(c).astype(int)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    f = (c - i0).astype(np.float32)[:, None, None]
+    i0, i1, f = linear_taps(volume.shape[-3], n_out, 0, n_out)
+    f = f[:, None, None]
     return volume[..., i0, :, :] * (1 - f) + volume[..., i1, :, :] * f
 
 
@@ -131,7 +128,7 @@ def segment_3d_iter(
     infer = InferenceModel.prepare(model, dev, precision, tta=tta)
     if diameter is None:
         yield Progress(0, 1, 0, 1, "estimating object size")
-        diameter = estimate_diameter(replace(infer, tta=False), planes.view(planes.most_contrasted()), info)
+        diameter = estimate_on_planes(infer, planes, info)
     scale = info.diameter / diameter
     volume = np.stack([planes.at((z,)) for z in range(Z)])
     zi = max(1, int(round(Z * anisotropy)))

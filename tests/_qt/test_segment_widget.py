@@ -139,16 +139,21 @@ def test_labels_layer_carries_the_scores_as_features(viewer, qtbot, wait_idle, n
     assert set(layer.features["index"].tolist()) >= set(np.unique(layer.data)[1:].tolist())
 
 
-def test_segment_on_a_local_dask_cluster_writes_ome_zarr_beside_the_file(
-    viewer, qtbot, wait_idle, nuclei_image, tmp_path
-):
+def _cluster_widget(viewer, qtbot, image, path) -> SegmentWidget:
+    """A Segment widget set to run on a one-worker LocalCluster, on `image` saved to `path` and opened from it."""
     import tifffile
 
-    path = tmp_path / "cells.tif"
-    tifffile.imwrite(path, np.tile(nuclei_image, (2, 2)).astype(np.uint16))
+    tifffile.imwrite(path, image.astype(np.uint16))
     viewer.open(str(path), plugin="napari-unet")
     w = _widget(viewer, qtbot)
     w.cluster.setText("local:1")
+    return w
+
+
+def test_segment_on_a_local_dask_cluster_writes_ome_zarr_beside_the_file(
+    viewer, qtbot, wait_idle, nuclei_image, tmp_path
+):
+    w = _cluster_widget(viewer, qtbot, np.tile(nuclei_image, (2, 2)), tmp_path / "cells.tif")
     w.run()
     wait_idle(w.runner, timeout=180_000)
     assert w.last_error is None, w.last_error
@@ -161,13 +166,7 @@ def test_segment_on_a_local_dask_cluster_writes_ome_zarr_beside_the_file(
 
 
 def test_cancel_stops_a_cluster_run_and_run_resumes_it(viewer, qtbot, wait_idle, nuclei_image, tmp_path):
-    import tifffile
-
-    path = tmp_path / "big.tif"
-    tifffile.imwrite(path, np.tile(nuclei_image, (4, 4)).astype(np.uint16))
-    viewer.open(str(path), plugin="napari-unet")
-    w = _widget(viewer, qtbot)
-    w.cluster.setText("local:1")
+    w = _cluster_widget(viewer, qtbot, np.tile(nuclei_image, (4, 4)), tmp_path / "big.tif")
     w.run()
     part = tmp_path / "big_labels.zarr.part"
     qtbot.waitUntil(part.exists, timeout=120_000)
