@@ -143,7 +143,10 @@ def test_touching_nuclei_parted_by_a_dark_seam():
         return float(np.nanmedian(ratios))
 
     assert seam_ratio(replace(crowded, seam=(0.1, 0.5))) < seam_ratio(crowded) - 0.1
-    same = [synth_nuclei(SHAPE, rng=4, style=crowded), synth_nuclei(SHAPE, rng=4, style=replace(crowded, seam=(1.0, 1.0)))]
+    same = [
+        synth_nuclei(SHAPE, rng=4, style=crowded),
+        synth_nuclei(SHAPE, rng=4, style=replace(crowded, seam=(1.0, 1.0))),
+    ]
     assert np.array_equal(same[0][0], same[1][0])
     with pytest.raises(ValueError, match="seam"):
         SynthStyle(seam=(0.5, 1.5))
