@@ -38,6 +38,34 @@ def test_zarr_output_is_the_in_memory_result_as_ngff_labels(tiny_model, image, t
         api.segment(image, tiny_model, diameter=20, block=256, output=out)
 
 
+def test_coarser_levels_are_written_and_read_as_a_multiscale_labels_layer(tiny_model, image, tmp_path, monkeypatch):
+    from napari_unet.core import bigrun
+    from napari_unet.core.stack_io import image_layers
+
+    monkeypatch.setattr(bigrun, "LEVEL_SIDE", 200)  # 900 px wide: levels of 900, 450, 225 and 113 px
+    out = tmp_path / "out.zarr"
+    drain(api.segment_iter(image, tiny_model, diameter=20, block=256, output=out, pixel_size=(0.5, 0.5)))
+    lab = _zarr_labels(out)
+    group = zarr.open_group(str(out / "labels" / "nuclei"), mode="r")
+    attrs = dict(group.attrs)
+    datasets = attrs.get("ome", attrs)["multiscales"][0]["datasets"]
+    assert [d["path"] for d in datasets] == ["0", "1", "2", "3"]
+    assert [d["coordinateTransformations"][0]["scale"] for d in datasets] == [[0.5 * 2**k] * 2 for k in range(4)]
+    expect = lab
+    for k in range(1, 4):
+        expect = expect[::2, ::2]
+        np.testing.assert_array_equal(group[str(k)][:], expect)
+    back = read_image(out)
+    assert back.pixel_size == (0.5, 0.5)
+    data, kwargs, kind = image_layers(back, "labels")[0]
+    assert (
+        kind == "labels"
+        and kwargs["scale"] == [0.5, 0.5]
+        and [d.shape for d in data] == [(700, 900), (350, 450), (175, 225), (88, 113)]
+    )
+    np.testing.assert_array_equal(np.asarray(data[2]), lab[::4, ::4])
+
+
 def test_an_interrupted_run_resumes_where_it_stopped(tiny_model, image, tmp_path):
     out = tmp_path / "out.zarr"
     full = api.segment(image, tiny_model, diameter=20, block=256)

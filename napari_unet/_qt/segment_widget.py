@@ -210,9 +210,10 @@ class SegmentWidget(QWidget):
 
     @notify.guarded("Could not show the segmentation")
     def _on_segmented_zarr(self, request, result) -> None:
-        import zarr
+        from ..core.io import read_image
 
-        labels = zarr.open_group(str(result.path), mode="r")["labels/nuclei/0"]
+        img = read_image(result.path)  # every level, so that napari reads only what it shows
+        labels = img.metadata.get("levels") or img.data
         layer = self.viewer.add_labels(
             labels, name=f"{request.image_name} labels ({result.path.name})", scale=request.scale,
             translate=request.translate,

@@ -36,6 +36,9 @@ from .jobs import Notice, drain, relay
 WORK = "napari-unet-run"
 LABELS_PATH = "labels/nuclei"
 FORMAT = 1  # of the run record: a run recorded in another format is not resumed
+#: Coarser levels are added (each 2x smaller in Y and X, nearest-neighbour, as labels must be) until
+#: the plane fits in this many px per side, so that a viewer shows any size from the level it needs.
+LEVEL_SIDE = 1024
 
 
 @dataclass
@@ -265,7 +268,8 @@ def segment_to_zarr_iter(
                                        done_before, n_all)  # fmt: skip
         yield Progress(0, 1, 0, 1, "stitching")
         offset, plane_scores = _stitch(planes, plan, part, prov, output)
-        _write_ngff(part, out_axes, spatial, pixel_size)
+        levels = _write_levels(part, output)
+        _write_ngff(part, out_axes, spatial, pixel_size, levels)
         shutil.rmtree(part / WORK)
         _replace(part, out, overwrite)
     except OSError as exc:  # a full disk, a storage error: the finished blocks stay, the run resumes
@@ -282,15 +286,46 @@ def segment_to_zarr_iter(
     )  # fmt: skip
 
 
-def _write_ngff(part: Path, axes: str, shape, pixel_size) -> None:
+def _write_levels(part: Path, level0) -> int:
+    """Write levels 1, 2, ... of the labels beside level 0, each from the one before, chunk by chunk; returns
+    the number of levels in all."""
+    import zarr
+
+    group = zarr.open_group(str(part / LABELS_PATH), mode="a")
+    prev, n = level0, 1
+    while max(prev.shape[-2:]) > LEVEL_SIDE:
+        shape = prev.shape[:-2] + tuple((s + 1) // 2 for s in prev.shape[-2:])
+        chunks = tuple(min(c, s) for c, s in zip(prev.chunks, shape))
+        if str(n) in group:
+            del group[str(n)]  # a level left by a stopped stitch is written again
+        level = group.create_array(str(n), shape=shape, chunks=chunks, dtype="int32", fill_value=0)
+        cy, cx = chunks[-2:]
+        for lead in np.ndindex(*shape[:-2]):
+            for y0 in range(0, shape[-2], cy):
+                for x0 in range(0, shape[-1], cx):
+                    y1, x1 = min(y0 + cy, shape[-2]), min(x0 + cx, shape[-1])
+                    level[lead + (slice(y0, y1), slice(x0, x1))] = prev[
+                        lead + (slice(2 * y0, 2 * y1, 2), slice(2 * x0, 2 * x1, 2))
+                    ]
+        prev, n = level, n + 1
+    return n
+
+
+def _write_ngff(part: Path, axes: str, shape, pixel_size, levels: int = 1) -> None:
     import zarr
     from ome_zarr.writer import write_label_metadata, write_multiscales_metadata
 
     root = zarr.open_group(str(part), mode="a")
     names = {"T": "t", "Z": "z", "Y": "y", "X": "x"}
     ax = [{"name": names.get(a, a.lower()), "type": "time" if a == "T" else "space"} for a in axes]
-    scale = [1.0] * (len(shape) - 2) + list(pixel_size or (1.0, 1.0))
-    datasets = [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}]
+    yx = np.asarray(pixel_size or (1.0, 1.0), float)
+    datasets = [
+        {
+            "path": str(k),
+            "coordinateTransformations": [{"type": "scale", "scale": [1.0] * (len(shape) - 2) + list(yx * 2**k)}],
+        }
+        for k in range(levels)
+    ]
     write_multiscales_metadata(root[LABELS_PATH], datasets, axes=ax, name="nuclei")
     write_label_metadata(root["labels"], "nuclei", source={"image": "../../"})
 

@@ -135,10 +135,14 @@ def read_zarr(path: Path) -> ImageData:
             if not arrays:
                 raise InputError(f"'{path}' is a zarr group without arrays")
             return ImageData(node[arrays[0]])
-        level = ms[0]["datasets"][0]["path"]
+        levels = [node[d["path"]] for d in ms[0]["datasets"]]
         names = [a["name"] if isinstance(a, dict) else a for a in ms[0].get("axes", [])]
         axes = "".join(n.upper() for n in names) or None
-        node = node[level]
+        scale = next((t["scale"] for t in ms[0]["datasets"][0].get("coordinateTransformations", [])
+                      if t.get("type") == "scale"), None)  # fmt: skip
+        pixel = tuple(float(v) for v in scale[-2:]) if scale and len(scale) >= 2 else None
+        return ImageData(levels[0], axes, pixel if pixel != (1.0, 1.0) else None,
+                         {"levels": levels} if len(levels) > 1 else {})  # fmt: skip
     return ImageData(node, axes)
 
 

@@ -156,6 +156,9 @@ def image_layers(
     axis_labels = [a.lower() for a in spatial_axes]
     base_meta = {"axes": spatial_axes, "source": source, "key": key or name}
     if img.metadata.get("labels"):  # an OME-Zarr of labels (`segment -o OUT.zarr`): a Labels layer
+        levels = img.metadata.get("levels")  # all its levels, so that napari reads only what it shows
+        if levels:
+            data = [to_standard(_as_lazy(level), axes)[0] for level in levels]
         return [(data, {"name": name, "scale": layer_scale, "axis_labels": axis_labels}, "labels")]
     if "C" not in std:
         if channel not in (None, 0):
