@@ -287,26 +287,20 @@ def segment_to_zarr_iter(
 
 
 def _write_levels(part: Path, level0) -> int:
-    """Write levels 1, 2, ... of the labels beside level 0, each from the one before, chunk by chunk; returns
-    the number of levels in all."""
+    """Write levels 1, 2, ... of the labels beside level 0, each from the one before (dask stores it chunk by
+    chunk); returns the number of levels in all."""
+    import dask.array as da
     import zarr
 
     group = zarr.open_group(str(part / LABELS_PATH), mode="a")
     prev, n = level0, 1
     while max(prev.shape[-2:]) > LEVEL_SIDE:
-        shape = prev.shape[:-2] + tuple((s + 1) // 2 for s in prev.shape[-2:])
-        chunks = tuple(min(c, s) for c, s in zip(prev.chunks, shape))
-        if str(n) in group:
-            del group[str(n)]  # a level left by a stopped stitch is written again
-        level = group.create_array(str(n), shape=shape, chunks=chunks, dtype="int32", fill_value=0)
-        cy, cx = chunks[-2:]
-        for lead in np.ndindex(*shape[:-2]):
-            for y0 in range(0, shape[-2], cy):
-                for x0 in range(0, shape[-1], cx):
-                    y1, x1 = min(y0 + cy, shape[-2]), min(x0 + cx, shape[-1])
-                    level[lead + (slice(y0, y1), slice(x0, x1))] = prev[
-                        lead + (slice(2 * y0, 2 * y1, 2), slice(2 * x0, 2 * x1, 2))
-                    ]
+        coarse = da.from_zarr(prev)[..., ::2, ::2]
+        chunks = tuple(min(c, s) for c, s in zip(prev.chunks, coarse.shape))
+        # overwrite: a level left by a stopped stitch is written again
+        level = group.create_array(str(n), shape=coarse.shape, chunks=chunks, dtype="int32", fill_value=0,
+                                   overwrite=True)  # fmt: skip
+        coarse.rechunk(chunks).store(level, lock=False)
         prev, n = level, n + 1
     return n
 
