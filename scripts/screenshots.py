@@ -166,11 +166,35 @@ def load_stack(out: Path) -> None:
     viewer.close()
 
 
+def big(out: Path, side: int = 4096) -> None:
+    """A mosaic zarr segmented on a 2-worker dask cluster from the Segment widget, shown as multiscale labels."""
+    import zarr
+
+    from napari_unet._qt.sample_data import sample_path
+    from napari_unet._qt.segment_widget import SegmentWidget
+    from napari_unet.core.io import read_image
+
+    plane = np.asarray(read_image(sample_path("nuclei2d")).data)
+    reps = (-(-side // plane.shape[0]), -(-side // plane.shape[1]))
+    mosaic = np.block([[plane[:: 1 - 2 * (i % 2), :: 1 - 2 * (j % 2)] for j in range(reps[1])] for i in range(reps[0])])
+    path = Path(tempfile.mkdtemp()) / "mosaic.zarr"
+    zarr.create_array(str(path), data=np.ascontiguousarray(mosaic[:side, :side]), chunks=(1024, 1024))
+    viewer, w = new_viewer({"Segment": SegmentWidget})
+    viewer.open(str(path), plugin="napari-unet")
+    seg = w["Segment"]
+    seg.cluster.setText("local:2")
+    seg.run()
+    wait(lambda: not seg.runner.running, timeout=1800)
+    viewer.reset_view()
+    shot(viewer, out / "big.png")  # the layer's "resolution: Auto (2)": napari reads a coarse level here
+    viewer.close()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs"))
     p.add_argument("--seconds", type=float, default=30.0, help="retraining budget for the Retrain shot")
-    p.add_argument("--only", nargs="*", default=["demo", "segment", "load_stack"])
+    p.add_argument("--only", nargs="*", default=["demo", "segment", "load_stack", "big"])
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -192,6 +216,8 @@ def main() -> None:
             segment_and_correct(out, args.seconds)
         if "load_stack" in args.only:
             load_stack(out)
+        if "big" in args.only:
+            big(out)
     finally:
         if display is not None:
             display.stop()
