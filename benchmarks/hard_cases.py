@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/hard_cases.py [--models bundled,recipes/bundled_v1.safetensors] [--cases a,b]
+    python benchmarks/hard_cases.py [--models bundled,recipes/bundled_v1.safetensors] [--cases "a;b"]
                                     [--tta] [--no-classical]
 
 Every case takes real gold-labelled images (mnfinder val: 3 images, 232 nuclei) or synthetic ones
@@ -162,7 +162,7 @@ def cases() -> dict[str, tuple[str, Callable[[], list[Sample]]]]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="bundled,recipes/bundled_v1.safetensors")
-    p.add_argument("--cases", default="", help="comma-separated case names (default: all)")
+    p.add_argument("--cases", default="", help="case names separated by \";\" (names hold commas; default: all)")
     p.add_argument("--tta", action="store_true", help="also score the first model with test-time augmentation")
     p.add_argument("--no-classical", action="store_true")
     p.add_argument("--threads", type=int, default=2)
@@ -181,7 +181,9 @@ def main(argv=None) -> int:
         methods["classical"] = _flat(classical_segment)
         methods["classical (log)"] = _flat(partial(classical_segment, log_threshold=True))
     table = cases()
-    names = [c.strip() for c in args.cases.split(",") if c.strip()] or list(table)
+    names = [c.strip() for c in args.cases.split(";") if c.strip()] or list(table)
+    if unknown := [n for n in names if n not in table]:
+        p.error(f"unknown case(s): {'; '.join(unknown)} (known: {'; '.join(table)})")
     for ref, _ in [table[n] for n in names]:
         if ref not in names:
             names.insert(0, ref)
