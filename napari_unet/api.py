@@ -127,6 +127,7 @@ def segment_iter(
     block: int | None = DEFAULT_BLOCK,
     overwrite: bool = False,
     pixel_size: tuple[float, float] | None = None,
+    merge_cuts: bool = True,
 ) -> Generator[Progress | Notice, None, SegmentResult | BigResult]:
     """Segment nuclei, as a generator: yields `Progress` (and `Notice`), returns a `SegmentResult`.
 
@@ -155,14 +156,14 @@ def segment_iter(
             yield from segment_to_zarr_iter(
                 image, net, output, device=device, diameter=diameter, channel=channel, axes=axes, tile=tile,
                 overlap=overlap, batch_size=batch_size, block=block or DEFAULT_BLOCK, cluster=cluster, tta=tta,
-                overwrite=overwrite, pixel_size=pixel_size,
+                overwrite=overwrite, pixel_size=pixel_size, merge_cuts=merge_cuts,
             )
         )  # fmt: skip
     return (
         yield from segment_job(
             image, net, device=device, diameter=diameter, channel=channel, axes=axes, tile=tile, overlap=overlap,
             batch_size=batch_size, probabilities=probabilities, estimate_plane=estimate_plane, link_iou=link_iou,
-            tta=tta, doubt=doubt, block=block,
+            tta=tta, doubt=doubt, block=block, merge_cuts=merge_cuts,
         )
     )  # fmt: skip
 
@@ -208,6 +209,7 @@ def segment(
     cluster=None,
     block: int | None = DEFAULT_BLOCK,
     overwrite: bool = False,
+    merge_cuts: bool = True,
 ) -> np.ndarray | SegmentResult:
     """Segment nuclei in a 2D image or a stack into integer instance labels.
 
@@ -239,6 +241,9 @@ def segment(
         block: Planes larger than this (px) are segmented in blocks with halos and stitched; the result
             does not depend on the block size (measured in benchmarks/RESULTS.md). None: one block.
         overwrite: With `output`: replace an existing one.
+        merge_cuts: Rejoin touching objects that look like one nucleus cut in two (a shared border at
+            least 0.7 of the smaller one's diameter, a convex union; `core.instances.merge_cut_objects`).
+            Better on every real set measured; turn it off for strongly overlapping round nuclei.
 
     Returns:
         int32 labels with the image's spatial shape (the channel axis removed); 0 is background,
@@ -264,6 +269,7 @@ def segment(
             cluster=cluster,
             block=block,
             overwrite=overwrite,
+            merge_cuts=merge_cuts,
         )  # fmt: skip
     )
     if return_result:

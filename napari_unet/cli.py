@@ -128,6 +128,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
                 tta=args.tta,
                 doubt=d_out is not None,
                 block=args.block,
+                merge_cuts=not args.no_merge_cuts,
             )
             with _progress_bar(1.0, inp.name, not args.quiet) as bar:
                 result = drain(gen, lambda p, bar=bar: _show(bar, p, args.quiet))
@@ -174,6 +175,7 @@ def _segment_big(api, args, img, model, inp: Path, out: Path, s_out: Path | None
         data, model, device=args.device, diameter=args.diameter, channel=args.channel,
         axes=args.axes or img.axes, tile=args.tile, tta=args.tta, output=zout, cluster=cluster,
         block=args.block, overwrite=args.overwrite, pixel_size=img.pixel_size[-2:] if img.pixel_size else None,
+        merge_cuts=not args.no_merge_cuts,
     )  # fmt: skip
     try:
         with _progress_bar(1.0, inp.name, not args.quiet) as bar:
@@ -439,6 +441,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--tta", action="store_true", help="test-time augmentation: average the four flips (about 2x the time)"
     )
+    s.add_argument(
+        "--no-merge-cuts", action="store_true",
+        help="keep touching objects apart even where they look like one nucleus cut in two (for overlapping nuclei)",
+    )  # fmt: skip
     s.add_argument(
         "--scores", nargs="?", const="auto", metavar="CSV",
         help="also write each object's confidence (label,score; stacks label,plane,score); default <stem>_scores.csv",

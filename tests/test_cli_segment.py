@@ -185,3 +185,21 @@ def test_channel_axis_and_wrong_channel(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:  # argparse: usage and one error line, exit status 2
         main(["segment", str(p), "--channel", "blue", "-o", str(tmp_path / "g.tif")])
     assert exc.value.code == 2 and "'blue'" in capsys.readouterr().err and not (tmp_path / "g.tif").exists()
+
+
+def test_no_merge_cuts_keeps_touching_nuclei_apart(tmp_path, capsys):
+    # Crowded, overlapping synthetic nuclei: the rejoin merges some pairs; --no-merge-cuts keeps every one.
+    from napari_unet.api import segment
+
+    style = SynthStyle(diameter=(22, 26), density=(0.5, 0.5), touching=(0.8, 0.8), snr=(40, 40), dtype="uint16")
+    img, _ = synth_nuclei((256, 256), rng=5, style=style)
+    path = tmp_path / "crowded.tif"
+    tifffile.imwrite(path, img)
+    counts = {}
+    for flag in ([], ["--no-merge-cuts"]):
+        out = tmp_path / f"labels{len(flag)}.tif"
+        rc, _, err = run(["segment", str(path), "-o", str(out), "--diameter", "24", *flag], capsys)
+        assert rc == 0, err
+        counts[bool(flag)] = len(np.unique(tifffile.imread(out))) - 1
+    assert counts[True] > counts[False]
+    assert counts[True] == segment(img, "bundled", diameter=24, merge_cuts=False).max()

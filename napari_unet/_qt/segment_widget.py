@@ -68,6 +68,10 @@ class SegmentWidget(QWidget):
         self.link.setToolTip("in a stack, give an object the id of the object it overlaps in the previous plane")
         self.tta = QCheckBox("test-time augmentation (about 2x slower)")
         self.tta.setToolTip("average the network's output over four flips of the image")
+        self.merge_cuts = QCheckBox("rejoin nuclei cut in two", checked=True)
+        self.merge_cuts.setToolTip(
+            "merge touching objects with a long shared border and a convex union; untick for overlapping nuclei"
+        )
         self.cluster = QLineEdit(placeholderText="this machine (or local:N, tcp://host:8786)")
         self.cluster.setToolTip(
             "run the blocks on a dask cluster: local:N starts N workers here, an address uses a running cluster; "
@@ -91,6 +95,7 @@ class SegmentWidget(QWidget):
         f.addRow("", self.probability)
         f.addRow("", self.link)
         f.addRow("", self.tta)
+        f.addRow("", self.merge_cuts)
         content = QWidget()
         lay = QVBoxLayout(content)
         lay.addWidget(top)
@@ -171,6 +176,7 @@ class SegmentWidget(QWidget):
             estimate_plane=request.plane,
             link_iou=LINK_IOU if self.link.isChecked() else None,
             tta=self.tta.isChecked(),
+            merge_cuts=self.merge_cuts.isChecked(),
         )
         self.runner.on_return = lambda result: self._on_segmented(request, spec, result)
         self._busy(True)
@@ -201,6 +207,7 @@ class SegmentWidget(QWidget):
         job = api.segment_iter(
             data, spec, device=self.device.device(), diameter=self._diameter(), channel=self.channel.currentData(),
             axes=request.axes, tta=self.tta.isChecked(), output=out, cluster=cluster,
+            merge_cuts=self.merge_cuts.isChecked(),
         )  # fmt: skip
         self.runner.on_return = lambda result: self._on_segmented_zarr(request, result)
         self._busy(True)

@@ -200,6 +200,7 @@ def segment_to_zarr_iter(
     tta: bool = False,
     pixel_size: tuple[float, float] | None = None,
     overwrite: bool = False,
+    merge_cuts: bool = True,
 ) -> Generator[object, None, BigResult]:
     """Segment `image` into the OME-Zarr `out`, block by block; resumes an unfinished run of the same settings.
 
@@ -243,6 +244,7 @@ def segment_to_zarr_iter(
     chunks = (1,) * (len(spatial) - 2) + plan.core_shape
     settings = _settings(planes, spatial, diameter, block, tile, overlap, mid, str(planes.channel))
     settings["tta"] = tta
+    settings["merge_cuts"] = merge_cuts
     client, own = (None, False) if cluster is None else connect(cluster)  # before anything is written
     try:
         output, prov, resumed = _open_part(part, settings, spatial, chunks)
@@ -252,7 +254,7 @@ def segment_to_zarr_iter(
         raise
     params = dict(
         scale=scale, min_size=min_object_size(diameter), mask_threshold=info.mask_threshold,
-        tile=tile, overlap=overlap, batch_size=batch_size,
+        tile=tile, overlap=overlap, batch_size=batch_size, merge_cuts=merge_cuts,
     )  # fmt: skip
     todo = [(p, i) for p in planes.indices for i in range(len(plan)) if not _summary_path(part, p, i).exists()]
     n_all = len(planes.indices) * len(plan)

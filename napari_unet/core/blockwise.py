@@ -137,6 +137,7 @@ def segment_block_iter(
     overlap: int = 32,
     batch_size: int | None = None,
     probabilities: bool = False,
+    merge_cuts: bool = True,
 ) -> Generator[tuple[int, int], None, BlockOutput]:
     """Segment block `index` of plane `plane` of `planes` (`normalize.Planes`). Yields (tiles done, total)."""
     from .predict import predict_window
@@ -148,7 +149,7 @@ def segment_block_iter(
         infer, lambda ys, xs: planes.load(plane, (ys, xs)), plan.shape, b.region,
         scale=scale, tile=tile, overlap=overlap, batch_size=batch_size,
     )  # fmt: skip
-    lab = labels_from_probabilities(probs, min_size=min_size, mask_threshold=mask_threshold)
+    lab = labels_from_probabilities(probs, min_size=min_size, mask_threshold=mask_threshold, merge_cuts=merge_cuts)
     y0, y1, x0, x1 = b.core
     core = (slice(y0 - ry0, y1 - ry0), slice(x0 - rx0, x1 - rx0))
     # Keep the objects with pixels in the core, renumbered 1..n in raster order of the region.

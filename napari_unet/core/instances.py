@@ -4,12 +4,14 @@ Seeds are the connected components of confident object interior; they grow by wa
 interior probability into the foreground (interior or boundary), so the boundary class acts as the
 barrier between touching objects. The watershed runs in bands of rows with a margin, on globally
 numbered seeds, which bounds memory on very large planes and keeps ids consistent across bands.
+Pairs that look like one object cut in two (a long shared border, a convex union) are then rejoined.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage as ndi
+from skimage.measure import regionprops
 from skimage.segmentation import find_boundaries, watershed
 
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
@@ -35,6 +37,7 @@ def labels_from_probabilities(
     mask_threshold: float = 0.5,
     band: int = 1024,
     margin: int = 96,
+    merge_cuts: bool = True,
 ) -> np.ndarray:
     """Seeded watershed on (3, H, W) probabilities (uint8 0..255 or float 0..1).
 
@@ -44,6 +47,7 @@ def labels_from_probabilities(
         seed_threshold: Interior probability above which a pixel seeds an object.
         mask_threshold: Foreground (1 - background) probability above which a pixel can be claimed.
         band, margin: Rows per watershed band and the context rows above and below each band.
+        merge_cuts: Rejoin pairs that look like one object cut in two (`merge_cut_objects`).
 
     Returns:
         int32 labels (H, W), 0 = background, ids 1..N consecutive.
@@ -66,7 +70,59 @@ def labels_from_probabilities(
         y1 = min(H, y0 + band)
         out[y0:y1] = ws[y0 - a : y1 - a]
     del seeds
+    if merge_cuts:
+        merge_cut_objects(out)
     return remove_small(out, min_size)
+
+
+def merge_cut_objects(
+    labels: np.ndarray, min_interface: float = 0.7, min_solidity: float = 0.85, band: int = 1024
+) -> np.ndarray:
+    """Rejoin touching objects that look like one nucleus cut in two, in place.
+
+    A pair is merged when the border they share is long (at least `min_interface` of the smaller one's
+    equivalent diameter) and their union is convex (solidity at least `min_solidity`). Two nuclei that
+    touch meet along a short border in a waist; a nucleus the network cut along a false boundary line
+    leaves two halves with a long, straight border and a convex union. Each object joins at most one
+    other, longest border first, so a chain never collapses into one object. Measured on v2's
+    predictions (benchmarks/RESULTS.md): of the adjacent pairs, 7 of 12 cuts rejoined against 2 of 20
+    true pairs merged on mnfinder val, 28 of 60 against 5 of 92 on BBBC007.
+    """
+    H = labels.shape[0]
+    edges = []
+    for y0 in range(0, H, band):
+        rows, down = labels[y0 : y0 + band], labels[y0 : y0 + band + 1]
+        for a, b in ((rows[:, :-1], rows[:, 1:]), (down[:-1], down[1:])):
+            m = (a != b) & (a > 0) & (b > 0)
+            edges.append(np.sort(np.stack([a[m], b[m]], 1), 1))
+    edges = np.concatenate(edges).astype(np.int64)
+    if not len(edges):
+        return labels
+    pairs, contacts = np.unique(edges, axis=0, return_counts=True)
+    area = np.bincount(labels.ravel())
+    dmin = 2 * np.sqrt(np.minimum(area[pairs[:, 0]], area[pairs[:, 1]]) / np.pi)
+    keep = contacts >= 0.5 * min_interface * dmin  # cheap filter: each border pixel gives 1-2 contacts
+    pairs, dmin = pairs[keep], dmin[keep]
+    boxes = ndi.find_objects(labels)
+    candidates = []
+    for (p, q), d in zip(pairs, dmin):
+        bp, bq = boxes[p - 1], boxes[q - 1]
+        crop = tuple(slice(min(u.start, v.start), max(u.stop, v.stop)) for u, v in zip(bp, bq))
+        P, Q = labels[crop] == p, labels[crop] == q
+        border = (P & ndi.binary_dilation(Q)).sum() + (Q & ndi.binary_dilation(P)).sum()
+        length = 0.5 * border / d
+        if length >= min_interface and regionprops((P | Q).astype(np.uint8))[0].solidity >= min_solidity:
+            candidates.append((length, int(p), int(q)))
+    lut = np.arange(area.size, dtype=labels.dtype)
+    joined = set()
+    for _, p, q in sorted(candidates, reverse=True):
+        if p not in joined and q not in joined:
+            lut[q] = p
+            joined.update((p, q))
+    if joined:
+        for y0 in range(0, H, band):
+            labels[y0 : y0 + band] = lut[labels[y0 : y0 + band]]
+    return labels
 
 
 def remove_small(labels: np.ndarray, min_size: int, band: int = 1024) -> np.ndarray:

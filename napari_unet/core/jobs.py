@@ -131,14 +131,15 @@ def segment_job(
     tta: bool = False,
     doubt: bool = False,
     block: int | None = DEFAULT_BLOCK,
+    merge_cuts: bool = True,
 ) -> Generator[object, None, object]:
     """Segment `image` (already a copy of what the user chose) with out-of-memory fallbacks.
 
     Args:
         image: The data to segment, with `axes`.
         model: A loaded U-Net or a model spec.
-        device, diameter, channel, axes, tile, overlap, batch_size, probabilities, link_iou, tta, doubt, block: As
-            `core.segment.segment_iter`.
+        device, diameter, channel, axes, tile, overlap, batch_size, probabilities, link_iou, tta, doubt, block,
+            merge_cuts: As `core.segment.segment_iter`.
         estimate_plane: For a stack with no diameter given, estimate it on this plane (flat index)
             rather than on the first one (often empty at the top of a z-stack).
 
@@ -182,6 +183,7 @@ def segment_job(
                 tta=tta,
                 doubt=doubt,
                 block=block,
+                merge_cuts=merge_cuts,
             )
         except Exception as exc:
             if not is_out_of_memory(exc):

@@ -178,3 +178,24 @@ def test_cancel_stops_a_cluster_run_and_run_resumes_it(viewer, qtbot, wait_idle,
     assert w.last_error is None, w.last_error
     assert (tmp_path / "big_labels.zarr").is_dir() and not part.exists()
     assert w.last_layer.data.shape == (512, 640)
+
+
+def test_rejoin_box_reaches_the_segmentation(viewer, qtbot, wait_idle, nuclei_image, monkeypatch):
+    from napari_unet import api
+
+    seen, real = [], api.segment_iter
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("merge_cuts"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(api, "segment_iter", spy)
+    viewer.add_image(nuclei_image, name="cells")
+    w = _widget(viewer, qtbot)
+    assert w.merge_cuts.isChecked()  # on by default
+    for checked in (True, False):
+        w.merge_cuts.setChecked(checked)
+        w.run()
+        wait_idle(w.runner)
+        assert w.last_error is None
+    assert seen == [True, False]

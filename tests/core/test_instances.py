@@ -7,6 +7,7 @@ from napari_unet.core.instances import (
     class_targets,
     labels_from_probabilities,
     link_planes,
+    merge_cut_objects,
 )
 
 
@@ -69,3 +70,20 @@ def test_link_planes():
     assert linked[0, 4, 4] == linked[1, 4, 4] != 0
     assert linked[2, 14, 14] not in (0, linked[0, 4, 4])
     assert set(np.unique(linked)) == {0, 1, 2}
+
+
+def test_a_nucleus_cut_in_two_is_rejoined_and_touching_nuclei_stay_apart():
+    yy, xx = np.mgrid[:80, :140]
+    lab = np.zeros((80, 140), np.int32)
+    disc = (yy - 40) ** 2 + (xx - 30) ** 2 < 15**2
+    lab[disc] = 1
+    lab[disc & (xx > 30)] = 2  # one round nucleus cut along a straight line: long border, convex union
+    lab[(yy - 40) ** 2 + (xx - 70) ** 2 < 12**2] = 3  # two nuclei meeting in a short waist
+    lab[(yy - 40) ** 2 + (xx - 92) ** 2 < 12**2] = 4
+    lab[(lab == 0) & ((yy - 40) ** 2 + (xx - 81) ** 2 < 4**2)] = 3
+    for y0, ident in ((15, 5), (40, 6), (65, 7)):  # a chain of three slabs: each joins one other at most
+        lab[y0 - 12 : y0 + 13, 115:135] = ident
+    out = merge_cut_objects(lab.copy())
+    assert len(np.unique(out[disc])) == 1
+    assert out[40, 65] != out[40, 97]
+    assert len(np.unique(out[3:78, 115:135])) == 2
