@@ -253,7 +253,7 @@ def format_table(results: Mapping[str, Mapping[str, Any]], method: str = "") -> 
     return "\n".join(lines)
 
 
-def _make_segment_fn(method: str, model: str | None) -> SegmentFn:
+def _make_segment_fn(method: str, model: str | None, merge_cuts: bool = True) -> SegmentFn:
     if method in ("classical", "classical_log"):
         from napari_unet.core.classical import classical_segment
 
@@ -264,7 +264,7 @@ def _make_segment_fn(method: str, model: str | None) -> SegmentFn:
         import napari_unet  # lazy: heavy, and written separately
 
         net = napari_unet.load_model(model or "bundled")
-        return lambda image: napari_unet.segment(image, net)
+        return lambda image: napari_unet.segment(image, net, merge_cuts=merge_cuts)
     raise ValueError(f"unknown method {method!r}")
 
 
@@ -292,6 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"comma-separated, from {','.join(ALL_SETS)} (default: %(default)s)",
     )
     parser.add_argument("--per-image", action="store_true", help="also print per-image AP")
+    parser.add_argument("--no-merge-cuts", action="store_true", help="unet: keep objects cut in two apart")
     args = parser.parse_args(argv)
 
     names = [s.strip() for s in args.sets.split(",") if s.strip()]
@@ -305,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             datasets[name] = load_dataset(name)
         except (ImportError, FileNotFoundError) as exc:
             print(f"skipping {name}: {exc}", file=sys.stderr)
-    segment_fn = _make_segment_fn(args.method, args.model)
+    segment_fn = _make_segment_fn(args.method, args.model, not args.no_merge_cuts)
     results = evaluate(segment_fn, datasets)
     label = args.method + (f" ({args.model})" if args.method == "unet" and args.model else "")
     print(format_table(results, label))

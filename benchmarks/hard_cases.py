@@ -162,9 +162,10 @@ def cases() -> dict[str, tuple[str, Callable[[], list[Sample]]]]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="bundled,recipes/bundled_v1.safetensors")
-    p.add_argument("--cases", default="", help="case names separated by \";\" (names hold commas; default: all)")
+    p.add_argument("--cases", default="", help='case names separated by ";" (names hold commas; default: all)')
     p.add_argument("--tta", action="store_true", help="also score the first model with test-time augmentation")
     p.add_argument("--no-classical", action="store_true")
+    p.add_argument("--no-merge-cuts", action="store_true", help="the models keep objects cut in two apart")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -174,9 +175,10 @@ def main(argv=None) -> int:
     methods: dict[str, Callable] = {}
     for spec in args.models.split(","):
         net = napari_unet.load_model(spec)
-        methods[Path(spec).stem] = partial(napari_unet.segment, model=net)
+        seg = partial(napari_unet.segment, model=net, merge_cuts=not args.no_merge_cuts)
+        methods[Path(spec).stem] = seg
         if args.tta and len(methods) == 1:
-            methods[Path(spec).stem + " +TTA"] = partial(napari_unet.segment, model=net, tta=True)
+            methods[Path(spec).stem + " +TTA"] = partial(seg, tta=True)
     if not args.no_classical:
         methods["classical"] = _flat(classical_segment)
         methods["classical (log)"] = _flat(partial(classical_segment, log_threshold=True))
