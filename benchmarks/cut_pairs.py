@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy import ndimage as ndi
-from skimage.measure import regionprops
+
+from napari_unet.core.instances import CUT_BORDER, CUT_SOLIDITY, pair_shape
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eval_accuracy import load_dataset  # noqa: E402
@@ -48,6 +49,7 @@ def touching_pairs(image: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> li
             continue
         border = (P & ndi.binary_dilation(Q)) | (Q & ndi.binary_dilation(P))
         im = img[crop] - background
+        border_length, solidity = pair_shape(P, Q)
         level = min(np.median(im[inner_p]), np.median(im[inner_q]))
         t = truth[crop]
         tp, tq = np.bincount(t[P]).argmax(), np.bincount(t[Q]).argmax()
@@ -55,8 +57,8 @@ def touching_pairs(image: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> li
         rows.append(
             {
                 "kind": kind,
-                "border": 0.5 * border.sum() / (2 * np.sqrt(min(P.sum(), Q.sum()) / np.pi)),
-                "solidity": regionprops((P | Q).astype(np.uint8))[0].solidity,
+                "border": border_length,
+                "solidity": solidity,
                 "brightness": float(np.median(im[border]) / max(level, 1e-6)),
             }
         )
@@ -93,7 +95,7 @@ def main(argv=None) -> int:
             return np.median([r[key] for r in by[kind]]) if by[kind] else float("nan")
 
         def joined(kind, by=by):
-            return sum(r["border"] >= 0.7 and r["solidity"] >= 0.85 for r in by[kind])
+            return sum(r["border"] >= CUT_BORDER and r["solidity"] >= CUT_SOLIDITY for r in by[kind])
 
         print(
             f"| {name} | {len(by['cut'])} | {len(by['pair'])} | {med('cut', 'border'):.2f} / {med('pair', 'border'):.2f} "

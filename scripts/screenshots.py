@@ -175,10 +175,9 @@ def big(out: Path, side: int = 4096) -> None:
     from napari_unet.core.io import read_image
 
     plane = np.asarray(read_image(sample_path("nuclei2d")).data)
-    reps = (-(-side // plane.shape[0]), -(-side // plane.shape[1]))
-    mosaic = np.block([[plane[:: 1 - 2 * (i % 2), :: 1 - 2 * (j % 2)] for j in range(reps[1])] for i in range(reps[0])])
+    mosaic = np.pad(plane, [(0, side - plane.shape[0]), (0, side - plane.shape[1])], mode="symmetric")  # mirror tiles
     path = Path(tempfile.mkdtemp()) / "mosaic.zarr"
-    zarr.create_array(str(path), data=np.ascontiguousarray(mosaic[:side, :side]), chunks=(1024, 1024))
+    zarr.create_array(str(path), data=mosaic, chunks=(1024, 1024))
     viewer, w = new_viewer({"Segment": SegmentWidget})
     viewer.open(str(path), plugin="napari-unet")
     seg = w["Segment"]

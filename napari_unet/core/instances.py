@@ -15,6 +15,9 @@ from skimage.measure import regionprops
 from skimage.segmentation import find_boundaries, watershed
 
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
+#: `merge_cut_objects`: a pair is one object cut in two from this shared border (x the smaller one's
+#: equivalent diameter) and this solidity of their union.
+CUT_BORDER, CUT_SOLIDITY = 0.7, 0.85
 
 
 def min_object_size(diameter: float) -> int:
@@ -75,8 +78,15 @@ def labels_from_probabilities(
     return remove_small(out, min_size)
 
 
+def pair_shape(P: np.ndarray, Q: np.ndarray) -> tuple[float, float]:
+    """(shared border / the smaller object's equivalent diameter, solidity of the union) of two touching masks."""
+    border = (P & ndi.binary_dilation(Q)).sum() + (Q & ndi.binary_dilation(P)).sum()
+    d = 2 * np.sqrt(min(P.sum(), Q.sum()) / np.pi)
+    return float(0.5 * border / d), float(regionprops((P | Q).astype(np.uint8))[0].solidity)
+
+
 def merge_cut_objects(
-    labels: np.ndarray, min_interface: float = 0.7, min_solidity: float = 0.85, band: int = 1024
+    labels: np.ndarray, min_interface: float = CUT_BORDER, min_solidity: float = CUT_SOLIDITY, band: int = 1024
 ) -> np.ndarray:
     """Rejoin touching objects that look like one nucleus cut in two, in place.
 
@@ -102,16 +112,13 @@ def merge_cut_objects(
     area = np.bincount(labels.ravel())
     dmin = 2 * np.sqrt(np.minimum(area[pairs[:, 0]], area[pairs[:, 1]]) / np.pi)
     keep = contacts >= 0.5 * min_interface * dmin  # cheap filter: each border pixel gives 1-2 contacts
-    pairs, dmin = pairs[keep], dmin[keep]
     boxes = ndi.find_objects(labels)
     candidates = []
-    for (p, q), d in zip(pairs, dmin):
+    for p, q in pairs[keep]:
         bp, bq = boxes[p - 1], boxes[q - 1]
         crop = tuple(slice(min(u.start, v.start), max(u.stop, v.stop)) for u, v in zip(bp, bq))
-        P, Q = labels[crop] == p, labels[crop] == q
-        border = (P & ndi.binary_dilation(Q)).sum() + (Q & ndi.binary_dilation(P)).sum()
-        length = 0.5 * border / d
-        if length >= min_interface and regionprops((P | Q).astype(np.uint8))[0].solidity >= min_solidity:
+        length, solidity = pair_shape(labels[crop] == p, labels[crop] == q)
+        if length >= min_interface and solidity >= min_solidity:
             candidates.append((length, int(p), int(q)))
     lut = np.arange(area.size, dtype=labels.dtype)
     joined = set()
