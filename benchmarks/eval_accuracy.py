@@ -253,7 +253,7 @@ def format_table(results: Mapping[str, Mapping[str, Any]], method: str = "") -> 
     return "\n".join(lines)
 
 
-def _make_segment_fn(method: str, model: str | None, merge_cuts: bool = True) -> SegmentFn:
+def _make_segment_fn(method: str, model: str | None, merge_cuts: bool = True, min_score: float | None = None) -> SegmentFn:
     if method in ("classical", "classical_log"):
         from napari_unet.core.classical import classical_segment
 
@@ -264,7 +264,8 @@ def _make_segment_fn(method: str, model: str | None, merge_cuts: bool = True) ->
         import napari_unet  # lazy: heavy, and written separately
 
         net = napari_unet.load_model(model or "bundled")
-        return lambda image: napari_unet.segment(image, net, merge_cuts=merge_cuts)
+        extra = {} if min_score is None else {"min_score": min_score}
+        return lambda image: napari_unet.segment(image, net, merge_cuts=merge_cuts, **extra)
     raise ValueError(f"unknown method {method!r}")
 
 
@@ -293,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--per-image", action="store_true", help="also print per-image AP")
     parser.add_argument("--no-merge-cuts", action="store_true", help="unet: keep objects cut in two apart")
+    parser.add_argument("--min-score", type=float, help="unet: drop objects scored below (default: segment's; 0 keeps all)")
     args = parser.parse_args(argv)
 
     names = [s.strip() for s in args.sets.split(",") if s.strip()]
@@ -306,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             datasets[name] = load_dataset(name)
         except (ImportError, FileNotFoundError) as exc:
             print(f"skipping {name}: {exc}", file=sys.stderr)
-    segment_fn = _make_segment_fn(args.method, args.model, not args.no_merge_cuts)
+    segment_fn = _make_segment_fn(args.method, args.model, not args.no_merge_cuts, args.min_score)
     results = evaluate(segment_fn, datasets)
     label = args.method + (f" ({args.model})" if args.method == "unet" and args.model else "")
     print(format_table(results, label))

@@ -38,6 +38,7 @@ sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 from eval_accuracy import Sample, evaluate, load_dataset  # noqa: E402
 
 from napari_unet.core import appearance as A  # noqa: E402
+from napari_unet.core.scores import MIN_SCORE  # noqa: E402
 from napari_unet.core.synth import WIDE, SynthStyle, synth_dataset  # noqa: E402
 
 
@@ -166,6 +167,7 @@ def main(argv=None) -> int:
     p.add_argument("--tta", action="store_true", help="also score the first model with test-time augmentation")
     p.add_argument("--no-classical", action="store_true")
     p.add_argument("--no-merge-cuts", action="store_true", help="the models keep objects cut in two apart")
+    p.add_argument("--min-score", type=float, default=MIN_SCORE, help="drop objects scored below (0: keep all)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -175,7 +177,7 @@ def main(argv=None) -> int:
     methods: dict[str, Callable] = {}
     for spec in args.models.split(","):
         net = napari_unet.load_model(spec)
-        seg = partial(napari_unet.segment, model=net, merge_cuts=not args.no_merge_cuts)
+        seg = partial(napari_unet.segment, model=net, merge_cuts=not args.no_merge_cuts, min_score=args.min_score)
         methods[Path(spec).stem] = seg
         if args.tta and len(methods) == 1:
             methods[Path(spec).stem + " +TTA"] = partial(seg, tta=True)

@@ -24,6 +24,7 @@ from .core.blockwise import DEFAULT_BLOCK
 from .core.errors import InputError, ModelFileError, NapariUnetError
 from .core.jobs import Notice, drain, estimate_job, resolve_model, segment_job, train_job
 from .core.model import UNet
+from .core.scores import MIN_SCORE
 from .core.segment import Progress, SegmentResult
 
 if TYPE_CHECKING:
@@ -128,6 +129,7 @@ def segment_iter(
     overwrite: bool = False,
     pixel_size: tuple[float, float] | None = None,
     merge_cuts: bool = True,
+    min_score: float = MIN_SCORE,
 ) -> Generator[Progress | Notice, None, SegmentResult | BigResult]:
     """Segment nuclei, as a generator: yields `Progress` (and `Notice`), returns a `SegmentResult`.
 
@@ -141,7 +143,7 @@ def segment_iter(
     """
     image = _as_array(image, "image")
     net = resolve_model(model)
-    _check_segment_options(diameter, tile, overlap, batch_size, link_iou)
+    _check_segment_options(diameter, tile, overlap, batch_size, link_iou, min_score)
     if block is not None and not (isinstance(block, (int, np.integer)) and block >= 256):
         raise InputError(f"block must be a whole number of pixels, at least 256, got {block}")
     if output is not None or cluster is not None:
@@ -156,14 +158,14 @@ def segment_iter(
             yield from segment_to_zarr_iter(
                 image, net, output, device=device, diameter=diameter, channel=channel, axes=axes, tile=tile,
                 overlap=overlap, batch_size=batch_size, block=block or DEFAULT_BLOCK, cluster=cluster, tta=tta,
-                overwrite=overwrite, pixel_size=pixel_size, merge_cuts=merge_cuts,
+                overwrite=overwrite, pixel_size=pixel_size, merge_cuts=merge_cuts, min_score=min_score,
             )
         )  # fmt: skip
     return (
         yield from segment_job(
             image, net, device=device, diameter=diameter, channel=channel, axes=axes, tile=tile, overlap=overlap,
             batch_size=batch_size, probabilities=probabilities, estimate_plane=estimate_plane, link_iou=link_iou,
-            tta=tta, doubt=doubt, block=block, merge_cuts=merge_cuts,
+            tta=tta, doubt=doubt, block=block, merge_cuts=merge_cuts, min_score=min_score,
         )
     )  # fmt: skip
 
@@ -175,7 +177,7 @@ MIN_DIAMETER = 3.0
 TILE_RANGE = (64, 4096)
 
 
-def _check_segment_options(diameter, tile, overlap, batch_size, link_iou) -> None:
+def _check_segment_options(diameter, tile, overlap, batch_size, link_iou, min_score=0.0) -> None:
     def number(v) -> bool:
         return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and np.isfinite(v)
 
@@ -189,6 +191,8 @@ def _check_segment_options(diameter, tile, overlap, batch_size, link_iou) -> Non
         raise InputError(f"batch_size must be a whole number above 0, got {batch_size}")
     if link_iou is not None and not (number(link_iou) and 0 < link_iou < 1):
         raise InputError(f"link_iou must be between 0 and 1, got {link_iou}")
+    if not (number(min_score) and 0 <= min_score < 1):
+        raise InputError(f"min_score must be from 0 to below 1, got {min_score}")
 
 
 def segment(
@@ -210,6 +214,7 @@ def segment(
     block: int | None = DEFAULT_BLOCK,
     overwrite: bool = False,
     merge_cuts: bool = True,
+    min_score: float = MIN_SCORE,
 ) -> np.ndarray | SegmentResult:
     """Segment nuclei in a 2D image or a stack into integer instance labels.
 
@@ -244,6 +249,9 @@ def segment(
         merge_cuts: Rejoin touching objects that look like one nucleus cut in two (a shared border at
             least 0.7 of the smaller one's diameter, a convex union; `core.instances.merge_cut_objects`).
             Better on every real set measured; turn it off for strongly overlapping round nuclei.
+        min_score: Drop objects whose confidence score (see `return_result`) is below this, 0-1, or below
+            half the plane's median score where that is lower (`core.scores.score_floor`): mostly false
+            objects in autofluorescence, cytoplasm or debris (benchmarks/RESULTS.md). 0 keeps every object.
 
     Returns:
         int32 labels with the image's spatial shape (the channel axis removed); 0 is background,
@@ -270,6 +278,7 @@ def segment(
             block=block,
             overwrite=overwrite,
             merge_cuts=merge_cuts,
+            min_score=min_score,
         )  # fmt: skip
     )
     if return_result:

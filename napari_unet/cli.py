@@ -68,6 +68,12 @@ def _channel_note(result) -> str:
     return "" if c is None else ", channels averaged" if c == "mean" else f", channel {c}"
 
 
+def _min_score(args: argparse.Namespace) -> float:
+    from .core.scores import MIN_SCORE
+
+    return MIN_SCORE if args.min_score is None else args.min_score
+
+
 def _channel(text: str) -> int | str:
     if text == "mean":
         return text
@@ -129,6 +135,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
                 doubt=d_out is not None,
                 block=args.block,
                 merge_cuts=not args.no_merge_cuts,
+                min_score=_min_score(args),
             )
             with _progress_bar(1.0, inp.name, not args.quiet) as bar:
                 result = drain(gen, lambda p, bar=bar: _show(bar, p, args.quiet))
@@ -175,7 +182,7 @@ def _segment_big(api, args, img, model, inp: Path, out: Path, s_out: Path | None
         data, model, device=args.device, diameter=args.diameter, channel=args.channel,
         axes=args.axes or img.axes, tile=args.tile, tta=args.tta, output=zout, cluster=cluster,
         block=args.block, overwrite=args.overwrite, pixel_size=img.pixel_size[-2:] if img.pixel_size else None,
-        merge_cuts=not args.no_merge_cuts,
+        merge_cuts=not args.no_merge_cuts, min_score=_min_score(args),
     )  # fmt: skip
     try:
         with _progress_bar(1.0, inp.name, not args.quiet) as bar:
@@ -444,6 +451,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--no-merge-cuts", action="store_true",
         help="keep touching objects apart even where they look like one nucleus cut in two (for overlapping nuclei)",
+    )  # fmt: skip
+    s.add_argument(
+        "--min-score", type=float, metavar="S",  # default: core.scores.MIN_SCORE (not imported: torch)
+        help="drop objects whose confidence is below S, 0-1, or below half the median where lower "
+             "(default 0.3; 0 keeps every object)",
     )  # fmt: skip
     s.add_argument(
         "--scores", nargs="?", const="auto", metavar="CSV",

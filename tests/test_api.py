@@ -46,6 +46,9 @@ def test_segment_rejects_bad_input():
         napari_unet.segment(np.zeros((2, 3, 32, 32)))
     with pytest.raises(InputError, match="diameter"):
         napari_unet.segment(np.zeros((32, 32)), diameter=-3)
+    for bad in (1.0, -0.1, float("nan"), "0.3"):
+        with pytest.raises(InputError, match="min_score must be from 0 to below 1"):
+            napari_unet.segment(np.zeros((32, 32)), min_score=bad)
 
 
 def test_all_zero_image_is_valid():

@@ -203,3 +203,27 @@ def test_no_merge_cuts_keeps_touching_nuclei_apart(tmp_path, capsys):
         counts[bool(flag)] = len(np.unique(tifffile.imread(out))) - 1
     assert counts[True] > counts[False]
     assert counts[True] == segment(img, "bundled", diameter=24, merge_cuts=False).max()
+
+
+def test_min_score(tmp_path, capsys):
+    # --min-score 0 keeps every object; a bad value is one line; the help's default is the code's.
+    from napari_unet.api import segment
+    from napari_unet.cli import build_parser
+    from napari_unet.core.appearance import add_cytoplasm
+    from napari_unet.core.scores import MIN_SCORE
+
+    img, lab = synth_nuclei((160, 160), rng=3)
+    img = add_cytoplasm(img, lab, np.random.default_rng(0), level=0.1, texture=1.0, orphans=0.3)
+    path = tmp_path / "grain.tif"
+    tifffile.imwrite(path, img)
+    counts = {}
+    for flag in ([], ["--min-score", "0"]):
+        out = tmp_path / f"labels{len(flag)}.tif"
+        rc, _, err = run(["segment", str(path), "-o", str(out), "--diameter", "24", *flag], capsys)
+        assert rc == 0, err
+        counts[bool(flag)] = len(np.unique(tifffile.imread(out))) - 1
+    assert counts[True] > counts[False] == segment(img, "bundled", diameter=24).max()
+    rc, _, err = run(["segment", str(path), "-o", str(tmp_path / "x.tif"), "--min-score", "2"], capsys)
+    assert rc == 1 and "min_score must be from 0 to below 1" in err and not (tmp_path / "x.tif").exists()
+    sub = next(a for a in build_parser()._subparsers._group_actions[0].choices.values() if a.prog.endswith("segment"))
+    assert f"default {MIN_SCORE}" in sub.format_help().replace("\n", " ")

@@ -20,6 +20,7 @@ from qtpy.QtWidgets import (
 
 from ..core.atomic import unfinished_dir
 from ..core.jobs import Notice
+from ..core.scores import MIN_SCORE
 from . import notify
 from .controls import DeviceRow, LayerCombo, ModelCombo, form, is_source_image, row, scroll_in
 from .layers import SCOPES, apply_labels, apply_probability, layer_axes, make_request, set_score_features
@@ -72,6 +73,11 @@ class SegmentWidget(QWidget):
         self.merge_cuts.setToolTip(
             "merge touching objects with a long shared border and a convex union; untick for overlapping nuclei"
         )
+        self.min_score = QDoubleSpinBox(minimum=0.0, maximum=0.95, decimals=2, singleStep=0.05, value=MIN_SCORE)
+        self.min_score.setToolTip(
+            "drop objects whose confidence score is below this, or below half the plane's median score where "
+            "that is lower (mostly false objects in autofluorescence, cytoplasm or debris); 0 keeps every object"
+        )
         self.cluster = QLineEdit(placeholderText="this machine (or local:N, tcp://host:8786)")
         self.cluster.setToolTip(
             "run the blocks on a dask cluster: local:N starts N workers here, an address uses a running cluster; "
@@ -91,6 +97,7 @@ class SegmentWidget(QWidget):
         f.addRow("diameter", row(self.diameter, self.estimate_btn))
         f.addRow("device", self.device)
         f.addRow("scope", self.scope)
+        f.addRow("min score", self.min_score)
         f.addRow("cluster", self.cluster)
         f.addRow("", self.probability)
         f.addRow("", self.link)
@@ -177,6 +184,7 @@ class SegmentWidget(QWidget):
             link_iou=LINK_IOU if self.link.isChecked() else None,
             tta=self.tta.isChecked(),
             merge_cuts=self.merge_cuts.isChecked(),
+            min_score=self.min_score.value(),
         )
         self.runner.on_return = lambda result: self._on_segmented(request, spec, result)
         self._busy(True)
@@ -207,7 +215,7 @@ class SegmentWidget(QWidget):
         job = api.segment_iter(
             data, spec, device=self.device.device(), diameter=self._diameter(), channel=self.channel.currentData(),
             axes=request.axes, tta=self.tta.isChecked(), output=out, cluster=cluster,
-            merge_cuts=self.merge_cuts.isChecked(),
+            merge_cuts=self.merge_cuts.isChecked(), min_score=self.min_score.value(),
         )  # fmt: skip
         self.runner.on_return = lambda result: self._on_segmented_zarr(request, result)
         self._busy(True)

@@ -32,6 +32,7 @@ from .atomic import atomic_write, unfinished_dir
 from .blockwise import DEFAULT_BLOCK, BlockOutput, BlockPlan, plan_blocks, segment_block_iter, stitch_blocks
 from .errors import InputError, RunStopped
 from .jobs import Notice, drain, relay
+from .scores import MIN_SCORE
 
 WORK = "napari-unet-run"
 LABELS_PATH = "labels/nuclei"
@@ -201,6 +202,7 @@ def segment_to_zarr_iter(
     pixel_size: tuple[float, float] | None = None,
     overwrite: bool = False,
     merge_cuts: bool = True,
+    min_score: float = MIN_SCORE,
 ) -> Generator[object, None, BigResult]:
     """Segment `image` into the OME-Zarr `out`, block by block; resumes an unfinished run of the same settings.
 
@@ -269,7 +271,7 @@ def segment_to_zarr_iter(
             yield from _run_on_cluster(client, planes, plan, todo, model, device, precision, tta, params, part, mid,
                                        done_before, n_all)  # fmt: skip
         yield Progress(0, 1, 0, 1, "stitching")
-        offset, plane_scores = _stitch(planes, plan, part, prov, output)
+        offset, plane_scores = _stitch(planes, plan, part, prov, output, min_score)
         levels = _write_levels(part, output)
         _write_ngff(part, out_axes, spatial, pixel_size, levels)
         shutil.rmtree(part / WORK)
@@ -422,14 +424,14 @@ def _run_on_cluster(client, planes, plan, todo, model, device, precision, tta, p
             fut.cancel()
 
 
-def _stitch(planes, plan, part, prov, output):
+def _stitch(planes, plan, part, prov, output, min_score):
     """Stitch plane by plane from the recorded summaries; write the final labels chunk by chunk."""
     offset, plane_scores = 0, []
     for p in planes.indices:
         outputs = {i: _load_summary(_summary_path(part, p, i), i) for i in range(len(plan))}
         # Two block rows of strips in memory at a time, however many blocks the plane has.
         strips = functools.lru_cache(maxsize=2 * plan.cols + 2)(lambda i, p=p: _load_strips(_summary_path(part, p, i)))
-        st = stitch_blocks(plan, outputs, first_id=offset + 1, strips=strips)
+        st = stitch_blocks(plan, outputs, first_id=offset + 1, strips=strips, min_score=min_score)
         for i, lut in st.luts.items():
             y0, y1, x0, x1 = plan.block(i).core
             key = p + (slice(y0, y1), slice(x0, x1))

@@ -27,7 +27,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from .instances import labels_from_probabilities
-from .scores import certainty_map
+from .scores import certainty_map, score_floor
 
 #: Default block core, px: ~4.8 Mpx a block with its halo (about 150 MB of working memory, and
 #: about 13 % of the pixels predicted twice at the default halo).
@@ -219,10 +219,14 @@ class Stitched:
     scores: dict[int, float]
 
 
-def stitch_blocks(plan: BlockPlan, outputs: dict[int, BlockOutput], first_id: int = 1, strips=None) -> Stitched:
+def stitch_blocks(
+    plan: BlockPlan, outputs: dict[int, BlockOutput], first_id: int = 1, strips=None, min_score: float = 0.0
+) -> Stitched:
     """Global ids for one plane's blocks, starting at `first_id`, and each object's certainty score.
 
-    `strips`: as `seam_pairs`, for outputs whose strips stay on disk until needed.
+    `strips`: as `seam_pairs`, for outputs whose strips stay on disk until needed. Objects scored below
+    `core.scores.score_floor(scores, min_score)` are dropped (scores of whole stitched objects, so the
+    same as on the whole plane), the others numbered consecutively.
     """
     order = sorted(outputs)
     counts = np.array([outputs[i].n for i in order], np.int64)
@@ -234,14 +238,21 @@ def stitch_blocks(plan: BlockPlan, outputs: dict[int, BlockOutput], first_id: in
     n_final = int(comp.max()) if comp.size else 0
     area = np.zeros(n_final + 1)
     cert = np.zeros(n_final + 1)
-    luts = {}
+    merged = {}
     for i in order:
         o = outputs[i]
         g = comp[offsets[i] + np.arange(o.n + 1)]  # local id l is provisional id offset + l
         g[0] = 0
         np.add.at(area, g, o.area)
         np.add.at(cert, g, o.certainty)
-        luts[i] = np.where(g > 0, g + first_id - 1, 0)
-    ids = np.nonzero(area[1:] > 0)[0] + 1
-    scores = {int(k + first_id - 1): round(float(cert[k] / area[k]), 4) for k in ids}
+        merged[i] = g
+    score = np.divide(cert, area, out=np.zeros_like(cert), where=area > 0)
+    keep = area > 0
+    keep[0] = False
+    keep &= score >= score_floor(score[keep], min_score)
+    final = np.zeros(n_final + 1, np.int64)
+    final[keep] = np.arange(first_id, first_id + int(keep.sum()))
+    luts = {i: final[g] for i, g in merged.items()}
+    scores = {int(final[k]): round(float(score[k]), 4) for k in np.nonzero(keep)[0]}
+    n_final = int(keep.sum())
     return Stitched(luts, n_final, scores)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .blockwise import DEFAULT_BLOCK
+from .scores import MIN_SCORE
 
 MIN_TILE = 64
 
@@ -132,6 +133,7 @@ def segment_job(
     doubt: bool = False,
     block: int | None = DEFAULT_BLOCK,
     merge_cuts: bool = True,
+    min_score: float = MIN_SCORE,
 ) -> Generator[object, None, object]:
     """Segment `image` (already a copy of what the user chose) with out-of-memory fallbacks.
 
@@ -139,7 +141,7 @@ def segment_job(
         image: The data to segment, with `axes`.
         model: A loaded U-Net or a model spec.
         device, diameter, channel, axes, tile, overlap, batch_size, probabilities, link_iou, tta, doubt, block,
-            merge_cuts: As `core.segment.segment_iter`.
+            merge_cuts, min_score: As `core.segment.segment_iter`.
         estimate_plane: For a stack with no diameter given, estimate it on this plane (flat index)
             rather than on the first one (often empty at the top of a z-stack).
 
@@ -184,6 +186,7 @@ def segment_job(
                 doubt=doubt,
                 block=block,
                 merge_cuts=merge_cuts,
+                min_score=min_score,
             )
         except Exception as exc:
             if not is_out_of_memory(exc):

@@ -15,6 +15,16 @@ from .losses import BACKGROUND, INTERIOR
 
 #: The measure that `segment` reports (chosen in benchmarks/RESULTS.md, "Object confidence").
 SCORE = "certainty"
+#: `segment` drops the objects of a plane scored below `MIN_SCORE`, or below `OF_MEDIAN` x the plane's
+#: median score where that is lower (a plane the model is unsure of throughout, e.g. tiny or blurred
+#: nuclei, keeps its typical objects): benchmarks/RESULTS.md, "Dropping the objects the model doubts".
+MIN_SCORE = 0.3
+OF_MEDIAN = 0.5
+
+
+def score_floor(scores: np.ndarray, min_score: float = MIN_SCORE) -> float:
+    """The score below which a plane's objects are dropped, given all their `scores` (0 keeps all)."""
+    return min(min_score, OF_MEDIAN * float(np.median(scores))) if len(scores) else 0.0
 
 
 def _means(values: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:

@@ -25,7 +25,7 @@ from .model import UNet
 from .modelfile import ModelInfo
 from .normalize import iter_planes
 from .predict import InferenceModel, predict_plane
-from .scores import MEASURES, doubt_map, object_measures
+from .scores import MEASURES, MIN_SCORE, doubt_map, object_measures
 
 
 @dataclass
@@ -181,6 +181,7 @@ def segment_iter(
     measures: bool = False,
     block: int | None = DEFAULT_BLOCK,
     merge_cuts: bool = True,
+    min_score: float = MIN_SCORE,
 ) -> Generator[Progress, None, SegmentResult]:
     """Segment a 2D image or a stack, plane by plane. See `napari_unet.segment` for the arguments.
 
@@ -240,7 +241,7 @@ def segment_iter(
                 last_probs = out.probabilities  # the benchmark times the scoring alone on them
             out.labels = out.probabilities = None  # the strips and sums are all stitching needs
             outputs[b] = out
-        stitched = stitch_blocks(plan, outputs, first_id=offset + 1)
+        stitched = stitch_blocks(plan, outputs, first_id=offset + 1, min_score=min_score)
         for b, lut in stitched.luts.items():
             y0, y1, x0, x1 = plan.block(b).core
             lab[y0:y1, x0:x1] = lut[lab[y0:y1, x0:x1]]

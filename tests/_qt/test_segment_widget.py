@@ -180,22 +180,27 @@ def test_cancel_stops_a_cluster_run_and_run_resumes_it(viewer, qtbot, wait_idle,
     assert w.last_layer.data.shape == (512, 640)
 
 
-def test_rejoin_box_reaches_the_segmentation(viewer, qtbot, wait_idle, nuclei_image, monkeypatch):
+def test_rejoin_box_and_min_score_reach_the_segmentation(viewer, qtbot, wait_idle, nuclei_image, monkeypatch):
     from napari_unet import api
+    from napari_unet.core.scores import MIN_SCORE
 
     seen, real = [], api.segment_iter
 
     def spy(*args, **kwargs):
-        seen.append(kwargs.get("merge_cuts"))
+        seen.append((kwargs.get("merge_cuts"), kwargs.get("min_score")))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(api, "segment_iter", spy)
     viewer.add_image(nuclei_image, name="cells")
     w = _widget(viewer, qtbot)
-    assert w.merge_cuts.isChecked()  # on by default
-    for checked in (True, False):
+    assert w.merge_cuts.isChecked() and w.min_score.value() == MIN_SCORE  # the defaults
+    counts = []
+    for checked, floor in ((True, MIN_SCORE), (False, 0.0)):
         w.merge_cuts.setChecked(checked)
+        w.min_score.setValue(floor)
         w.run()
         wait_idle(w.runner)
         assert w.last_error is None
-    assert seen == [True, False]
+        counts.append(len(w.last_layer.features))
+    assert seen == [(True, MIN_SCORE), (False, 0.0)]
+    assert counts[1] >= counts[0]  # every object kept, none rejoined

@@ -10,7 +10,7 @@ from napari_unet.cli import main
 from napari_unet.core.io import write_scores
 from napari_unet.core.jobs import drain
 from napari_unet.core.metrics import auroc
-from napari_unet.core.scores import MEASURES, doubt_map, object_measures, object_scores
+from napari_unet.core.scores import MEASURES, MIN_SCORE, OF_MEDIAN, doubt_map, object_measures, object_scores, score_floor
 from napari_unet.core.segment import segment_iter
 from napari_unet.core.synth import synth_nuclei
 
@@ -38,6 +38,29 @@ def test_confident_objects_score_higher_on_every_measure():
     assert set(scores) == {3, 7, 9} and scores[7] < min(scores[3], scores[9])
     d = doubt_map(probs)
     assert d.dtype == np.uint8 and d[35, 35] > d[10, 10] and d[0, 0] < 10
+
+
+def test_score_floor_is_absolute_unless_the_whole_plane_is_doubtful():
+    assert score_floor(np.array([0.9, 0.8, 0.85, 0.1])) == MIN_SCORE
+    low = np.array([0.4, 0.35, 0.3, 0.05])  # a plane of tiny, blurred nuclei: keep the typical ones
+    assert score_floor(low) == pytest.approx(OF_MEDIAN * 0.325)
+    assert score_floor(low, min_score=0.0) == 0.0 and score_floor(np.zeros(0)) == 0.0
+
+
+def test_min_score_drops_doubted_objects_and_renumbers():
+    from napari_unet.api import load_model
+    from napari_unet.core.appearance import add_cytoplasm
+
+    img, lab = synth_nuclei((160, 160), rng=3)  # with a grainy cytoplasm: a few false objects in it
+    img = add_cytoplasm(img, lab, np.random.default_rng(0), level=0.1, texture=1.0, orphans=0.3)
+    net = load_model("bundled")
+    every = drain(segment_iter(img, net, device="cpu", diameter=24, min_score=0.0))
+    some = drain(segment_iter(img, net, device="cpu", diameter=24))  # the default MIN_SCORE
+    v = np.array(list(every.scores.values()))
+    assert 0 < (v < MIN_SCORE).sum() and len(some.scores) == (v >= score_floor(v)).sum() == some.labels.max()
+    assert min(some.scores.values()) >= MIN_SCORE
+    assert set(np.unique(some.labels)) == set(range(len(some.scores) + 1))  # numbered 1..n
+    assert np.all((some.labels == 0) | (every.labels > 0))  # only removed, nothing redrawn
 
 
 def test_auroc():
