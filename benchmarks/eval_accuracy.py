@@ -253,7 +253,9 @@ def format_table(results: Mapping[str, Mapping[str, Any]], method: str = "") -> 
     return "\n".join(lines)
 
 
-def _make_segment_fn(method: str, model: str | None, merge_cuts: bool = True, min_score: float | None = None) -> SegmentFn:
+def _make_segment_fn(
+    method: str, model: str | None, merge_cuts: bool = True, min_score: float | None = None
+) -> SegmentFn:
     if method in ("classical", "classical_log"):
         from napari_unet.core.classical import classical_segment
 
@@ -294,7 +296,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--per-image", action="store_true", help="also print per-image AP")
     parser.add_argument("--no-merge-cuts", action="store_true", help="unet: keep objects cut in two apart")
-    parser.add_argument("--min-score", type=float, help="unet: drop objects scored below (default: segment's; 0 keeps all)")
+    parser.add_argument(
+        "--min-score", type=float, help="unet: drop objects scored below (default: segment's; 0 keeps all)"
+    )
     args = parser.parse_args(argv)
 
     names = [s.strip() for s in args.sets.split(",") if s.strip()]

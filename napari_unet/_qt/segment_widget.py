@@ -67,6 +67,12 @@ class SegmentWidget(QWidget):
         self.probability = QCheckBox("add a probability layer")
         self.link = QCheckBox("one id per object across planes", checked=True)
         self.link.setToolTip("in a stack, give an object the id of the object it overlaps in the previous plane")
+        self.objects_3d = QCheckBox("3D objects (Z is spatial; experimental, 3.5-11x slower)")
+        self.objects_3d.setToolTip(
+            "segment a ZYX stack into 3D objects: the network on XY, XZ and YZ views, fused, and a 3D watershed"
+        )
+        self.anisotropy = QDoubleSpinBox(minimum=1.0, maximum=20.0, decimals=2, singleStep=0.5, value=1.0)
+        self.anisotropy.setToolTip("Z step / XY pixel size of the stack (from the voxel size)")
         self.tta = QCheckBox("test-time augmentation (about 2x slower)")
         self.tta.setToolTip("average the network's output over four flips of the image")
         self.merge_cuts = QCheckBox("rejoin nuclei cut in two", checked=True)
@@ -101,6 +107,8 @@ class SegmentWidget(QWidget):
         f.addRow("cluster", self.cluster)
         f.addRow("", self.probability)
         f.addRow("", self.link)
+        f.addRow("", self.objects_3d)
+        f.addRow("anisotropy", self.anisotropy)
         f.addRow("", self.tta)
         f.addRow("", self.merge_cuts)
         content = QWidget()
@@ -126,15 +134,23 @@ class SegmentWidget(QWidget):
     def _update_channels(self, layer=None) -> None:
         layer = self.image.layer()
         self.channel.clear()
-        n, planes = 0, False
+        n, planes, axes = 0, False, None
         if layer is not None:
             try:
                 axes = layer_axes(layer)
                 n = layer.data.shape[-1] if axes.endswith("C") else 0
                 planes = len(axes.replace("C", "")) > 2
             except ValueError:
-                n = 0
+                n, axes = 0, None
         self.link.setEnabled(planes)  # linking only means something in a stack
+        zyx = axes == "ZYX"  # 3D objects: a single-channel stack whose Z is spatial
+        self.objects_3d.setEnabled(zyx)
+        if not zyx:
+            self.objects_3d.setChecked(False)
+        self.anisotropy.setEnabled(zyx)
+        if zyx:  # the layer's Z scale over its X scale, as napari shows it, when that is a plausible voxel
+            ratio = float(layer.scale[-3] / layer.scale[-1])
+            self.anisotropy.setValue(ratio if 1.0 <= ratio <= 20.0 else 1.0)
         if n:
             self.channel.addItem("auto (the nuclear-looking one)", None)
             self.channel.addItem("average of channels", "mean")
@@ -172,6 +188,10 @@ class SegmentWidget(QWidget):
         self.last_output = None
         if cluster:
             return self._run_on_cluster(layer, request, spec, cluster)
+        three_d = self.objects_3d.isChecked()
+        if three_d and request.axes != "ZYX":
+            self._fail("Cannot segment: 3D objects need the whole ZYX stack (scope 'whole image')")
+            return None
         job = api.segment_iter(
             request.data,
             spec,
@@ -179,12 +199,13 @@ class SegmentWidget(QWidget):
             diameter=self._diameter(),
             channel=self.channel.currentData(),
             axes=request.axes,
-            probabilities=self.probability.isChecked(),
-            estimate_plane=request.plane,
-            link_iou=LINK_IOU if self.link.isChecked() else None,
+            probabilities=self.probability.isChecked() and not three_d,
+            estimate_plane=None if three_d else request.plane,
+            link_iou=LINK_IOU if self.link.isChecked() and not three_d else None,
             tta=self.tta.isChecked(),
             merge_cuts=self.merge_cuts.isChecked(),
             min_score=self.min_score.value(),
+            **({"mode": "3d", "anisotropy": self.anisotropy.value()} if three_d else {}),
         )
         self.runner.on_return = lambda result: self._on_segmented(request, spec, result)
         self._busy(True)

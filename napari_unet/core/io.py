@@ -29,11 +29,12 @@ TIFF_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff")
 
 @dataclass
 class ImageData:
-    """An image as read from disk: data (numpy or lazy), declared axes, pixel size (Y, X), metadata."""
+    """An image as read from disk: data (numpy or lazy), declared axes, pixel size (Y, X), Z step, metadata."""
 
     data: object
     axes: str | None = None
     pixel_size: tuple[float, ...] | None = None
+    z_step: float | None = None  # in the pixel size's unit, when the file says
     metadata: dict = field(default_factory=dict)
 
 
@@ -69,21 +70,24 @@ def read_tiff(path: Path) -> ImageData:
             )
         series = tif.series[0]
         axes = _tiff_axes(series.axes)
-        pixel_size = None
+        pixel_size = z_step = None
         try:
             if tif.is_ome and tif.ome_metadata:
                 root = ET.fromstring(tif.ome_metadata)
                 pix = next(e for e in root.iter() if e.tag.endswith("Pixels"))
-                sy, sx = pix.get("PhysicalSizeY"), pix.get("PhysicalSizeX")
+                sy, sx, sz = pix.get("PhysicalSizeY"), pix.get("PhysicalSizeX"), pix.get("PhysicalSizeZ")
                 if sy and sx:
                     pixel_size = (float(sy), float(sx))
+                    z_step = float(sz) if sz else None
             elif tif.imagej_metadata is not None:
                 xres = tif.pages[0].tags.get("XResolution")
                 if xres is not None:
                     num, den = xres.value
                     pixel_size = (den / num, den / num) if num else None
+                    spacing = tif.imagej_metadata.get("spacing")
+                    z_step = float(spacing) if spacing and pixel_size else None
         except (StopIteration, ValueError, TypeError, ZeroDivisionError, ET.ParseError):
-            pixel_size = None
+            pixel_size = z_step = None
         nbytes = int(np.prod(series.shape)) * np.dtype(series.dtype).itemsize
         if nbytes > LAZY_BYTES:
             import zarr
@@ -92,7 +96,7 @@ def read_tiff(path: Path) -> ImageData:
             data = data[0] if hasattr(data, "keys") and not hasattr(data, "shape") else data
         else:
             data = series.asarray()
-    return ImageData(data, axes, pixel_size)
+    return ImageData(data, axes, pixel_size, z_step)
 
 
 class _ZarrTaskNoise(logging.Filter):
@@ -141,8 +145,10 @@ def read_zarr(path: Path) -> ImageData:
         scale = next((t["scale"] for t in ms[0]["datasets"][0].get("coordinateTransformations", [])
                       if t.get("type") == "scale"), None)  # fmt: skip
         pixel = tuple(float(v) for v in scale[-2:]) if scale and len(scale) >= 2 else None
-        return ImageData(levels[0], axes, pixel if pixel != (1.0, 1.0) else None,
-                         {"levels": levels} if len(levels) > 1 else {})  # fmt: skip
+        z_step = float(scale[axes.index("Z")]) if axes and "Z" in axes and scale and len(scale) == len(axes) else None
+        known = pixel != (1.0, 1.0)
+        return ImageData(levels[0], axes, pixel if known else None, z_step if known else None,
+                         metadata={"levels": levels} if len(levels) > 1 else {})  # fmt: skip
     return ImageData(node, axes)
 
 

@@ -28,7 +28,7 @@ from .instances import BACKGROUND, INTERIOR
 from .jobs import drain
 from .normalize import iter_planes
 from .predict import InferenceModel, predict_plane
-from .scores import certainty_map
+from .scores import MIN_SCORE, certainty_map, score_floor
 from .segment import Progress, SegmentResult, estimate_on_planes, model_info
 from .tiling import linear_taps
 
@@ -106,6 +106,7 @@ def segment_3d_iter(
     batch_size: int | None = None,
     precision: str = "auto",
     tta: bool = False,
+    min_score: float = MIN_SCORE,
 ) -> Generator[Progress, None, SegmentResult]:
     """Segment a ZYX stack into 3D objects. Yields `Progress`; returns a `SegmentResult` (labels Z, Y, X).
 
@@ -113,6 +114,7 @@ def segment_3d_iter(
         anisotropy: Z step / XY pixel size (from the voxel size), at least 1 (a stack with coarser XY
             than Z is not supported).
         fusion: ``"xy"`` or ``"xyz"`` (see the module docstring).
+        min_score: Objects scored below `core.scores.score_floor` of all the stack's scores are dropped.
         Other arguments: as `core.segment.segment_iter`.
     """
     if fusion not in FUSIONS:
@@ -161,7 +163,14 @@ def segment_3d_iter(
     n = int(labels.max())
     area = np.bincount(labels.ravel(), minlength=n + 1)
     cert = np.bincount(labels.ravel(), weights=certainty_map(probs).ravel(), minlength=n + 1)
-    scores = {i: round(float(cert[i] / area[i]), 4) for i in range(1, n + 1) if area[i]}
+    score = cert / np.maximum(area, 1)
+    keep = area > 0
+    keep[0] = False
+    keep &= score >= score_floor(score[keep], min_score)
+    final = np.zeros(n + 1, np.int32)
+    final[keep] = np.arange(1, int(keep.sum()) + 1)
+    labels = final[labels]
+    scores = {int(final[i]): round(float(score[i]), 4) for i in np.nonzero(keep)[0]}
     return SegmentResult(
         labels, describe(dev), float(diameter), None, out_axes,
         {"channel": planes.channel, "fusion": fusion, "anisotropy": anisotropy},

@@ -204,3 +204,29 @@ def test_rejoin_box_and_min_score_reach_the_segmentation(viewer, qtbot, wait_idl
         counts.append(len(w.last_layer.features))
     assert seen == [(True, MIN_SCORE), (False, 0.0)]
     assert counts[1] >= counts[0]  # every object kept, none rejoined
+
+
+def test_3d_objects_from_a_zyx_stack(viewer, qtbot, wait_idle):
+    from napari_unet.core.metrics import match_instances
+    from napari_unet.core.synth3d import synth_nuclei_3d
+
+    img, truth = synth_nuclei_3d((12, 96, 96), anisotropy=2, rng=1)
+    viewer.add_image(img, name="zstack", scale=(1.0, 0.5, 0.5))  # Z step twice the pixel size
+    w = _widget(viewer, qtbot)
+    w.model.refresh(select="bundled")
+    w.diameter.setValue(22.0)
+    assert w.objects_3d.isEnabled() and not w.objects_3d.isChecked() and w.anisotropy.value() == 2.0
+    w.objects_3d.setChecked(True)
+    w.run(scope="current plane")
+    assert w.last_error and "whole ZYX stack" in w.last_error
+    w.run()
+    wait_idle(w.runner)
+    assert w.last_error is None, w.last_error
+    lab = viewer.layers["zstack labels"]
+    assert lab.data.shape == img.shape and w.last_result.extra["anisotropy"] == 2.0
+    depth = [np.ptp(np.nonzero(lab.data == i)[0]) + 1 for i in np.unique(lab.data)[1:]]
+    assert np.median(depth) >= 4 and match_instances(truth, lab.data).ap >= 0.4
+    assert len(lab.features) == len(depth)  # every 3D object has its score
+    viewer.add_image(img[0], name="plane")
+    w.image.setCurrentIndex(w.image.findText("plane"))
+    assert w.image.layer().name == "plane" and not w.objects_3d.isEnabled() and not w.objects_3d.isChecked()

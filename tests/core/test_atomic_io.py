@@ -34,6 +34,19 @@ def test_labels_round_trip_with_their_axes(tmp_path, shape, axes):
     assert back.axes == expected and back.data.shape == shape and back.pixel_size == (0.5, 0.5)
 
 
+def test_the_z_step_is_read_from_imagej_and_ome_tiff(tmp_path):
+    stack = np.zeros((4, 32, 32), np.uint16)
+    tifffile.imwrite(tmp_path / "ij.tif", stack, imagej=True, resolution=(1 / 0.3, 1 / 0.3),
+                     metadata={"spacing": 0.9, "axes": "ZYX"})  # fmt: skip
+    tifffile.imwrite(tmp_path / "o.ome.tif", stack,
+                     metadata={"axes": "ZYX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.2, "PhysicalSizeZ": 1.0})  # fmt: skip
+    tifffile.imwrite(tmp_path / "plain.tif", stack)
+    ij, ome, plain = (read_image(tmp_path / n) for n in ("ij.tif", "o.ome.tif", "plain.tif"))
+    assert ij.pixel_size == pytest.approx((0.3, 0.3)) and ij.z_step == pytest.approx(0.9)
+    assert ome.pixel_size == (0.2, 0.2) and ome.z_step == 1.0
+    assert plain.z_step is None
+
+
 def test_big_label_ids_and_bad_labels(tmp_path):
     labels = np.array([[0, 70_000], [1, 2]], np.int64)
     back = tifffile.imread(write_labels(tmp_path / "big.tif", labels))

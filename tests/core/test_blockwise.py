@@ -66,7 +66,9 @@ def test_an_object_cut_by_a_seam_gets_one_id_and_neighbours_stay_apart():
     # min_score 0.3 keeps both (0.68 and 0.5); one scored 0.1 is dropped, the ids stay consecutive.
     assert stitch_blocks(plan, outs, min_score=0.3).n_objects == 2
     doubted = dict(outs)
-    doubted[1] = BlockOutput(1, right, 2, {"left": strip_r}, np.bincount(right.ravel()), np.array([0, 0.9 * 60, 0.1 * 70]))
+    doubted[1] = BlockOutput(
+        1, right, 2, {"left": strip_r}, np.bincount(right.ravel()), np.array([0, 0.9 * 60, 0.1 * 70])
+    )
     low = stitch_blocks(plan, doubted, first_id=11, min_score=0.3)
     assert low.n_objects == 1 and low.luts[1][2] == 0 and list(low.scores) == [11]
     assert stitch_blocks(plan, doubted, min_score=0.0).n_objects == 2

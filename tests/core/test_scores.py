@@ -10,7 +10,15 @@ from napari_unet.cli import main
 from napari_unet.core.io import write_scores
 from napari_unet.core.jobs import drain
 from napari_unet.core.metrics import auroc
-from napari_unet.core.scores import MEASURES, MIN_SCORE, OF_MEDIAN, doubt_map, object_measures, object_scores, score_floor
+from napari_unet.core.scores import (
+    MEASURES,
+    MIN_SCORE,
+    OF_MEDIAN,
+    doubt_map,
+    object_measures,
+    object_scores,
+    score_floor,
+)
 from napari_unet.core.segment import segment_iter
 from napari_unet.core.synth import synth_nuclei
 
