@@ -4,12 +4,12 @@ Two ways to get the volume of probabilities, measured against each other and aga
 objects plane to plane in `benchmarks/segment_3d.py`:
 
 * ``"xy"``: the network on every XY plane (the cost of plane-by-plane segmentation);
-* ``"xyz"``: also on every XZ and YZ slice of the stack resampled to isotropic voxels (Z stretched by
-  the anisotropy), the three views averaged, as Cellpose does with its flows: more context across Z,
-  at about 1 + 2 x anisotropy the cost.
+* ``"xyz"``: also on XZ and YZ slices of the stack resampled to isotropic voxels (Z stretched by the
+  anisotropy), every `stride` px (the ones between interpolated), the three views averaged, as
+  Cellpose does with its flows: context across Z at about 3x the plane-by-plane cost.
 
-Instances grow from seeds (3D connected regions of confident interior) through the foreground by a
-seeded watershed over the interior probability, so the boundary class separates touching nuclei in
+Instances grow from seeds (3D connected regions of very confident interior) through the foreground by
+a seeded watershed over the interior probability, so the boundary class separates touching nuclei in
 3D as it does in 2D; objects smaller than a tenth of a typical nucleus's volume are dropped.
 """
 
@@ -33,55 +33,51 @@ from .segment import Progress, SegmentResult, estimate_on_planes, model_info
 from .tiling import linear_taps
 
 FUSIONS = ("xy", "xyz")
-#: Seeds (distance peaks) are at least this many diameters apart.
-SEED_SPACING = 0.45  # of 1/3, 0.45, 0.6 on the synthetic stacks (benchmarks/segment_3d.py): 0.45 and 0.6 tie
+#: Seeds are the 3D connected regions of fused interior probability above this (chosen on synthetic
+#: stacks of other seeds than the benchmark's: benchmarks/RESULTS.md, "Z-stacks as 3D objects").
+SEED_THRESHOLD = 0.9
 
 
 def labels_from_probabilities_3d(
-    probs: np.ndarray,
-    *,
-    diameter: float,
-    anisotropy: float = 1.0,
-    min_size: int,
-    seed_threshold: float = 0.5,
-    mask_threshold: float = 0.5,
+    probs: np.ndarray, *, min_size: int, seed_threshold: float = SEED_THRESHOLD, mask_threshold: float = 0.5
 ) -> np.ndarray:
     """Seeded 3D watershed on (3, Z, Y, X) uint8 probabilities; int32 labels 1..N.
 
-    Seeds are the peaks of the distance (in XY pixels, Z scaled by `anisotropy`) from the edge of the
-    confident interior, at least a third of a `diameter` apart: regions of interior of two touching
-    nuclei often touch across planes, and one connected region would merge them.
+    Seeds are the connected regions of very confident interior (the cores of two touching nuclei stay
+    apart there, where at 0.5 they often touch across planes); a region of confident interior (> 0.5)
+    without such a core gets one seed of its own (a dim nucleus). They grow over the interior
+    probability into the foreground, so the boundary class separates touching nuclei as in 2D.
     """
-    from skimage.feature import peak_local_max
-
     interior = probs[INTERIOR]
-    core = interior > seed_threshold * 255
-    regions, n = ndi.label(core)
-    if n == 0:
-        return np.zeros(interior.shape, np.int32)
-    dist = ndi.distance_transform_edt(core, sampling=(anisotropy, 1.0, 1.0)).astype(np.float32)
-    r = diameter * SEED_SPACING
-    rz = max(1, int(round(r / anisotropy)))
-    ri = max(1, int(round(r)))
-    # A box, not a ball: scipy's maximum filter is separable for a box (measured 9.6x -> see RESULTS).
-    footprint = np.ones((2 * rz + 1, 2 * ri + 1, 2 * ri + 1), bool)
-    peaks = peak_local_max(dist, footprint=footprint, labels=regions, threshold_abs=diameter / 10, exclude_border=False)
-    seeds = np.zeros(interior.shape, np.int32)
-    seeds[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-    # Regions without a peak (thin or small) keep one seed of their own.
-    missing = np.setdiff1d(np.arange(1, n + 1), np.unique(regions[tuple(peaks.T)]))
+    seeds, n = ndi.label(interior > seed_threshold * 255)
+    core = interior > 127
+    regions, m = ndi.label(core)
+    missing = np.setdiff1d(np.arange(1, m + 1), np.unique(regions[seeds > 0]))
     if missing.size:
         extra = np.isin(regions, missing)
-        seeds[extra] = regions[extra] + len(peaks)
+        seeds[extra] = regions[extra] + n
+    del regions
     mask = (probs[BACKGROUND] < (1.0 - mask_threshold) * 255) | core
-    labels = watershed(-dist, seeds, mask=core)  # split the interior between the seeds by distance ...
-    labels = watershed((255 - interior).astype(np.int16), labels, mask=mask)  # ... then grow into the boundary
+    labels = watershed((255 - interior).astype(np.int16), seeds, mask=mask)
     counts = np.bincount(labels.ravel())
     keep = counts >= min_size
     keep[0] = False
     lut = np.zeros(counts.size, np.int32)
     lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
     return lut[labels]
+
+
+def _fill_between(part: np.ndarray, axis: int, done: np.ndarray) -> None:
+    """Linearly interpolate, in place, the slices of `part` along `axis` that are not in `done` (sorted)."""
+    pos = np.arange(part.shape[axis])
+    j = np.clip(np.searchsorted(done, pos, side="right") - 1, 0, len(done) - 2)
+    lo, hi = done[j], done[j + 1]
+    f = (pos - lo) / np.maximum(hi - lo, 1)
+    shape = [1] * part.ndim
+    shape[axis] = -1
+    f = f.reshape(shape).astype(np.float32)
+    a, b = np.take(part, lo, axis=axis).astype(np.float32), np.take(part, hi, axis=axis).astype(np.float32)
+    part[...] = np.round(a * (1 - f) + b * f).astype(part.dtype)
 
 
 def _resample_z(volume: np.ndarray, n_out: int) -> np.ndarray:
@@ -134,14 +130,19 @@ def segment_3d_iter(
     scale = info.diameter / diameter
     volume = np.stack([planes.at((z,)) for z in range(Z)])
     zi = max(1, int(round(Z * anisotropy)))
-    views = [("xy", Z)] + ([("xz", Y), ("yz", X)] if fusion == "xyz" else [])
-    total = sum(n for _, n in views)
     acc = np.zeros((3, Z, Y, X), np.float32)
     done = 0
     iso = _resample_z(volume, zi) if fusion == "xyz" else None
-    for view, n in views:
+    # XZ and YZ slices every `stride` px, the ones between interpolated: measured without loss, and it
+    # keeps the two side views at about twice the XY view's cost whatever the anisotropy.
+    stride = max(2, int(round(anisotropy)))
+    sampled = {"xy": np.arange(Z), "xz": np.unique(np.r_[0:Y:stride, Y - 1]), "yz": np.unique(np.r_[0:X:stride, X - 1])}
+    views = [(v, sampled[v]) for v in (("xy", "xz", "yz") if fusion == "xyz" else ("xy",))]
+    total = sum(len(ks) for _, ks in views)
+    for view, ks in views:
         part = np.zeros((3, Z if view == "xy" else zi, Y, X), np.uint8)
-        for k in range(n):
+        n = len(ks)
+        for step, k in enumerate(ks):
             if view == "xy":
                 part[:, k] = _predict(infer, volume[k], scale, tile, overlap, batch_size)
             elif view == "xz":
@@ -149,7 +150,9 @@ def segment_3d_iter(
             else:
                 part[:, :, :, k] = _predict(infer, iso[:, :, k], scale, tile, overlap, batch_size)
             done += 1
-            yield Progress(0, 1, done, total, f"{view} {k + 1}/{n}")
+            yield Progress(0, 1, done, total, f"{view} {step + 1}/{n}")
+        if view != "xy":
+            _fill_between(part, 2 if view == "xz" else 3, ks)
         acc += part if view == "xy" else _resample_z(part.astype(np.float32), Z)
         del part
     del iso, volume
@@ -157,9 +160,8 @@ def segment_3d_iter(
     del acc
     voxel_volume = np.pi / 6 * diameter**3 / anisotropy  # a typical nucleus, in voxels
     labels = labels_from_probabilities_3d(
-        probs, diameter=diameter, anisotropy=anisotropy, min_size=max(8, int(0.1 * voxel_volume)),
-        mask_threshold=info.mask_threshold,
-    )  # fmt: skip
+        probs, min_size=max(8, int(0.1 * voxel_volume)), mask_threshold=info.mask_threshold
+    )
     n = int(labels.max())
     area = np.bincount(labels.ravel(), minlength=n + 1)
     cert = np.bincount(labels.ravel(), weights=certainty_map(probs).ravel(), minlength=n + 1)

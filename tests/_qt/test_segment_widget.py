@@ -225,7 +225,7 @@ def test_3d_objects_from_a_zyx_stack(viewer, qtbot, wait_idle):
     lab = viewer.layers["zstack labels"]
     assert lab.data.shape == img.shape and w.last_result.extra["anisotropy"] == 2.0
     depth = [np.ptp(np.nonzero(lab.data == i)[0]) + 1 for i in np.unique(lab.data)[1:]]
-    assert np.median(depth) >= 4 and match_instances(truth, lab.data).ap >= 0.4
+    assert np.median(depth) >= 4 and match_instances(truth, lab.data).ap >= 0.85  # measured 1.0
     assert len(lab.features) == len(depth)  # every 3D object has its score
     viewer.add_image(img[0], name="plane")
     w.image.setCurrentIndex(w.image.findText("plane"))
