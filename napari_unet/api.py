@@ -277,7 +277,7 @@ def segment(
             objects in autofluorescence, cytoplasm or debris (benchmarks/RESULTS.md). 0 keeps every object.
         mode: ``"2d"``: plane by plane (stacks linked with `link_iou`); ``"3d"``: a ZYX stack whose Z is spatial
             into 3D objects (`core.segment3d`: the network on XY, XZ and YZ views, fused, and a 3D watershed;
-            about 3.5-11x the plane-by-plane time; experimental: see its accuracy in benchmarks/RESULTS.md).
+            1.6-2.5x the plane-by-plane time; measured in benchmarks/RESULTS.md; the stack is held in memory).
         anisotropy: With mode ``"3d"``: Z step / XY pixel size, 1-20 (default 1: isotropic voxels).
 
     Returns:

@@ -51,6 +51,7 @@ class SegmentWidget(QWidget):
         self.last_result = None
         self.last_error: str | None = None
         self.last_output = None  # the OME-Zarr of the last cluster run (to say where a cancelled one is kept)
+        self._stack = False  # the chosen layer has planes (linking means something)
 
         self.image = LayerCombo(self.viewer, Image, accept=is_source_image)
         self.model = ModelCombo()
@@ -67,7 +68,7 @@ class SegmentWidget(QWidget):
         self.probability = QCheckBox("add a probability layer")
         self.link = QCheckBox("one id per object across planes", checked=True)
         self.link.setToolTip("in a stack, give an object the id of the object it overlaps in the previous plane")
-        self.objects_3d = QCheckBox("3D objects (Z is spatial; experimental, 3.5-11x slower)")
+        self.objects_3d = QCheckBox("3D objects (Z is spatial; about 2-3x slower)")
         self.objects_3d.setToolTip(
             "segment a ZYX stack into 3D objects: the network on XY, XZ and YZ views, fused, and a 3D watershed"
         )
@@ -123,6 +124,7 @@ class SegmentWidget(QWidget):
         self.runner = JobRunner(
             on_yield=self._on_progress, on_error=self._on_error, on_finish=self._on_finish, on_notice=self._on_notice
         )
+        self.objects_3d.toggled.connect(self._on_3d_toggled)
         self.run_btn.clicked.connect(lambda: self.run())
         self.cancel_btn.clicked.connect(self.runner.cancel)
         self.estimate_btn.clicked.connect(lambda: self.estimate())
@@ -142,7 +144,8 @@ class SegmentWidget(QWidget):
                 planes = len(axes.replace("C", "")) > 2
             except ValueError:
                 n, axes = 0, None
-        self.link.setEnabled(planes)  # linking only means something in a stack
+        self._stack = planes
+        self.link.setEnabled(planes and not self.objects_3d.isChecked())  # linking: 2D objects of a stack
         zyx = axes == "ZYX"  # 3D objects: a single-channel stack whose Z is spatial
         self.objects_3d.setEnabled(zyx)
         if not zyx:
@@ -159,6 +162,10 @@ class SegmentWidget(QWidget):
         else:
             self.channel.addItem("single channel", None)
         self.channel.setEnabled(bool(n))
+
+    def _on_3d_toggled(self, on: bool) -> None:
+        self.link.setEnabled(self._stack and not on)  # plane linking and the 2D rejoin step are for 2D objects
+        self.merge_cuts.setEnabled(not on)
 
     def _diameter(self) -> float | None:
         return self.diameter.value() or None
@@ -327,7 +334,8 @@ class SegmentWidget(QWidget):
         notes = result.extra.get("notices") or []
         where = "new layer" if new else "updated"
         self.status.setText(
-            f"{n} objects{f' in {planes} planes' if planes > 1 else ''} -> '{layer.name}' ({where}); diameter "
+            f"{n} {'3D objects' if 'anisotropy' in result.extra else 'objects'}"
+            f"{f' in {planes} planes' if planes > 1 else ''} -> '{layer.name}' ({where}); diameter "
             f"{result.diameter:.1f} px; {result.device}" + (f"; {notes[-1]}" if notes else "")
         )
 

@@ -230,3 +230,16 @@ def test_3d_objects_from_a_zyx_stack(viewer, qtbot, wait_idle):
     viewer.add_image(img[0], name="plane")
     w.image.setCurrentIndex(w.image.findText("plane"))
     assert w.image.layer().name == "plane" and not w.objects_3d.isEnabled() and not w.objects_3d.isChecked()
+
+
+def test_the_3d_box_turns_the_2d_only_options_off_and_on(viewer, qtbot):
+    from napari_unet.core.synth3d import synth_nuclei_3d
+
+    img, _ = synth_nuclei_3d((6, 48, 48), rng=0)
+    viewer.add_image(img, name="zstack")
+    w = _widget(viewer, qtbot)
+    assert w.link.isEnabled() and w.merge_cuts.isEnabled()
+    w.objects_3d.setChecked(True)
+    assert not w.link.isEnabled() and not w.merge_cuts.isEnabled()
+    w.objects_3d.setChecked(False)
+    assert w.link.isEnabled() and w.merge_cuts.isEnabled()
