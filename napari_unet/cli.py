@@ -266,8 +266,9 @@ def _read_array(path: str, what: str):
 
 
 def _training_planes(args: argparse.Namespace):
-    """(images, labels, masks) as lists of 2D planes: 2D files as they are, stacks by --planes."""
-    from .core.trainingdata import training_planes
+    """(images, labels, masks) as lists of 2D planes: 2D files as they are, stacks by --planes (and with
+    --side-views, the XZ / YZ slices of a ZYX stack whose mask was painted as areas in them)."""
+    from .core.trainingdata import side_view_planes, training_planes
 
     images, labels, masks = [], [], []
     for k, (ip, lp) in enumerate(zip(args.image, args.labels)):
@@ -281,6 +282,11 @@ def _training_planes(args: argparse.Namespace):
         images += i
         labels += lb
         masks += m if m is not None else [None] * len(i)
+        if args.side_views is not None:
+            if img.ndim != 3 or msk is None:
+                raise InputError(f"'{ip}': --side-views needs a ZYX stack and its --mask of painted voxels")
+            si, sl, sm, _ = side_view_planes(img, lab, msk, anisotropy=args.side_views)
+            images, labels, masks = images + si, labels + sl, masks + sm
     return images, labels, (masks if args.mask else None)
 
 
@@ -371,6 +377,11 @@ def _add_train_commands(sub) -> None:
     t.add_argument("--mask", action="append", help="trusted pixels (nonzero) for each --image; default all")
     t.add_argument("--planes", help="planes of stacks to train on, e.g. 0-3,7 (default: planes with labels / mask)")
     t.add_argument("--scribbles", action="store_true", help="--labels are scribbles: 1 = background, 2+ = object")
+    t.add_argument(
+        "--side-views", type=float, metavar="ANISOTROPY",
+        help="also train on the XZ / YZ slices of a ZYX stack where the --mask was painted as areas (in napari's "
+             "3D view or with the dims rolled); the value is the Z step / XY pixel size",
+    )  # fmt: skip
     t.add_argument("--init", default="current", help="current (default), bundled, a model file or a saved version")
     budget = t.add_mutually_exclusive_group()
     budget.add_argument("--seconds", type=float, help="time budget (default 60 s)")

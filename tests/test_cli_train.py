@@ -141,3 +141,23 @@ def test_train_on_chosen_planes_of_a_stack(files, tmp_path, capsys):
     assert main(args + ["--planes", "5", "--overwrite"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "planes 5" in err[0]
+
+
+def test_train_on_side_views_of_a_stack_painted_in_3d(files, tmp_path, capsys):
+    from napari_unet.core.synth3d import synth_nuclei_3d
+    from napari_unet.core.trainingdata import side_view_planes
+
+    img, lab = synth_nuclei_3d((8, 48, 48), anisotropy=2, rng=4)
+    mask = np.zeros(lab.shape, np.uint8)
+    mask[2:6, 10:30, 10:20] = 1  # a block painted with a 3D brush: 4 XY planes, 20 XZ + 10 YZ slices
+    for name, a in (("s", img), ("sl", lab), ("sm", mask)):
+        tifffile.imwrite(tmp_path / f"{name}.tif", a, photometric="minisblack")
+    args = _train_args(files, "--steps", "2", "--mask", str(tmp_path / "sm.tif"), "--side-views", "2")
+    args[2], args[4] = str(tmp_path / "s.tif"), str(tmp_path / "sl.tif")
+    assert main(args) == 0
+    n_side = len(side_view_planes(img, lab, mask, anisotropy=2)[0])
+    assert n_side == 16 + 10  # the 20 XZ slices capped at SIDE_VIEW_MAX, evenly spaced
+    assert len(read_model(files["out"])[1].provenance["data"]) == 4 + n_side
+    bad = [a for a in args if a not in ("--mask", str(tmp_path / "sm.tif"))]
+    assert main(bad + ["--overwrite"]) == 1
+    assert "--side-views needs a ZYX stack and its --mask" in capsys.readouterr().err

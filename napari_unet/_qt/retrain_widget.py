@@ -196,8 +196,9 @@ class RetrainWidget(QWidget):
         self._training, self._saved_name = True, None
         self.runner.on_return = self._on_trained
         self._busy(True)
-        n = len(req.planes)
-        self.status.setText(f"training on {n} plane{'s' if n > 1 else ''} for {self.seconds.value():.0f} s...")
+        n, side = len(req.planes), len(req.extra.get("side_views", []))
+        views = f" + {side} XZ/YZ slice{'s' if side > 1 else ''}" if side else ""
+        self.status.setText(f"training on {n} plane{'s' if n > 1 else ''}{views} for {self.seconds.value():.0f} s...")
         return self.runner.start(job, f"Retraining on {labels.name}", background=self.background)
 
     def stop(self) -> None:
@@ -310,17 +311,20 @@ class RetrainWidget(QWidget):
             return
         tracker = self.session.tracker(labels)
         data = np.array(image.data, copy=True) if isinstance(image.data, np.ndarray) else image.data
-        diameter = layer_meta(labels).get("diameter")
+        meta = layer_meta(labels)
+        diameter = meta.get("diameter")
         plane = int(np.ravel_multi_index(self._preview_plane, labels.data.shape[:-2])) if labels.ndim > 2 else None
         from .. import api
 
+        mode = {"mode": "3d", "anisotropy": meta["anisotropy"]} if meta.get("mode") == "3d" else {}
         job = api.segment_iter(
             data,
             result.model,
             device=self.device.device(),
             axes=layer_axes(image),
             diameter=float(diameter) if diameter else None,
-            estimate_plane=plane,
+            estimate_plane=None if mode else plane,
+            **mode,
         )
         trusted = tracker.trusted.copy()
 

@@ -323,6 +323,9 @@ class SegmentWidget(QWidget):
             "device": result.device,
             "scope": self.scope.currentText(),
         }
+        info["mode"] = "3d" if "anisotropy" in result.extra else "2d"  # a retrain re-segments the same way
+        if info["mode"] == "3d":
+            info["anisotropy"] = result.extra["anisotropy"]
         layer, new = apply_labels(self.viewer, request, result.labels, info)
         set_score_features(layer, request.region, result)
         if result.probabilities is not None:

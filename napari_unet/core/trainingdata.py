@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage as ndi
 from skimage.transform import resize
 
 from .errors import InputError
@@ -456,6 +457,53 @@ def training_planes(
             "the chosen planes hold no painted or reviewed pixel: paint there first, or choose other planes"
         )
     return images, labs, (None if trust == "all" else masks), kept
+
+
+#: `side_view_planes`: an XZ or YZ slice is painted when at least this many of its trusted pixels have all
+#: their 8 in-slice neighbours trusted too (a painted area, not a line left by strokes in another view).
+SIDE_VIEW_MIN_AREA = 9
+#: ... and at most this many slices of each orientation are taken, evenly spaced (neighbours repeat).
+SIDE_VIEW_MAX = 16
+
+
+def side_view_planes(
+    image, labels, trusted, *, anisotropy: float = 1.0
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], list[tuple[str, int]]]:
+    """XZ and YZ slices of a ZYX stack that the user painted across Z, as 2D training planes.
+
+    Corrections painted in napari's 3D view or with the stack's dims rolled (XZ or YZ displayed) are
+    side views of the objects; the 3D mode predicts such views too (`core.segment3d`). Each slice is
+    resampled along Z to cubic voxels (`anisotropy` = Z step / XY pixel size; the image linearly, the
+    labels and trusted mask by nearest neighbour), so its objects have the XY planes' diameter.
+
+    Returns:
+        (images, labels, masks, [("xz", y) or ("yz", x), ...]); empty lists when nothing is painted so.
+    """
+    if np.ndim(labels) != 3 or tuple(np.shape(image)) != tuple(np.shape(labels)):
+        raise InputError("side views need a ZYX stack and labels of its shape")
+    if not (np.isfinite(anisotropy) and 1.0 <= anisotropy <= 20.0):
+        raise InputError(f"anisotropy (Z step / XY pixel size) must be from 1 to 20, got {anisotropy}")
+    t = np.asarray(trusted).astype(bool)
+    Z = t.shape[0]
+    zi = max(1, int(round(Z * anisotropy)))
+    images, labs, masks, names = [], [], [], []
+    for view, axis in (("xz", 1), ("yz", 2)):
+        # What survives a 3x3 erosion within the slice: painted areas do, the lines that strokes in the
+        # other orientations leave across it do not.
+        footprint = np.ones((3, 1, 3) if axis == 1 else (3, 3, 1), bool)
+        area = ndi.binary_erosion(t, footprint).sum(axis=(0, 3 - axis))  # per slice
+        found = np.flatnonzero(area >= SIDE_VIEW_MIN_AREA)
+        if found.size > SIDE_VIEW_MAX:
+            found = found[np.round(np.linspace(0, found.size - 1, SIDE_VIEW_MAX)).astype(int)]
+        for k in found:
+            take = (slice(None), int(k)) if axis == 1 else (slice(None), slice(None), int(k))
+            img = np.asarray(image[take], dtype=np.float32)
+            shape = (zi, img.shape[1])
+            images.append(_resize(img, shape, 1))
+            labs.append(_resize(np.asarray(labels[take]), shape, 0))
+            masks.append(_resize(t[take], shape, 0))
+            names.append((view, int(k)))
+    return images, labs, masks, names
 
 
 def diameters_per_image(diameter, n: int) -> list[float | None]:

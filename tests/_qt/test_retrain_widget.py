@@ -293,3 +293,36 @@ def test_export_button_exports_the_chosen_version(viewer, qtbot, tmp_path, wait_
     w.export_version(path=str(out))
     wait_idle(w.exporter)
     assert "exists" in w.status.text() and w.export_btn.isEnabled()
+
+
+def test_3d_segment_paint_in_3d_and_retrain(viewer, qtbot, wait_idle):
+    # A ZYX stack into 3D objects, a ball painted with napari's 3D brush (n_edit_dim 3), then a retrain
+    # round: its XZ and YZ slices are training data next to the XY planes, and the painting is kept.
+    from napari_unet.core.synth3d import synth_nuclei_3d
+
+    img, _ = synth_nuclei_3d((8, 64, 64), anisotropy=2, rng=2)
+    viewer.add_image(img, name="z", scale=(2.0, 1.0, 1.0))
+    seg = SegmentWidget(viewer)
+    qtbot.addWidget(seg)
+    seg.diameter.setValue(20.0)
+    seg.objects_3d.setChecked(True)
+    seg.run()
+    wait_idle(seg.runner)
+    assert seg.last_error is None, seg.last_error
+    labels = viewer.layers["z labels"]
+    labels.n_edit_dimensions = 3
+    labels.brush_size = 12
+    labels.paint((4, 32, 32), 77)
+    painted = labels.data == 77
+    assert len(np.unique(np.nonzero(painted)[0])) > 1  # a ball across planes, not a disc
+    w = _retrain(viewer, qtbot, 4)
+    w.start()
+    assert "XZ/YZ slices" in w.status.text(), w.status.text()
+    side = w._request.extra["side_views"]
+    assert {v for v, _ in side} == {"xz", "yz"}
+    assert all(im.shape[0] == 16 for im in w._request.images[-len(side) :])  # Z stretched to cubic voxels
+    wait_idle(w.runner, timeout=180_000)
+    assert w.last_error is None, w.last_error
+    assert w.last_result is not None and (labels.data[painted] == 77).all()
+    assert labels.metadata["napari_unet"]["model"] == w.last_result.name  # re-segmented, in 3D again
+    assert labels.metadata["napari_unet"]["mode"] == "3d"

@@ -66,3 +66,24 @@ def test_3d_objects_beat_plane_linking_on_synthetic_stacks(anisotropy):
     ap3d = match_instances(lab, segment(img, net, mode="3d", anisotropy=anisotropy, diameter=22)).ap
     linked = match_instances(lab, segment(img, net, axes="ZYX", diameter=22, link_iou=0.3, merge_cuts=False)).ap
     assert ap3d >= 0.85 and ap3d >= linked + 0.10, (ap3d, linked)
+
+
+def test_side_views_are_the_xz_yz_slices_painted_as_areas():
+    from napari_unet.core.trainingdata import SIDE_VIEW_MAX, side_view_planes
+
+    img, lab = synth_nuclei_3d((12, 64, 64), anisotropy=2, rng=0)
+    t = np.zeros(lab.shape, bool)
+    t[:, 30, 10:50] = True  # one XZ slice painted (dims rolled) ...
+    t[5] = True  # ... and one whole XY plane: lines across every other slice, no side view
+    images, labels, masks, names = side_view_planes(img, lab, t, anisotropy=2)
+    assert names == [("xz", 30)]
+    assert images[0].shape == labels[0].shape == masks[0].shape == (24, 64)  # Z stretched 2x
+    np.testing.assert_array_equal(labels[0][::2], lab[:, 30, :])  # nearest neighbour: the same ids
+    assert masks[0].dtype == bool and masks[0][:, 10:50].all()
+    np.testing.assert_array_equal(masks[0][:, :10].any(axis=1), np.repeat(np.arange(12) == 5, 2))  # plane 5's row
+    t[:] = False
+    t[2:10, 10:60, 10:60] = True  # a 3D brush: side views in both orientations, at most SIDE_VIEW_MAX each
+    names = side_view_planes(img, lab, t, anisotropy=2)[3]
+    assert sum(v == "xz" for v, _ in names) == sum(v == "yz" for v, _ in names) == SIDE_VIEW_MAX
+    with pytest.raises(InputError, match="ZYX"):
+        side_view_planes(img[0], lab[0], t[0])
