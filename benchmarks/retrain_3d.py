@@ -57,7 +57,9 @@ def main() -> None:
     painted = ndi.binary_dilation(np.isin(lab, ids), iterations=2)
     xy = training_planes(img, lab, painted)
     side = side_view_planes(img, lab, painted, anisotropy=A)
-    print(f"{args.objects} nuclei painted ({painted.sum()} voxels): {len(xy[0])} XY planes, {len(side[0])} XZ/YZ slices")
+    print(
+        f"{args.objects} nuclei painted ({painted.sum()} voxels): {len(xy[0])} XY planes, {len(side[0])} XZ/YZ slices"
+    )
     print(f"bundled: held-out 3D AP@0.5 {ap3d(bundled, held):.3f} ({sum(int(lab.max()) for _, lab in held)} nuclei)")
     print("| training data | seed | steps | held-out 3D AP@0.5 |\n|---|---:|---:|---:|")
     for seed in range(args.seeds):
@@ -68,8 +70,11 @@ def main() -> None:
             t0 = time.perf_counter()
             res = drain(train_iter(ims, labs, masks, init=bundled, seconds=args.seconds, device="cpu",
                                    diameter=22.0, seed=seed))  # fmt: skip
-            print(f"| {name} | {seed} | {res.metrics['steps']} | {ap3d(res.model, held):.3f} |"
-                  f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
+            print(
+                f"| {name} | {seed} | {res.metrics['steps']} | {ap3d(res.model, held):.3f} |"
+                f"  ({time.perf_counter() - t0:.0f} s)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

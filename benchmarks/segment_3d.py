@@ -7,12 +7,15 @@ segmentation linked by IoU > 0.3; `core.segment3d` with XY probabilities only, a
 views fused (the `mode="3d"` default). 3D AP@0.5 (3D IoU), time relative to plane by plane, and peak
 memory of the process (ru_maxrss grows only, so each figure is the most any method needed so far).
 `--cells3d` adds the real confocal stack of `../shared/data/cells3d` (bronze labels, 20 nuclei).
+`--memory Z,SIDE` segments one synthetic Z x SIDE x SIDE stack in 3D in a fresh process per setting (one
+block, and the default blocks) and reports its peak RSS beyond the loaded stack (VmHWM, reset after loading).
 """
 
 from __future__ import annotations
 
 import argparse
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -55,6 +58,35 @@ def _print(a, rows):
               flush=True)  # fmt: skip
 
 
+_CHILD = """
+import sys, time, numpy as np
+sys.path.insert(0, {root!r})
+from napari_unet.api import load_model, segment
+from napari_unet.core.synth3d import synth_nuclei_3d
+m = load_model("bundled")
+img, lab = synth_nuclei_3d(({z}, {side}, {side}), anisotropy=2, rng=0)
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak: what segmenting needs beyond the stack
+t = time.perf_counter()
+out = segment(img, m, mode="3d", anisotropy=2, diameter=22, block={block})
+hwm = next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM"))
+rss = next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmRSS"))
+print(f"{{time.perf_counter() - t:.1f}} {{hwm / 1024:.0f}} {{out.max()}}")
+"""
+
+
+def memory(z: int, side: int) -> None:
+    from napari_unet.core.segment3d import BLOCK_3D
+
+    print(
+        f"\n3D objects of one {z}x{side}x{side} stack (anisotropy 2; stack {z * side * side * 2 / 2**20:.0f} MB uint16):"
+    )
+    print("| blocks | s | peak RSS MB (process, after loading) | objects |\n|---|---:|---:|---:|")
+    for block in (None, BLOCK_3D):
+        out = subprocess.run([sys.executable, "-c", _CHILD.format(root=str(ROOT), z=z, side=side, block=block)],
+                             capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+        print(f"| {'one' if block is None else f'{block} px'} | {out[0]} | {out[1]} | {out[2]} |", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--seeds", type=int, default=2)
@@ -62,7 +94,11 @@ def main() -> None:
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--diameter", type=float, default=22.0)
     p.add_argument("--cells3d", action="store_true", help="also the real cells3d stack (bronze labels)")
+    p.add_argument("--memory", help="Z,SIDE: peak memory of one stack, one block against the default blocks")
     args = p.parse_args()
+    if args.memory:
+        memory(*(int(v) for v in args.memory.split(",")))
+        return
     model = load_model("bundled")
     print("| anisotropy | method | 3D AP@0.5 | objects (true / found) | s | x plane by plane | peak RSS MB |")
     print("|---:|---|---:|---:|---:|---:|---:|")

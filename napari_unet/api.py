@@ -158,13 +158,13 @@ def segment_iter(
         for name, value in unsupported:
             if value is not None:
                 raise InputError(f"{name} is not available for 3D objects yet")
-        from .core.segment3d import segment_3d_iter
+        from .core.segment3d import BLOCK_3D, segment_3d_iter
 
         return (
             yield from segment_3d_iter(
                 image, net, anisotropy=1.0 if anisotropy is None else anisotropy, fusion="xyz", device=device,
                 diameter=diameter, channel=channel, axes=axes, tile=tile, overlap=overlap, batch_size=batch_size,
-                tta=tta, min_score=min_score,
+                tta=tta, min_score=min_score, block=BLOCK_3D if block == DEFAULT_BLOCK else block,  # 3D's own default
             )
         )  # fmt: skip
     if output is not None or cluster is not None:
@@ -267,7 +267,8 @@ def segment(
         cluster: With `output`: ``"local:N"`` (a dask LocalCluster of N one-thread workers), a dask
             scheduler address, or a `distributed.Client`.
         block: Planes larger than this (px) are segmented in blocks with halos and stitched; the result
-            does not depend on the block size (measured in benchmarks/RESULTS.md). None: one block.
+            does not depend on the block size (measured in benchmarks/RESULTS.md). None: one block. With
+            mode ``"3d"`` the default is `core.segment3d.BLOCK_3D` (512 px in Y and X, all of Z).
         overwrite: With `output`: replace an existing one.
         merge_cuts: Rejoin touching objects that look like one nucleus cut in two (a shared border at
             least 0.7 of the smaller one's diameter, a convex union; `core.instances.merge_cut_objects`).

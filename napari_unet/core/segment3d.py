@@ -22,13 +22,14 @@ import torch
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
+from .blockwise import FACES, BlockOutput, _strip_window, plan_blocks, stitch_blocks
 from .device import describe, select_device
 from .errors import InputError
 from .instances import BACKGROUND, INTERIOR
 from .jobs import drain
 from .normalize import iter_planes
 from .predict import InferenceModel, predict_plane
-from .scores import MIN_SCORE, certainty_map, score_floor
+from .scores import MIN_SCORE, certainty_map
 from .segment import Progress, SegmentResult, estimate_on_planes, model_info
 from .tiling import linear_taps
 
@@ -36,6 +37,9 @@ FUSIONS = ("xy", "xyz")
 #: Seeds are the 3D connected regions of fused interior probability above this (chosen on synthetic
 #: stacks of other seeds than the benchmark's: benchmarks/RESULTS.md, "Z-stacks as 3D objects").
 SEED_THRESHOLD = 0.9
+#: Block side in Y and X, px (all of Z): about 40 bytes a voxel of working memory, so a 60-plane block of
+#: 512^2 with its halos (~700^2) needs about 1.2 GB (benchmarks/segment_3d.py measures it).
+BLOCK_3D = 512
 
 
 def labels_from_probabilities_3d(
@@ -68,16 +72,13 @@ def labels_from_probabilities_3d(
 
 
 def _fill_between(part: np.ndarray, axis: int, done: np.ndarray) -> None:
-    """Linearly interpolate, in place, the slices of `part` along `axis` that are not in `done` (sorted)."""
-    pos = np.arange(part.shape[axis])
-    j = np.clip(np.searchsorted(done, pos, side="right") - 1, 0, len(done) - 2)
-    lo, hi = done[j], done[j + 1]
-    f = (pos - lo) / np.maximum(hi - lo, 1)
-    shape = [1] * part.ndim
-    shape[axis] = -1
-    f = f.reshape(shape).astype(np.float32)
-    a, b = np.take(part, lo, axis=axis).astype(np.float32), np.take(part, hi, axis=axis).astype(np.float32)
-    part[...] = np.round(a * (1 - f) + b * f).astype(part.dtype)
+    """Linearly interpolate, in place and slice by slice, the slices of `part` along `axis` not in `done` (sorted)."""
+    view = np.moveaxis(part, axis, 0)  # a view: writing to it writes `part`
+    for lo, hi in zip(done[:-1], done[1:]):
+        a, b = view[lo].astype(np.float32), view[hi].astype(np.float32)
+        for k in range(lo + 1, hi):
+            f = (k - lo) / (hi - lo)
+            view[k] = np.round(a * (1 - f) + b * f).astype(part.dtype)
 
 
 def _resample_z(volume: np.ndarray, n_out: int) -> np.ndarray:
@@ -103,6 +104,7 @@ def segment_3d_iter(
     precision: str = "auto",
     tta: bool = False,
     min_score: float = MIN_SCORE,
+    block: int | None = BLOCK_3D,
 ) -> Generator[Progress, None, SegmentResult]:
     """Segment a ZYX stack into 3D objects. Yields `Progress`; returns a `SegmentResult` (labels Z, Y, X).
 
@@ -111,6 +113,9 @@ def segment_3d_iter(
             than Z is not supported).
         fusion: ``"xy"`` or ``"xyz"`` (see the module docstring).
         min_score: Objects scored below `core.scores.score_floor` of all the stack's scores are dropped.
+        block: Stacks wider than this (px, in Y or X) are segmented in columns of blocks through all of Z,
+            with halos of two diameters, and stitched as planes are (`core.blockwise`): memory is bounded
+            by the block, not the stack. None: one block.
         Other arguments: as `core.segment.segment_iter`.
     """
     if fusion not in FUSIONS:
@@ -128,20 +133,71 @@ def segment_3d_iter(
         yield Progress(0, 1, 0, 1, "estimating object size")
         diameter = estimate_on_planes(infer, planes, info)
     scale = info.diameter / diameter
-    volume = np.stack([planes.at((z,)) for z in range(Z)])
+    plan = plan_blocks((Y, X), diameter, scale, block)
+    voxel_volume = np.pi / 6 * diameter**3 / anisotropy  # a typical nucleus, in voxels
+    min_size = max(8, int(0.1 * voxel_volume))
+    outputs = {}
+    for b in range(len(plan)):
+        blk = plan.block(b)
+        ry0, ry1, rx0, rx1 = blk.region
+        window = (slice(ry0, ry1), slice(rx0, rx1))
+        volume = np.stack([planes.load((z,), window) for z in range(Z)])
+        probs = yield from _fused_probabilities(
+            volume, infer, scale, anisotropy, fusion, tile, overlap, batch_size, b, len(plan)
+        )
+        del volume
+        lab = labels_from_probabilities_3d(probs, min_size=min_size, mask_threshold=info.mask_threshold)
+        outputs[b] = _block_output(plan, blk, lab, probs)
+        del lab, probs
+    stitched = stitch_blocks(plan, outputs, min_score=min_score)
+    labels = np.zeros(spatial, np.int32)
+    for b, lut in stitched.luts.items():
+        y0, y1, x0, x1 = plan.block(b).core
+        labels[:, y0:y1, x0:x1] = lut[outputs[b].labels]
+    return SegmentResult(
+        labels, describe(dev), float(diameter), None, out_axes,
+        {"channel": planes.channel, "fusion": fusion, "anisotropy": anisotropy, "blocks": len(plan)},
+        scores=stitched.scores, plane_scores=[((), i, v) for i, v in stitched.scores.items()],
+    )  # fmt: skip
+
+
+def _block_output(plan, blk, lab: np.ndarray, probs: np.ndarray) -> BlockOutput:
+    """What a block's 3D labels (of its region) leave for stitching: its core, strips, per-object sums."""
+    ry0, _, rx0, _ = blk.region
+    y0, y1, x0, x1 = blk.core
+    core = (slice(None), slice(y0 - ry0, y1 - ry0), slice(x0 - rx0, x1 - rx0))
+    present = np.zeros(int(lab.max()) + 1, bool)
+    present[np.unique(lab[core])] = True
+    present[0] = False
+    local = np.zeros(present.size, np.int32)
+    n = int(present.sum())
+    local[present] = np.arange(1, n + 1, dtype=np.int32)
+    core_labels = local[lab[core]]
+    strips = {
+        face: local[lab[(slice(None), *_strip_window(plan, blk, face))]]
+        for face in FACES
+        if plan.strip and plan.neighbour(blk, face) is not None
+    }
+    area = np.bincount(core_labels.ravel(), minlength=n + 1)
+    cert = np.bincount(core_labels.ravel(), weights=certainty_map(probs[(slice(None), *core)]).ravel(), minlength=n + 1)
+    return BlockOutput(blk.index, core_labels, n, strips, area, cert)
+
+
+def _fused_probabilities(volume, infer, scale, anisotropy, fusion, tile, overlap, batch_size, block, blocks):
+    """uint8 (3, Z, h, w) probabilities of a (Z, h, w) volume: its XY planes, and with ``"xyz"`` its XZ / YZ
+    slices at cubic voxels, averaged. Yields `Progress` (blocks done, in thousandths of the stack)."""
+    Z, Y, X = volume.shape
     zi = max(1, int(round(Z * anisotropy)))
-    acc = np.zeros((3, Z, Y, X), np.float32)
-    done = 0
-    iso = _resample_z(volume, zi) if fusion == "xyz" else None
     # XZ and YZ slices every `stride` px, the ones between interpolated: measured without loss, and it
     # keeps the two side views at about twice the XY view's cost whatever the anisotropy.
     stride = max(2, int(round(anisotropy)))
     sampled = {"xy": np.arange(Z), "xz": np.unique(np.r_[0:Y:stride, Y - 1]), "yz": np.unique(np.r_[0:X:stride, X - 1])}
     views = [(v, sampled[v]) for v in (("xy", "xz", "yz") if fusion == "xyz" else ("xy",))]
-    total = sum(len(ks) for _, ks in views)
+    total, done = sum(len(ks) for _, ks in views), 0
+    acc = np.zeros((3, Z, Y, X), np.float32)
+    iso = _resample_z(volume, zi) if fusion == "xyz" else None
     for view, ks in views:
         part = np.zeros((3, Z if view == "xy" else zi, Y, X), np.uint8)
-        n = len(ks)
         for step, k in enumerate(ks):
             if view == "xy":
                 part[:, k] = _predict(infer, volume[k], scale, tile, overlap, batch_size)
@@ -150,34 +206,19 @@ def segment_3d_iter(
             else:
                 part[:, :, :, k] = _predict(infer, iso[:, :, k], scale, tile, overlap, batch_size)
             done += 1
-            yield Progress(0, 1, done, total, f"{view} {step + 1}/{n}")
-        if view != "xy":
+            where = f"block {block + 1}/{blocks}: " if blocks > 1 else ""
+            yield Progress(
+                0, 1, (block * total + done) * 1000 // total, blocks * 1000, f"{where}{view} {step + 1}/{len(ks)}"
+            )
+        if view == "xy":
+            acc += part
+        else:
             _fill_between(part, 2 if view == "xz" else 3, ks)
-        acc += part if view == "xy" else _resample_z(part.astype(np.float32), Z)
+            for c in range(3):  # channel by channel: one float copy of a channel at a time
+                acc[c] += _resample_z(part[c].astype(np.float32), Z)
         del part
-    del iso, volume
-    probs = np.clip(acc / len(views) + 0.5, 0, 255).astype(np.uint8)
-    del acc
-    voxel_volume = np.pi / 6 * diameter**3 / anisotropy  # a typical nucleus, in voxels
-    labels = labels_from_probabilities_3d(
-        probs, min_size=max(8, int(0.1 * voxel_volume)), mask_threshold=info.mask_threshold
-    )
-    n = int(labels.max())
-    area = np.bincount(labels.ravel(), minlength=n + 1)
-    cert = np.bincount(labels.ravel(), weights=certainty_map(probs).ravel(), minlength=n + 1)
-    score = cert / np.maximum(area, 1)
-    keep = area > 0
-    keep[0] = False
-    keep &= score >= score_floor(score[keep], min_score)
-    final = np.zeros(n + 1, np.int32)
-    final[keep] = np.arange(1, int(keep.sum()) + 1)
-    labels = final[labels]
-    scores = {int(final[i]): round(float(score[i]), 4) for i in np.nonzero(keep)[0]}
-    return SegmentResult(
-        labels, describe(dev), float(diameter), None, out_axes,
-        {"channel": planes.channel, "fusion": fusion, "anisotropy": anisotropy},
-        scores=scores, plane_scores=[((), i, v) for i, v in scores.items()],
-    )  # fmt: skip
+    del iso
+    return np.clip(acc / len(views) + 0.5, 0, 255).astype(np.uint8)
 
 
 def _predict(infer, plane, scale, tile, overlap, batch_size) -> np.ndarray:

@@ -87,3 +87,17 @@ def test_side_views_are_the_xz_yz_slices_painted_as_areas():
     assert sum(v == "xz" for v, _ in names) == sum(v == "yz" for v, _ in names) == SIDE_VIEW_MAX
     with pytest.raises(InputError, match="ZYX"):
         side_view_planes(img[0], lab[0], t[0])
+
+
+def test_3d_blocks_agree_with_one_block():
+    # Columns of blocks through all of Z, stitched as planes are: the same objects as one block.
+    from napari_unet.api import load_model
+    from napari_unet.core.metrics import match_instances
+
+    img, lab = synth_nuclei_3d((12, 300, 300), anisotropy=2, rng=5)
+    net = load_model("bundled")
+    whole = drain(segment_3d_iter(img, net, anisotropy=2, fusion="xyz", diameter=22, block=None))
+    blocks = drain(segment_3d_iter(img, net, anisotropy=2, fusion="xyz", diameter=22, block=256))
+    assert whole.extra["blocks"] == 1 and blocks.extra["blocks"] == 4
+    assert match_instances(whole.labels, blocks.labels).ap >= 0.99
+    assert set(blocks.scores) == set(np.unique(blocks.labels)) - {0}
