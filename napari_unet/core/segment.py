@@ -235,9 +235,6 @@ def segment_iter(
                 if doubt_out is not None:
                     doubt_out[idx][y0:y1, x0:x1] = doubt_map(out.probabilities)
             if measures:
-                ids, found = object_measures(out.labels, out.probabilities, MEASURES)
-                for name, values in found.items():
-                    all_measures.setdefault(name, []).extend(values.tolist())
                 last_probs = out.probabilities  # the benchmark times the scoring alone on them
             out.labels = out.probabilities = None  # the strips and sums are all stitching needs
             outputs[b] = out
@@ -246,6 +243,9 @@ def segment_iter(
             y0, y1, x0, x1 = plan.block(b).core
             lab[y0:y1, x0:x1] = lut[lab[y0:y1, x0:x1]]
         plane_scores += [(tuple(int(i) for i in idx), i, v) for i, v in stitched.scores.items()]
+        if measures:  # of the objects kept (one block: its probabilities are the plane's)
+            for name, values in object_measures(lab, last_probs, MEASURES)[1].items():
+                all_measures.setdefault(name, []).extend(values.tolist())
         offset += stitched.n_objects
         if labels is None:
             labels = lab
