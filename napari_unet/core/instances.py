@@ -78,11 +78,20 @@ def labels_from_probabilities(
     return remove_small(out, min_size)
 
 
-def pair_shape(P: np.ndarray, Q: np.ndarray) -> tuple[float, float]:
-    """(shared border / the smaller object's equivalent diameter, solidity of the union) of two touching masks."""
+def border_ratio(P: np.ndarray, Q: np.ndarray) -> float:
+    """Shared border of two touching masks / the smaller one's equivalent diameter."""
     border = (P & ndi.binary_dilation(Q)).sum() + (Q & ndi.binary_dilation(P)).sum()
-    d = 2 * np.sqrt(min(P.sum(), Q.sum()) / np.pi)
-    return float(0.5 * border / d), float(regionprops((P | Q).astype(np.uint8))[0].solidity)
+    return float(0.5 * border / (2 * np.sqrt(min(P.sum(), Q.sum()) / np.pi)))
+
+
+def union_solidity(P: np.ndarray, Q: np.ndarray) -> float:
+    """Solidity (area / convex area) of the union of two masks."""
+    return float(regionprops((P | Q).astype(np.uint8))[0].solidity)
+
+
+def pair_shape(P: np.ndarray, Q: np.ndarray) -> tuple[float, float]:
+    """(`border_ratio`, `union_solidity`) of two touching masks."""
+    return border_ratio(P, Q), union_solidity(P, Q)
 
 
 def merge_cut_objects(
@@ -117,8 +126,9 @@ def merge_cut_objects(
     for p, q in pairs[keep]:
         bp, bq = boxes[p - 1], boxes[q - 1]
         crop = tuple(slice(min(u.start, v.start), max(u.stop, v.stop)) for u, v in zip(bp, bq))
-        length, solidity = pair_shape(labels[crop] == p, labels[crop] == q)
-        if length >= min_interface and solidity >= min_solidity:
+        P, Q = labels[crop] == p, labels[crop] == q
+        length = border_ratio(P, Q)  # the convex hull only for the pairs with a long border
+        if length >= min_interface and union_solidity(P, Q) >= min_solidity:
             candidates.append((length, int(p), int(q)))
     lut = np.arange(area.size, dtype=labels.dtype)
     joined = set()
