@@ -65,6 +65,12 @@ def layer_axes(layer: Image) -> str:
     return guess
 
 
+def layer_anisotropy(layer) -> float:
+    """Z step / XY pixel size of a ZYX layer from its scale, as napari shows it; 1 where that is no plausible voxel."""
+    ratio = float(layer.scale[-3] / layer.scale[-1])
+    return ratio if 1.0 <= ratio <= 20.0 else 1.0
+
+
 def current_plane(viewer, layer) -> tuple[int, ...]:
     """Data index of the displayed plane along the layer's non-YX axes."""
     n_plane = layer.ndim - 2

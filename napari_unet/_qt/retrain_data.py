@@ -9,7 +9,7 @@ import numpy as np
 from ..core.errors import InputError
 from ..core.trainingdata import side_view_planes, training_planes
 from .corrections import CorrectionsTracker
-from .layers import layer_axes, visible_yx
+from .layers import layer_anisotropy, layer_axes, visible_yx
 from .session import spatial_shape
 
 PLANE_CHOICES = ("planes with corrections", "displayed plane", "all planes")
@@ -88,9 +88,9 @@ def build_request(
     req = TrainingRequest(images, labels, masks, kept)
     if mode != "all" and len(shape) == 3 and not image_layer.rgb and layer_axes(image_layer) == "ZYX":
         # Corrections painted in the 3D view or with the dims rolled: their XZ / YZ slices teach too.
-        ratio = float(image_layer.scale[-3] / image_layer.scale[-1])
-        side = side_view_planes(image_layer.data, labels_layer.data, tracker.trusted,
-                                anisotropy=ratio if 1.0 <= ratio <= 20.0 else 1.0)  # fmt: skip
+        side = side_view_planes(
+            image_layer.data, labels_layer.data, tracker.trusted, anisotropy=layer_anisotropy(image_layer)
+        )
         if side[0]:
             req.images += side[0]
             req.labels += side[1]

@@ -23,7 +23,15 @@ from ..core.jobs import Notice
 from ..core.scores import MIN_SCORE
 from . import notify
 from .controls import DeviceRow, LayerCombo, ModelCombo, form, is_source_image, row, scroll_in
-from .layers import SCOPES, apply_labels, apply_probability, layer_axes, make_request, set_score_features
+from .layers import (
+    SCOPES,
+    apply_labels,
+    apply_probability,
+    layer_anisotropy,
+    layer_axes,
+    make_request,
+    set_score_features,
+)
 from .runner import JobRunner
 from .session import session_for
 
@@ -151,9 +159,8 @@ class SegmentWidget(QWidget):
         if not zyx:
             self.objects_3d.setChecked(False)
         self.anisotropy.setEnabled(zyx)
-        if zyx:  # the layer's Z scale over its X scale, as napari shows it, when that is a plausible voxel
-            ratio = float(layer.scale[-3] / layer.scale[-1])
-            self.anisotropy.setValue(ratio if 1.0 <= ratio <= 20.0 else 1.0)
+        if zyx:
+            self.anisotropy.setValue(layer_anisotropy(layer))
         if n:
             self.channel.addItem("auto (the nuclear-looking one)", None)
             self.channel.addItem("average of channels", "mean")
@@ -337,7 +344,7 @@ class SegmentWidget(QWidget):
         notes = result.extra.get("notices") or []
         where = "new layer" if new else "updated"
         self.status.setText(
-            f"{n} {'3D objects' if 'anisotropy' in result.extra else 'objects'}"
+            f"{n} {'3D objects' if info['mode'] == '3d' else 'objects'}"
             f"{f' in {planes} planes' if planes > 1 else ''} -> '{layer.name}' ({where}); diameter "
             f"{result.diameter:.1f} px; {result.device}" + (f"; {notes[-1]}" if notes else "")
         )

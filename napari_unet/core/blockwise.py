@@ -144,14 +144,26 @@ def segment_block_iter(
 
     t0 = time.perf_counter()
     b = plan.block(index)
-    ry0, ry1, rx0, rx1 = b.region
     probs = yield from predict_window(
         infer, lambda ys, xs: planes.load(plane, (ys, xs)), plan.shape, b.region,
         scale=scale, tile=tile, overlap=overlap, batch_size=batch_size,
     )  # fmt: skip
     lab = labels_from_probabilities(probs, min_size=min_size, mask_threshold=mask_threshold, merge_cuts=merge_cuts)
+    out = block_output(plan, b, lab, probs, probabilities=probabilities)
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+def block_output(
+    plan: BlockPlan, b: Block, lab: np.ndarray, probs: np.ndarray, *, probabilities: bool = False
+) -> BlockOutput:
+    """What block `b` leaves for stitching, from its labels of its region (..., h, w) and probabilities
+    (3, ..., h, w): the core, renumbered, the strips across its seams and per-object sums. Leading axes
+    (a 3D block's Z) are carried along: stitching only counts overlaps.
+    """
+    ry0, _, rx0, _ = b.region
     y0, y1, x0, x1 = b.core
-    core = (slice(y0 - ry0, y1 - ry0), slice(x0 - rx0, x1 - rx0))
+    core = (..., slice(y0 - ry0, y1 - ry0), slice(x0 - rx0, x1 - rx0))
     # Keep the objects with pixels in the core, renumbered 1..n in raster order of the region.
     present = np.zeros(int(lab.max()) + 1, bool)
     present[np.unique(lab[core])] = True
@@ -161,18 +173,16 @@ def segment_block_iter(
     n = int(present.sum())
     core_labels = local[lab[core]]
     strips = {
-        face: local[lab[_strip_window(plan, b, face)]]
+        face: local[lab[(..., *_strip_window(plan, b, face))]]
         for face in FACES
         if plan.strip and plan.neighbour(b, face) is not None
     }
-    del lab
-    core_probs = probs[(slice(None), *core)]
+    core_probs = probs[core]
     area = np.bincount(core_labels.ravel(), minlength=n + 1)
     cert = np.bincount(core_labels.ravel(), weights=certainty_map(core_probs).ravel(), minlength=n + 1)
     return BlockOutput(
-        index, core_labels, n, strips, area, cert,
-        np.ascontiguousarray(core_probs) if probabilities else None, time.perf_counter() - t0,
-    )  # fmt: skip
+        b.index, core_labels, n, strips, area, cert, np.ascontiguousarray(core_probs) if probabilities else None
+    )
 
 
 def seam_pairs(plan: BlockPlan, outputs: dict[int, BlockOutput], offsets: np.ndarray, strips=None) -> np.ndarray:

@@ -22,14 +22,14 @@ import torch
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
-from .blockwise import FACES, BlockOutput, _strip_window, plan_blocks, stitch_blocks
+from .blockwise import block_output, plan_blocks, stitch_blocks
 from .device import describe, select_device
 from .errors import InputError
 from .instances import BACKGROUND, INTERIOR
 from .jobs import drain
 from .normalize import iter_planes
 from .predict import InferenceModel, predict_plane
-from .scores import MIN_SCORE, certainty_map
+from .scores import MIN_SCORE
 from .segment import Progress, SegmentResult, estimate_on_planes, model_info
 from .tiling import linear_taps
 
@@ -37,8 +37,8 @@ FUSIONS = ("xy", "xyz")
 #: Seeds are the 3D connected regions of fused interior probability above this (chosen on synthetic
 #: stacks of other seeds than the benchmark's: benchmarks/RESULTS.md, "Z-stacks as 3D objects").
 SEED_THRESHOLD = 0.9
-#: Block side in Y and X, px (all of Z): about 40 bytes a voxel of working memory, so a 60-plane block of
-#: 512^2 with its halos (~700^2) needs about 1.2 GB (benchmarks/segment_3d.py measures it).
+#: Block side in Y and X, px (all of Z): about 50 bytes a voxel of working memory, so a 32-plane block of
+#: 512^2 with its halos (~700^2) needs about 0.8 GB (benchmarks/segment_3d.py measures it).
 BLOCK_3D = 512
 
 
@@ -147,7 +147,7 @@ def segment_3d_iter(
         )
         del volume
         lab = labels_from_probabilities_3d(probs, min_size=min_size, mask_threshold=info.mask_threshold)
-        outputs[b] = _block_output(plan, blk, lab, probs)
+        outputs[b] = block_output(plan, blk, lab, probs)
         del lab, probs
     stitched = stitch_blocks(plan, outputs, min_score=min_score)
     labels = np.zeros(spatial, np.int32)
@@ -159,28 +159,6 @@ def segment_3d_iter(
         {"channel": planes.channel, "fusion": fusion, "anisotropy": anisotropy, "blocks": len(plan)},
         scores=stitched.scores, plane_scores=[((), i, v) for i, v in stitched.scores.items()],
     )  # fmt: skip
-
-
-def _block_output(plan, blk, lab: np.ndarray, probs: np.ndarray) -> BlockOutput:
-    """What a block's 3D labels (of its region) leave for stitching: its core, strips, per-object sums."""
-    ry0, _, rx0, _ = blk.region
-    y0, y1, x0, x1 = blk.core
-    core = (slice(None), slice(y0 - ry0, y1 - ry0), slice(x0 - rx0, x1 - rx0))
-    present = np.zeros(int(lab.max()) + 1, bool)
-    present[np.unique(lab[core])] = True
-    present[0] = False
-    local = np.zeros(present.size, np.int32)
-    n = int(present.sum())
-    local[present] = np.arange(1, n + 1, dtype=np.int32)
-    core_labels = local[lab[core]]
-    strips = {
-        face: local[lab[(slice(None), *_strip_window(plan, blk, face))]]
-        for face in FACES
-        if plan.strip and plan.neighbour(blk, face) is not None
-    }
-    area = np.bincount(core_labels.ravel(), minlength=n + 1)
-    cert = np.bincount(core_labels.ravel(), weights=certainty_map(probs[(slice(None), *core)]).ravel(), minlength=n + 1)
-    return BlockOutput(blk.index, core_labels, n, strips, area, cert)
 
 
 def _fused_probabilities(volume, infer, scale, anisotropy, fusion, tile, overlap, batch_size, block, blocks):
