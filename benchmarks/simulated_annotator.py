@@ -40,8 +40,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
-from napari_unet.api import load_model  # noqa: E402
-from napari_unet.api import segment as _segment  # noqa: E402
+from napari_unet.api import load_model, segment  # noqa: E402
 from napari_unet.core import train as engine  # noqa: E402
 from napari_unet.core.jobs import drain  # noqa: E402
 from napari_unet.core.metrics import aggregate, match_instances, object_ids, per_object_iou  # noqa: E402
@@ -54,16 +53,6 @@ from napari_unet.core.trainingdata import replay_pool  # noqa: E402
 #: Which objects the annotator looks at: "oracle" (worst by ground truth), "doubt" (lowest model
 #: confidence first, what the Corrections widget's queue shows) or "random"; set by --policy.
 POLICY = {"name": "oracle", "rng": np.random.default_rng(0)}
-#: `--tuned-min-score`: the min_score for fine-tuned models (None: segment's default for all models)
-TUNED = {"min_score": None, "bundled": None}
-
-
-def segment(img, model, **kw):
-    """`napari_unet.segment`, with `--tuned-min-score` for every model but the bundled one."""
-    if TUNED["min_score"] is not None and model is not TUNED["bundled"]:
-        kw["min_score"] = TUNED["min_score"]
-    return _segment(img, model, **kw)
-
 
 REGULARIZERS = {
     "none": {"replay": 0},
@@ -211,7 +200,7 @@ def _protocol(domain, reg, k, rounds, seconds, seed, log, steps, save) -> dict:
     train, held, d = load_domain(domain)
     val = mnfinder_val()
     bundled = load_model("bundled")
-    TUNED["bundled"] = model = bundled
+    model = bundled
     ap0, mn0 = ap50(model, held, d), ap_mnfinder(model, val)
     rows = [{"round": 0, "objects": 0, "seconds": 0.0, "steps": 0, "ap": ap0, "forgetting": 0.0}]
     log(f"[{domain}/{reg}] diameter {d:.1f}px  round 0: held-out AP@0.5 {ap0:.3f}, mnfinder AP@0.5 {mn0:.3f}")
@@ -392,7 +381,6 @@ def main() -> None:
     p.add_argument("--policy", default="oracle", choices=["oracle", "doubt", "random"],
                    help="which objects the annotator looks at each round")  # fmt: skip
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--tuned-min-score", type=float, help="min_score for the fine-tuned models (default: segment's)")
     p.add_argument("--json", type=Path, help="also write the raw results here")
     p.add_argument("--save", type=Path, help="annotate: save each round's model in this folder")
     p.add_argument(
@@ -401,7 +389,6 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     POLICY.update(name=args.policy, rng=np.random.default_rng(args.seed))
-    TUNED["min_score"] = args.tuned_min_score
     results: dict = {"machine": machine(), "date": datetime.now(timezone.utc).isoformat(timespec="minutes")}
     print(f"# {results['machine']}, {results['date']}", flush=True)
     log = lambda s: print(s, flush=True)  # noqa: E731

@@ -24,7 +24,6 @@ from .core.blockwise import DEFAULT_BLOCK
 from .core.errors import InputError, ModelFileError, NapariUnetError
 from .core.jobs import Notice, drain, estimate_job, resolve_model, segment_job, train_job
 from .core.model import UNet
-from .core.scores import MIN_SCORE
 from .core.segment import Progress, SegmentResult
 
 if TYPE_CHECKING:
@@ -129,7 +128,7 @@ def segment_iter(
     overwrite: bool = False,
     pixel_size: tuple[float, float] | None = None,
     merge_cuts: bool = True,
-    min_score: float = MIN_SCORE,
+    min_score: float | None = None,
     mode: str = "2d",
     anisotropy: float | None = None,
 ) -> Generator[Progress | Notice, None, SegmentResult | BigResult]:
@@ -198,7 +197,7 @@ MIN_DIAMETER = 3.0
 TILE_RANGE = (64, 4096)
 
 
-def _check_segment_options(diameter, tile, overlap, batch_size, link_iou, min_score=0.0) -> None:
+def _check_segment_options(diameter, tile, overlap, batch_size, link_iou, min_score=None) -> None:
     def number(v) -> bool:
         return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and np.isfinite(v)
 
@@ -212,7 +211,7 @@ def _check_segment_options(diameter, tile, overlap, batch_size, link_iou, min_sc
         raise InputError(f"batch_size must be a whole number above 0, got {batch_size}")
     if link_iou is not None and not (number(link_iou) and 0 < link_iou < 1):
         raise InputError(f"link_iou must be between 0 and 1, got {link_iou}")
-    if not (number(min_score) and 0 <= min_score < 1):
+    if min_score is not None and not (number(min_score) and 0 <= min_score < 1):
         raise InputError(f"min_score must be from 0 to below 1, got {min_score}")
 
 
@@ -235,7 +234,7 @@ def segment(
     block: int | None = DEFAULT_BLOCK,
     overwrite: bool = False,
     merge_cuts: bool = True,
-    min_score: float = MIN_SCORE,
+    min_score: float | None = None,
     mode: str = "2d",
     anisotropy: float | None = None,
 ) -> np.ndarray | SegmentResult:
@@ -276,6 +275,8 @@ def segment(
         min_score: Drop objects whose confidence score (see `return_result`) is below this, 0-1, or below
             half the plane's median score where that is lower (`core.scores.score_floor`): mostly false
             objects in autofluorescence, cytoplasm or debris (benchmarks/RESULTS.md). 0 keeps every object.
+            None: the model's own floor (`ModelInfo.min_score`: 0.3 for the bundled model, 0 for fine-tuned
+            versions, which are less confident than that floor assumes).
         mode: ``"2d"``: plane by plane (stacks linked with `link_iou`); ``"3d"``: a ZYX stack whose Z is spatial
             into 3D objects (`core.segment3d`: the network on XY, XZ and YZ views, fused, and a 3D watershed;
             1.6-2.5x the plane-by-plane time; measured in benchmarks/RESULTS.md; the stack is held in memory).

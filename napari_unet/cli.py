@@ -70,12 +70,6 @@ def _channel_note(result) -> str:
     return note if a is None else f"{note}, 3D objects (anisotropy {a:g})"
 
 
-def _min_score(args: argparse.Namespace) -> float:
-    from .core.scores import MIN_SCORE
-
-    return MIN_SCORE if args.min_score is None else args.min_score
-
-
 def _mode_3d(args: argparse.Namespace, img) -> dict:
     """`segment_iter`'s mode and anisotropy: --anisotropy, else the file's Z step / pixel size, else 1."""
     if not args.three_d:
@@ -152,7 +146,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
                 doubt=d_out is not None,
                 block=args.block,
                 merge_cuts=not args.no_merge_cuts,
-                min_score=_min_score(args),
+                min_score=args.min_score,
                 **_mode_3d(args, img),
             )
             with _progress_bar(1.0, inp.name, not args.quiet) as bar:
@@ -200,7 +194,7 @@ def _segment_big(api, args, img, model, inp: Path, out: Path, s_out: Path | None
         data, model, device=args.device, diameter=args.diameter, channel=args.channel,
         axes=args.axes or img.axes, tile=args.tile, tta=args.tta, output=zout, cluster=cluster,
         block=args.block, overwrite=args.overwrite, pixel_size=img.pixel_size[-2:] if img.pixel_size else None,
-        merge_cuts=not args.no_merge_cuts, min_score=_min_score(args),
+        merge_cuts=not args.no_merge_cuts, min_score=args.min_score,
     )  # fmt: skip
     try:
         with _progress_bar(1.0, inp.name, not args.quiet) as bar:
@@ -490,9 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep touching objects apart even where they look like one nucleus cut in two (for overlapping nuclei)",
     )  # fmt: skip
     s.add_argument(
-        "--min-score", type=float, metavar="S",  # default: core.scores.MIN_SCORE (not imported: torch)
-        help="drop objects whose confidence is below S, 0-1, or below half the median where lower "
-             "(default 0.3; 0 keeps every object)",
+        "--min-score", type=float, metavar="S",  # the bundled default: core.scores.MIN_SCORE (not imported: torch)
+        help="drop objects whose confidence is below S, 0-1, or below half the median where lower; 0 keeps every "
+             "object (default: the model's own, 0.3 for the bundled model, 0 for fine-tuned versions)",
     )  # fmt: skip
     s.add_argument(
         "--scores", nargs="?", const="auto", metavar="CSV",

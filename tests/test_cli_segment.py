@@ -226,7 +226,7 @@ def test_min_score(tmp_path, capsys):
     rc, _, err = run(["segment", str(path), "-o", str(tmp_path / "x.tif"), "--min-score", "2"], capsys)
     assert rc == 1 and "min_score must be from 0 to below 1" in err and not (tmp_path / "x.tif").exists()
     sub = next(a for a in build_parser()._subparsers._group_actions[0].choices.values() if a.prog.endswith("segment"))
-    assert f"default {MIN_SCORE}" in sub.format_help().replace("\n", " ")
+    assert f"{MIN_SCORE} for the bundled model" in " ".join(sub.format_help().split())
 
 
 def test_3d_objects_from_a_stack_with_its_voxel_size(tmp_path, capsys):

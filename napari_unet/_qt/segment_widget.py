@@ -91,7 +91,8 @@ class SegmentWidget(QWidget):
         self.min_score = QDoubleSpinBox(minimum=0.0, maximum=0.95, decimals=2, singleStep=0.05, value=MIN_SCORE)
         self.min_score.setToolTip(
             "drop objects whose confidence score is below this, or below half the plane's median score where "
-            "that is lower (mostly false objects in autofluorescence, cytoplasm or debris); 0 keeps every object"
+            "that is lower (mostly false objects in autofluorescence, cytoplasm or debris); 0 keeps every object. "
+            "Set from the chosen model: 0.3 for the bundled one, 0 for fine-tuned versions"
         )
         self.cluster = QLineEdit(placeholderText="this machine (or local:N, tcp://host:8786)")
         self.cluster.setToolTip(
@@ -138,9 +139,21 @@ class SegmentWidget(QWidget):
         self.estimate_btn.clicked.connect(lambda: self.estimate())
         self.image.layer_changed.connect(self._update_channels)
         self.session.models_changed.connect(lambda name: self.model.refresh(select=name or None))
+        self.model.currentIndexChanged.connect(lambda _: self._follow_model())
         self._update_channels()
+        self._follow_model()
 
     # --- inputs --------------------------------------------------------------------------------
+    def _follow_model(self) -> None:
+        """The min score box takes the chosen model's own floor (`ModelInfo.min_score`), read from its header."""
+        from .. import api
+        from ..core.modelfile import ModelFileError, read_info
+
+        try:
+            self.min_score.setValue(read_info(api.resolve_model_path(self.model.spec() or "current")).min_score)
+        except (ModelFileError, OSError, ValueError):
+            pass  # an unreadable choice says so when it is run; the box keeps its value
+
     def _update_channels(self, layer=None) -> None:
         layer = self.image.layer()
         self.channel.clear()

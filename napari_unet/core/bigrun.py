@@ -32,7 +32,6 @@ from .atomic import atomic_write, unfinished_dir
 from .blockwise import DEFAULT_BLOCK, BlockOutput, BlockPlan, plan_blocks, segment_block_iter, stitch_blocks
 from .errors import InputError, RunStopped
 from .jobs import Notice, drain, relay
-from .scores import MIN_SCORE
 
 WORK = "napari-unet-run"
 LABELS_PATH = "labels/nuclei"
@@ -202,7 +201,7 @@ def segment_to_zarr_iter(
     pixel_size: tuple[float, float] | None = None,
     overwrite: bool = False,
     merge_cuts: bool = True,
-    min_score: float = MIN_SCORE,
+    min_score: float | None = None,
 ) -> Generator[object, None, BigResult]:
     """Segment `image` into the OME-Zarr `out`, block by block; resumes an unfinished run of the same settings.
 
@@ -228,6 +227,7 @@ def segment_to_zarr_iter(
         raise InputError(f"the folder of '{out}' does not exist")
     part = unfinished_dir(out)
     info = model_info(model)
+    min_score = info.min_score if min_score is None else min_score
     spatial, out_axes, planes = iter_planes(image, axes, channel)
     dev = select_device(device)
     infer = InferenceModel.prepare(model, dev, precision, tta=tta)

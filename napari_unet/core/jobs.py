@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from .blockwise import DEFAULT_BLOCK
-from .scores import MIN_SCORE
 
 MIN_TILE = 64
 
@@ -133,7 +132,7 @@ def segment_job(
     doubt: bool = False,
     block: int | None = DEFAULT_BLOCK,
     merge_cuts: bool = True,
-    min_score: float = MIN_SCORE,
+    min_score: float | None = None,
 ) -> Generator[object, None, object]:
     """Segment `image` (already a copy of what the user chose) with out-of-memory fallbacks.
 

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from .atomic import atomic_write
 from .errors import ModelFileError
 from .model import UNet, UNetConfig
+from .scores import MIN_SCORE
 
 __all__ = ["ModelFileError", "ModelInfo", "read_info", "read_model", "save_model"]
 
@@ -41,6 +42,8 @@ class ModelInfo:
         provenance: Free-form lineage: parent, data hashes, recipe, metrics, dates.
         mask_threshold: Foreground probability above which a pixel joins an object (the outline),
             chosen for each model on its selection sets; files without it use 0.5.
+        min_score: `segment`'s default confidence floor for this model's objects (`core.scores.score_floor`);
+            files without it use `core.scores.MIN_SCORE`. Fine-tuned versions carry 0 (`core.train`).
     """
 
     config: UNetConfig
@@ -49,6 +52,7 @@ class ModelInfo:
     name: str = "unnamed"
     provenance: dict = field(default_factory=dict)
     mask_threshold: float = 0.5
+    min_score: float = MIN_SCORE
 
     def to_metadata(self) -> dict[str, str]:
         return {
@@ -60,6 +64,7 @@ class ModelInfo:
             "name": self.name,
             "provenance": json.dumps(self.provenance),
             "mask_threshold": json.dumps(float(self.mask_threshold)),
+            "min_score": json.dumps(float(self.min_score)),
         }
 
     @classmethod
@@ -74,6 +79,7 @@ class ModelInfo:
                 name=meta.get("name", "unnamed"),
                 provenance=json.loads(meta.get("provenance", "{}")),
                 mask_threshold=float(json.loads(meta.get("mask_threshold", "0.5"))),
+                min_score=float(json.loads(meta.get("min_score", json.dumps(MIN_SCORE)))),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise ModelFileError(f"{where} has a damaged header: {exc}") from None
@@ -90,6 +96,8 @@ class ModelInfo:
             return f"diameter {self.diameter} is not between {MIN_DIAMETER} and {MAX_DIAMETER} px"
         if not (math.isfinite(self.mask_threshold) and 0.0 < self.mask_threshold < 1.0):
             return f"mask_threshold {self.mask_threshold} is not in (0, 1)"
+        if not (math.isfinite(self.min_score) and 0.0 <= self.min_score < 1.0):
+            return f"min_score {self.min_score} is not in [0, 1)"
         n = self.normalization
         try:
             lo, hi = float(n.get("low", 1.0)), float(n.get("high", 99.8))

@@ -25,7 +25,7 @@ from .model import UNet
 from .modelfile import ModelInfo
 from .normalize import iter_planes
 from .predict import InferenceModel, predict_plane
-from .scores import MEASURES, MIN_SCORE, doubt_map, object_measures
+from .scores import MEASURES, doubt_map, object_measures
 
 
 @dataclass
@@ -181,7 +181,7 @@ def segment_iter(
     measures: bool = False,
     block: int | None = DEFAULT_BLOCK,
     merge_cuts: bool = True,
-    min_score: float = MIN_SCORE,
+    min_score: float | None = None,
 ) -> Generator[Progress, None, SegmentResult]:
     """Segment a 2D image or a stack, plane by plane. See `napari_unet.segment` for the arguments.
 
@@ -198,6 +198,7 @@ def segment_iter(
         raise InputError(f"diameter must be a positive number of pixels, got {diameter}")
     dev = select_device(device)
     info = model_info(model)
+    min_score = info.min_score if min_score is None else min_score
     spatial, out_axes, planes = iter_planes(image, axes, channel)
     n_planes = int(np.prod(spatial[:-2])) if len(spatial) > 2 else 1
     infer = InferenceModel.prepare(model, dev, precision, tta=tta)

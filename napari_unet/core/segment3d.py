@@ -29,7 +29,6 @@ from .instances import BACKGROUND, INTERIOR
 from .jobs import drain
 from .normalize import iter_planes
 from .predict import InferenceModel, predict_plane
-from .scores import MIN_SCORE
 from .segment import Progress, SegmentResult, estimate_on_planes, model_info
 from .tiling import linear_taps
 
@@ -103,7 +102,7 @@ def segment_3d_iter(
     batch_size: int | None = None,
     precision: str = "auto",
     tta: bool = False,
-    min_score: float = MIN_SCORE,
+    min_score: float | None = None,
     block: int | None = BLOCK_3D,
 ) -> Generator[Progress, None, SegmentResult]:
     """Segment a ZYX stack into 3D objects. Yields `Progress`; returns a `SegmentResult` (labels Z, Y, X).
@@ -112,7 +111,8 @@ def segment_3d_iter(
         anisotropy: Z step / XY pixel size (from the voxel size), at least 1 (a stack with coarser XY
             than Z is not supported).
         fusion: ``"xy"`` or ``"xyz"`` (see the module docstring).
-        min_score: Objects scored below `core.scores.score_floor` of all the stack's scores are dropped.
+        min_score: Objects scored below `core.scores.score_floor` of all the stack's scores are dropped
+            (None: the model's `ModelInfo.min_score`).
         block: Stacks wider than this (px, in Y or X) are segmented in columns of blocks through all of Z,
             with halos of two diameters, and stitched as planes are (`core.blockwise`): memory is bounded
             by the block, not the stack. None: one block.
@@ -124,6 +124,7 @@ def segment_3d_iter(
         raise InputError(f"anisotropy (Z step / XY pixel size) must be from 1 to 20, got {anisotropy}")
     dev = select_device(device)
     info = model_info(model)
+    min_score = info.min_score if min_score is None else min_score
     spatial, out_axes, planes = iter_planes(image, axes, channel)
     if out_axes != "ZYX":
         raise InputError(f"3D objects need a ZYX stack, got axes '{out_axes}' (segment each time point on its own)")

@@ -206,6 +206,21 @@ def test_rejoin_box_and_min_score_reach_the_segmentation(viewer, qtbot, wait_idl
     assert counts[1] >= counts[0]  # every object kept, none rejoined
 
 
+def test_min_score_box_follows_the_chosen_model(viewer, qtbot, tiny_model):
+    from dataclasses import replace
+
+    from napari_unet.core import versions
+    from napari_unet.core.scores import MIN_SCORE
+
+    versions.save_version(tiny_model, replace(tiny_model.info, min_score=0.0), "tuned")  # as fine-tuning saves
+    w = _widget(viewer, qtbot)
+    assert w.model.spec() == "tiny" and w.min_score.value() == MIN_SCORE
+    w.model.refresh(select="tuned")
+    assert w.min_score.value() == 0.0
+    w.model.setCurrentIndex(w.model.findData("tiny"))
+    assert w.min_score.value() == MIN_SCORE
+
+
 def test_3d_objects_from_a_zyx_stack(viewer, qtbot, wait_idle):
     from napari_unet.core.metrics import match_instances
     from napari_unet.core.synth3d import synth_nuclei_3d

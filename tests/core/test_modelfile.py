@@ -3,6 +3,7 @@ import torch
 
 from napari_unet.core.model import UNet, UNetConfig
 from napari_unet.core.modelfile import ModelFileError, ModelInfo, read_info, read_model, save_model
+from napari_unet.core.scores import MIN_SCORE
 
 
 def test_round_trip(tmp_path, tiny_model):
@@ -72,20 +73,24 @@ def test_non_finite_weights_rejected(tmp_path):
         read_model(path)
 
 
-def test_mask_threshold_travels_with_the_model(tmp_path, tiny_model):
+@pytest.mark.parametrize("key, value, old_default, bads", [
+    ("mask_threshold", 0.65, 0.5, ("0", "1.5", "NaN")),
+    ("min_score", 0.0, MIN_SCORE, ("-0.1", "1", "NaN")),
+])  # fmt: skip
+def test_thresholds_travel_with_the_model(tmp_path, tiny_model, key, value, old_default, bads):
     from dataclasses import replace
 
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    path = save_model(tiny_model, replace(tiny_model.info, mask_threshold=0.65), tmp_path / "m.safetensors")
-    assert read_info(path).mask_threshold == 0.65
+    path = save_model(tiny_model, replace(tiny_model.info, **{key: value}), tmp_path / "m.safetensors")
+    assert getattr(read_info(path), key) == value
     with safe_open(str(path), framework="pt") as f:
         meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
-    old = {k: v for k, v in meta.items() if k != "mask_threshold"}  # a file written before the field existed
+    old = {k: v for k, v in meta.items() if k != key}  # a file written before the field existed
     save_file(tensors, tmp_path / "old.safetensors", metadata=old)
-    assert read_info(tmp_path / "old.safetensors").mask_threshold == 0.5
-    for bad in ("0", "1.5", "NaN"):
-        save_file(tensors, tmp_path / "bad.safetensors", metadata={**meta, "mask_threshold": bad})
-        with pytest.raises(ModelFileError, match="mask_threshold"):
+    assert getattr(read_info(tmp_path / "old.safetensors"), key) == old_default
+    for bad in bads:
+        save_file(tensors, tmp_path / "bad.safetensors", metadata={**meta, key: bad})
+        with pytest.raises(ModelFileError, match=key):
             read_info(tmp_path / "bad.safetensors")

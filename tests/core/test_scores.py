@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import tifffile
@@ -69,6 +71,8 @@ def test_min_score_drops_doubted_objects_and_renumbers():
     assert min(some.scores.values()) >= MIN_SCORE
     assert set(np.unique(some.labels)) == set(range(len(some.scores) + 1))  # numbered 1..n
     assert np.all((some.labels == 0) | (every.labels > 0))  # only removed, nothing redrawn
+    net.info = replace(net.info, min_score=0.0)  # a fine-tuned version's own floor: none
+    assert np.array_equal(drain(segment_iter(img, net, device="cpu", diameter=24)).labels, every.labels)
 
 
 def test_auroc():

@@ -167,6 +167,7 @@ def test_short_finetune_lowers_the_loss_and_reports_events():
     assert m["val_loss_after"] < 0.9 * m["val_loss_before"] and m["steps"] == 60
     assert any(e.val_metric is not None for e in steps)
     assert not res.model.training and res.model.info.provenance["parent"]["name"] == "tiny"
+    assert res.model.info.min_score == 0.0 < model.info.min_score  # a fine-tuned version keeps all its objects
     for k, v in model.state_dict().items():  # the starting model object is untouched
         assert torch.equal(v, before[k])
 
