@@ -354,6 +354,27 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def policy_table(paths: list[Path]) -> str:
+    """The policy comparison of issue 11 from `annotate --json` files: held-out AP gain after all rounds, per seed."""
+    runs: dict = {}
+    for path in paths:
+        res = json.loads(Path(path).read_text())
+        run = res["runs"][0]
+        rows = run["rows"]
+        runs.setdefault(run["domain"], {}).setdefault(res["policy"], {})[res["seed"]] = rows[-1]["ap"] - rows[0]["ap"]
+    lines = ["| domain | policy | gain per seed | mean gain | of oracle | x random |", "|---|---|---|---:|---:|---:|"]
+    for domain, by in sorted(runs.items()):
+        mean = {p: float(np.mean(list(g.values()))) for p, g in by.items()}
+        for policy in ("oracle", "doubt", "random"):
+            if policy not in by:
+                continue
+            seeds = ", ".join(f"s{s} {g:+.3f}" for s, g in sorted(by[policy].items()))
+            oracle = mean[policy] / mean["oracle"] if "oracle" in mean else float("nan")
+            rand = mean[policy] / mean["random"] if "random" in mean else float("nan")
+            lines.append(f"| {domain} | {policy} | {seeds} | {mean[policy]:+.3f} | {oracle:.0%} | {rand:.2f}x |")
+    return "\n".join(lines)
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -366,7 +387,8 @@ def machine() -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["profile", "annotate", "regularizers", "all"])
+    p.add_argument("what", choices=["profile", "annotate", "regularizers", "all", "policies"])
+    p.add_argument("files", nargs="*", type=Path, help="policies: the annotate --json files to tabulate")
     p.add_argument("--domain", default="synthetic", choices=["synthetic", "bbbc007"])
     p.add_argument("--reg", default="default", choices=list(REGULARIZERS))
     p.add_argument("--k", type=int, default=10, help="objects painted per round")
@@ -396,6 +418,10 @@ def main() -> None:
         results["profile"] = profile(log=log)
         results["alignment"] = alignment()
         log(f"label/image alignment after augmentation: {results['alignment']}")
+    if args.what == "policies":
+        print(policy_table(args.files))
+        return
+    results.update(policy=args.policy, seed=args.seed)
     if args.what == "annotate":
         res = run_protocol(args.domain, args.reg, args.k, args.rounds, args.seconds, args.seed, log, save=args.save)
         results["runs"] = [res]

@@ -28,7 +28,7 @@ def tiny_package(tmp_path_factory):
     torch.manual_seed(0)
     model = UNet(UNetConfig(base=4, depth=2)).eval()
     info = ModelInfo(
-        config=model.config, diameter=21.5, name="tiny-ft", mask_threshold=0.55,
+        config=model.config, diameter=21.5, name="tiny-ft", mask_threshold=0.55, min_score=0.0,
         provenance={"parent": {"name": "bundled"}, "data": ["abc123"], "metrics": {"ap50": 0.5}},
     )  # fmt: skip
     out = write_package(model, info, tmp_path_factory.mktemp("tiny") / "tiny.zip")
@@ -97,6 +97,7 @@ def test_package_contents(tiny_package):
     ours = rdf["config"]["napari-unet"]
     assert ours["format"] == "napari-unet/1" and ours["config"] == model.config.to_dict()
     assert ours["diameter"] == 21.5 and ours["mask_threshold"] == 0.55 and ours["name"] == "tiny-ft"
+    assert ours["min_score"] == 0.0
     assert ours["normalization"] == info.normalization
     (inp,) = rdf["inputs"]
     assert [a["type"] for a in inp["axes"]] == ["batch", "channel", "space", "space"]
