@@ -169,7 +169,7 @@ def segment_iter(
     if output is not None or cluster is not None:
         if output is None:
             raise InputError("a cluster run writes its labels to an OME-Zarr: pass output='out.zarr'")
-        for name, value in (("link_iou", link_iou), ("doubt", doubt or None), ("probabilities", probabilities or None)):
+        for name, value in (("doubt", doubt or None), ("probabilities", probabilities or None)):
             if value is not None:
                 raise InputError(f"{name} is not available with a .zarr output yet")
         from .core.bigrun import segment_to_zarr_iter
@@ -179,6 +179,7 @@ def segment_iter(
                 image, net, output, device=device, diameter=diameter, channel=channel, axes=axes, tile=tile,
                 overlap=overlap, batch_size=batch_size, block=block or DEFAULT_BLOCK, cluster=cluster, tta=tta,
                 overwrite=overwrite, pixel_size=pixel_size, merge_cuts=merge_cuts, min_score=min_score,
+                link_iou=link_iou,
             )
         )  # fmt: skip
     return (

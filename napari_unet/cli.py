@@ -194,7 +194,7 @@ def _segment_big(api, args, img, model, inp: Path, out: Path, s_out: Path | None
         data, model, device=args.device, diameter=args.diameter, channel=args.channel,
         axes=args.axes or img.axes, tile=args.tile, tta=args.tta, output=zout, cluster=cluster,
         block=args.block, overwrite=args.overwrite, pixel_size=img.pixel_size[-2:] if img.pixel_size else None,
-        merge_cuts=not args.no_merge_cuts, min_score=args.min_score,
+        merge_cuts=not args.no_merge_cuts, min_score=args.min_score, link_iou=args.link_iou,
     )  # fmt: skip
     try:
         with _progress_bar(1.0, inp.name, not args.quiet) as bar:

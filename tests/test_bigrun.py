@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import zarr
@@ -12,20 +14,27 @@ from napari_unet.core.io import read_image
 from napari_unet.core.jobs import Notice, drain
 
 
+@pytest.fixture(scope="module")
+def net():
+    return api.load_model("bundled")
+
+
 @pytest.fixture
 def image():
-    rng = np.random.default_rng(1)
-    return (rng.random((700, 900)) * 1000).astype(np.uint16)
+    """The bundled real sample, mirrored out to 700 x 900 (a few hundred nuclei, so every comparison has objects)."""
+    sample = read_image(Path(__file__).parents[1] / "napari_unet" / "resources" / "samples" / "nuclei2d_u2os.tif")
+    return np.pad(sample.data, ((0, 188), (0, 388)), mode="reflect")
 
 
 def _zarr_labels(path):
     return zarr.open_group(str(path), mode="r")["labels/nuclei/0"][:]
 
 
-def test_zarr_output_is_the_in_memory_result_as_ngff_labels(tiny_model, image, tmp_path):
-    ref = api.segment(image, tiny_model, diameter=20, block=256)
+def test_zarr_output_is_the_in_memory_result_as_ngff_labels(net, image, tmp_path):
+    ref = api.segment(image, net, diameter=20, block=256)
+    assert ref.max() > 100
     out = tmp_path / "out.zarr"
-    lab = api.segment(image, tiny_model, diameter=20, block=256, output=out)
+    lab = api.segment(image, net, diameter=20, block=256, output=out)
     np.testing.assert_array_equal(lab[:], ref)
     assert not (tmp_path / "out.zarr.part").exists()
     group = zarr.open_group(str(out), mode="r")
@@ -35,16 +44,16 @@ def test_zarr_output_is_the_in_memory_result_as_ngff_labels(tiny_model, image, t
     back = read_image(out)
     assert back.metadata.get("labels") and back.axes == "YX"
     with pytest.raises(InputError, match="exists"):
-        api.segment(image, tiny_model, diameter=20, block=256, output=out)
+        api.segment(image, net, diameter=20, block=256, output=out)
 
 
-def test_coarser_levels_are_written_and_read_as_a_multiscale_labels_layer(tiny_model, image, tmp_path, monkeypatch):
+def test_coarser_levels_are_written_and_read_as_a_multiscale_labels_layer(net, image, tmp_path, monkeypatch):
     from napari_unet.core import bigrun
     from napari_unet.core.stack_io import image_layers
 
     monkeypatch.setattr(bigrun, "LEVEL_SIDE", 200)  # 900 px wide: levels of 900, 450, 225 and 113 px
     out = tmp_path / "out.zarr"
-    drain(api.segment_iter(image, tiny_model, diameter=20, block=256, output=out, pixel_size=(0.5, 0.5)))
+    drain(api.segment_iter(image, net, diameter=20, block=256, output=out, pixel_size=(0.5, 0.5)))
     lab = _zarr_labels(out)
     group = zarr.open_group(str(out / "labels" / "nuclei"), mode="r")
     attrs = dict(group.attrs)
@@ -66,10 +75,10 @@ def test_coarser_levels_are_written_and_read_as_a_multiscale_labels_layer(tiny_m
     np.testing.assert_array_equal(np.asarray(data[2]), lab[::4, ::4])
 
 
-def test_an_interrupted_run_resumes_where_it_stopped(tiny_model, image, tmp_path):
+def test_an_interrupted_run_resumes_where_it_stopped(net, image, tmp_path):
     out = tmp_path / "out.zarr"
-    full = api.segment(image, tiny_model, diameter=20, block=256)
-    gen = api.segment_iter(image, tiny_model, diameter=20, block=256, output=out)
+    full = api.segment(image, net, diameter=20, block=256)
+    gen = api.segment_iter(image, net, diameter=20, block=256, output=out)
     blocks = tmp_path / "out.zarr.part" / "napari-unet-run" / "blocks"
     for _ in gen:  # stop (as Stop or Ctrl-C would) once two blocks are recorded
         if blocks.exists() and len(list(blocks.iterdir())) >= 2:
@@ -77,34 +86,34 @@ def test_an_interrupted_run_resumes_where_it_stopped(tiny_model, image, tmp_path
     gen.close()
     assert not out.exists() and (tmp_path / "out.zarr.part").exists()
     with pytest.raises(InputError, match="other settings"):
-        drain(api.segment_iter(image, tiny_model, diameter=25, block=256, output=out))
+        drain(api.segment_iter(image, net, diameter=25, block=256, output=out))
     items = []
-    result = drain(api.segment_iter(image, tiny_model, diameter=20, block=256, output=out), items.append)
+    result = drain(api.segment_iter(image, net, diameter=20, block=256, output=out), items.append)
     assert any(isinstance(i, Notice) and "resuming" in i.message for i in items)
     assert result.resumed_blocks >= 2 and result.blocks == 12
     np.testing.assert_array_equal(_zarr_labels(out), full)
 
 
-def test_two_local_workers_give_the_same_labels(tiny_model, image, tmp_path):
+def test_two_local_workers_give_the_same_labels(net, image, tmp_path):
     pytest.importorskip("distributed")
-    here = api.segment(image, tiny_model, diameter=20, block=256)
-    res = api.segment(image, tiny_model, diameter=20, block=256, output=tmp_path / "c.zarr", cluster="local:2",
+    here = api.segment(image, net, diameter=20, block=256)
+    res = api.segment(image, net, diameter=20, block=256, output=tmp_path / "c.zarr", cluster="local:2",
                       return_result=True)  # fmt: skip
     np.testing.assert_array_equal(_zarr_labels(res.path), here)
     assert len(res.plane_scores) == len(np.unique(here)) - 1
 
 
-def test_bad_cluster_options_fail_in_one_line_and_write_nothing(tiny_model, image, tmp_path):
+def test_bad_cluster_options_fail_in_one_line_and_write_nothing(net, image, tmp_path):
     pytest.importorskip("distributed")
     out = tmp_path / "x.zarr"
     with pytest.raises(InputError, match="cannot reach the dask scheduler"):
-        drain(api.segment_iter(image, tiny_model, diameter=20, output=out, cluster="tcp://127.0.0.1:9"))
+        drain(api.segment_iter(image, net, diameter=20, output=out, cluster="tcp://127.0.0.1:9"))
     with pytest.raises(InputError, match="local:N"):
-        drain(api.segment_iter(image, tiny_model, diameter=20, output=out, cluster="local:x"))
+        drain(api.segment_iter(image, net, diameter=20, output=out, cluster="local:x"))
     with pytest.raises(InputError, match="output="):
-        drain(api.segment_iter(image, tiny_model, diameter=20, cluster="local:2"))
+        drain(api.segment_iter(image, net, diameter=20, cluster="local:2"))
     with pytest.raises(InputError, match=".zarr"):
-        drain(api.segment_iter(image, tiny_model, diameter=20, output=tmp_path / "x.tif"))
+        drain(api.segment_iter(image, net, diameter=20, output=tmp_path / "x.tif"))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -124,7 +133,7 @@ def test_cli_writes_ome_zarr_from_a_zarr_input(tmp_path, capsys):
     assert (tmp_path / "o_scores.csv").read_text().startswith("label,")
 
 
-def test_a_full_disk_mid_run_says_so_in_one_line_and_the_run_resumes(tiny_model, image, tmp_path, monkeypatch):
+def test_a_full_disk_mid_run_says_so_in_one_line_and_the_run_resumes(net, image, tmp_path, monkeypatch):
     import errno
 
     from napari_unet.core import bigrun
@@ -141,19 +150,19 @@ def test_a_full_disk_mid_run_says_so_in_one_line_and_the_run_resumes(tiny_model,
 
     monkeypatch.setattr(bigrun, "_save_summary", full_after_three)
     with pytest.raises(RunStopped, match="No space left on device.*resume") as err:
-        drain(api.segment_iter(image, tiny_model, diameter=20, block=256, output=out))
+        drain(api.segment_iter(image, net, diameter=20, block=256, output=out))
     assert "\n" not in str(err.value) and not out.exists()
     monkeypatch.setattr(bigrun, "_save_summary", real)
-    result = drain(api.segment_iter(image, tiny_model, diameter=20, block=256, output=out))
+    result = drain(api.segment_iter(image, net, diameter=20, block=256, output=out))
     assert result.resumed_blocks == 3
-    np.testing.assert_array_equal(_zarr_labels(out), api.segment(image, tiny_model, diameter=20, block=256))
+    np.testing.assert_array_equal(_zarr_labels(out), api.segment(image, net, diameter=20, block=256))
 
 
-def test_the_plugin_opens_the_ome_zarr_as_a_labels_layer(tiny_model, image, tmp_path):
+def test_the_plugin_opens_the_ome_zarr_as_a_labels_layer(net, image, tmp_path):
     from napari_unet._qt.reader import get_reader
 
     out = tmp_path / "nuclei.zarr"
-    api.segment(image, tiny_model, diameter=20, block=256, output=out)
+    api.segment(image, net, diameter=20, block=256, output=out)
     [(data, kwargs, kind)] = get_reader(str(out))(str(out))
     assert kind == "labels" and data.shape == image.shape and kwargs["name"] == "nuclei"
     np.testing.assert_array_equal(np.asarray(data), _zarr_labels(out))
@@ -178,3 +187,17 @@ def test_cli_writes_a_tiled_bigtiff_for_an_image_larger_than_memory(tmp_path, mo
     ref = api.segment(tifffile.imread(tmp_path / "big.tif"), "bundled", diameter=20, block=512)
     np.testing.assert_array_equal(lab, ref)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.tif", "big_labels.tif"]
+
+
+def test_linked_planes_in_a_zarr_output_are_the_in_memory_linking(net, image, tmp_path):
+    from skimage.segmentation import relabel_sequential
+
+    stack = np.stack([image, np.roll(image, 2, axis=1), image[::-1]])  # two planes alike, one not
+    ref = api.segment(stack, net, axes="ZYX", diameter=20, block=256, link_iou=0.3)
+    res = api.segment(stack, net, axes="ZYX", diameter=20, block=256, link_iou=0.3,
+                      output=tmp_path / "l.zarr", return_result=True)  # fmt: skip
+    lab = _zarr_labels(res.path)
+    np.testing.assert_array_equal(relabel_sequential(lab)[0], ref)
+    shared = set(np.unique(lab[0])) & set(np.unique(lab[1])) - {0}
+    assert len(shared) > 0.5 * (len(np.unique(lab[0])) - 1)  # the shifted plane's objects took plane 0's ids
+    assert {i for _, i, _ in res.plane_scores} == set(np.unique(lab)) - {0} and res.n_objects == len(np.unique(ref)) - 1

@@ -264,6 +264,7 @@ class SegmentWidget(QWidget):
             data, spec, device=self.device.device(), diameter=self._diameter(), channel=self.channel.currentData(),
             axes=request.axes, tta=self.tta.isChecked(), output=out, cluster=cluster,
             merge_cuts=self.merge_cuts.isChecked(), min_score=self.min_score.value(),
+            link_iou=LINK_IOU if self.link.isChecked() else None,
         )  # fmt: skip
         self.runner.on_return = lambda result: self._on_segmented_zarr(request, result)
         self._busy(True)

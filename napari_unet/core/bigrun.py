@@ -202,11 +202,15 @@ def segment_to_zarr_iter(
     overwrite: bool = False,
     merge_cuts: bool = True,
     min_score: float | None = None,
+    link_iou: float | None = None,
 ) -> Generator[object, None, BigResult]:
     """Segment `image` into the OME-Zarr `out`, block by block; resumes an unfinished run of the same settings.
 
     Yields:
         `segment.Progress` (plane, planes, blocks done, blocks of the plane) and `jobs.Notice`.
+
+    With `link_iou`, objects of consecutive planes (in the order of the flat plane index, as in `segment`)
+    whose IoU exceeds it share one id; ids stay unique but are not renumbered to 1..N.
 
     Returns:
         `BigResult`. Closing the generator (Stop, Ctrl-C) leaves the unfinished folder, to resume.
@@ -272,6 +276,10 @@ def segment_to_zarr_iter(
                                        done_before, n_all)  # fmt: skip
         yield Progress(0, 1, 0, 1, "stitching")
         offset, plane_scores = _stitch(planes, plan, part, prov, output, min_score)
+        n_objects = offset
+        if link_iou is not None and len(planes.indices) > 1:
+            yield Progress(0, 1, 0, 1, "linking planes")
+            n_objects, plane_scores = _link(planes.indices, plan, output, link_iou, plane_scores)
         levels = _write_levels(part, output)
         _write_ngff(part, out_axes, spatial, pixel_size, levels)
         shutil.rmtree(part / WORK)
@@ -285,7 +293,7 @@ def segment_to_zarr_iter(
         if own:
             client.close()
     return BigResult(
-        out, offset, float(diameter), describe(dev), out_axes, n_all, done_before, plane_scores,
+        out, n_objects, float(diameter), describe(dev), out_axes, n_all, done_before, plane_scores,
         {"channel": planes.channel, "seconds": time.perf_counter() - t0},
     )  # fmt: skip
 
@@ -439,3 +447,38 @@ def _stitch(planes, plan, part, prov, output, min_score):
         plane_scores += [(tuple(int(v) for v in p), i, s) for i, s in st.scores.items()]
         offset += st.n_objects
     return offset, plane_scores
+
+
+def _link(indices, plan, output, iou: float, plane_scores):
+    """Link the stitched planes of `output` in place, plane after plane, block by block (bounded memory).
+
+    Rerunning it after a stop is safe: a resumed run stitches every plane again from the summaries first.
+    Returns (number of distinct objects, the plane scores under the linked ids)."""
+    from .instances import overlap_counts, plane_links, sum_counts
+
+    luts: dict[tuple[int, ...], dict[int, int]] = {}
+    for prev_p, p in zip(indices, indices[1:]):
+        pairs, areas = [], []
+        for i in range(len(plan)):
+            y0, y1, x0, x1 = plan.block(i).core
+            keys, inter, ids, area = overlap_counts(output[prev_p + (slice(y0, y1), slice(x0, x1))],
+                                                    output[p + (slice(y0, y1), slice(x0, x1))])  # fmt: skip
+            pairs.append((keys, inter))
+            areas.append((ids, area))
+        links = plane_links(*sum_counts(pairs), *sum_counts(areas), iou)
+        luts[p] = links
+        if not links:
+            continue
+        cur = np.fromiter(links, np.int64)
+        lo, hi = int(cur.min()), int(cur.max())
+        lut = np.arange(lo, hi + 1, dtype=np.int64)
+        lut[cur - lo] = np.fromiter(links.values(), np.int64)
+        for i in range(len(plan)):
+            y0, y1, x0, x1 = plan.block(i).core
+            key = p + (slice(y0, y1), slice(x0, x1))
+            lab = output[key]
+            inside = (lab >= lo) & (lab <= hi)
+            lab[inside] = lut[lab[inside] - lo]
+            output[key] = lab
+    linked = [(q, luts.get(q, {}).get(i, i), s) for q, i, s in plane_scores]
+    return len({i for _, i, _ in linked}), linked

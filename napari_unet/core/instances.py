@@ -201,6 +201,46 @@ def border_weights(labels: np.ndarray, w0: float = 10.0, sigma: float = 5.0) -> 
     return w.astype(np.float32)
 
 
+def overlap_counts(prev: np.ndarray, cur: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The overlaps of two label planes (or matching parts of them), to be summed over parts.
+
+    Returns:
+        (pair keys ``prev_id << 32 | cur_id``, their pixel counts, (ids, areas) of both planes as one
+        array pair with keys ``id`` for `prev` and ``-id`` for `cur`).
+    """
+    both = (prev > 0) & (cur > 0)
+    keys, inter = np.unique((prev[both].astype(np.int64) << 32) | cur[both].astype(np.int64), return_counts=True)
+    ids, areas = np.unique(np.concatenate([prev[prev > 0].astype(np.int64), -cur[cur > 0].astype(np.int64)]),
+                           return_counts=True)  # fmt: skip
+    return keys, inter, ids, areas
+
+
+def sum_counts(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Sum (keys, counts) pairs from several parts into one (unique keys, summed counts)."""
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    keys, inv = np.unique(np.concatenate([k for k, _ in parts]), return_inverse=True)
+    return keys, np.bincount(inv, weights=np.concatenate([c for _, c in parts])).astype(np.int64)
+
+
+def plane_links(pair_keys, inter, ids, areas, iou_threshold: float) -> dict[int, int]:
+    """Which object of a plane takes which id of the previous one: {cur_id: prev_id}, one-to-one, IoU above the
+    threshold, the best-overlapping pair first (from `overlap_counts`, summed over parts by `sum_counts`)."""
+    area = dict(zip(ids.tolist(), areas.tolist()))
+    best: dict[int, tuple[float, int]] = {}
+    for key, n in zip(pair_keys.tolist(), inter.tolist()):
+        p, c = key >> 32, key & 0xFFFFFFFF
+        iou = n / (area[p] + area[-c] - n)
+        if iou > iou_threshold and iou > best.get(c, (0.0, 0))[0]:
+            best[c] = (iou, p)
+    links, used = {}, set()
+    for c, (_, p) in sorted(best.items(), key=lambda kv: -kv[1][0]):
+        if p not in used:  # one-to-one: the best-overlapping object wins
+            links[c] = p
+            used.add(p)
+    return links
+
+
 def link_planes(labels: np.ndarray, iou_threshold: float = 0.3) -> np.ndarray:
     """Give an object the id of the object it overlaps best in the previous plane (IoU > threshold).
 
@@ -212,26 +252,11 @@ def link_planes(labels: np.ndarray, iou_threshold: float = 0.3) -> np.ndarray:
     """
     out = labels.copy()
     for z in range(1, out.shape[0]):
-        prev, cur = out[z - 1], out[z]
-        both = (prev > 0) & (cur > 0)
-        if not both.any():
-            continue
-        pairs, inter = np.unique(np.stack([prev[both], cur[both]]), axis=1, return_counts=True)
-        area_prev = dict(zip(*np.unique(prev[prev > 0], return_counts=True)))
-        area_cur = dict(zip(*np.unique(cur[cur > 0], return_counts=True)))
-        best: dict[int, tuple[float, int]] = {}
-        for (p, c), n in zip(pairs.T, inter):
-            iou = n / (area_prev[p] + area_cur[c] - n)
-            if iou > iou_threshold and iou > best.get(c, (0.0, 0))[0]:
-                best[c] = (iou, p)
-        if best:
-            lut = np.arange(int(cur.max()) + 1, dtype=out.dtype)
-            used: set[int] = set()
-            for c, (_, p) in sorted(best.items(), key=lambda kv: -kv[1][0]):
-                if p not in used:  # one-to-one: the best-overlapping object wins
-                    lut[c] = p
-                    used.add(p)
-            out[z] = lut[cur]
+        links = plane_links(*overlap_counts(out[z - 1], out[z]), iou_threshold)
+        if links:
+            lut = np.arange(int(out[z].max()) + 1, dtype=out.dtype)
+            lut[list(links)] = list(links.values())
+            out[z] = lut[out[z]]
     _, inverse = np.unique(out, return_inverse=True)
     return inverse.reshape(out.shape).astype(np.int32)
 
