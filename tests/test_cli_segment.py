@@ -121,6 +121,21 @@ def test_all_zero_image_gives_empty_labels(tmp_path, capsys):
     assert tifffile.imread(tmp_path / "z.tif").max() == 0
 
 
+def test_link_iou_reaches_a_zarr_output(tmp_path, capsys):
+    # before, the block path quietly dropped --link-iou and wrote unlinked per-plane ids
+    import zarr
+
+    plane = synth_nuclei((96, 96), rng=0, style=SynthStyle(diameter=(24, 24)))[0].astype(np.uint16)
+    np.save(tmp_path / "stack.npy", np.stack([plane] * 3))
+    out = tmp_path / "out.zarr"
+    args = ["segment", str(tmp_path / "stack.npy"), "-o", str(out), "--diameter", "24", "--axes", "ZYX", "-q"]
+    rc, _, err = run(args + ["--link-iou", "0.3"], capsys)
+    assert rc == 0, err
+    a = zarr.open_group(str(out), mode="r")["labels/nuclei/0"][:]
+    ids = [set(np.unique(p)[1:]) for p in a]
+    assert len(ids[0]) > 3 and ids[0] == ids[1] == ids[2]
+
+
 def test_stack_npy_and_zarr_inputs(tmp_path, capsys):
     import zarr
 
