@@ -454,7 +454,7 @@ def _link(indices, plan, output, iou: float, plane_scores):
 
     Rerunning it after a stop is safe: a resumed run stitches every plane again from the summaries first.
     Returns (number of distinct objects, the plane scores under the linked ids)."""
-    from .instances import overlap_counts, plane_links, sum_counts
+    from .instances import apply_links, overlap_counts, plane_links, sum_counts
 
     luts: dict[tuple[int, ...], dict[int, int]] = {}
     for prev_p, p in zip(indices, indices[1:]):
@@ -467,18 +467,10 @@ def _link(indices, plan, output, iou: float, plane_scores):
             areas.append((ids, area))
         links = plane_links(*sum_counts(pairs), *sum_counts(areas), iou)
         luts[p] = links
-        if not links:
-            continue
-        cur = np.fromiter(links, np.int64)
-        lo, hi = int(cur.min()), int(cur.max())
-        lut = np.arange(lo, hi + 1, dtype=np.int64)
-        lut[cur - lo] = np.fromiter(links.values(), np.int64)
-        for i in range(len(plan)):
-            y0, y1, x0, x1 = plan.block(i).core
-            key = p + (slice(y0, y1), slice(x0, x1))
-            lab = output[key]
-            inside = (lab >= lo) & (lab <= hi)
-            lab[inside] = lut[lab[inside] - lo]
-            output[key] = lab
+        if links:
+            for i in range(len(plan)):
+                y0, y1, x0, x1 = plan.block(i).core
+                key = p + (slice(y0, y1), slice(x0, x1))
+                output[key] = apply_links(output[key], links)
     linked = [(q, luts.get(q, {}).get(i, i), s) for q, i, s in plane_scores]
     return len({i for _, i, _ in linked}), linked

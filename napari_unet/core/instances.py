@@ -241,6 +241,19 @@ def plane_links(pair_keys, inter, ids, areas, iou_threshold: float) -> dict[int,
     return links
 
 
+def apply_links(labels: np.ndarray, links: dict[int, int]) -> np.ndarray:
+    """`labels` with each id in `links` replaced by its value, other ids unchanged (in place where possible)."""
+    if not links:
+        return labels
+    cur = np.fromiter(links, np.int64)
+    lo, hi = int(cur.min()), int(cur.max())
+    lut = np.arange(lo, hi + 1, dtype=np.int64)
+    lut[cur - lo] = np.fromiter(links.values(), np.int64)
+    inside = (labels >= lo) & (labels <= hi)
+    labels[inside] = lut[labels[inside] - lo]
+    return labels
+
+
 def link_planes(labels: np.ndarray, iou_threshold: float = 0.3) -> np.ndarray:
     """Give an object the id of the object it overlaps best in the previous plane (IoU > threshold).
 
@@ -252,11 +265,7 @@ def link_planes(labels: np.ndarray, iou_threshold: float = 0.3) -> np.ndarray:
     """
     out = labels.copy()
     for z in range(1, out.shape[0]):
-        links = plane_links(*overlap_counts(out[z - 1], out[z]), iou_threshold)
-        if links:
-            lut = np.arange(int(out[z].max()) + 1, dtype=out.dtype)
-            lut[list(links)] = list(links.values())
-            out[z] = lut[out[z]]
+        out[z] = apply_links(out[z], plane_links(*overlap_counts(out[z - 1], out[z]), iou_threshold))
     _, inverse = np.unique(out, return_inverse=True)
     return inverse.reshape(out.shape).astype(np.int32)
 
