@@ -135,8 +135,9 @@ def segment_iter(
     """Segment nuclei, as a generator: yields `Progress` (and `Notice`), returns a `SegmentResult`.
 
     Same arguments as `segment`, plus `probabilities` (also return the uint8 foreground probability),
-    `doubt` (also return the per-pixel doubt map, `SegmentResult.doubt`) and `estimate_plane` (for a stack without a diameter, estimate it on this flat plane index
-    rather than on the most contrasted plane). Out of GPU memory it retries with smaller batches and
+    `doubt` (also return the per-pixel doubt map, `SegmentResult.doubt`; with `output`, written into it as the
+    OME-Zarr image ``OUT.zarr/doubt``, `BigResult.doubt`) and `estimate_plane` (for a stack without a diameter,
+    estimate it on this flat plane index rather than on the most contrasted plane). Out of GPU memory it retries with smaller batches and
     tiles, then on the CPU, and yields a `Notice` saying so. Closing it stops at the next tile batch.
 
     With `output` (a ``.zarr`` folder), the labels are written there block by block instead
@@ -169,9 +170,8 @@ def segment_iter(
     if output is not None or cluster is not None:
         if output is None:
             raise InputError("a cluster run writes its labels to an OME-Zarr: pass output='out.zarr'")
-        for name, value in (("doubt", doubt or None), ("probabilities", probabilities or None)):
-            if value is not None:
-                raise InputError(f"{name} is not available with a .zarr output yet")
+        if probabilities:
+            raise InputError("probabilities are not available with a .zarr output; ask for the doubt map instead")
         from .core.bigrun import segment_to_zarr_iter
 
         return (
@@ -179,7 +179,7 @@ def segment_iter(
                 image, net, output, device=device, diameter=diameter, channel=channel, axes=axes, tile=tile,
                 overlap=overlap, batch_size=batch_size, block=block or DEFAULT_BLOCK, cluster=cluster, tta=tta,
                 overwrite=overwrite, pixel_size=pixel_size, merge_cuts=merge_cuts, min_score=min_score,
-                link_iou=link_iou,
+                link_iou=link_iou, doubt=doubt,
             )
         )  # fmt: skip
     return (

@@ -46,15 +46,18 @@ def _outputs(inputs: list[Path], output: str | None) -> list[Path]:
 
 def _side_outputs(arg: str | None, outputs: list[Path], suffix: str, flag: str) -> list[Path | None]:
     """Where `--scores` / `--uncertainty` write for each labels output: beside it by default, or the given
-    file (one input) or folder (several)."""
+    file (one input) or folder (several). A ``.zarr`` output holds its doubt map itself (``OUT.zarr/doubt``)."""
     if arg is None:
         return [None] * len(outputs)
 
     def stem(o: Path) -> str:
         return o.name.removesuffix(".tif").removesuffix(".zarr").removesuffix("_labels")
 
+    from .core.bigrun import DOUBT_PATH
+
     if arg == "auto":
-        return [o.with_name(stem(o) + suffix) for o in outputs]
+        return [o / DOUBT_PATH if o.suffix == ".zarr" and flag == "--uncertainty" else o.with_name(stem(o) + suffix)
+                for o in outputs]  # fmt: skip
     target = Path(arg)
     if len(outputs) > 1 or target.is_dir():
         if target.exists() and not target.is_dir():
@@ -129,9 +132,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
             if args.three_d and big:
                 raise InputError("--3d needs a stack that fits in memory and a TIFF output, for now")
             if big:  # block by block, resumable
-                if d_out is not None:
-                    raise InputError("--uncertainty is not available for images larger than memory yet")
-                _segment_big(api, args, img, model, inp, out, s_out, cluster, t0)
+                _segment_big(api, args, img, model, inp, out, s_out, d_out, cluster, t0)
                 continue
             gen = api.segment_iter(
                 img.data,
@@ -171,18 +172,22 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def _segment_big(api, args, img, model, inp: Path, out: Path, s_out: Path | None, cluster, t0: float) -> None:
+def _segment_big(
+    api, args, img, model, inp: Path, out: Path, s_out: Path | None, d_out: Path | None, cluster, t0: float
+) -> None:
     """One input to an OME-Zarr, block by block (resumes an unfinished run of the same command).
 
     A TIFF output of an image larger than memory is made from such an OME-Zarr (`OUT.tif.zarr`, resumable
-    the same way) as a tiled BigTIFF, and the OME-Zarr is removed once the TIFF is complete.
+    the same way) as a tiled BigTIFF, and the OME-Zarr is removed once the TIFF is complete. The doubt map
+    (`d_out`) is the OME-Zarr's ``doubt`` image, and a tiled BigTIFF made from it where `d_out` is a TIFF.
     """
     import shutil
 
     import zarr
 
     from .core.atomic import unfinished_dir
-    from .core.io import FileArray, write_labels, write_scores
+    from .core.bigrun import DOUBT_PATH, LABELS_PATH
+    from .core.io import FileArray, write_labels, write_map, write_scores
     from .core.jobs import drain
 
     data = FileArray(inp, img.data) if cluster else img.data  # workers reopen the file by its path
@@ -195,6 +200,7 @@ def _segment_big(api, args, img, model, inp: Path, out: Path, s_out: Path | None
         axes=args.axes or img.axes, tile=args.tile, tta=args.tta, output=zout, cluster=cluster,
         block=args.block, overwrite=args.overwrite, pixel_size=img.pixel_size[-2:] if img.pixel_size else None,
         merge_cuts=not args.no_merge_cuts, min_score=args.min_score, link_iou=args.link_iou,
+        doubt=d_out is not None,
     )  # fmt: skip
     try:
         with _progress_bar(1.0, inp.name, not args.quiet) as bar:
@@ -205,9 +211,14 @@ def _segment_big(api, args, img, model, inp: Path, out: Path, s_out: Path | None
         print(f"{PROG}: interrupted; the unfinished run is kept in '{kept}': run the same command to resume it",
               file=sys.stderr)  # fmt: skip
         raise SystemExit(130) from None
+    group = zarr.open_group(str(zout), mode="r")
     if tiff:
-        labels = zarr.open_group(str(zout), mode="r")["labels/nuclei/0"]
-        write_labels(out, labels, overwrite=args.overwrite, axes=result.axes, scale=_pixel_scale(img))
+        write_labels(out, group[LABELS_PATH + "/0"], overwrite=args.overwrite, axes=result.axes,
+                     scale=_pixel_scale(img))  # fmt: skip
+    if d_out is not None and d_out != zout / DOUBT_PATH:
+        write_map(d_out, group[DOUBT_PATH + "/0"], overwrite=args.overwrite, axes=result.axes,
+                  scale=_pixel_scale(img), name="doubt")  # fmt: skip
+    if tiff:
         shutil.rmtree(zout)
     if s_out is not None:
         plane_shape = tuple(img.data.shape[: len(result.axes) - 2])
@@ -494,7 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     s.add_argument(
         "--uncertainty", nargs="?", const="auto", metavar="TIF",
-        help="also write the per-pixel doubt map (uint8, 255 = most doubtful); default <stem>_doubt.tif",
+        help="also write the per-pixel doubt map (uint8, 255 = most doubtful); default <stem>_doubt.tif, or "
+             "inside a .zarr output (OUT.zarr/doubt)",
     )  # fmt: skip
     s.add_argument(
         "--block", type=int, default=2048,

@@ -48,6 +48,7 @@ def test_zarr_output_is_the_in_memory_result_as_ngff_labels(net, image, tmp_path
 
 
 def test_coarser_levels_are_written_and_read_as_a_multiscale_labels_layer(net, image, tmp_path, monkeypatch):
+    from napari_unet._qt.reader import get_reader
     from napari_unet.core import bigrun
     from napari_unet.core.stack_io import image_layers
 
@@ -67,6 +68,8 @@ def test_coarser_levels_are_written_and_read_as_a_multiscale_labels_layer(net, i
     back = read_image(out)
     assert back.pixel_size == (0.5, 0.5)
     data, kwargs, kind = image_layers(back, "labels")[0]
+    [(by_plugin, _, _)] = get_reader(str(out))(str(out))  # as napari's File > Open does it
+    assert [d.shape for d in by_plugin] == [d.shape for d in data]
     assert (
         kind == "labels"
         and kwargs["scale"] == [0.5, 0.5]
@@ -87,6 +90,8 @@ def test_an_interrupted_run_resumes_where_it_stopped(net, image, tmp_path):
     assert not out.exists() and (tmp_path / "out.zarr.part").exists()
     with pytest.raises(InputError, match="other settings"):
         drain(api.segment_iter(image, net, diameter=25, block=256, output=out))
+    with pytest.raises(InputError, match="other settings"):  # its finished blocks wrote no doubt map
+        drain(api.segment_iter(image, net, diameter=20, block=256, output=out, doubt=True))
     items = []
     result = drain(api.segment_iter(image, net, diameter=20, block=256, output=out), items.append)
     assert any(isinstance(i, Notice) and "resuming" in i.message for i in items)
@@ -94,13 +99,37 @@ def test_an_interrupted_run_resumes_where_it_stopped(net, image, tmp_path):
     np.testing.assert_array_equal(_zarr_labels(out), full)
 
 
-def test_two_local_workers_give_the_same_labels(net, image, tmp_path):
+def test_two_local_workers_give_the_same_labels_and_doubt(net, image, tmp_path):
     pytest.importorskip("distributed")
-    here = api.segment(image, net, diameter=20, block=256)
-    res = api.segment(image, net, diameter=20, block=256, output=tmp_path / "c.zarr", cluster="local:2",
-                      return_result=True)  # fmt: skip
-    np.testing.assert_array_equal(_zarr_labels(res.path), here)
-    assert len(res.plane_scores) == len(np.unique(here)) - 1
+    here = drain(api.segment_iter(image, net, diameter=20, block=256, doubt=True))
+    res = drain(api.segment_iter(image, net, diameter=20, block=256, output=tmp_path / "c.zarr", cluster="local:2",
+                                 doubt=True))  # fmt: skip
+    np.testing.assert_array_equal(_zarr_labels(res.path), here.labels)
+    np.testing.assert_array_equal(zarr.open_array(str(res.path / res.doubt / "0"), mode="r")[:], here.doubt)
+    assert len(res.plane_scores) == len(np.unique(here.labels)) - 1
+
+
+def test_the_doubt_map_is_an_ome_zarr_image_beside_the_labels(net, image, tmp_path, monkeypatch):
+    from napari_unet._qt.reader import get_reader
+    from napari_unet.core import bigrun
+
+    monkeypatch.setattr(bigrun, "LEVEL_SIDE", 500)  # 900 px wide: two levels of each
+    ref = drain(api.segment_iter(image, net, diameter=20, block=256, doubt=True))
+    assert ref.doubt.max() > 200 and ref.doubt.min() < 20  # a real map: doubtful borders, sure interiors
+    out = tmp_path / "out.zarr"
+    res = drain(api.segment_iter(image, net, diameter=20, block=256, output=out, doubt=True, pixel_size=(0.5, 0.5)))
+    assert res.doubt == "doubt"
+    np.testing.assert_array_equal(_zarr_labels(out), ref.labels)
+    doubt = read_image(out / "doubt")  # an NGFF multiscales image, with the pixel size
+    assert doubt.data.dtype == np.uint8 and doubt.axes == "YX" and doubt.pixel_size == (0.5, 0.5)
+    np.testing.assert_array_equal(np.asarray(doubt.data), ref.doubt)
+    assert read_image(out).metadata.get("labels")  # the output still opens as its labels
+    (d_data, d_kw, d_kind), (l_data, _, l_kind) = get_reader(str(out))(str(out))  # the doubt under the labels
+    assert (d_kind, l_kind) == ("image", "labels") and d_kw["multiscale"] and d_kw["name"] == "out doubt"
+    assert [a.shape for a in d_data] == [a.shape for a in l_data] == [(700, 900), (350, 450)]
+    np.testing.assert_array_equal(d_data[1][:], ref.doubt[::2, ::2])
+    with pytest.raises(InputError, match="probabilities"):
+        drain(api.segment_iter(image, net, diameter=20, output=tmp_path / "p.zarr", probabilities=True))
 
 
 def test_bad_cluster_options_fail_in_one_line_and_write_nothing(net, image, tmp_path):
@@ -124,13 +153,16 @@ def test_cli_writes_ome_zarr_from_a_zarr_input(tmp_path, capsys):
     src = zarr.create_array(str(tmp_path / "in.zarr"), shape=(600, 700), chunks=(256, 256), dtype="uint16")
     src[:] = (rng.random((600, 700)) * 500).astype(np.uint16)
     rc = main(["segment", str(tmp_path / "in.zarr"), "-o", str(tmp_path / "o.zarr"), "--block", "512",
-               "--diameter", "20", "-q", "--scores"])  # fmt: skip
+               "--diameter", "20", "-q", "--scores", "--uncertainty"])  # fmt: skip
     assert rc == 0, capsys.readouterr().err
     said = capsys.readouterr().out
     assert "4 blocks" in said and "o.zarr" in said
     lab = _zarr_labels(tmp_path / "o.zarr")
     assert lab.shape == (600, 700) and lab.dtype == np.int32
     assert (tmp_path / "o_scores.csv").read_text().startswith("label,")
+    doubt = zarr.open_array(str(tmp_path / "o.zarr" / "doubt" / "0"), mode="r")
+    assert doubt.shape == (600, 700) and doubt.dtype == np.uint8
+    assert not (tmp_path / "o_doubt.tif").exists()  # a .zarr output holds its doubt map itself
 
 
 def test_a_full_disk_mid_run_says_so_in_one_line_and_the_run_resumes(net, image, tmp_path, monkeypatch):
@@ -178,15 +210,19 @@ def test_cli_writes_a_tiled_bigtiff_for_an_image_larger_than_memory(tmp_path, mo
     tifffile.imwrite(tmp_path / "big.tif", (rng.random((640, 700)) * 900).astype(np.uint16))
     monkeypatch.setattr(io, "LAZY_BYTES", 1000)  # "larger than memory": read lazily, segmented block by block
     out = tmp_path / "big_labels.tif"
-    rc = main(["segment", str(tmp_path / "big.tif"), "-o", str(out), "--block", "512", "--diameter", "20", "-q"])
+    rc = main(["segment", str(tmp_path / "big.tif"), "-o", str(out), "--block", "512", "--diameter", "20", "-q",
+               "--uncertainty"])  # fmt: skip
     assert rc == 0, capsys.readouterr().err
     with tifffile.TiffFile(out) as tif:
         assert tif.pages[0].is_tiled and tif.is_bigtiff
         lab = tif.asarray()
     monkeypatch.setattr(io, "LAZY_BYTES", 1 << 30)
-    ref = api.segment(tifffile.imread(tmp_path / "big.tif"), "bundled", diameter=20, block=512)
-    np.testing.assert_array_equal(lab, ref)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.tif", "big_labels.tif"]
+    ref = drain(api.segment_iter(tifffile.imread(tmp_path / "big.tif"), "bundled", diameter=20, block=512, doubt=True))
+    np.testing.assert_array_equal(lab, ref.labels)
+    with tifffile.TiffFile(tmp_path / "big_doubt.tif") as tif:
+        assert tif.pages[0].is_tiled
+        np.testing.assert_array_equal(tif.asarray(), ref.doubt)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.tif", "big_doubt.tif", "big_labels.tif"]
 
 
 def test_linked_planes_in_a_zarr_output_are_the_in_memory_linking(net, image, tmp_path):

@@ -60,9 +60,25 @@ def read_path(path: str | os.PathLike) -> list[LayerData]:
     else:
         img = read_image(path)
     layers = image_layers(img, _display_name(path), scale=ome_extra_scale(path), source=str(path.absolute()))
+    if img.metadata.get("labels"):  # `segment -o OUT.zarr`: its doubt map, when written, goes below the labels
+        return _doubt_layers(path, layers[0]) + layers
     for layer in list(layers):
         layers.extend(restored_layers(layer))
     return layers
+
+
+def _doubt_layers(path: Path, labels: LayerData) -> list[LayerData]:
+    """The doubt map of a labels OME-Zarr (``OUT.zarr/doubt``, `--uncertainty`) as a multiscale Image layer."""
+    from ..core.bigrun import DOUBT_PATH
+
+    if not (path / DOUBT_PATH).is_dir():
+        return []
+    doubt = read_image(path / DOUBT_PATH)
+    levels = doubt.metadata.get("levels") or [doubt.data]
+    _, kwargs, _ = labels
+    kwargs = {"name": f"{kwargs['name']} doubt", "scale": kwargs["scale"], "axis_labels": kwargs["axis_labels"],
+              "colormap": "magma", "contrast_limits": (0, 255), "multiscale": len(levels) > 1}  # fmt: skip
+    return [(levels if len(levels) > 1 else levels[0], kwargs, "image")]
 
 
 def read_paths(path: str | list[str]) -> list[LayerData]:

@@ -32,9 +32,13 @@ from .atomic import atomic_write, unfinished_dir
 from .blockwise import DEFAULT_BLOCK, BlockOutput, BlockPlan, plan_blocks, segment_block_iter, stitch_blocks
 from .errors import InputError, RunStopped
 from .jobs import Notice, drain, relay
+from .scores import doubt_map
 
 WORK = "napari-unet-run"
 LABELS_PATH = "labels/nuclei"
+#: With `doubt`, the per-pixel doubt map (uint8, 255 = most doubtful; `scores.doubt_map`) is an OME-Zarr
+#: image of its own inside the output, beside the labels.
+DOUBT_PATH = "doubt"
 FORMAT = 1  # of the run record: a run recorded in another format is not resumed
 #: Coarser levels are added (each 2x smaller in Y and X, nearest-neighbour, as labels must be) until
 #: the plane fits in this many px per side, so that a viewer shows any size from the level it needs.
@@ -54,6 +58,7 @@ class BigResult:
     resumed_blocks: int = 0
     plane_scores: list[tuple[tuple[int, ...], int, float]] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    doubt: str | None = None  # the doubt map's group inside `path` (`DOUBT_PATH`), when asked
 
 
 def _settings(planes, shape, diameter, block, tile, overlap, model_id, channel) -> dict:
@@ -78,7 +83,8 @@ def model_id(model) -> str:
 
 
 def _open_part(part: Path, settings: dict, spatial, chunks):
-    """The unfinished folder's output and provisional arrays, created or reopened; (output, provisional, resumed)."""
+    """The unfinished folder's output and provisional arrays, created or reopened (and the doubt map's level 0,
+    when `settings` asks for it); (output, provisional, resumed)."""
     import zarr
 
     record = part / WORK / "run.json"
@@ -102,6 +108,8 @@ def _open_part(part: Path, settings: dict, spatial, chunks):
     else:
         out = root.require_group(LABELS_PATH).create_array("0", **kw)
         prov = zarr.create_array(str(part / WORK / "provisional.zarr"), **kw)
+        if settings.get("doubt"):
+            root.require_group(DOUBT_PATH).create_array("0", **{**kw, "dtype": "uint8"})
         (part / WORK / "blocks").mkdir(parents=True, exist_ok=True)
         with atomic_write(record) as tmp:
             tmp.write_text(json.dumps(settings))
@@ -130,18 +138,29 @@ def _load_strips(path: Path) -> dict[str, np.ndarray]:
         return {k.removeprefix("strip_"): z[k] for k in z.files if k.startswith("strip_")}
 
 
-def run_block(planes, plane, plan: BlockPlan, index: int, infer, prov_path: str, params: dict) -> BlockOutput:
-    """Segment one block and write its provisional labels into the zarr at `prov_path` (here or on a worker)."""
-    import zarr
-
-    out = drain(segment_block_iter(planes, plane, plan, index, infer, **params))
-    y0, y1, x0, x1 = plan.block(index).core
-    zarr.open_array(prov_path, mode="r+")[plane + (slice(y0, y1), slice(x0, x1))] = out.labels
-    out.labels = None
+def _write_block(out: BlockOutput, plane, plan: BlockPlan, prov, doubt) -> BlockOutput:
+    """Write a block's provisional labels (and doubt map, when `doubt` is an array) into its core; return its
+    summary, without the arrays."""
+    y0, y1, x0, x1 = plan.block(out.index).core
+    key = plane + (slice(y0, y1), slice(x0, x1))
+    if doubt is not None:
+        doubt[key] = doubt_map(out.probabilities)
+    prov[key] = out.labels
+    out.labels = out.probabilities = None
     return out
 
 
-def _worker_block(planes, plane, plan, index, model, device, precision, tta, prov_path, params):
+def run_block(planes, plane, plan: BlockPlan, index: int, infer, part: str, params: dict) -> BlockOutput:
+    """Segment one block and write its arrays into the unfinished folder `part` (here or on a worker)."""
+    import zarr
+
+    out = drain(segment_block_iter(planes, plane, plan, index, infer, **params))
+    prov = zarr.open_array(str(Path(part) / WORK / "provisional.zarr"), mode="r+")
+    doubt = zarr.open_array(str(Path(part) / DOUBT_PATH / "0"), mode="r+") if params.get("probabilities") else None
+    return _write_block(out, plane, plan, prov, doubt)
+
+
+def _worker_block(planes, plane, plan, index, model, device, precision, tta, part, params):
     """`run_block` on a dask worker: the network is prepared once per worker and kept there."""
     import torch
     from distributed import get_worker
@@ -159,7 +178,7 @@ def _worker_block(planes, plane, plan, index, model, device, precision, tta, pro
             dev = torch.device("cuda", abs(hash(worker.name)) % torch.cuda.device_count())
         cache.clear()
         cache[key] = InferenceModel.prepare(model, dev, precision, tta=tta)
-    return run_block(planes, plane, plan, index, cache[key], prov_path, params)
+    return run_block(planes, plane, plan, index, cache[key], part, params)
 
 
 def connect(cluster):
@@ -203,6 +222,7 @@ def segment_to_zarr_iter(
     merge_cuts: bool = True,
     min_score: float | None = None,
     link_iou: float | None = None,
+    doubt: bool = False,
 ) -> Generator[object, None, BigResult]:
     """Segment `image` into the OME-Zarr `out`, block by block; resumes an unfinished run of the same settings.
 
@@ -212,9 +232,13 @@ def segment_to_zarr_iter(
     With `link_iou`, objects of consecutive planes (in the order of the flat plane index, as in `segment`)
     whose IoU exceeds it share one id; ids stay unique but are not renumbered to 1..N.
 
+    With `doubt`, the per-pixel doubt map is written too, block by block, as the OME-Zarr image
+    ``OUT.zarr/doubt`` (`DOUBT_PATH`; uint8, 255 = most doubtful, the values `segment(doubt=True)` gives).
+
     Returns:
         `BigResult`. Closing the generator (Stop, Ctrl-C) leaves the unfinished folder, to resume.
     """
+    import zarr
 
     from .device import describe, select_device
     from .instances import min_object_size
@@ -251,6 +275,7 @@ def segment_to_zarr_iter(
     settings = _settings(planes, spatial, diameter, block, tile, overlap, mid, str(planes.channel))
     settings["tta"] = tta
     settings["merge_cuts"] = merge_cuts
+    settings["doubt"] = bool(doubt)  # a run resumes only if its finished blocks wrote what this one needs
     client, own = (None, False) if cluster is None else connect(cluster)  # before anything is written
     try:
         output, prov, resumed = _open_part(part, settings, spatial, chunks)
@@ -260,7 +285,7 @@ def segment_to_zarr_iter(
         raise
     params = dict(
         scale=scale, min_size=min_object_size(diameter), mask_threshold=info.mask_threshold,
-        tile=tile, overlap=overlap, batch_size=batch_size, merge_cuts=merge_cuts,
+        tile=tile, overlap=overlap, batch_size=batch_size, merge_cuts=merge_cuts, probabilities=bool(doubt),
     )  # fmt: skip
     todo = [(p, i) for p in planes.indices for i in range(len(plan)) if not _summary_path(part, p, i).exists()]
     n_all = len(planes.indices) * len(plan)
@@ -270,7 +295,8 @@ def segment_to_zarr_iter(
     t0 = time.perf_counter()
     try:
         if client is None:
-            yield from _run_here(planes, plan, todo, infer, params, prov, part, done_before, n_all)
+            dmap = zarr.open_array(str(part / DOUBT_PATH / "0"), mode="r+") if doubt else None
+            yield from _run_here(planes, plan, todo, infer, params, prov, dmap, part, done_before, n_all)
         else:
             yield from _run_on_cluster(client, planes, plan, todo, model, device, precision, tta, params, part, mid,
                                        done_before, n_all)  # fmt: skip
@@ -280,8 +306,11 @@ def segment_to_zarr_iter(
         if link_iou is not None and len(planes.indices) > 1:
             yield Progress(0, 1, 0, 1, "linking planes")
             n_objects, plane_scores = _link(planes.indices, plan, output, link_iou, plane_scores)
-        levels = _write_levels(part, output)
+        levels = _write_levels(part / LABELS_PATH, output)
         _write_ngff(part, out_axes, spatial, pixel_size, levels)
+        if doubt:
+            dmap = zarr.open_array(str(part / DOUBT_PATH / "0"), mode="r+")
+            _write_ngff(part, out_axes, spatial, pixel_size, _write_levels(part / DOUBT_PATH, dmap), DOUBT_PATH)
         shutil.rmtree(part / WORK)
         _replace(part, out, overwrite)
     except OSError as exc:  # a full disk, a storage error: the finished blocks stay, the run resumes
@@ -294,30 +323,31 @@ def segment_to_zarr_iter(
             client.close()
     return BigResult(
         out, n_objects, float(diameter), describe(dev), out_axes, n_all, done_before, plane_scores,
-        {"channel": planes.channel, "seconds": time.perf_counter() - t0},
+        {"channel": planes.channel, "seconds": time.perf_counter() - t0}, DOUBT_PATH if doubt else None,
     )  # fmt: skip
 
 
-def _write_levels(part: Path, level0) -> int:
-    """Write levels 1, 2, ... of the labels beside level 0, each from the one before (dask stores it chunk by
-    chunk); returns the number of levels in all."""
+def _write_levels(group_path: Path, level0) -> int:
+    """Write levels 1, 2, ... of an image beside its level 0 in `group_path`, each from the one before
+    (nearest neighbour, as labels need; dask stores it chunk by chunk); returns the number of levels in all."""
     import dask.array as da
     import zarr
 
-    group = zarr.open_group(str(part / LABELS_PATH), mode="a")
+    group = zarr.open_group(str(group_path), mode="a")
     prev, n = level0, 1
     while max(prev.shape[-2:]) > LEVEL_SIDE:
         coarse = da.from_zarr(prev)[..., ::2, ::2]
         chunks = tuple(min(c, s) for c, s in zip(prev.chunks, coarse.shape))
         # overwrite: a level left by a stopped stitch is written again
-        level = group.create_array(str(n), shape=coarse.shape, chunks=chunks, dtype="int32", fill_value=0,
+        level = group.create_array(str(n), shape=coarse.shape, chunks=chunks, dtype=prev.dtype, fill_value=0,
                                    overwrite=True)  # fmt: skip
         coarse.rechunk(chunks).store(level, lock=False)
         prev, n = level, n + 1
     return n
 
 
-def _write_ngff(part: Path, axes: str, shape, pixel_size, levels: int = 1) -> None:
+def _write_ngff(part: Path, axes: str, shape, pixel_size, levels: int = 1, image: str | None = None) -> None:
+    """The NGFF metadata of the labels (multiscales + image-label), or, with `image`, of that image group."""
     import zarr
     from ome_zarr.writer import write_label_metadata, write_multiscales_metadata
 
@@ -332,6 +362,9 @@ def _write_ngff(part: Path, axes: str, shape, pixel_size, levels: int = 1) -> No
         }
         for k in range(levels)
     ]
+    if image is not None:
+        write_multiscales_metadata(root[image], datasets, axes=ax, name=image)
+        return
     write_multiscales_metadata(root[LABELS_PATH], datasets, axes=ax, name="nuclei")
     write_label_metadata(root["labels"], "nuclei", source={"image": "../../"})
 
@@ -375,8 +408,8 @@ def is_labels_zarr(path: Path) -> bool:
     return (Path(path) / "labels" / "nuclei").is_dir()
 
 
-def _run_here(planes, plan, todo, infer, params, prov, part, n_done, n_all):
-    """Run the blocks in this process, recording each when its labels and summary are written."""
+def _run_here(planes, plan, todo, infer, params, prov, doubt, part, n_done, n_all):
+    """Run the blocks in this process, recording each when its arrays and summary are written."""
     from .segment import block_progress
 
     for p, i in todo:
@@ -385,9 +418,7 @@ def _run_here(planes, plan, todo, infer, params, prov, part, n_done, n_all):
         o = yield from relay(
             gen, lambda dt, k=k, i=i, said=said: block_progress(k, len(planes.indices), i, len(plan), *dt, said)
         )
-        y0, y1, x0, x1 = plan.block(i).core
-        prov[p + (slice(y0, y1), slice(x0, x1))] = o.labels
-        _save_summary(_summary_path(part, p, i), o)
+        _save_summary(_summary_path(part, p, i), _write_block(o, p, plan, prov, doubt))
         n_done += 1
 
 
@@ -408,9 +439,8 @@ def _run_on_cluster(client, planes, plan, todo, model, device, precision, tta, p
         ) from None
     net = client.scatter(model, broadcast=True)
     planes_f = client.scatter(planes, broadcast=True)
-    prov_path = str(part / WORK / "provisional.zarr")
     futures = {
-        client.submit(_worker_block, planes_f, p, plan, i, net, device, precision, tta, prov_path, params,
+        client.submit(_worker_block, planes_f, p, plan, i, net, device, precision, tta, str(part), params,
                       key=f"napari-unet-block-{'_'.join(map(str, (*p, i)))}-{mid}", pure=False): (p, i)
         for p, i in todo
     }  # fmt: skip

@@ -246,7 +246,10 @@ def write_map(
     scale: dict[str, float] | None = None,
     name: str | None = None,
 ) -> Path:
-    """Write a per-pixel uint8 map (e.g. the doubt map, 255 = most doubtful) like `write_labels` does labels."""
+    """Write a per-pixel uint8 map (e.g. the doubt map, 255 = most doubtful) like `write_labels` does labels
+    (a lazy uint8 array, e.g. an OME-Zarr's, as a tiled BigTIFF)."""
+    if not isinstance(values, np.ndarray) and getattr(values, "dtype", None) == np.uint8:
+        return _write_ome(path, values, axes, scale, name, overwrite, tile=TIFF_TILE)
     return _write_ome(path, np.asarray(values).astype(np.uint8), axes, scale, name, overwrite)
 
 
