@@ -8,7 +8,8 @@ views fused (the `mode="3d"` default). 3D AP@0.5 (3D IoU), time relative to plan
 memory of the process (ru_maxrss grows only, so each figure is the most any method needed so far).
 `--cells3d` adds the real confocal stack of `../shared/data/cells3d` (bronze labels, 20 nuclei).
 `--memory Z,SIDE` segments one synthetic Z x SIDE x SIDE stack in 3D in a fresh process per setting (one
-block, and the default blocks) and reports its peak RSS beyond the loaded stack (VmHWM, reset after loading).
+block; columns of blocks through all of Z; the default blocks, cut in Z too) and reports its peak RSS beyond
+the loaded stack (VmHWM, reset after loading) and the 3D AP@0.5 of each against the one-block labels.
 """
 
 from __future__ import annotations
@@ -61,30 +62,45 @@ def _print(a, rows):
 _CHILD = """
 import sys, time, numpy as np
 sys.path.insert(0, {root!r})
-from napari_unet.api import load_model, segment
+from napari_unet.api import load_model
+from napari_unet.core.jobs import drain
+from napari_unet.core.segment3d import segment_3d_iter
 from napari_unet.core.synth3d import synth_nuclei_3d
 m = load_model("bundled")
 img, lab = synth_nuclei_3d(({z}, {side}, {side}), anisotropy=2, rng=0)
 open("/proc/self/clear_refs", "w").write("5")  # reset the peak: what segmenting needs beyond the stack
 t = time.perf_counter()
-out = segment(img, m, mode="3d", anisotropy=2, diameter=22, block={block})
+out = drain(segment_3d_iter(img, m, anisotropy=2, fusion="xyz", diameter=22, block={block}, block_z={block_z})).labels
 hwm = next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM"))
-rss = next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmRSS"))
 print(f"{{time.perf_counter() - t:.1f}} {{hwm / 1024:.0f}} {{out.max()}}")
+np.save({npy!r}, out)
 """
 
 
 def memory(z: int, side: int) -> None:
-    from napari_unet.core.segment3d import BLOCK_3D
+    import tempfile
+
+    import numpy as np
+
+    from napari_unet.core.segment3d import BLOCK_3D, BLOCK_3D_Z
 
     print(
         f"\n3D objects of one {z}x{side}x{side} stack (anisotropy 2; stack {z * side * side * 2 / 2**20:.0f} MB uint16):"
     )
-    print("| blocks | s | peak RSS MB (process, after loading) | objects |\n|---|---:|---:|---:|")
-    for block in (None, BLOCK_3D):
-        out = subprocess.run([sys.executable, "-c", _CHILD.format(root=str(ROOT), z=z, side=side, block=block)],
-                             capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
-        print(f"| {'one' if block is None else f'{block} px'} | {out[0]} | {out[1]} | {out[2]} |", flush=True)
+    print("| blocks | s | peak RSS MB (process, after loading) | objects | 3D AP@0.5 vs one block |")
+    print("|---|---:|---:|---:|---:|")
+    settings = {"one": (None, None), f"{BLOCK_3D} px, all of Z": (BLOCK_3D, None),
+                f"{BLOCK_3D} px x {BLOCK_3D_Z} planes (default)": (BLOCK_3D, BLOCK_3D_Z)}  # fmt: skip
+    ref = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (block, block_z) in settings.items():
+            npy = str(Path(tmp) / f"{len(name)}.npy")
+            child = _CHILD.format(root=str(ROOT), z=z, side=side, block=block, block_z=block_z, npy=npy)
+            out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=True).stdout.split()
+            labels = np.load(npy)
+            ref = labels if ref is None else ref
+            ap = match_instances(ref, labels).ap
+            print(f"| {name} | {out[0]} | {out[1]} | {out[2]} | {ap:.3f} |", flush=True)
 
 
 def main() -> None:

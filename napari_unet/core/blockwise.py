@@ -82,6 +82,11 @@ class BlockPlan:
         r, c = b.row + {"top": -1, "bottom": 1}.get(face, 0), b.col + {"left": -1, "right": 1}.get(face, 0)
         return r * self.cols + c if 0 <= r < self.rows and 0 <= c < self.cols else None
 
+    def seams(self, index: int) -> list[tuple[str, int, str]]:
+        """Block `index`'s seams with its next neighbours: (its face, the neighbour, the neighbour's face)."""
+        b = self.block(index)
+        return [(f, j, o) for f, o in (("right", "left"), ("bottom", "top")) if (j := self.neighbour(b, f)) is not None]
+
 
 def plan_blocks(shape: tuple[int, int], diameter: float, scale: float, block: int | None = DEFAULT_BLOCK) -> BlockPlan:
     """Cut a plane of `shape` into near-equal cores of at most `block` px (None: one block).
@@ -155,15 +160,26 @@ def segment_block_iter(
 
 
 def block_output(
-    plan: BlockPlan, b: Block, lab: np.ndarray, probs: np.ndarray, *, probabilities: bool = False
+    plan: BlockPlan,
+    b: Block,
+    lab: np.ndarray,
+    probs: np.ndarray,
+    *,
+    probabilities: bool = False,
+    z_core: slice | None = None,
+    z_strips: dict[str, slice] | None = None,
 ) -> BlockOutput:
     """What block `b` leaves for stitching, from its labels of its region (..., h, w) and probabilities
     (3, ..., h, w): the core, renumbered, the strips across its seams and per-object sums. Leading axes
     (a 3D block's Z) are carried along: stitching only counts overlaps.
+
+    A 3D block cut in Z too (`segment3d.StackPlan`) gives its core's planes of the region (`z_core`) and
+    the planes of its strips across its Z seams (`z_strips`, face -> planes of the region).
     """
     ry0, _, rx0, _ = b.region
     y0, y1, x0, x1 = b.core
-    core = (..., slice(y0 - ry0, y1 - ry0), slice(x0 - rx0, x1 - rx0))
+    yx = (slice(y0 - ry0, y1 - ry0), slice(x0 - rx0, x1 - rx0))
+    core = (Ellipsis if z_core is None else z_core, *yx)
     # Keep the objects with pixels in the core, renumbered 1..n in raster order of the region.
     present = np.zeros(int(lab.max()) + 1, bool)
     present[np.unique(lab[core])] = True
@@ -173,11 +189,12 @@ def block_output(
     n = int(present.sum())
     core_labels = local[lab[core]]
     strips = {
-        face: local[lab[(..., *_strip_window(plan, b, face))]]
+        face: local[lab[(core[0], *_strip_window(plan, b, face))]]
         for face in FACES
         if plan.strip and plan.neighbour(b, face) is not None
     }
-    core_probs = probs[core]
+    strips.update({face: local[lab[(zs, *yx)]] for face, zs in (z_strips or {}).items()})
+    core_probs = probs[(slice(None), *core)]
     area = np.bincount(core_labels.ravel(), minlength=n + 1)
     cert = np.bincount(core_labels.ravel(), weights=certainty_map(core_probs).ravel(), minlength=n + 1)
     return BlockOutput(
@@ -195,10 +212,9 @@ def seam_pairs(plan: BlockPlan, outputs: dict[int, BlockOutput], offsets: np.nda
     strips = strips or (lambda i: outputs[i].strips)
     pairs = []
     for i in sorted(outputs):
-        out, b = outputs[i], plan.block(i)
-        for face, other in (("right", "left"), ("bottom", "top")):
-            j = plan.neighbour(b, face)
-            if j is None or face not in strips(i):
+        out = outputs[i]
+        for face, j, other in plan.seams(i):
+            if face not in strips(i):
                 continue
             a, c = strips(i)[face].ravel(), strips(j)[other].ravel()
             both = (a > 0) & (c > 0)

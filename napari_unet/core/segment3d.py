@@ -11,18 +11,24 @@ objects plane to plane in `benchmarks/segment_3d.py`:
 Instances grow from seeds (3D connected regions of very confident interior) through the foreground by
 a seeded watershed over the interior probability, so the boundary class separates touching nuclei in
 3D as it does in 2D; objects smaller than a tenth of a typical nucleus's volume are dropped.
+
+A stack is segmented in blocks with halos of two diameters, in Y and X as planes are and, for a deep
+stack, in Z too (`StackPlan`), stitched across every seam by `core.blockwise`: working memory follows
+the block, not the stack (the labels of the whole stack, 4 bytes a voxel, are still returned in memory).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Generator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
-from .blockwise import block_output, plan_blocks, stitch_blocks
+from .blockwise import MIN_HALO_NET_PX, BlockPlan, block_output, plan_blocks, stitch_blocks
 from .device import describe, select_device
 from .errors import InputError
 from .instances import BACKGROUND, INTERIOR
@@ -36,9 +42,59 @@ FUSIONS = ("xy", "xyz")
 #: Seeds are the 3D connected regions of fused interior probability above this (chosen on synthetic
 #: stacks of other seeds than the benchmark's: benchmarks/RESULTS.md, "Z-stacks as 3D objects").
 SEED_THRESHOLD = 0.9
-#: Block side in Y and X, px (all of Z): about 50 bytes a voxel of working memory, so a 32-plane block of
+#: Block side in Y and X, px: about 50 bytes a voxel of working memory, so a 32-plane block of
 #: 512^2 with its halos (~700^2) needs about 0.8 GB (benchmarks/segment_3d.py measures it).
 BLOCK_3D = 512
+#: Block depth, planes: deeper stacks are cut in Z too, with a halo of two diameters in Z (for a deep
+#: stack the halos dominate: 64 planes with halos of ~35 planes each side at anisotropy 2).
+BLOCK_3D_Z = 64
+
+
+@dataclass(frozen=True)
+class StackPlan:
+    """How a (Z, Y, X) stack is cut: `slabs` of `z_core` planes (the last one smaller), each cut in Y and X as
+    `plane` cuts a plane. Block ``index`` is block ``index % len(plane)`` of slab ``index // len(plane)``."""
+
+    plane: BlockPlan
+    depth: int
+    z_core: int
+    z_halo: int
+    z_strip: int  # half-depth of the matching strip across a Z seam, planes
+
+    @property
+    def slabs(self) -> int:
+        return math.ceil(self.depth / self.z_core)
+
+    def __len__(self) -> int:
+        return self.slabs * len(self.plane)
+
+    def z_range(self, slab: int) -> tuple[int, int, int, int]:
+        """(z0, z1) of the slab's core and (rz0, rz1) of its region."""
+        z0, z1 = slab * self.z_core, min(self.depth, (slab + 1) * self.z_core)
+        return z0, z1, max(0, z0 - self.z_halo), min(self.depth, z1 + self.z_halo)
+
+    def seams(self, index: int) -> list[tuple[str, int, str]]:
+        """As `BlockPlan.seams`, and the seam with the same block of the next slab."""
+        slab, b = divmod(index, len(self.plane))
+        base = slab * len(self.plane)
+        out = [(f, base + j, o) for f, j, o in self.plane.seams(b)]
+        return out + [("back", index + len(self.plane), "front")] if slab + 1 < self.slabs else out
+
+
+def plan_stack(
+    shape: tuple[int, int, int], diameter: float, scale: float, anisotropy: float, block: int | None, block_z: int | None
+) -> StackPlan:
+    """Cut a (Z, Y, X) stack: Y and X as `blockwise.plan_blocks` does, Z into near-equal slabs of at most
+    `block_z` planes (None: one slab), with a halo of two diameters (and the network's context) in Z."""
+    Z, Y, X = shape
+    plane = plan_blocks((Y, X), diameter, scale, block)
+    z_halo = int(math.ceil(max(2 * diameter, MIN_HALO_NET_PX / scale) / anisotropy))
+    z_strip = max(2, int(math.ceil(diameter / anisotropy)))
+    if block_z is None or Z <= block_z:
+        return StackPlan(plane, Z, Z, z_halo, z_strip)
+    if block_z < 2 * z_strip:
+        raise InputError(f"block_z ({block_z} planes) must be at least twice the Z strip ({z_strip} planes)")
+    return StackPlan(plane, Z, math.ceil(Z / math.ceil(Z / block_z)), z_halo, z_strip)
 
 
 def labels_from_probabilities_3d(
@@ -104,6 +160,7 @@ def segment_3d_iter(
     tta: bool = False,
     min_score: float | None = None,
     block: int | None = BLOCK_3D,
+    block_z: int | None = BLOCK_3D_Z,
 ) -> Generator[Progress, None, SegmentResult]:
     """Segment a ZYX stack into 3D objects. Yields `Progress`; returns a `SegmentResult` (labels Z, Y, X).
 
@@ -113,9 +170,11 @@ def segment_3d_iter(
         fusion: ``"xy"`` or ``"xyz"`` (see the module docstring).
         min_score: Objects scored below `core.scores.score_floor` of all the stack's scores are dropped
             (None: the model's `ModelInfo.min_score`).
-        block: Stacks wider than this (px, in Y or X) are segmented in columns of blocks through all of Z,
+        block: Stacks wider than this (px, in Y or X) are segmented in columns of blocks,
             with halos of two diameters, and stitched as planes are (`core.blockwise`): memory is bounded
             by the block, not the stack. None: one block.
+        block_z: Stacks deeper than this (planes) are cut in Z too (`StackPlan`), with halos of two diameters
+            in Z; None: all of Z in each block.
         Other arguments: as `core.segment.segment_iter`.
     """
     if fusion not in FUSIONS:
@@ -134,30 +193,39 @@ def segment_3d_iter(
         yield Progress(0, 1, 0, 1, "estimating object size")
         diameter = estimate_on_planes(infer, planes, info)
     scale = info.diameter / diameter
-    plan = plan_blocks((Y, X), diameter, scale, block)
+    plan = plan_stack((Z, Y, X), diameter, scale, anisotropy, block, block_z)
     voxel_volume = np.pi / 6 * diameter**3 / anisotropy  # a typical nucleus, in voxels
     min_size = max(8, int(0.1 * voxel_volume))
     outputs = {}
-    for b in range(len(plan)):
-        blk = plan.block(b)
+    n_plane = len(plan.plane)
+    for i in range(len(plan)):
+        slab, b = divmod(i, n_plane)
+        blk = plan.plane.block(b)
+        z0, z1, rz0, rz1 = plan.z_range(slab)
         ry0, ry1, rx0, rx1 = blk.region
         window = (slice(ry0, ry1), slice(rx0, rx1))
-        volume = np.stack([planes.load((z,), window) for z in range(Z)])
+        volume = np.stack([planes.load((z,), window) for z in range(rz0, rz1)])
         probs = yield from _fused_probabilities(
-            volume, infer, scale, anisotropy, fusion, tile, overlap, batch_size, b, len(plan)
+            volume, infer, scale, anisotropy, fusion, tile, overlap, batch_size, i, len(plan)
         )
         del volume
         lab = labels_from_probabilities_3d(probs, min_size=min_size, mask_threshold=info.mask_threshold)
-        outputs[b] = block_output(plan, blk, lab, probs)
+        s = plan.z_strip
+        z_strips = {face: slice(z - s - rz0, z + s - rz0) for face, z, has in
+                    (("front", z0, slab > 0), ("back", z1, slab + 1 < plan.slabs)) if has}  # fmt: skip
+        outputs[i] = block_output(plan.plane, blk, lab, probs, z_core=slice(z0 - rz0, z1 - rz0), z_strips=z_strips)
         del lab, probs
     stitched = stitch_blocks(plan, outputs, min_score=min_score)
     labels = np.zeros(spatial, np.int32)
-    for b, lut in stitched.luts.items():
-        y0, y1, x0, x1 = plan.block(b).core
-        labels[:, y0:y1, x0:x1] = lut[outputs[b].labels]
+    for i, lut in stitched.luts.items():
+        slab, b = divmod(i, n_plane)
+        z0, z1, _, _ = plan.z_range(slab)
+        y0, y1, x0, x1 = plan.plane.block(b).core
+        labels[z0:z1, y0:y1, x0:x1] = lut[outputs[i].labels]
     return SegmentResult(
         labels, describe(dev), float(diameter), None, out_axes,
-        {"channel": planes.channel, "fusion": fusion, "anisotropy": anisotropy, "blocks": len(plan)},
+        {"channel": planes.channel, "fusion": fusion, "anisotropy": anisotropy, "blocks": len(plan),
+         "slabs": plan.slabs},
         scores=stitched.scores, plane_scores=[((), i, v) for i, v in stitched.scores.items()],
     )  # fmt: skip
 

@@ -101,3 +101,29 @@ def test_3d_blocks_agree_with_one_block():
     assert whole.extra["blocks"] == 1 and blocks.extra["blocks"] == 4
     assert match_instances(whole.labels, blocks.labels).ap >= 0.99
     assert set(blocks.scores) == set(np.unique(blocks.labels)) - {0}
+
+
+def test_deep_stacks_are_cut_in_z_too_and_agree_with_one_block():
+    # Slabs in Z with halos of two diameters, stitched across Z seams as across Y/X ones.
+    from napari_unet.api import load_model
+    from napari_unet.core.metrics import match_instances
+    from napari_unet.core.segment3d import plan_stack
+
+    net = load_model("bundled")
+    img, _ = synth_nuclei_3d((48, 128, 128), anisotropy=2, rng=5)
+    whole = drain(segment_3d_iter(img, net, anisotropy=2, fusion="xyz", diameter=22, block_z=None))
+    slabs = drain(segment_3d_iter(img, net, anisotropy=2, fusion="xyz", diameter=22, block_z=24))
+    assert (whole.extra["slabs"], slabs.extra["slabs"]) == (1, 2) and whole.labels.max() > 40
+    assert match_instances(whole.labels, slabs.labels).ap >= 0.99
+    img, _ = synth_nuclei_3d((48, 300, 300), anisotropy=2, rng=6)  # cut in Z, Y and X: 2 x 2 x 2 blocks
+    whole = drain(segment_3d_iter(img, net, anisotropy=2, fusion="xyz", diameter=22, block=None, block_z=None))
+    cut = drain(segment_3d_iter(img, net, anisotropy=2, fusion="xyz", diameter=22, block=256, block_z=24))
+    # 0.991 measured (456 of 459 objects matched; bf16 on an AMD EPYC): a margin for other CPUs' rounding
+    assert cut.extra["blocks"] == 8 and match_instances(whole.labels, cut.labels).ap >= 0.98
+    assert set(cut.scores) == set(np.unique(cut.labels)) - {0}
+    plan = plan_stack((100, 300, 300), 22, 1.0, 2, 256, 24)  # near-equal slabs, halos of two diameters in Z
+    assert plan.slabs == 5 and plan.z_core == 20 and plan.z_halo == 48 and len(plan) == 20
+    assert plan.seams(0) == [("right", 1, "left"), ("bottom", 2, "top"), ("back", 4, "front")]
+    assert plan_stack((20, 300, 300), 22, 1.0, 2, 256, 24).slabs == 1
+    with pytest.raises(InputError, match="block_z"):
+        plan_stack((100, 300, 300), 22, 1.0, 2, 256, 8)
