@@ -96,7 +96,9 @@ def memory(z: int, side: int) -> None:
         for name, (block, block_z) in settings.items():
             npy = str(Path(tmp) / f"{len(name)}.npy")
             child = _CHILD.format(root=str(ROOT), z=z, side=side, block=block, block_z=block_z, npy=npy)
-            out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=True).stdout.split()
+            out = subprocess.run(
+                [sys.executable, "-c", child], capture_output=True, text=True, check=True
+            ).stdout.split()
             labels = np.load(npy)
             ref = labels if ref is None else ref
             ap = match_instances(ref, labels).ap

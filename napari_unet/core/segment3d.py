@@ -82,7 +82,12 @@ class StackPlan:
 
 
 def plan_stack(
-    shape: tuple[int, int, int], diameter: float, scale: float, anisotropy: float, block: int | None, block_z: int | None
+    shape: tuple[int, int, int],
+    diameter: float,
+    scale: float,
+    anisotropy: float,
+    block: int | None,
+    block_z: int | None,
 ) -> StackPlan:
     """Cut a (Z, Y, X) stack: Y and X as `blockwise.plan_blocks` does, Z into near-equal slabs of at most
     `block_z` planes (None: one slab), with a halo of two diameters (and the network's context) in Z."""
