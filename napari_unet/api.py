@@ -153,7 +153,7 @@ def segment_iter(
     if anisotropy is not None and mode != "3d":
         raise InputError("anisotropy is for mode='3d' (3D objects)")
     if mode == "3d":
-        unsupported = (("output", output), ("cluster", cluster), ("link_iou", link_iou), ("doubt", doubt or None),
+        unsupported = (("output", output), ("cluster", cluster), ("link_iou", link_iou),
                        ("probabilities", probabilities or None))  # fmt: skip
         for name, value in unsupported:
             if value is not None:
@@ -165,6 +165,7 @@ def segment_iter(
                 image, net, anisotropy=1.0 if anisotropy is None else anisotropy, fusion="xyz", device=device,
                 diameter=diameter, channel=channel, axes=axes, tile=tile, overlap=overlap, batch_size=batch_size,
                 tta=tta, min_score=min_score, block=BLOCK_3D if block == DEFAULT_BLOCK else block,  # 3D's own default
+                doubt=doubt,
             )
         )  # fmt: skip
     if output is not None or cluster is not None:

@@ -35,6 +35,7 @@ from .instances import BACKGROUND, INTERIOR
 from .jobs import drain
 from .normalize import iter_planes
 from .predict import InferenceModel, predict_plane
+from .scores import doubt_map
 from .segment import Progress, SegmentResult, estimate_on_planes, model_info
 from .tiling import linear_taps
 
@@ -166,6 +167,7 @@ def segment_3d_iter(
     min_score: float | None = None,
     block: int | None = BLOCK_3D,
     block_z: int | None = BLOCK_3D_Z,
+    doubt: bool = False,
 ) -> Generator[Progress, None, SegmentResult]:
     """Segment a ZYX stack into 3D objects. Yields `Progress`; returns a `SegmentResult` (labels Z, Y, X).
 
@@ -180,6 +182,7 @@ def segment_3d_iter(
             by the block, not the stack. None: one block.
         block_z: Stacks deeper than this (planes) are cut in Z too (`StackPlan`), with halos of two diameters
             in Z; None: all of Z in each block.
+        doubt: Also return the per-voxel doubt map of the fused probabilities (`SegmentResult.doubt`).
         Other arguments: as `core.segment.segment_iter`.
     """
     if fusion not in FUSIONS:
@@ -202,6 +205,7 @@ def segment_3d_iter(
     voxel_volume = np.pi / 6 * diameter**3 / anisotropy  # a typical nucleus, in voxels
     min_size = max(8, int(0.1 * voxel_volume))
     outputs = {}
+    doubt_out = np.zeros(spatial, np.uint8) if doubt else None
     n_plane = len(plan.plane)
     for i in range(len(plan)):
         slab, b = divmod(i, n_plane)
@@ -218,8 +222,13 @@ def segment_3d_iter(
         s = plan.z_strip
         z_strips = {face: slice(z - s - rz0, z + s - rz0) for face, z, has in
                     (("front", z0, slab > 0), ("back", z1, slab + 1 < plan.slabs)) if has}  # fmt: skip
-        outputs[i] = block_output(plan.plane, blk, lab, probs, z_core=slice(z0 - rz0, z1 - rz0), z_strips=z_strips)
+        outputs[i] = block_output(plan.plane, blk, lab, probs, probabilities=doubt,
+                                  z_core=slice(z0 - rz0, z1 - rz0), z_strips=z_strips)  # fmt: skip
         del lab, probs
+        if doubt:
+            y0, y1, x0, x1 = blk.core
+            doubt_out[z0:z1, y0:y1, x0:x1] = doubt_map(outputs[i].probabilities)
+            outputs[i].probabilities = None
     stitched = stitch_blocks(plan, outputs, min_score=min_score)
     labels = np.zeros(spatial, np.int32)
     for i, lut in stitched.luts.items():
@@ -231,7 +240,7 @@ def segment_3d_iter(
         labels, describe(dev), float(diameter), None, out_axes,
         {"channel": planes.channel, "fusion": fusion, "anisotropy": anisotropy, "blocks": len(plan),
          "slabs": plan.slabs},
-        scores=stitched.scores, plane_scores=[((), i, v) for i, v in stitched.scores.items()],
+        scores=stitched.scores, plane_scores=[((), i, v) for i, v in stitched.scores.items()], doubt=doubt_out,
     )  # fmt: skip
 
 

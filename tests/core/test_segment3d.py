@@ -127,3 +127,20 @@ def test_deep_stacks_are_cut_in_z_too_and_agree_with_one_block():
     assert plan_stack((20, 300, 300), 22, 1.0, 2, 256, 24).slabs == 1
     with pytest.raises(InputError, match="block_z"):
         plan_stack((100, 300, 300), 22, 1.0, 2, 256, 8)
+
+
+def test_cli_3d_writes_a_3d_doubt_map(tmp_path, capsys):
+    import tifffile
+
+    from napari_unet.cli import main
+    from napari_unet.core.instances import class_targets
+
+    img, lab = synth_nuclei_3d((12, 96, 96), anisotropy=2, rng=3)
+    tifffile.imwrite(tmp_path / "stack.tif", img)
+    rc = main(["segment", str(tmp_path / "stack.tif"), "--3d", "--anisotropy", "2", "--diameter", "22", "-q",
+               "--uncertainty"])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    doubt = tifffile.imread(tmp_path / "stack_doubt.tif")
+    assert doubt.shape == img.shape and doubt.dtype == np.uint8
+    cls = class_targets(lab)  # the model doubts the nuclei's rims more than their insides or the background
+    assert doubt[cls == 2].mean() > 1.5 * max(doubt[cls == 1].mean(), doubt[cls == 0].mean())  # 137 vs 35, 72
