@@ -83,8 +83,8 @@ def model_id(model) -> str:
 
 
 def _open_part(part: Path, settings: dict, spatial, chunks):
-    """The unfinished folder's output and provisional arrays, created or reopened (and the doubt map's level 0,
-    when `settings` asks for it); (output, provisional, resumed)."""
+    """The unfinished folder's arrays, created or reopened; (output, provisional, doubt map's level 0 or None
+    when `settings` does not ask for it, resumed)."""
     import zarr
 
     record = part / WORK / "run.json"
@@ -105,15 +105,19 @@ def _open_part(part: Path, settings: dict, spatial, chunks):
     kw = dict(shape=tuple(spatial), chunks=tuple(chunks), dtype="int32", fill_value=0)
     if resumed:
         out, prov = root[LABELS_PATH + "/0"], zarr.open_array(str(part / WORK / "provisional.zarr"), mode="r+")
+        doubt = root[DOUBT_PATH + "/0"] if settings.get("doubt") else None
     else:
         out = root.require_group(LABELS_PATH).create_array("0", **kw)
         prov = zarr.create_array(str(part / WORK / "provisional.zarr"), **kw)
-        if settings.get("doubt"):
+        doubt = (
             root.require_group(DOUBT_PATH).create_array("0", **{**kw, "dtype": "uint8"})
+            if settings.get("doubt")
+            else None
+        )
         (part / WORK / "blocks").mkdir(parents=True, exist_ok=True)
         with atomic_write(record) as tmp:
             tmp.write_text(json.dumps(settings))
-    return out, prov, resumed
+    return out, prov, doubt, resumed
 
 
 def _summary_path(part: Path, plane: tuple[int, ...], index: int) -> Path:
@@ -238,8 +242,6 @@ def segment_to_zarr_iter(
     Returns:
         `BigResult`. Closing the generator (Stop, Ctrl-C) leaves the unfinished folder, to resume.
     """
-    import zarr
-
     from .device import describe, select_device
     from .instances import min_object_size
     from .normalize import iter_planes
@@ -278,7 +280,7 @@ def segment_to_zarr_iter(
     settings["doubt"] = bool(doubt)  # a run resumes only if its finished blocks wrote what this one needs
     client, own = (None, False) if cluster is None else connect(cluster)  # before anything is written
     try:
-        output, prov, resumed = _open_part(part, settings, spatial, chunks)
+        output, prov, dmap, resumed = _open_part(part, settings, spatial, chunks)
     except BaseException:
         if own:
             client.close()
@@ -295,7 +297,6 @@ def segment_to_zarr_iter(
     t0 = time.perf_counter()
     try:
         if client is None:
-            dmap = zarr.open_array(str(part / DOUBT_PATH / "0"), mode="r+") if doubt else None
             yield from _run_here(planes, plan, todo, infer, params, prov, dmap, part, done_before, n_all)
         else:
             yield from _run_on_cluster(client, planes, plan, todo, model, device, precision, tta, params, part, mid,
@@ -308,8 +309,7 @@ def segment_to_zarr_iter(
             n_objects, plane_scores = _link(planes.indices, plan, output, link_iou, plane_scores)
         levels = _write_levels(part / LABELS_PATH, output)
         _write_ngff(part, out_axes, spatial, pixel_size, levels)
-        if doubt:
-            dmap = zarr.open_array(str(part / DOUBT_PATH / "0"), mode="r+")
+        if dmap is not None:
             _write_ngff(part, out_axes, spatial, pixel_size, _write_levels(part / DOUBT_PATH, dmap), DOUBT_PATH)
         shutil.rmtree(part / WORK)
         _replace(part, out, overwrite)

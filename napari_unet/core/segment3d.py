@@ -74,6 +74,13 @@ class StackPlan:
         z0, z1 = slab * self.z_core, min(self.depth, (slab + 1) * self.z_core)
         return z0, z1, max(0, z0 - self.z_halo), min(self.depth, z1 + self.z_halo)
 
+    def core(self, index: int) -> tuple[slice, slice, slice]:
+        """The (Z, Y, X) slices of block `index`'s core in the stack."""
+        slab, b = divmod(index, len(self.plane))
+        z0, z1, _, _ = self.z_range(slab)
+        y0, y1, x0, x1 = self.plane.block(b).core
+        return slice(z0, z1), slice(y0, y1), slice(x0, x1)
+
     def seams(self, index: int) -> list[tuple[str, int, str]]:
         """As `BlockPlan.seams`, and the seam with the same block of the next slab."""
         slab, b = divmod(index, len(self.plane))
@@ -226,16 +233,12 @@ def segment_3d_iter(
                                   z_core=slice(z0 - rz0, z1 - rz0), z_strips=z_strips)  # fmt: skip
         del lab, probs
         if doubt:
-            y0, y1, x0, x1 = blk.core
-            doubt_out[z0:z1, y0:y1, x0:x1] = doubt_map(outputs[i].probabilities)
+            doubt_out[plan.core(i)] = doubt_map(outputs[i].probabilities)
             outputs[i].probabilities = None
     stitched = stitch_blocks(plan, outputs, min_score=min_score)
     labels = np.zeros(spatial, np.int32)
     for i, lut in stitched.luts.items():
-        slab, b = divmod(i, n_plane)
-        z0, z1, _, _ = plan.z_range(slab)
-        y0, y1, x0, x1 = plan.plane.block(b).core
-        labels[z0:z1, y0:y1, x0:x1] = lut[outputs[i].labels]
+        labels[plan.core(i)] = lut[outputs[i].labels]
     return SegmentResult(
         labels, describe(dev), float(diameter), None, out_axes,
         {"channel": planes.channel, "fusion": fusion, "anisotropy": anisotropy, "blocks": len(plan),
