@@ -99,6 +99,21 @@ def test_an_interrupted_run_resumes_where_it_stopped(net, image, tmp_path):
     np.testing.assert_array_equal(_zarr_labels(out), full)
 
 
+def test_an_interrupted_run_with_its_doubt_map_resumes_to_the_in_memory_map(net, image, tmp_path):
+    ref = drain(api.segment_iter(image, net, diameter=20, block=256, doubt=True))
+    out = tmp_path / "out.zarr"
+    gen = api.segment_iter(image, net, diameter=20, block=256, output=out, doubt=True)
+    blocks = tmp_path / "out.zarr.part" / "napari-unet-run" / "blocks"
+    for _ in gen:
+        if blocks.exists() and len(list(blocks.iterdir())) >= 3:
+            break
+    gen.close()
+    res = drain(api.segment_iter(image, net, diameter=20, block=256, output=out, doubt=True))
+    assert res.resumed_blocks >= 3
+    np.testing.assert_array_equal(zarr.open_array(str(out / "doubt" / "0"), mode="r")[:], ref.doubt)
+    np.testing.assert_array_equal(_zarr_labels(out), ref.labels)
+
+
 def test_two_local_workers_give_the_same_labels_and_doubt(net, image, tmp_path):
     pytest.importorskip("distributed")
     here = drain(api.segment_iter(image, net, diameter=20, block=256, doubt=True))
