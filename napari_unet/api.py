@@ -152,12 +152,9 @@ def segment_iter(
         raise InputError(f"mode must be '2d' (plane by plane) or '3d' (3D objects), got '{mode}'")
     if anisotropy is not None and mode != "3d":
         raise InputError("anisotropy is for mode='3d' (3D objects)")
-    if mode == "3d":
-        unsupported = (("output", output), ("cluster", cluster), ("link_iou", link_iou),
-                       ("probabilities", probabilities or None))  # fmt: skip
-        for name, value in unsupported:
-            if value is not None:
-                raise InputError(f"{name} is not available for 3D objects yet")
+    if mode == "3d" and link_iou is not None:
+        raise InputError("link_iou is for planes linked into objects; 3D objects span the stack already")
+    if mode == "3d" and output is None and cluster is None:
         from .core.segment3d import BLOCK_3D, segment_3d_iter
 
         return (
@@ -165,7 +162,7 @@ def segment_iter(
                 image, net, anisotropy=1.0 if anisotropy is None else anisotropy, fusion="xyz", device=device,
                 diameter=diameter, channel=channel, axes=axes, tile=tile, overlap=overlap, batch_size=batch_size,
                 tta=tta, min_score=min_score, block=BLOCK_3D if block == DEFAULT_BLOCK else block,  # 3D's own default
-                doubt=doubt,
+                doubt=doubt, probabilities=probabilities,
             )
         )  # fmt: skip
     if output is not None or cluster is not None:
@@ -175,12 +172,16 @@ def segment_iter(
             raise InputError("probabilities are not available with a .zarr output; ask for the doubt map instead")
         from .core.bigrun import segment_to_zarr_iter
 
+        if mode == "3d":
+            from .core.segment3d import BLOCK_3D
+
+            block = BLOCK_3D if block == DEFAULT_BLOCK else block
         return (
             yield from segment_to_zarr_iter(
                 image, net, output, device=device, diameter=diameter, channel=channel, axes=axes, tile=tile,
                 overlap=overlap, batch_size=batch_size, block=block or DEFAULT_BLOCK, cluster=cluster, tta=tta,
                 overwrite=overwrite, pixel_size=pixel_size, merge_cuts=merge_cuts, min_score=min_score,
-                link_iou=link_iou, doubt=doubt,
+                link_iou=link_iou, doubt=doubt, mode=mode, anisotropy=1.0 if anisotropy is None else anisotropy,
             )
         )  # fmt: skip
     return (
@@ -282,7 +283,8 @@ def segment(
             versions, which are less confident than that floor assumes).
         mode: ``"2d"``: plane by plane (stacks linked with `link_iou`); ``"3d"``: a ZYX stack whose Z is spatial
             into 3D objects (`core.segment3d`: the network on XY, XZ and YZ views, fused, and a 3D watershed;
-            1.6-2.5x the plane-by-plane time; measured in benchmarks/RESULTS.md; the stack is held in memory).
+            1.6-2.5x the plane-by-plane time; measured in benchmarks/RESULTS.md). The stack is read block by
+            block; with `output` (and optionally `cluster`) the labels are written block by block too.
         anisotropy: With mode ``"3d"``: Z step / XY pixel size, 1-20 (default 1: isotropic voxels).
 
     Returns:

@@ -129,8 +129,6 @@ def cmd_segment(args: argparse.Namespace) -> int:
         try:
             img = read_image(inp)
             big = out.suffix == ".zarr" or not isinstance(img.data, np.ndarray)
-            if args.three_d and big:
-                raise InputError("--3d needs a stack that fits in memory and a TIFF output, for now")
             if big:  # block by block, resumable
                 _segment_big(api, args, img, model, inp, out, s_out, d_out, cluster, t0)
                 continue
@@ -200,7 +198,7 @@ def _segment_big(
         axes=args.axes or img.axes, tile=args.tile, tta=args.tta, output=zout, cluster=cluster,
         block=args.block, overwrite=args.overwrite, pixel_size=img.pixel_size[-2:] if img.pixel_size else None,
         merge_cuts=not args.no_merge_cuts, min_score=args.min_score, link_iou=args.link_iou,
-        doubt=d_out is not None,
+        doubt=d_out is not None, **_mode_3d(args, img),
     )  # fmt: skip
     try:
         with _progress_bar(1.0, inp.name, not args.quiet) as bar:
@@ -221,7 +219,7 @@ def _segment_big(
     if tiff:
         shutil.rmtree(zout)
     if s_out is not None:
-        plane_shape = tuple(img.data.shape[: len(result.axes) - 2])
+        plane_shape = () if args.three_d else tuple(img.data.shape[: len(result.axes) - 2])
         write_scores(s_out, result.plane_scores, plane_shape=plane_shape, overwrite=args.overwrite)
     where = f", {result.blocks} blocks" + (
         f" ({result.resumed_blocks} from the unfinished run)" if result.resumed_blocks else ""

@@ -252,3 +252,50 @@ def test_linked_planes_in_a_zarr_output_are_the_in_memory_linking(net, image, tm
     shared = set(np.unique(lab[0])) & set(np.unique(lab[1])) - {0}
     assert len(shared) > 0.5 * (len(np.unique(lab[0])) - 1)  # the shifted plane's objects took plane 0's ids
     assert {i for _, i, _ in res.plane_scores} == set(np.unique(lab)) - {0} and res.n_objects == len(np.unique(ref)) - 1
+
+
+@pytest.fixture(scope="module")
+def stack():
+    from napari_unet.core.synth3d import synth_nuclei_3d
+
+    return synth_nuclei_3d((44, 160, 160), anisotropy=2, rng=4)[0]
+
+
+def _stack_run(stack, net, out, **kw):
+    from napari_unet.core.bigrun import segment_to_zarr_iter
+
+    return segment_to_zarr_iter(stack, net, out, diameter=22, mode="3d", anisotropy=2, block=256, block_z=22, **kw)
+
+
+def test_3d_objects_to_an_ome_zarr_resume_to_the_in_memory_labels_and_doubt(net, stack, tmp_path):
+    from napari_unet.core.segment3d import segment_3d_iter
+
+    ref = drain(segment_3d_iter(stack, net, anisotropy=2, fusion="xyz", diameter=22, block=256, block_z=22,
+                                doubt=True))  # fmt: skip
+    assert ref.extra["slabs"] == 2 and ref.labels.max() > 30
+    out = tmp_path / "out.zarr"
+    gen = _stack_run(stack, net, out, doubt=True)
+    blocks = tmp_path / "out.zarr.part" / "napari-unet-run" / "blocks"
+    for _ in gen:  # stop after the first slab's block
+        if blocks.exists() and len(list(blocks.iterdir())) >= 1:
+            break
+    gen.close()
+    assert not out.exists()
+    res = drain(_stack_run(stack, net, out, doubt=True, pixel_size=(0.5, 0.5)))
+    assert res.resumed_blocks == 1 and res.blocks == 2 and res.axes == "ZYX" and res.extra["anisotropy"] == 2
+    np.testing.assert_array_equal(_zarr_labels(out), ref.labels)
+    np.testing.assert_array_equal(zarr.open_array(str(out / "doubt" / "0"), mode="r")[:], ref.doubt)
+    assert {i: s for _, i, s in res.plane_scores} == ref.scores
+    img = read_image(out)  # an NGFF labels image whose Z step is the anisotropy x the pixel size
+    assert img.axes == "ZYX" and img.pixel_size == (0.5, 0.5) and img.z_step == 1.0
+    with pytest.raises(InputError, match="ZYX"):
+        drain(_stack_run(stack[0], net, tmp_path / "flat.zarr"))
+
+
+def test_3d_objects_on_two_local_workers(net, stack, tmp_path):
+    pytest.importorskip("distributed")
+    from napari_unet.core.segment3d import segment_3d_iter
+
+    ref = drain(segment_3d_iter(stack, net, anisotropy=2, fusion="xyz", diameter=22, block=256, block_z=22))
+    res = drain(_stack_run(stack, net, tmp_path / "c.zarr", cluster="local:2"))
+    np.testing.assert_array_equal(_zarr_labels(res.path), ref.labels)

@@ -213,12 +213,12 @@ class SegmentWidget(QWidget):
         spec = self.model.spec() or "current"
         cluster = self.cluster.text().strip() or None
         self.last_output = None
-        if cluster:
-            return self._run_on_cluster(layer, request, spec, cluster)
         three_d = self.objects_3d.isChecked()
         if three_d and request.axes != "ZYX":
             self._fail("Cannot segment: 3D objects need the whole ZYX stack (scope 'whole image')")
             return None
+        if cluster:
+            return self._run_on_cluster(layer, request, spec, cluster)
         job = api.segment_iter(
             request.data,
             spec,
@@ -228,16 +228,21 @@ class SegmentWidget(QWidget):
             axes=request.axes,
             probabilities=self.probability.isChecked() and not three_d,
             estimate_plane=None if three_d else request.plane,
-            link_iou=LINK_IOU if self.link.isChecked() and not three_d else None,
             tta=self.tta.isChecked(),
             merge_cuts=self.merge_cuts.isChecked(),
             min_score=self.min_score.value(),
-            **({"mode": "3d", "anisotropy": self.anisotropy.value()} if three_d else {}),
+            **self._mode(),
         )
         self.runner.on_return = lambda result: self._on_segmented(request, spec, result)
         self._busy(True)
         self.status.setText(f"segmenting '{layer.name}' ({self.scope.currentText() if scope is None else scope})...")
         return self.runner.start(job, f"Segmenting {layer.name}")
+
+    def _mode(self) -> dict:
+        """`segment_iter`'s 3D mode and anisotropy, or the plane linking of 2D objects."""
+        if self.objects_3d.isChecked():
+            return {"mode": "3d", "anisotropy": self.anisotropy.value()}
+        return {"link_iou": LINK_IOU if self.link.isChecked() else None}
 
     def _run_on_cluster(self, layer, request, spec: str, cluster: str):
         """Blocks on dask, labels to an OME-Zarr (`core.bigrun`); Cancel stops the cluster's work, keeping it to resume."""
@@ -263,8 +268,7 @@ class SegmentWidget(QWidget):
         job = api.segment_iter(
             data, spec, device=self.device.device(), diameter=self._diameter(), channel=self.channel.currentData(),
             axes=request.axes, tta=self.tta.isChecked(), output=out, cluster=cluster,
-            merge_cuts=self.merge_cuts.isChecked(), min_score=self.min_score.value(),
-            link_iou=LINK_IOU if self.link.isChecked() else None,
+            merge_cuts=self.merge_cuts.isChecked(), min_score=self.min_score.value(), **self._mode(),
         )  # fmt: skip
         self.runner.on_return = lambda result: self._on_segmented_zarr(request, result)
         self._busy(True)
@@ -285,8 +289,9 @@ class SegmentWidget(QWidget):
         self.last_layer, self.last_result = layer, result
         self.device.show_used(result.device)
         resumed = f", {result.resumed_blocks} from the unfinished run" if result.resumed_blocks else ""
+        what = "3D objects" if "anisotropy" in result.extra else "objects"
         self.status.setText(
-            f"{result.n_objects} objects in {result.blocks} blocks{resumed} -> {result.path}; "
+            f"{result.n_objects} {what} in {result.blocks} blocks{resumed} -> {result.path}; "
             f"diameter {result.diameter:.1f} px"
         )
 

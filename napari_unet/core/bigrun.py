@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write, unfinished_dir
-from .blockwise import DEFAULT_BLOCK, BlockOutput, BlockPlan, plan_blocks, segment_block_iter, stitch_blocks
+from .blockwise import DEFAULT_BLOCK, BlockOutput, plan_blocks, segment_block_iter, stitch_blocks
 from .errors import InputError, RunStopped
 from .jobs import Notice, drain, relay
 from .scores import doubt_map
@@ -142,11 +142,10 @@ def _load_strips(path: Path) -> dict[str, np.ndarray]:
         return {k.removeprefix("strip_"): z[k] for k in z.files if k.startswith("strip_")}
 
 
-def _write_block(out: BlockOutput, plane, plan: BlockPlan, prov, doubt) -> BlockOutput:
+def _write_block(out: BlockOutput, plane, plan, prov, doubt) -> BlockOutput:
     """Write a block's provisional labels (and doubt map, when `doubt` is an array) into its core; return its
     summary, without the arrays."""
-    y0, y1, x0, x1 = plan.block(out.index).core
-    key = plane + (slice(y0, y1), slice(x0, x1))
+    key = plane + plan.core(out.index)
     if doubt is not None:
         doubt[key] = doubt_map(out.probabilities)
     prov[key] = out.labels
@@ -154,11 +153,20 @@ def _write_block(out: BlockOutput, plane, plan: BlockPlan, prov, doubt) -> Block
     return out
 
 
-def run_block(planes, plane, plan: BlockPlan, index: int, infer, part: str, params: dict) -> BlockOutput:
+def block_iter(planes, plane, plan, index: int, infer, params: dict):
+    """The generator that segments one block: of a plane (`BlockPlan`) or of a stack into 3D objects
+    (`segment3d.StackPlan`)."""
+    from .segment3d import StackPlan, segment_3d_block_iter
+
+    run = segment_3d_block_iter if isinstance(plan, StackPlan) else segment_block_iter
+    return run(planes, plane, plan, index, infer, **params)
+
+
+def run_block(planes, plane, plan, index: int, infer, part: str, params: dict) -> BlockOutput:
     """Segment one block and write its arrays into the unfinished folder `part` (here or on a worker)."""
     import zarr
 
-    out = drain(segment_block_iter(planes, plane, plan, index, infer, **params))
+    out = drain(block_iter(planes, plane, plan, index, infer, params))
     prov = zarr.open_array(str(Path(part) / WORK / "provisional.zarr"), mode="r+")
     doubt = zarr.open_array(str(Path(part) / DOUBT_PATH / "0"), mode="r+") if params.get("probabilities") else None
     return _write_block(out, plane, plan, prov, doubt)
@@ -227,6 +235,9 @@ def segment_to_zarr_iter(
     min_score: float | None = None,
     link_iou: float | None = None,
     doubt: bool = False,
+    mode: str = "2d",
+    anisotropy: float = 1.0,
+    block_z: int | None = None,
 ) -> Generator[object, None, BigResult]:
     """Segment `image` into the OME-Zarr `out`, block by block; resumes an unfinished run of the same settings.
 
@@ -238,6 +249,11 @@ def segment_to_zarr_iter(
 
     With `doubt`, the per-pixel doubt map is written too, block by block, as the OME-Zarr image
     ``OUT.zarr/doubt`` (`DOUBT_PATH`; uint8, 255 = most doubtful, the values `segment(doubt=True)` gives).
+
+    With `mode` ``"3d"``, a ZYX stack is segmented into 3D objects (`segment3d`, voxels `anisotropy` times
+    deeper than wide) in blocks of `block` px in Y and X and `block_z` planes (None:
+    `segment3d.BLOCK_3D_Z`), each read from `image` plane by plane; the labels are the ones
+    `segment3d.segment_3d_iter` returns, written chunk by chunk.
 
     Returns:
         `BigResult`. Closing the generator (Stop, Ctrl-C) leaves the unfinished folder, to resume.
@@ -259,6 +275,12 @@ def segment_to_zarr_iter(
     info = model_info(model)
     min_score = info.min_score if min_score is None else min_score
     spatial, out_axes, planes = iter_planes(image, axes, channel)
+    if mode == "3d":
+        from .segment3d import check_anisotropy
+
+        check_anisotropy(anisotropy)
+        if out_axes != "ZYX":
+            raise InputError(f"3D objects need a ZYX stack, got axes '{out_axes}' (segment each time point on its own)")
     dev = select_device(device)
     infer = InferenceModel.prepare(model, dev, precision, tta=tta)
     mid = model_id(model)
@@ -272,12 +294,26 @@ def segment_to_zarr_iter(
         yield Progress(0, len(planes.indices), 0, 1, "estimating object size")
         diameter = round(float(estimate_on_planes(infer, planes, info)), 3)
     scale = info.diameter / diameter
-    plan = plan_blocks(planes.plane_shape, diameter, scale, block)
-    chunks = (1,) * (len(spatial) - 2) + plan.core_shape
+    if mode == "3d":  # the whole stack is one "plane" of blocks cut in Z, Y and X
+        from .segment3d import BLOCK_3D_Z, block_params, plan_stack
+
+        plan = plan_stack(spatial, diameter, scale, anisotropy, block, block_z or BLOCK_3D_Z)
+        indices, chunks = [()], (1, *plan.plane.core_shape)
+        params = block_params(diameter, scale, anisotropy, info.mask_threshold, tile=tile, overlap=overlap,
+                              batch_size=batch_size, probabilities=bool(doubt))  # fmt: skip
+    else:
+        plan = plan_blocks(planes.plane_shape, diameter, scale, block)
+        indices, chunks = planes.indices, (1,) * (len(spatial) - 2) + plan.core_shape
+        params = dict(
+            scale=scale, min_size=min_object_size(diameter), mask_threshold=info.mask_threshold,
+            tile=tile, overlap=overlap, batch_size=batch_size, merge_cuts=merge_cuts, probabilities=bool(doubt),
+        )  # fmt: skip
     settings = _settings(planes, spatial, diameter, block, tile, overlap, mid, str(planes.channel))
     settings["tta"] = tta
     settings["merge_cuts"] = merge_cuts
     settings["doubt"] = bool(doubt)  # a run resumes only if its finished blocks wrote what this one needs
+    if mode == "3d":
+        settings.update(mode=mode, anisotropy=anisotropy, block_z=block_z)
     client, own = (None, False) if cluster is None else connect(cluster)  # before anything is written
     try:
         output, prov, dmap, resumed = _open_part(part, settings, spatial, chunks)
@@ -285,32 +321,30 @@ def segment_to_zarr_iter(
         if own:
             client.close()
         raise
-    params = dict(
-        scale=scale, min_size=min_object_size(diameter), mask_threshold=info.mask_threshold,
-        tile=tile, overlap=overlap, batch_size=batch_size, merge_cuts=merge_cuts, probabilities=bool(doubt),
-    )  # fmt: skip
-    todo = [(p, i) for p in planes.indices for i in range(len(plan)) if not _summary_path(part, p, i).exists()]
-    n_all = len(planes.indices) * len(plan)
+    todo = [(p, i) for p in indices for i in range(len(plan)) if not _summary_path(part, p, i).exists()]
+    n_all = len(indices) * len(plan)
     done_before = n_all - len(todo)
     if resumed:
         yield Notice(f"resuming '{part}': {done_before} of {n_all} blocks were done", "info")
     t0 = time.perf_counter()
     try:
         if client is None:
-            yield from _run_here(planes, plan, todo, infer, params, prov, dmap, part, done_before, n_all)
+            yield from _run_here(planes, indices, plan, todo, infer, params, prov, dmap, part, done_before, n_all)
         else:
             yield from _run_on_cluster(client, planes, plan, todo, model, device, precision, tta, params, part, mid,
                                        done_before, n_all)  # fmt: skip
         yield Progress(0, 1, 0, 1, "stitching")
-        offset, plane_scores = _stitch(planes, plan, part, prov, output, min_score)
+        offset, plane_scores = _stitch(indices, plan, part, prov, output, min_score)
         n_objects = offset
-        if link_iou is not None and len(planes.indices) > 1:
+        if link_iou is not None and len(indices) > 1:
             yield Progress(0, 1, 0, 1, "linking planes")
             n_objects, plane_scores = _link(planes.indices, plan, output, link_iou, plane_scores)
+        z_step = anisotropy if mode == "3d" else None
         levels = _write_levels(part / LABELS_PATH, output)
-        _write_ngff(part, out_axes, spatial, pixel_size, levels)
+        _write_ngff(part, out_axes, spatial, pixel_size, levels, z_step=z_step)
         if dmap is not None:
-            _write_ngff(part, out_axes, spatial, pixel_size, _write_levels(part / DOUBT_PATH, dmap), DOUBT_PATH)
+            levels = _write_levels(part / DOUBT_PATH, dmap)
+            _write_ngff(part, out_axes, spatial, pixel_size, levels, DOUBT_PATH, z_step=z_step)
         shutil.rmtree(part / WORK)
         _replace(part, out, overwrite)
     except OSError as exc:  # a full disk, a storage error: the finished blocks stay, the run resumes
@@ -323,7 +357,8 @@ def segment_to_zarr_iter(
             client.close()
     return BigResult(
         out, n_objects, float(diameter), describe(dev), out_axes, n_all, done_before, plane_scores,
-        {"channel": planes.channel, "seconds": time.perf_counter() - t0}, DOUBT_PATH if doubt else None,
+        {"channel": planes.channel, "seconds": time.perf_counter() - t0,
+         **({"anisotropy": anisotropy, "slabs": plan.slabs} if mode == "3d" else {})}, DOUBT_PATH if doubt else None,
     )  # fmt: skip
 
 
@@ -346,8 +381,11 @@ def _write_levels(group_path: Path, level0) -> int:
     return n
 
 
-def _write_ngff(part: Path, axes: str, shape, pixel_size, levels: int = 1, image: str | None = None) -> None:
-    """The NGFF metadata of the labels (multiscales + image-label), or, with `image`, of that image group."""
+def _write_ngff(
+    part: Path, axes: str, shape, pixel_size, levels: int = 1, image: str | None = None, z_step: float | None = None
+) -> None:
+    """The NGFF metadata of the labels (multiscales + image-label), or, with `image`, of that image group.
+    `z_step`: the Z step of a 3D stack in units of its Y pixel size (the voxels' anisotropy)."""
     import zarr
     from ome_zarr.writer import write_label_metadata, write_multiscales_metadata
 
@@ -355,11 +393,11 @@ def _write_ngff(part: Path, axes: str, shape, pixel_size, levels: int = 1, image
     names = {"T": "t", "Z": "z", "Y": "y", "X": "x"}
     ax = [{"name": names.get(a, a.lower()), "type": "time" if a == "T" else "space"} for a in axes]
     yx = np.asarray(pixel_size or (1.0, 1.0), float)
+    lead = [1.0] * (len(shape) - 2)
+    if z_step is not None:
+        lead[-1] = float(z_step * yx[0])
     datasets = [
-        {
-            "path": str(k),
-            "coordinateTransformations": [{"type": "scale", "scale": [1.0] * (len(shape) - 2) + list(yx * 2**k)}],
-        }
+        {"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": lead + list(yx * 2**k)}]}
         for k in range(levels)
     ]
     if image is not None:
@@ -408,15 +446,15 @@ def is_labels_zarr(path: Path) -> bool:
     return (Path(path) / "labels" / "nuclei").is_dir()
 
 
-def _run_here(planes, plan, todo, infer, params, prov, doubt, part, n_done, n_all):
+def _run_here(planes, indices, plan, todo, infer, params, prov, doubt, part, n_done, n_all):
     """Run the blocks in this process, recording each when its arrays and summary are written."""
     from .segment import block_progress
 
     for p, i in todo:
-        k, said = planes.indices.index(p), f"block {n_done + 1}/{n_all}"
-        gen = segment_block_iter(planes, p, plan, i, infer, **params)
+        k, said = indices.index(p), f"block {n_done + 1}/{n_all}"
+        gen = block_iter(planes, p, plan, i, infer, params)
         o = yield from relay(
-            gen, lambda dt, k=k, i=i, said=said: block_progress(k, len(planes.indices), i, len(plan), *dt, said)
+            gen, lambda dt, k=k, i=i, said=said: block_progress(k, len(indices), i, len(plan), *dt, said)
         )
         _save_summary(_summary_path(part, p, i), _write_block(o, p, plan, prov, doubt))
         n_done += 1
@@ -462,17 +500,19 @@ def _run_on_cluster(client, planes, plan, todo, model, device, precision, tta, p
             fut.cancel()
 
 
-def _stitch(planes, plan, part, prov, output, min_score):
-    """Stitch plane by plane from the recorded summaries; write the final labels chunk by chunk."""
+def _stitch(indices, plan, part, prov, output, min_score):
+    """Stitch plane by plane (a stack of 3D objects: as one) from the recorded summaries; write the final
+    labels chunk by chunk."""
     offset, plane_scores = 0, []
-    for p in planes.indices:
+    for p in indices:
         outputs = {i: _load_summary(_summary_path(part, p, i), i) for i in range(len(plan))}
-        # Two block rows of strips in memory at a time, however many blocks the plane has.
-        strips = functools.lru_cache(maxsize=2 * plan.cols + 2)(lambda i, p=p: _load_strips(_summary_path(part, p, i)))
+        # Two block rows (slabs) of strips in memory at a time, however many blocks there are.
+        strips = functools.lru_cache(maxsize=2 * plan.seam_reach + 2)(
+            lambda i, p=p: _load_strips(_summary_path(part, p, i))
+        )
         st = stitch_blocks(plan, outputs, first_id=offset + 1, strips=strips, min_score=min_score)
         for i, lut in st.luts.items():
-            y0, y1, x0, x1 = plan.block(i).core
-            key = p + (slice(y0, y1), slice(x0, x1))
+            key = p + plan.core(i)
             output[key] = lut[prov[key]].astype(np.int32)
         plane_scores += [(tuple(int(v) for v in p), i, s) for i, s in st.scores.items()]
         offset += st.n_objects

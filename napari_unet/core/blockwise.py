@@ -78,6 +78,16 @@ class BlockPlan:
     def blocks(self) -> list[Block]:
         return [self.block(i) for i in range(len(self))]
 
+    def core(self, index: int) -> tuple[slice, slice]:
+        """The (Y, X) slices of block `index`'s core in the plane."""
+        y0, y1, x0, x1 = self.block(index).core
+        return slice(y0, y1), slice(x0, x1)
+
+    @property
+    def seam_reach(self) -> int:
+        """How far ahead, in block indices, a block's seams reach (a block row)."""
+        return self.cols
+
     def neighbour(self, b: Block, face: str) -> int | None:
         r, c = b.row + {"top": -1, "bottom": 1}.get(face, 0), b.col + {"left": -1, "right": 1}.get(face, 0)
         return r * self.cols + c if 0 <= r < self.rows and 0 <= c < self.cols else None

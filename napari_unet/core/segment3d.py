@@ -14,12 +14,14 @@ a seeded watershed over the interior probability, so the boundary class separate
 
 A stack is segmented in blocks with halos of two diameters, in Y and X as planes are and, for a deep
 stack, in Z too (`StackPlan`), stitched across every seam by `core.blockwise`: working memory follows
-the block, not the stack (the labels of the whole stack, 4 bytes a voxel, are still returned in memory).
+the block, not the stack (`segment_3d_iter` returns the labels of the whole stack in memory, 4 bytes a voxel;
+`bigrun.segment_to_zarr_iter` with ``mode="3d"`` writes them block by block into an OME-Zarr).
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Generator
 from dataclasses import dataclass
 
@@ -28,11 +30,11 @@ import torch
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
-from .blockwise import MIN_HALO_NET_PX, BlockPlan, block_output, plan_blocks, stitch_blocks
+from .blockwise import MIN_HALO_NET_PX, BlockOutput, BlockPlan, block_output, plan_blocks, stitch_blocks
 from .device import describe, select_device
 from .errors import InputError
 from .instances import BACKGROUND, INTERIOR
-from .jobs import drain
+from .jobs import drain, relay
 from .normalize import iter_planes
 from .predict import InferenceModel, predict_plane
 from .scores import doubt_map
@@ -80,6 +82,11 @@ class StackPlan:
         z0, z1, _, _ = self.z_range(slab)
         y0, y1, x0, x1 = self.plane.block(b).core
         return slice(z0, z1), slice(y0, y1), slice(x0, x1)
+
+    @property
+    def seam_reach(self) -> int:
+        """How far ahead, in block indices, a block's seams reach (a slab)."""
+        return len(self.plane)
 
     def seams(self, index: int) -> list[tuple[str, int, str]]:
         """As `BlockPlan.seams`, and the seam with the same block of the next slab."""
@@ -175,6 +182,7 @@ def segment_3d_iter(
     block: int | None = BLOCK_3D,
     block_z: int | None = BLOCK_3D_Z,
     doubt: bool = False,
+    probabilities: bool = False,
 ) -> Generator[Progress, None, SegmentResult]:
     """Segment a ZYX stack into 3D objects. Yields `Progress`; returns a `SegmentResult` (labels Z, Y, X).
 
@@ -190,12 +198,12 @@ def segment_3d_iter(
         block_z: Stacks deeper than this (planes) are cut in Z too (`StackPlan`), with halos of two diameters
             in Z; None: all of Z in each block.
         doubt: Also return the per-voxel doubt map of the fused probabilities (`SegmentResult.doubt`).
+        probabilities: Also return the fused foreground probability (uint8, 255 = 1; `SegmentResult.probabilities`).
         Other arguments: as `core.segment.segment_iter`.
     """
     if fusion not in FUSIONS:
         raise InputError(f"fusion must be one of {', '.join(FUSIONS)}, got '{fusion}'")
-    if not (np.isfinite(anisotropy) and 1.0 <= anisotropy <= 20.0):
-        raise InputError(f"anisotropy (Z step / XY pixel size) must be from 1 to 20, got {anisotropy}")
+    check_anisotropy(anisotropy)
     dev = select_device(device)
     info = model_info(model)
     min_score = info.min_score if min_score is None else min_score
@@ -209,47 +217,90 @@ def segment_3d_iter(
         diameter = estimate_on_planes(infer, planes, info)
     scale = info.diameter / diameter
     plan = plan_stack((Z, Y, X), diameter, scale, anisotropy, block, block_z)
-    voxel_volume = np.pi / 6 * diameter**3 / anisotropy  # a typical nucleus, in voxels
-    min_size = max(8, int(0.1 * voxel_volume))
     outputs = {}
     doubt_out = np.zeros(spatial, np.uint8) if doubt else None
-    n_plane = len(plan.plane)
+    probs_out = np.zeros(spatial, np.uint8) if probabilities else None
+    params = block_params(diameter, scale, anisotropy, info.mask_threshold, fusion=fusion, tile=tile,
+                          overlap=overlap, batch_size=batch_size, probabilities=doubt or probabilities)  # fmt: skip
     for i in range(len(plan)):
-        slab, b = divmod(i, n_plane)
-        blk = plan.plane.block(b)
-        z0, z1, rz0, rz1 = plan.z_range(slab)
-        ry0, ry1, rx0, rx1 = blk.region
-        window = (slice(ry0, ry1), slice(rx0, rx1))
-        volume = np.stack([planes.load((z,), window) for z in range(rz0, rz1)])
-        probs = yield from _fused_probabilities(
-            volume, infer, scale, anisotropy, fusion, tile, overlap, batch_size, i, len(plan)
+        where = f"block {i + 1}/{len(plan)}" if len(plan) > 1 else ""
+        outputs[i] = yield from relay(
+            segment_3d_block_iter(planes, (), plan, i, infer, **params),
+            lambda dt, i=i, where=where: Progress(0, 1, i * 1000 + 1000 * dt[0] // dt[1], len(plan) * 1000, where),
         )
-        del volume
-        lab = labels_from_probabilities_3d(probs, min_size=min_size, mask_threshold=info.mask_threshold)
-        s = plan.z_strip
-        z_strips = {face: slice(z - s - rz0, z + s - rz0) for face, z, has in
-                    (("front", z0, slab > 0), ("back", z1, slab + 1 < plan.slabs)) if has}  # fmt: skip
-        outputs[i] = block_output(plan.plane, blk, lab, probs, probabilities=doubt,
-                                  z_core=slice(z0 - rz0, z1 - rz0), z_strips=z_strips)  # fmt: skip
-        del lab, probs
-        if doubt:
-            doubt_out[plan.core(i)] = doubt_map(outputs[i].probabilities)
+        if outputs[i].probabilities is not None:
+            if doubt:
+                doubt_out[plan.core(i)] = doubt_map(outputs[i].probabilities)
+            if probabilities:
+                probs_out[plan.core(i)] = 255 - outputs[i].probabilities[0]
             outputs[i].probabilities = None
     stitched = stitch_blocks(plan, outputs, min_score=min_score)
     labels = np.zeros(spatial, np.int32)
     for i, lut in stitched.luts.items():
         labels[plan.core(i)] = lut[outputs[i].labels]
     return SegmentResult(
-        labels, describe(dev), float(diameter), None, out_axes,
+        labels, describe(dev), float(diameter), probs_out, out_axes,
         {"channel": planes.channel, "fusion": fusion, "anisotropy": anisotropy, "blocks": len(plan),
          "slabs": plan.slabs},
         scores=stitched.scores, plane_scores=[((), i, v) for i, v in stitched.scores.items()], doubt=doubt_out,
     )  # fmt: skip
 
 
-def _fused_probabilities(volume, infer, scale, anisotropy, fusion, tile, overlap, batch_size, block, blocks):
+def check_anisotropy(anisotropy: float) -> None:
+    if not (np.isfinite(anisotropy) and 1.0 <= anisotropy <= 20.0):
+        raise InputError(f"anisotropy (Z step / XY pixel size) must be from 1 to 20, got {anisotropy}")
+
+
+def block_params(diameter, scale, anisotropy, mask_threshold, **options) -> dict:
+    """The keyword arguments of `segment_3d_block_iter` for a stack of objects `diameter` px across."""
+    voxel_volume = np.pi / 6 * diameter**3 / anisotropy  # a typical nucleus, in voxels
+    return dict(scale=scale, anisotropy=anisotropy, min_size=max(8, int(0.1 * voxel_volume)),
+                mask_threshold=mask_threshold, **options)  # fmt: skip
+
+
+def segment_3d_block_iter(
+    planes,
+    plane: tuple[int, ...],
+    plan: StackPlan,
+    index: int,
+    infer,
+    *,
+    scale: float,
+    anisotropy: float,
+    min_size: int,
+    mask_threshold: float,
+    fusion: str = "xyz",
+    tile: int | None = None,
+    overlap: int = 32,
+    batch_size: int | None = None,
+    probabilities: bool = False,
+) -> Generator[tuple[int, int], None, BlockOutput]:
+    """Segment block `index` of a stack (`planes`, a `normalize.Planes` of a ZYX stack; `plane` is ``()``):
+    its region is read plane by plane, its views predicted and fused, its 3D instances grown. Yields (views
+    done, total); returns its `BlockOutput` (with its core's fused probabilities when `probabilities`).
+    The same signature as `blockwise.segment_block_iter`, so that `bigrun` runs either."""
+    t0 = time.perf_counter()
+    slab, b = divmod(index, len(plan.plane))
+    blk = plan.plane.block(b)
+    z0, z1, rz0, rz1 = plan.z_range(slab)
+    ry0, ry1, rx0, rx1 = blk.region
+    window = (slice(ry0, ry1), slice(rx0, rx1))
+    volume = np.stack([planes.load(plane + (z,), window) for z in range(rz0, rz1)])
+    probs = yield from _fused_probabilities(volume, infer, scale, anisotropy, fusion, tile, overlap, batch_size)
+    del volume
+    lab = labels_from_probabilities_3d(probs, min_size=min_size, mask_threshold=mask_threshold)
+    s = plan.z_strip
+    z_strips = {face: slice(z - s - rz0, z + s - rz0) for face, z, has in
+                (("front", z0, slab > 0), ("back", z1, slab + 1 < plan.slabs)) if has}  # fmt: skip
+    out = block_output(plan.plane, blk, lab, probs, probabilities=probabilities,
+                       z_core=slice(z0 - rz0, z1 - rz0), z_strips=z_strips)  # fmt: skip
+    out.index, out.seconds = index, time.perf_counter() - t0
+    return out
+
+
+def _fused_probabilities(volume, infer, scale, anisotropy, fusion, tile, overlap, batch_size):
     """uint8 (3, Z, h, w) probabilities of a (Z, h, w) volume: its XY planes, and with ``"xyz"`` its XZ / YZ
-    slices at cubic voxels, averaged. Yields `Progress` (blocks done, in thousandths of the stack)."""
+    slices at cubic voxels, averaged. Yields (views done, total)."""
     Z, Y, X = volume.shape
     zi = max(1, int(round(Z * anisotropy)))
     # XZ and YZ slices every `stride` px, the ones between interpolated: measured without loss, and it
@@ -262,7 +313,7 @@ def _fused_probabilities(volume, infer, scale, anisotropy, fusion, tile, overlap
     iso = _resample_z(volume, zi) if fusion == "xyz" else None
     for view, ks in views:
         part = np.zeros((3, Z if view == "xy" else zi, Y, X), np.uint8)
-        for step, k in enumerate(ks):
+        for k in ks:
             if view == "xy":
                 part[:, k] = _predict(infer, volume[k], scale, tile, overlap, batch_size)
             elif view == "xz":
@@ -270,10 +321,7 @@ def _fused_probabilities(volume, infer, scale, anisotropy, fusion, tile, overlap
             else:
                 part[:, :, :, k] = _predict(infer, iso[:, :, k], scale, tile, overlap, batch_size)
             done += 1
-            where = f"block {block + 1}/{blocks}: " if blocks > 1 else ""
-            yield Progress(
-                0, 1, (block * total + done) * 1000 // total, blocks * 1000, f"{where}{view} {step + 1}/{len(ks)}"
-            )
+            yield done, total
         if view == "xy":
             acc += part
         else:

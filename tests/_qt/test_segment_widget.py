@@ -247,6 +247,25 @@ def test_3d_objects_from_a_zyx_stack(viewer, qtbot, wait_idle):
     assert w.image.layer().name == "plane" and not w.objects_3d.isEnabled() and not w.objects_3d.isChecked()
 
 
+def test_3d_objects_on_a_local_cluster_write_a_3d_ome_zarr(viewer, qtbot, wait_idle, tmp_path):
+    from napari_unet import api
+    from napari_unet.core.synth3d import synth_nuclei_3d
+
+    img, _ = synth_nuclei_3d((12, 96, 96), anisotropy=2, rng=1)
+    w = _cluster_widget(viewer, qtbot, img, tmp_path / "zstack.tif")
+    w.model.refresh(select="bundled")
+    w.diameter.setValue(22.0)
+    w.objects_3d.setChecked(True)
+    w.anisotropy.setValue(2.0)
+    w.run()
+    wait_idle(w.runner, timeout=180_000)
+    assert w.last_error is None, w.last_error
+    assert (tmp_path / "zstack_labels.zarr").is_dir() and "3D objects" in w.status.text()
+    here = api.segment(img.astype(np.uint16), "bundled", mode="3d", anisotropy=2.0, diameter=22.0)
+    np.testing.assert_array_equal(np.asarray(w.last_layer.data[0] if w.last_layer.multiscale else w.last_layer.data),
+                                  here)  # fmt: skip
+
+
 def test_the_3d_box_turns_the_2d_only_options_off_and_on(viewer, qtbot):
     from napari_unet.core.synth3d import synth_nuclei_3d
 

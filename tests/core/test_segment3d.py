@@ -47,6 +47,12 @@ def test_the_3d_mode_runs_on_a_stack_and_refuses_what_it_cannot_do(tiny_model):
     for fusion in ("xy", "xyz"):
         r = drain(segment_3d_iter(img, tiny_model, anisotropy=2, fusion=fusion, diameter=20))
         assert r.labels.shape == img.shape and r.axes == "ZYX" and r.extra["fusion"] == fusion
+    from napari_unet import api
+
+    r = drain(api.segment_iter(img, tiny_model, mode="3d", anisotropy=2, diameter=20, probabilities=True))
+    assert r.probabilities.shape == img.shape and r.probabilities.dtype == np.uint8
+    with pytest.raises(InputError, match="link_iou"):
+        drain(api.segment_iter(img, tiny_model, mode="3d", diameter=20, link_iou=0.3))
     with pytest.raises(InputError, match="ZYX"):
         drain(segment_3d_iter(img[0], tiny_model, diameter=20))
     with pytest.raises(InputError, match="anisotropy"):
@@ -131,6 +137,7 @@ def test_deep_stacks_are_cut_in_z_too_and_agree_with_one_block():
 
 def test_cli_3d_writes_a_3d_doubt_map(tmp_path, capsys):
     import tifffile
+    import zarr
 
     from napari_unet.cli import main
     from napari_unet.core.instances import class_targets
@@ -144,3 +151,15 @@ def test_cli_3d_writes_a_3d_doubt_map(tmp_path, capsys):
     assert doubt.shape == img.shape and doubt.dtype == np.uint8
     cls = class_targets(lab)  # the model doubts the nuclei's rims more than their insides or the background
     assert doubt[cls == 2].mean() > 1.5 * max(doubt[cls == 1].mean(), doubt[cls == 0].mean())  # 137 vs 35, 72
+    # The same stack into an OME-Zarr, block by block: the same labels, the doubt map inside it, scores per object.
+    out = tmp_path / "stack.zarr"
+    rc = main(["segment", str(tmp_path / "stack.tif"), "--3d", "--anisotropy", "2", "--diameter", "22", "-q",
+               "-o", str(out), "--uncertainty", "--scores", str(tmp_path / "s.csv")])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    assert "3D objects (anisotropy 2)" in capsys.readouterr().out
+    labels = tifffile.imread(tmp_path / "stack_labels.tif")
+    group = zarr.open_group(str(out), mode="r")
+    np.testing.assert_array_equal(group["labels/nuclei/0"][:], labels)
+    np.testing.assert_array_equal(group["doubt/0"][:], doubt)
+    rows = (tmp_path / "s.csv").read_text().splitlines()
+    assert rows[0] == "label,score" and len(rows) - 1 == len(np.unique(labels)) - 1
