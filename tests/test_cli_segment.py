@@ -265,7 +265,7 @@ def test_3d_objects_from_a_stack_with_its_voxel_size(tmp_path, capsys):
     rows = (tmp_path / "objects_scores.csv").read_text().splitlines()
     assert rows[0] == "label,score" and len(rows) - 1 == labels.max()
     for bad, msg in ((["--anisotropy", "2"], "--anisotropy is for --3d"),
-                     (["--3d", "--link-iou", "0.3"], "link_iou is not available for 3D objects"),
+                     (["--3d", "--link-iou", "0.3"], "link_iou is for planes linked into objects"),
                      (["--3d", "--anisotropy", "0.5"], "anisotropy")):  # fmt: skip
         rc, _, err = run(["segment", str(path), "-o", str(tmp_path / "bad.tif"), "-q", *bad], capsys)
         assert rc == 1 and msg in err and len(err.strip().splitlines()) == 1, err
