@@ -8,8 +8,10 @@ views fused (the `mode="3d"` default). 3D AP@0.5 (3D IoU), time relative to plan
 memory of the process (ru_maxrss grows only, so each figure is the most any method needed so far).
 `--cells3d` adds the real confocal stack of `../shared/data/cells3d` (bronze labels, 20 nuclei).
 `--memory Z,SIDE` segments one synthetic Z x SIDE x SIDE stack in 3D in a fresh process per setting (one
-block; columns of blocks through all of Z; the default blocks, cut in Z too) and reports its peak RSS beyond
-the loaded stack (VmHWM, reset after loading) and the 3D AP@0.5 of each against the one-block labels.
+block; columns of blocks through all of Z; the default blocks, cut in Z too; the default blocks with the stack
+read lazily from a zarr array and the labels written to an OME-Zarr; plane by plane, linked, for the time ratio)
+and reports its peak RSS beyond the loaded stack (VmHWM, reset after loading) and the 3D AP@0.5 of each against
+the one-block labels.
 """
 
 from __future__ import annotations
@@ -62,17 +64,30 @@ def _print(a, rows):
 _CHILD = """
 import sys, time, numpy as np
 sys.path.insert(0, {root!r})
-from napari_unet.api import load_model
+from napari_unet.api import load_model, segment
 from napari_unet.core.jobs import drain
 from napari_unet.core.segment3d import segment_3d_iter
 from napari_unet.core.synth3d import synth_nuclei_3d
 m = load_model("bundled")
 img, lab = synth_nuclei_3d(({z}, {side}, {side}), anisotropy=2, rng=0)
+kind = {kind!r}
+if kind == "zarr":  # the stack is read lazily from an OME-Zarr-like array, the labels written to an OME-Zarr
+    import zarr
+    src = zarr.open_array({npy!r} + ".in.zarr", mode="w", shape=img.shape, chunks=(1, *img.shape[1:]), dtype=img.dtype)
+    src[:] = img
+    del img, lab
+    img = zarr.open_array({npy!r} + ".in.zarr", mode="r")
 open("/proc/self/clear_refs", "w").write("5")  # reset the peak: what segmenting needs beyond the stack
 t = time.perf_counter()
-out = drain(segment_3d_iter(img, m, anisotropy=2, fusion="xyz", diameter=22, block={block}, block_z={block_z})).labels
+if kind == "planes":
+    out = segment(img, m, axes="ZYX", diameter=22, link_iou=0.3)
+elif kind == "zarr":
+    segment(img, m, axes="ZYX", diameter=22, mode="3d", anisotropy=2, output={npy!r} + ".zarr")
+    out = zarr.open_group({npy!r} + ".zarr", mode="r")["labels/nuclei/0"][...]
+else:
+    out = drain(segment_3d_iter(img, m, anisotropy=2, fusion="xyz", diameter=22, block={block}, block_z={block_z!r})).labels
 hwm = next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM"))
-print(f"{{time.perf_counter() - t:.1f}} {{hwm / 1024:.0f}} {{out.max()}}")
+print(f"{{time.perf_counter() - t:.1f}} {{hwm / 1024:.0f}} {{len(np.unique(out)) - 1}}")
 np.save({npy!r}, out)
 """
 
@@ -89,13 +104,16 @@ def memory(z: int, side: int) -> None:
     )
     print("| blocks | s | peak RSS MB (process, after loading) | objects | 3D AP@0.5 vs one block |")
     print("|---|---:|---:|---:|---:|")
-    settings = {"one": (None, None), f"{BLOCK_3D} px, all of Z": (BLOCK_3D, None),
-                f"{BLOCK_3D} px x {BLOCK_3D_Z} planes (default)": (BLOCK_3D, BLOCK_3D_Z)}  # fmt: skip
+    settings = {"one": ("3d", None, None), f"{BLOCK_3D} px, all of Z": ("3d", BLOCK_3D, None),
+                f"{BLOCK_3D} px x {BLOCK_3D_Z} planes": ("3d", BLOCK_3D, BLOCK_3D_Z),
+                f"{BLOCK_3D} px, planes by the voxel budget (default)": ("3d", BLOCK_3D, "auto"),
+                "default blocks, stack read from a zarr array, labels to an OME-Zarr": ("zarr", None, None),
+                "plane by plane, planes linked (IoU > 0.3), for the time": ("planes", None, None)}  # fmt: skip
     ref = None
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (block, block_z) in settings.items():
-            npy = str(Path(tmp) / f"{len(name)}.npy")
-            child = _CHILD.format(root=str(ROOT), z=z, side=side, block=block, block_z=block_z, npy=npy)
+        for i, (name, (kind, block, block_z)) in enumerate(settings.items()):
+            npy = str(Path(tmp) / f"{i}.npy")
+            child = _CHILD.format(root=str(ROOT), z=z, side=side, kind=kind, block=block, block_z=block_z, npy=npy)
             out = subprocess.run(
                 [sys.executable, "-c", child], capture_output=True, text=True, check=True
             ).stdout.split()

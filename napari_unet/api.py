@@ -270,8 +270,8 @@ def segment(
             scheduler address, or a `distributed.Client`.
         block: Planes larger than this (px) are segmented in blocks with halos and stitched; the result
             does not depend on the block size (measured in benchmarks/RESULTS.md). None: one block. With
-            mode ``"3d"`` the default is `core.segment3d.BLOCK_3D` (512 px in Y and X), and stacks deeper than
-            `core.segment3d.BLOCK_3D_Z` planes are cut in Z too.
+            mode ``"3d"`` the default is `core.segment3d.BLOCK_3D` (512 px in Y and X), and deep stacks are cut in Z
+            too, into slabs of `core.segment3d.BLOCK_3D_Z` planes (more if the stack is narrower than 512 px).
         overwrite: With `output`: replace an existing one.
         merge_cuts: Rejoin touching objects that look like one nucleus cut in two (a shared border at
             least 0.7 of the smaller one's diameter, a convex union; `core.instances.merge_cut_objects`).

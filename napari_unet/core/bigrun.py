@@ -237,7 +237,7 @@ def segment_to_zarr_iter(
     doubt: bool = False,
     mode: str = "2d",
     anisotropy: float = 1.0,
-    block_z: int | None = None,
+    block_z: int | str | None = "auto",
 ) -> Generator[object, None, BigResult]:
     """Segment `image` into the OME-Zarr `out`, block by block; resumes an unfinished run of the same settings.
 
@@ -251,8 +251,8 @@ def segment_to_zarr_iter(
     ``OUT.zarr/doubt`` (`DOUBT_PATH`; uint8, 255 = most doubtful, the values `segment(doubt=True)` gives).
 
     With `mode` ``"3d"``, a ZYX stack is segmented into 3D objects (`segment3d`, voxels `anisotropy` times
-    deeper than wide) in blocks of `block` px in Y and X and `block_z` planes (None:
-    `segment3d.BLOCK_3D_Z`), each read from `image` plane by plane; the labels are the ones
+    deeper than wide) in blocks of `block` px in Y and X and `block_z` planes (as in
+    `segment3d.plan_stack`), each read from `image` plane by plane; the labels are the ones
     `segment3d.segment_3d_iter` returns, written chunk by chunk.
 
     Returns:
@@ -295,9 +295,9 @@ def segment_to_zarr_iter(
         diameter = round(float(estimate_on_planes(infer, planes, info)), 3)
     scale = info.diameter / diameter
     if mode == "3d":  # the whole stack is one "plane" of blocks cut in Z, Y and X
-        from .segment3d import BLOCK_3D_Z, block_params, plan_stack
+        from .segment3d import block_params, plan_stack
 
-        plan = plan_stack(spatial, diameter, scale, anisotropy, block, block_z or BLOCK_3D_Z)
+        plan = plan_stack(spatial, diameter, scale, anisotropy, block, block_z)
         indices, chunks = [()], (1, *plan.plane.core_shape)
         params = block_params(diameter, scale, anisotropy, info.mask_threshold, tile=tile, overlap=overlap,
                               batch_size=batch_size, probabilities=bool(doubt))  # fmt: skip

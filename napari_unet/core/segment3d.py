@@ -48,8 +48,10 @@ SEED_THRESHOLD = 0.9
 #: Block side in Y and X, px: about 50 bytes a voxel of working memory, so a 32-plane block of
 #: 512^2 with its halos (~700^2) needs about 0.8 GB (benchmarks/segment_3d.py measures it).
 BLOCK_3D = 512
-#: Block depth, planes: deeper stacks are cut in Z too, with a halo of two diameters in Z (for a deep
-#: stack the halos dominate: 64 planes with halos of ~35 planes each side at anisotropy 2).
+#: Block depth, planes, for a block of BLOCK_3D^2: deeper stacks are cut in Z too, with a halo of two
+#: diameters in Z (~35 planes each side at anisotropy 2). By default (``block_z="auto"``) a narrower block
+#: gets as many more planes as keep its core within the same BLOCK_3D^2 x BLOCK_3D_Z voxels, so a stack
+#: narrower than BLOCK_3D pays for fewer Z halos at the same working memory (benchmarks/RESULTS.md).
 BLOCK_3D_Z = 64
 
 
@@ -102,12 +104,15 @@ def plan_stack(
     scale: float,
     anisotropy: float,
     block: int | None,
-    block_z: int | None,
+    block_z: int | str | None,
 ) -> StackPlan:
     """Cut a (Z, Y, X) stack: Y and X as `blockwise.plan_blocks` does, Z into near-equal slabs of at most
-    `block_z` planes (None: one slab), with a halo of two diameters (and the network's context) in Z."""
+    `block_z` planes (None: one slab; ``"auto"``: as many as keep a core within BLOCK_3D^2 x BLOCK_3D_Z
+    voxels), with a halo of two diameters (and the network's context) in Z."""
     Z, Y, X = shape
     plane = plan_blocks((Y, X), diameter, scale, block)
+    if block_z == "auto":
+        block_z = max(BLOCK_3D_Z, BLOCK_3D * BLOCK_3D * BLOCK_3D_Z // math.prod(plane.core_shape))
     z_halo = int(math.ceil(max(2 * diameter, MIN_HALO_NET_PX / scale) / anisotropy))
     z_strip = max(2, int(math.ceil(diameter / anisotropy)))
     if block_z is None or Z <= block_z:
@@ -180,7 +185,7 @@ def segment_3d_iter(
     tta: bool = False,
     min_score: float | None = None,
     block: int | None = BLOCK_3D,
-    block_z: int | None = BLOCK_3D_Z,
+    block_z: int | str | None = "auto",
     doubt: bool = False,
     probabilities: bool = False,
 ) -> Generator[Progress, None, SegmentResult]:
@@ -196,7 +201,8 @@ def segment_3d_iter(
             with halos of two diameters, and stitched as planes are (`core.blockwise`): memory is bounded
             by the block, not the stack. None: one block.
         block_z: Stacks deeper than this (planes) are cut in Z too (`StackPlan`), with halos of two diameters
-            in Z; None: all of Z in each block.
+            in Z; None: all of Z in each block; ``"auto"``: BLOCK_3D_Z planes for a block of BLOCK_3D^2,
+            more for a narrower one (`plan_stack`).
         doubt: Also return the per-voxel doubt map of the fused probabilities (`SegmentResult.doubt`).
         probabilities: Also return the fused foreground probability (uint8, 255 = 1; `SegmentResult.probabilities`).
         Other arguments: as `core.segment.segment_iter`.
