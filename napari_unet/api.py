@@ -154,14 +154,18 @@ def segment_iter(
         raise InputError("anisotropy is for mode='3d' (3D objects)")
     if mode == "3d" and link_iou is not None:
         raise InputError("link_iou is for planes linked into objects; 3D objects span the stack already")
+    if mode == "3d" and block == DEFAULT_BLOCK:
+        from .core.segment3d import BLOCK_3D
+
+        block = BLOCK_3D  # 3D's own default: its blocks are BLOCK_3D px wide and slabs deep (core.segment3d)
     if mode == "3d" and output is None and cluster is None:
-        from .core.segment3d import BLOCK_3D, segment_3d_iter
+        from .core.segment3d import segment_3d_iter
 
         return (
             yield from segment_3d_iter(
                 image, net, anisotropy=1.0 if anisotropy is None else anisotropy, fusion="xyz", device=device,
                 diameter=diameter, channel=channel, axes=axes, tile=tile, overlap=overlap, batch_size=batch_size,
-                tta=tta, min_score=min_score, block=BLOCK_3D if block == DEFAULT_BLOCK else block,  # 3D's own default
+                tta=tta, min_score=min_score, block=block,
                 doubt=doubt, probabilities=probabilities,
             )
         )  # fmt: skip
@@ -172,10 +176,6 @@ def segment_iter(
             raise InputError("probabilities are not available with a .zarr output; ask for the doubt map instead")
         from .core.bigrun import segment_to_zarr_iter
 
-        if mode == "3d":
-            from .core.segment3d import BLOCK_3D
-
-            block = BLOCK_3D if block == DEFAULT_BLOCK else block
         return (
             yield from segment_to_zarr_iter(
                 image, net, output, device=device, diameter=diameter, channel=channel, axes=axes, tile=tile,

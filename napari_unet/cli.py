@@ -74,10 +74,17 @@ def _channel_note(result) -> str:
 
 
 def _mode_3d(args: argparse.Namespace, img) -> dict:
-    """`segment_iter`'s mode and anisotropy: --anisotropy, else the file's Z step / pixel size, else 1."""
-    if not args.three_d:
-        if args.anisotropy is not None:
-            raise InputError("--anisotropy is for --3d (3D objects)")
+    """`segment_iter`'s mode and anisotropy. 3D objects with --3d or --anisotropy, and by default for a ZYX
+    stack whose file gives its voxel size (`io.voxel_anisotropy`) unless --2d or --link-iou asks for planes;
+    the anisotropy is --anisotropy, else the file's Z step / pixel size, else 1."""
+    from .core.io import voxel_anisotropy
+
+    if args.two_d and (args.three_d or args.anisotropy is not None):
+        raise InputError("--2d segments plane by plane: leave out --3d and --anisotropy")
+    file_a = voxel_anisotropy(img.z_step, img.pixel_size[-1] if img.pixel_size else None)
+    spatial = (args.axes or img.axes or "").replace("C", "")
+    auto = file_a is not None and spatial == "ZYX" and args.link_iou is None and not args.two_d
+    if not (args.three_d or args.anisotropy is not None or auto):
         return {}
     anisotropy = args.anisotropy
     if anisotropy is None and img.z_step and img.pixel_size:
@@ -152,7 +159,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
                 result = drain(gen, lambda p, bar=bar: _show(bar, p, args.quiet))
             scale = _pixel_scale(img)
             write_labels(out, result.labels, overwrite=args.overwrite, axes=result.axes, scale=scale)
-            plane_shape = () if args.three_d else tuple(result.labels.shape[:-2])  # 3D objects span planes
+            plane_shape = (
+                () if "anisotropy" in result.extra else tuple(result.labels.shape[:-2])
+            )  # 3D objects span planes
             if s_out is not None:
                 write_scores(s_out, result.plane_scores, plane_shape=plane_shape, overwrite=args.overwrite)
             if d_out is not None:
@@ -219,7 +228,7 @@ def _segment_big(
     if tiff:
         shutil.rmtree(zout)
     if s_out is not None:
-        plane_shape = () if args.three_d else tuple(img.data.shape[: len(result.axes) - 2])
+        plane_shape = () if "anisotropy" in result.extra else tuple(img.data.shape[: len(result.axes) - 2])
         write_scores(s_out, result.plane_scores, plane_shape=plane_shape, overwrite=args.overwrite)
     where = f", {result.blocks} blocks" + (
         f" ({result.resumed_blocks} from the unfinished run)" if result.resumed_blocks else ""
@@ -479,11 +488,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--link-iou", type=float, help="link objects across planes of a stack above this IoU")
     s.add_argument(
         "--3d", dest="three_d", action="store_true",
-        help="a ZYX stack into 3D objects (XY, XZ and YZ views fused, a 3D watershed; about 2-3x the plane-by-plane time)",
+        help="a ZYX stack into 3D objects (XY, XZ and YZ views fused, a 3D watershed; about 2-3x the plane-by-plane "
+             "time); the default for a ZYX file that gives its voxel size",
     )  # fmt: skip
     s.add_argument(
+        "--2d",
+        dest="two_d",
+        action="store_true",
+        help="2D objects per plane even where the file gives a voxel size (the default then is --3d)",
+    )
+    s.add_argument(
         "--anisotropy", type=float, metavar="A",
-        help="with --3d: Z step / XY pixel size (default: from the file's voxel size, else 1)",
+        help="3D objects with this Z step / XY pixel size (default: from the file's voxel size, else 1)",
     )  # fmt: skip
     s.add_argument(
         "--tta", action="store_true", help="test-time augmentation: average the four flips (about 2x the time)"

@@ -264,7 +264,16 @@ def test_3d_objects_from_a_stack_with_its_voxel_size(tmp_path, capsys):
     assert match_instances(lab, labels).ap >= 0.85  # measured 1.0 (25 nuclei; planes linked: 0.67)
     rows = (tmp_path / "objects_scores.csv").read_text().splitlines()
     assert rows[0] == "label,score" and len(rows) - 1 == labels.max()
-    for bad, msg in ((["--anisotropy", "2"], "--anisotropy is for --3d"),
+    # the file gives its voxel size, so its Z is spatial: 3D objects without --3d; --2d or --link-iou: planes
+    rc, printed, err = run(["segment", str(path), "-o", str(tmp_path / "auto.tif"), "--diameter", "22", "-q"], capsys)
+    assert rc == 0 and "3D objects (anisotropy 2)" in printed, err
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "auto.tif"), labels)
+    for flag in (["--2d"], ["--link-iou", "0.3"]):
+        rc, printed, err = run(["segment", str(path), "-o", str(tmp_path / "p.tif"), "--diameter", "22", "-q",
+                                "--overwrite", *flag], capsys)  # fmt: skip
+        assert rc == 0 and "3D objects" not in printed, err
+    for bad, msg in ((["--2d", "--anisotropy", "2"], "--2d segments plane by plane"),
+                     (["--2d", "--3d"], "--2d segments plane by plane"),
                      (["--3d", "--link-iou", "0.3"], "link_iou is for planes linked into objects"),
                      (["--3d", "--anisotropy", "0.5"], "anisotropy")):  # fmt: skip
         rc, _, err = run(["segment", str(path), "-o", str(tmp_path / "bad.tif"), "-q", *bad], capsys)

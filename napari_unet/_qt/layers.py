@@ -13,6 +13,7 @@ import numpy as np
 from napari.layers import Image, Labels
 
 from ..core.errors import InputError
+from ..core.io import voxel_anisotropy
 from ..core.stack_io import _as_lazy
 from .corrections import META_KEY
 from .session import layer_meta, session_for, spatial_shape
@@ -65,10 +66,16 @@ def layer_axes(layer: Image) -> str:
     return guess
 
 
+def layer_voxel(layer) -> float | None:
+    """Z step / XY pixel size of a ZYX layer from its scale (`io.voxel_anisotropy`); None where the layer has
+    napari's default scale of 1 (no voxel size given) or the ratio is no plausible voxel."""
+    z, x = float(layer.scale[-3]), float(layer.scale[-1])
+    return None if z == x == 1.0 else voxel_anisotropy(z, x)
+
+
 def layer_anisotropy(layer) -> float:
-    """Z step / XY pixel size of a ZYX layer from its scale, as napari shows it; 1 where that is no plausible voxel."""
-    ratio = float(layer.scale[-3] / layer.scale[-1])
-    return ratio if 1.0 <= ratio <= 20.0 else 1.0
+    """`layer_voxel`, or 1 where the layer gives none."""
+    return layer_voxel(layer) or 1.0
 
 
 def current_plane(viewer, layer) -> tuple[int, ...]:

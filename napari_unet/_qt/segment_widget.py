@@ -29,6 +29,7 @@ from .layers import (
     apply_probability,
     layer_anisotropy,
     layer_axes,
+    layer_voxel,
     make_request,
     set_score_features,
 )
@@ -169,8 +170,8 @@ class SegmentWidget(QWidget):
         self.link.setEnabled(planes and not self.objects_3d.isChecked())  # linking: 2D objects of a stack
         zyx = axes == "ZYX"  # 3D objects: a single-channel stack whose Z is spatial
         self.objects_3d.setEnabled(zyx)
-        if not zyx:
-            self.objects_3d.setChecked(False)
+        # the default for a stack with a voxel size (its Z is spatial), as on the command line
+        self.objects_3d.setChecked(zyx and layer_voxel(layer) is not None)
         self.anisotropy.setEnabled(zyx)
         if zyx:
             self.anisotropy.setValue(layer_anisotropy(layer))

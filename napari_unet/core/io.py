@@ -27,6 +27,23 @@ TIFF_TILE = 512  # px, for labels written as a tiled BigTIFF
 TIFF_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff")
 
 
+#: Z step / XY pixel size the 3D mode takes (`core.segment3d`): a finer Z would want the stack binned first,
+#: and beyond 20 a nucleus spans too few planes to be a 3D object.
+ANISOTROPY_RANGE = (1.0, 20.0)
+
+
+def voxel_anisotropy(z_step: float | None, pixel: float | None) -> float | None:
+    """Z step / XY pixel size (3 decimals) where a file or layer gives both and the ratio is in
+    `ANISOTROPY_RANGE`, else None. A stack with such a voxel has a spatial Z: the CLI and the Segment
+    widget then make 3D objects by default (benchmarks/RESULTS.md: 3D AP@0.5 0.97 against 0.50-0.56 for plane
+    linking on synthetic stacks, 0.72 against 0.10 on cells3d), and 2D objects per plane otherwise."""
+    if not z_step or not pixel:
+        return None
+    ratio = round(float(z_step) / float(pixel), 3)
+    lo, hi = ANISOTROPY_RANGE
+    return ratio if lo <= ratio <= hi else None
+
+
 @dataclass
 class ImageData:
     """An image as read from disk: data (numpy or lazy), declared axes, pixel size (Y, X), Z step, metadata."""

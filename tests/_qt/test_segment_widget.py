@@ -38,6 +38,8 @@ def test_segment_stack_and_rerun_replaces_own_layer(viewer, qtbot, wait_idle, nu
     stack = np.stack([nuclei_image, nuclei_image[::-1], nuclei_image[:, ::-1]])
     viewer.add_image(stack, name="stack", scale=(2.0, 0.5, 0.5))
     w = _widget(viewer, qtbot)
+    assert w.objects_3d.isChecked()  # a voxel size: 3D objects by default; these planes are unrelated images
+    w.objects_3d.setChecked(False)
     w.run()
     wait_idle(w.runner)
     lab = viewer.layers["stack labels"]
@@ -230,8 +232,8 @@ def test_3d_objects_from_a_zyx_stack(viewer, qtbot, wait_idle):
     w = _widget(viewer, qtbot)
     w.model.refresh(select="bundled")
     w.diameter.setValue(22.0)
-    assert w.objects_3d.isEnabled() and not w.objects_3d.isChecked() and w.anisotropy.value() == 2.0
-    w.objects_3d.setChecked(True)
+    # its scale gives a voxel, so Z is spatial: 3D objects by default
+    assert w.objects_3d.isEnabled() and w.objects_3d.isChecked() and w.anisotropy.value() == 2.0
     w.run(scope="current plane")
     assert w.last_error and "whole ZYX stack" in w.last_error
     w.run()
@@ -245,6 +247,9 @@ def test_3d_objects_from_a_zyx_stack(viewer, qtbot, wait_idle):
     viewer.add_image(img[0], name="plane")
     w.image.setCurrentIndex(w.image.findText("plane"))
     assert w.image.layer().name == "plane" and not w.objects_3d.isEnabled() and not w.objects_3d.isChecked()
+    viewer.add_image(img, name="no voxel")  # napari's default scale of 1: plane by plane, linked
+    w.image.setCurrentIndex(w.image.findText("no voxel"))
+    assert w.objects_3d.isEnabled() and not w.objects_3d.isChecked() and w.link.isEnabled()
 
 
 def test_3d_objects_on_a_local_cluster_write_a_3d_ome_zarr(viewer, qtbot, wait_idle, tmp_path):

@@ -8,7 +8,7 @@ from scipy import ndimage as ndi
 
 from napari_unet.core.errors import InputError
 from napari_unet.core.jobs import drain
-from napari_unet.core.segment3d import labels_from_probabilities_3d, segment_3d_iter
+from napari_unet.core.segment3d import fill_plane_holes, labels_from_probabilities_3d, segment_3d_iter
 from napari_unet.core.synth3d import synth_nuclei_3d
 
 
@@ -40,6 +40,23 @@ def test_touching_spheres_in_3d_get_one_label_each():
     for i in (1, 2):
         found = np.bincount(labels[truth == i]).argmax()
         assert found > 0 and (labels[truth == i] == found).mean() > 0.9
+
+
+def test_a_dark_nucleolus_leaves_no_hole_in_its_3d_object():
+    # a sphere whose dark nucleolus (a ball of radius 3 inside) the fused views call background
+    zz, yy, xx = np.mgrid[:30, :40, :40]
+    ball = (zz - 15) ** 2 + (yy - 20) ** 2 + (xx - 20) ** 2 <= 100
+    nucleolus = (zz - 15) ** 2 + (yy - 20) ** 2 + (xx - 23) ** 2 <= 9
+    probs = np.zeros((3, *ball.shape), np.uint8)
+    probs[1][ball & ~nucleolus] = 240
+    probs[0] = 255 - probs[1]
+    labels = labels_from_probabilities_3d(probs, min_size=50)
+    assert labels.max() == 1 and (labels[nucleolus] == 1).all()
+    assert not (labels[~ball] > 0).any()  # only what the object encloses
+    neighbour = np.zeros((5, 20, 20), np.int32)  # an object inside a ring keeps its own id
+    neighbour[:, 2:18, 2:18], neighbour[:, 6:14, 6:14], neighbour[:, 8:12, 8:12] = 1, 0, 2
+    out = fill_plane_holes(neighbour.copy())
+    assert (out[:, 8:12, 8:12] == 2).all() and (out[:, 6:14, 6:14][out[:, 6:14, 6:14] != 2] == 1).all()
 
 
 def test_the_3d_mode_runs_on_a_stack_and_refuses_what_it_cannot_do(tiny_model):
