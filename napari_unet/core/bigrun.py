@@ -18,6 +18,7 @@ labels itself (the output must be on storage the workers share, as on any cluste
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import shutil
@@ -334,13 +335,15 @@ def segment_to_zarr_iter(
             yield from _run_on_cluster(client, planes, plan, todo, model, device, precision, tta, params, part, mid,
                                        done_before, n_all)  # fmt: skip
         yield Progress(0, 1, 0, 1, "stitching")
-        offset, plane_scores = _stitch(indices, plan, part, prov, output, min_score)
-        n_objects = offset
-        if link_iou is not None and len(indices) > 1:
+        linking = link_iou is not None and len(indices) > 1
+        coarse = [] if linking else _open_levels(part / LABELS_PATH, output)  # linking rewrites level 0 first
+        offset, plane_scores = _stitch(indices, plan, part, prov, output, min_score, coarse)
+        n_objects, levels = offset, len(coarse) + 1
+        if linking:
             yield Progress(0, 1, 0, 1, "linking planes")
             n_objects, plane_scores = _link(planes.indices, plan, output, link_iou, plane_scores)
+            levels = _write_levels(part / LABELS_PATH, output)
         z_step = anisotropy if mode == "3d" else None
-        levels = _write_levels(part / LABELS_PATH, output)
         _write_ngff(part, out_axes, spatial, pixel_size, levels, z_step=z_step)
         if dmap is not None:
             levels = _write_levels(part / DOUBT_PATH, dmap)
@@ -362,23 +365,50 @@ def segment_to_zarr_iter(
     )  # fmt: skip
 
 
-def _write_levels(group_path: Path, level0) -> int:
-    """Write levels 1, 2, ... of an image beside its level 0 in `group_path`, each from the one before
-    (nearest neighbour, as labels need; dask stores it chunk by chunk); returns the number of levels in all."""
-    import dask.array as da
+def _open_levels(group_path: Path, level0) -> list:
+    """Create (empty) levels 1, 2, ... of an image beside its level 0 in `group_path`: each half the one
+    before in Y and X, until the larger side is at most `LEVEL_SIDE`."""
     import zarr
 
     group = zarr.open_group(str(group_path), mode="a")
-    prev, n = level0, 1
-    while max(prev.shape[-2:]) > LEVEL_SIDE:
-        coarse = da.from_zarr(prev)[..., ::2, ::2]
-        chunks = tuple(min(c, s) for c, s in zip(prev.chunks, coarse.shape))
+    levels, shape = [], tuple(level0.shape)
+    while max(shape[-2:]) > LEVEL_SIDE:
+        shape = (*shape[:-2], *(-(-n // 2) for n in shape[-2:]))
+        chunks = tuple(min(c, n) for c, n in zip(level0.chunks, shape))
         # overwrite: a level left by a stopped stitch is written again
-        level = group.create_array(str(n), shape=coarse.shape, chunks=chunks, dtype=prev.dtype, fill_value=0,
-                                   overwrite=True)  # fmt: skip
-        coarse.rechunk(chunks).store(level, lock=False)
-        prev, n = level, n + 1
-    return n
+        levels.append(group.create_array(str(len(levels) + 1), shape=shape, chunks=chunks, dtype=level0.dtype,
+                                         fill_value=0, overwrite=True))  # fmt: skip
+    return levels
+
+
+def _write_coarse(levels: list, key: tuple[slice, ...], block: np.ndarray) -> None:
+    """Write the part of each coarser level that samples `block` (the level-0 pixels `key`): level k takes
+    every 2^k-th pixel of level 0 in Y and X (nearest neighbour, as labels need)."""
+    for k, level in enumerate(levels, 1):
+        f, lead = 2**k, key[:-2]
+        (y0, y1), (x0, x1) = ((sl.start, sl.stop) for sl in key[-2:])
+        sy, sx = -y0 % f, -x0 % f  # the first level-0 row / column of the block that level k keeps
+        part = block[..., sy::f, sx::f]
+        if part.size:
+            cy, cx = (y0 + sy) // f, (x0 + sx) // f
+            level[(*lead, slice(cy, cy + part.shape[-2]), slice(cx, cx + part.shape[-1]))] = part
+
+
+def _write_levels(group_path: Path, level0) -> int:
+    """Write levels 1, 2, ... of an image beside its level 0 in `group_path` (`_open_levels`), block by block
+    of level 0's chunks; returns the number of levels in all."""
+    levels = _open_levels(group_path, level0)
+    if levels:
+        for key in _chunk_keys(level0):
+            _write_coarse(levels, key, level0[key])
+    return len(levels) + 1
+
+
+def _chunk_keys(array):
+    """The slices of every chunk of `array` (in storage order)."""
+    ranges = [range(0, n, c) for n, c in zip(array.shape, array.chunks)]
+    for start in itertools.product(*ranges):
+        yield tuple(slice(a, min(a + c, n)) for a, c, n in zip(start, array.chunks, array.shape))
 
 
 def _write_ngff(
@@ -500,9 +530,9 @@ def _run_on_cluster(client, planes, plan, todo, model, device, precision, tta, p
             fut.cancel()
 
 
-def _stitch(indices, plan, part, prov, output, min_score):
+def _stitch(indices, plan, part, prov, output, min_score, levels=()):
     """Stitch plane by plane (a stack of 3D objects: as one) from the recorded summaries; write the final
-    labels chunk by chunk."""
+    labels block by block, into level 0 and the coarser `levels` (`_open_levels`)."""
     offset, plane_scores = 0, []
     for p in indices:
         outputs = {i: _load_summary(_summary_path(part, p, i), i) for i in range(len(plan))}
@@ -513,7 +543,8 @@ def _stitch(indices, plan, part, prov, output, min_score):
         st = stitch_blocks(plan, outputs, first_id=offset + 1, strips=strips, min_score=min_score)
         for i, lut in st.luts.items():
             key = p + plan.core(i)
-            output[key] = lut[prov[key]].astype(np.int32)
+            output[key] = block = lut[prov[key]].astype(np.int32)
+            _write_coarse(levels, key, block)
         plane_scores += [(tuple(int(v) for v in p), i, s) for i, s in st.scores.items()]
         offset += st.n_objects
     return offset, plane_scores

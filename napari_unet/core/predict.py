@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .device import autocast_dtype
+from .device import autocast_dtype, keep_freed_memory
 from .model import UNet, fuse_batchnorm
 from .tiling import TileGrid, input_span, linear_taps, resample_window, stitch
 
@@ -36,6 +36,7 @@ class InferenceModel:
     def prepare(cls, model: UNet, device: torch.device, precision: str = "auto", tta: bool = False) -> InferenceModel:
         """Copy `model` for inference. `precision`: ``"auto"`` (see `autocast_dtype`) or ``"fp32"``;
         `tta`: test-time augmentation by flips."""
+        keep_freed_memory()
         net = fuse_batchnorm(copy.deepcopy(model).cpu().eval())
         net = net.to(device)
         if device.type == "cpu":

@@ -34,7 +34,7 @@ import torch
 
 from . import versions
 from .augment import augment_batch
-from .device import autocast_dtype, select_device
+from .device import autocast_dtype, keep_freed_memory, select_device
 from .errors import InputError
 from .finetune import (
     RollbackGuard,
@@ -225,6 +225,7 @@ def _prepare(images, labels, masks, init, seconds, steps, device, seed, diameter
     ds = diameters_per_image(diameter, len(pairs))
     start, info0, parent = versions.resolve_init(init)
     dev = select_device(device)
+    keep_freed_memory()
     amp = autocast_dtype(dev) if cfg.precision == "auto" and dev.type in ("cpu", "cuda") else None
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
