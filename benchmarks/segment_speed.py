@@ -1,17 +1,22 @@
 """Segmentation speed and memory, side by side in one run.
 
     pip install -e ".[benchmarks]"   # MONAI, for the side-by-side comparison
-    python benchmarks/segment_speed.py [--model bundled] [--device cpu] [--repeats 2]
+    python benchmarks/segment_speed.py [--model bundled] [--device cpu] [--repeats 2] [--tile 512] [--memory-size 4096]
 
 For a 2048x2048 image and a 32x512x512 stack (real nuclei tiled from mnfinder/val, so the work
 resembles real use) it times:
   * ours, end to end: normalisation, tiled prediction, watershed (what `napari_unet.segment` does);
-  * naive: one full-frame fp32 forward pass of the same network per plane (forward only, no
+  * ours, probabilities only: normalisation and tiled prediction (`predict_plane`), no instance step;
+  * naive: one full-frame fp32 forward pass of the unprepared network per plane (forward only, no
     post-processing): what a user writing `model(image)` would get;
-  * MONAI `sliding_window_inference` with the same network, tile size and overlap (forward only).
+  * MONAI `sliding_window_inference`, made a fair comparison: the same prepared network (BatchNorm
+    folded, channels-last), the same precision (autocast as ours), tile, overlap and batch as ours
+    (`--tile`, default our 512 px), Gaussian blending, softmax; forward only.
 It also reports the network's GFLOP per megapixel, the achieved GFLOP/s against this machine's
-measured fp32 and bf16 matmul rates, and the peak RSS of segmenting an 8192x8192 image, measured in
-a child process relative to its RSS with the input already loaded.
+measured matmul rate for the precision in use, and the peak RSS of segmenting an image of
+`--memory-size`^2 end to end, of our probabilities and of MONAI's, each measured in a child process
+relative to its RSS with the input loaded (MONAI holds its whole float32 output and weight maps; ours
+streams tiles into uint8 probabilities).
 """
 
 from __future__ import annotations
@@ -34,8 +39,10 @@ sys.path.insert(0, str(ROOT))
 
 from napari_unet.api import load_model, segment  # noqa: E402
 from napari_unet.core.device import describe, select_device  # noqa: E402
+from napari_unet.core.jobs import drain  # noqa: E402
 from napari_unet.core.model import flops_per_pixel  # noqa: E402
 from napari_unet.core.normalize import normalize_plane, percentile_range  # noqa: E402
+from napari_unet.core.predict import InferenceModel, default_tile, predict_plane  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 
@@ -89,20 +96,31 @@ def naive_forward(model, planes: np.ndarray, device) -> None:
             torch.softmax(net(x), 1).cpu()
 
 
-def monai_forward(model, planes: np.ndarray, device, tile: int, overlap: int, batch: int) -> None:
+def ours_probabilities(infer: InferenceModel, planes: np.ndarray, tile: int, overlap: int) -> None:
+    for p in planes:
+        lo, hi = percentile_range(p)
+        drain(predict_plane(infer, normalize_plane(p, lo, hi), tile=tile, overlap=overlap))
+
+
+def monai_forward(infer: InferenceModel, planes: np.ndarray, tile: int, overlap: int, batch: int) -> None:
+    """MONAI's sliding window with our prepared network, precision, tile, overlap and batch."""
     from monai.inferers import sliding_window_inference
 
-    net = model.to(device).eval()
     with torch.inference_mode():
         for p in planes:
             lo, hi = percentile_range(p)
-            x = torch.from_numpy(normalize_plane(p, lo, hi))[None, None].to(device)
-            out = sliding_window_inference(x, (tile, tile), batch, net, overlap=overlap / tile, mode="gaussian")
-            torch.softmax(out, 1).cpu()
+            x = torch.from_numpy(normalize_plane(p, lo, hi))[None, None].to(infer.device)
+            if infer.device.type == "cpu":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(infer.device.type, dtype=infer.dtype, enabled=infer.dtype is not None):
+                out = sliding_window_inference(x, (tile, tile), batch, infer.net, overlap=overlap / tile,
+                                               mode="gaussian")  # fmt: skip
+            torch.softmax(out.float(), 1).cpu()
 
 
-def peak_memory_child(model_spec: str, size: int) -> dict:
-    """Peak RSS of segmenting a size x size uint16 image, in a fresh process.
+def peak_memory_child(model_spec: str, size: int, method: str, tile: int, overlap: int, batch: int) -> dict:
+    """Peak RSS of `method` (``ours``: segment end to end; ``probabilities``; ``monai``) on a size x size
+    uint16 image, in a fresh process.
 
     `ru_maxrss` is not used: Linux carries it across exec, so a child would report this (large)
     benchmark process's peak. The child resets its own high-water mark (VmHWM, via clear_refs)
@@ -111,22 +129,31 @@ def peak_memory_child(model_spec: str, size: int) -> dict:
     path = Path(tempfile.mkdtemp()) / "canvas.npy"
     np.save(path, real_canvas((size, size), seed=7))  # real nuclei, so the watershed has real work
     code = f"""
-import json, time, numpy as np, torch
+import json, sys, time, numpy as np, torch
+sys.path.insert(0, {str(ROOT / "benchmarks")!r})
 torch.set_num_threads({torch.get_num_threads()})
 from napari_unet.api import load_model, segment
+from napari_unet.core.predict import InferenceModel
+from segment_speed import monai_forward, ours_probabilities
 def status(key):
     for line in open('/proc/self/status'):
         if line.startswith(key):
             return int(line.split()[1])
 m = load_model({model_spec!r})
 img = np.load({str(path)!r})
-segment(img[:256, :256], m, device='cpu', diameter=24.0)  # warm-up: libraries loaded
+infer = InferenceModel.prepare(m, torch.device('cpu'))
+run = {{
+    "ours": lambda im: int(segment(im, m, device='cpu', diameter=24.0, tile={tile}, overlap={overlap}).max()),
+    "probabilities": lambda im: ours_probabilities(infer, im[None], {tile}, {overlap}),
+    "monai": lambda im: monai_forward(infer, im[None], {tile}, {overlap}, {batch}),
+}}[{method!r}]
+run(img[:256, :256])  # warm-up: libraries loaded
 open('/proc/self/clear_refs', 'w').write('5')  # reset VmHWM to the current RSS
 before = status('VmRSS:')
 t = time.perf_counter()
-lab = segment(img, m, device='cpu', diameter=24.0)
+objects = run(img)
 dt = time.perf_counter() - t
-print(json.dumps({{"objects": int(lab.max()), "peak_kb": status('VmHWM:'), "before_kb": before, "seconds": dt, "input_mb": img.nbytes / 2**20}}))
+print(json.dumps({{"objects": objects, "peak_kb": status('VmHWM:'), "before_kb": before, "seconds": dt, "input_mb": img.nbytes / 2**20}}))
 """
     try:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
@@ -141,21 +168,25 @@ def main() -> None:
     p.add_argument("--model", default="bundled")
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--tile", type=int, default=256, help="tile for MONAI (ours adapts up to 512)")
+    p.add_argument("--tile", type=int, default=None, help="tile for ours and MONAI (default: ours, 512 px)")
     p.add_argument("--overlap", type=int, default=32)
-    p.add_argument("--batch", type=int, default=4, help="MONAI sw_batch_size")
-    p.add_argument("--memory-size", type=int, default=8192)
+    p.add_argument("--memory-size", type=int, default=4096)
     args = p.parse_args()
     dev = select_device(args.device)
     model = load_model(args.model)
+    infer = InferenceModel.prepare(model, dev)
+    tile = args.tile or default_tile(model)
+    batch = max(1, round(4 * 256 * 256 / tile**2))  # what predict_window picks for this tile
     gflop_per_mpx = flops_per_pixel(model) * 1e6 / 1e9
     fp32 = matmul_rate(torch.float32, device=dev.type)
     bf16 = matmul_rate(torch.bfloat16, device=dev.type)
+    roof, prec = (bf16, "bf16") if infer.dtype == torch.bfloat16 else (fp32, "fp32")
     print(
         f"# segment speed: {platform.processor() or platform.machine()}, {describe(dev)}, {time.strftime('%Y-%m-%d')}"
     )
     print(
-        f"network: {model.config}, {gflop_per_mpx:.1f} GFLOP/Mpx; matmul fp32 {fp32:.0f} GFLOP/s, bf16 {bf16:.0f} GFLOP/s\n"
+        f"network: {model.config}, {gflop_per_mpx:.1f} GFLOP/Mpx; matmul fp32 {fp32:.0f} GFLOP/s, bf16 {bf16:.0f} GFLOP/s; "
+        f"tile {tile}, overlap {args.overlap}, batch {batch}, {prec} for ours and MONAI\n"
     )
     cases = {
         "2048x2048": real_canvas((2048, 2048))[None],
@@ -165,28 +196,34 @@ def main() -> None:
     for name, planes in cases.items():
         mpx = planes.size / 1e6
         image = planes[0] if planes.shape[0] == 1 else planes
-
-        t_ours = timed(partial(segment, image, model, device=dev, diameter=24.0, overlap=args.overlap), args.repeats)
+        t_ours = timed(partial(segment, image, model, device=dev, diameter=24.0, tile=args.tile, overlap=args.overlap),
+                       args.repeats)  # fmt: skip
+        t_prob = timed(partial(ours_probabilities, infer, planes, tile, args.overlap), args.repeats)
         t_naive = timed(partial(naive_forward, model, planes, dev), args.repeats)
-        t_monai = timed(partial(monai_forward, model, planes, dev, args.tile, args.overlap, args.batch), args.repeats)
-        rows.append((name, mpx, t_ours, t_naive, t_monai))
+        t_monai = timed(partial(monai_forward, infer, planes, tile, args.overlap, batch), args.repeats)
+        rows.append((name, mpx, t_ours, t_prob, t_naive, t_monai))
     print(
-        "| input | Mpx | ours end-to-end s | Mpx/s | GFLOP/s (share of fp32 matmul) | naive full-frame fp32 forward s | MONAI sliding window s | ours vs naive | ours vs MONAI |"
+        f"| input | Mpx | ours end to end s | Mpx/s | GFLOP/s (share of {prec} matmul) | ours, probabilities only s | "
+        f"naive full-frame fp32 forward s | MONAI, same network/precision/tile s | ours end to end vs naive | "
+        f"ours probabilities vs MONAI |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, mpx, t_o, t_n, t_m in rows:
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, mpx, t_o, t_p, t_n, t_m in rows:
         gfs = gflop_per_mpx * mpx / t_o
         print(
-            f"| {name} | {mpx:.1f} | {t_o:.2f} | {mpx / t_o:.2f} | {gfs:.0f} ({gfs / fp32:.0%}) | {t_n:.2f} | {t_m:.2f} | {t_n / t_o:.2f}x | {t_m / t_o:.2f}x |"
+            f"| {name} | {mpx:.1f} | {t_o:.2f} | {mpx / t_o:.2f} | {gfs:.0f} ({gfs / roof:.0%}) | {t_p:.2f} | {t_n:.2f} | "
+            f"{t_m:.2f} | {t_n / t_o:.2f}x | {t_m / t_p:.2f}x |"
         )
     if args.memory_size:
-        mem = peak_memory_child(args.model, args.memory_size)
-        beyond = (mem["peak_kb"] - mem["before_kb"]) / 1024
-        print(
-            f"\npeak RSS segmenting {args.memory_size}x{args.memory_size} (uint16 input {mem['input_mb']:.0f} MB): "
-            f"{beyond:.0f} MB beyond the process with its input loaded; {mem['seconds']:.1f} s "
-            f"({args.memory_size**2 / 1e6 / mem['seconds']:.2f} Mpx/s), {mem['objects']} objects"
-        )
+        n = args.memory_size
+        print(f"\n| {n}x{n} uint16 | seconds | peak RSS beyond the input (MB) |")
+        print("|---|---:|---:|")
+        for method, label in [("ours", "ours, end to end"), ("probabilities", "ours, probabilities only"),
+                              ("monai", "MONAI, same network/precision/tile")]:  # fmt: skip
+            mem = peak_memory_child(args.model, n, method, tile, args.overlap, batch)
+            beyond = (mem["peak_kb"] - mem["before_kb"]) / 1024
+            extra = f" ({mem['objects']} objects)" if mem["objects"] else ""
+            print(f"| {label}{extra} | {mem['seconds']:.1f} | {beyond:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

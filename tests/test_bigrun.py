@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +123,44 @@ def test_two_local_workers_give_the_same_labels_and_doubt(net, image, tmp_path):
     np.testing.assert_array_equal(_zarr_labels(res.path), here.labels)
     np.testing.assert_array_equal(zarr.open_array(str(res.path / res.doubt / "0"), mode="r")[:], here.doubt)
     assert len(res.plane_scores) == len(np.unique(here.labels)) - 1
+
+
+class _KillsItsWorker(np.ndarray):
+    """An image whose rows below 400 kill the dask worker process that reads them (a worker that dies)."""
+
+    def __getitem__(self, key):
+        rows = key[0] if isinstance(key, tuple) else key
+        if isinstance(rows, slice) and (rows.stop or 0) > 400:
+            try:
+                from distributed import get_worker
+
+                get_worker()
+            except ValueError:  # not on a worker: the client reads it as any array
+                pass
+            else:
+                os._exit(1)
+        return np.asarray(self)[key]
+
+
+def test_a_worker_that_dies_stops_in_one_line_and_the_run_resumes(net, image, tmp_path):
+    pytest.importorskip("distributed")
+    import dask
+
+    from napari_unet.core.errors import RunStopped
+
+    out = tmp_path / "c.zarr"
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        with pytest.raises(RunStopped, match="dask workers died.* on block 3 .*run the same command to resume") as err:
+            drain(api.segment_iter(image.view(_KillsItsWorker), net, diameter=20, block=256, output=out,
+                                   cluster="local:1"))  # fmt: skip
+    assert "\n" not in str(err.value) and not out.exists()  # one line; no output that looks finished
+    events = []
+    res = drain(api.segment_iter(image, net, diameter=20, block=256, output=out, cluster="local:1"), events.append)
+    resumed = [e.message for e in events if isinstance(e, Notice) and "resuming" in e.message]
+    assert resumed and not resumed[0].startswith(f"resuming '{out}': 0 of")
+    np.testing.assert_array_equal(
+        _zarr_labels(res.path), drain(api.segment_iter(image, net, diameter=20, block=256)).labels
+    )
 
 
 def test_the_doubt_map_is_an_ome_zarr_image_beside_the_labels(net, image, tmp_path, monkeypatch):

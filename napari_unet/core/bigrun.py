@@ -350,6 +350,8 @@ def segment_to_zarr_iter(
             _write_ngff(part, out_axes, spatial, pixel_size, levels, DOUBT_PATH, z_step=z_step)
         shutil.rmtree(part / WORK)
         _replace(part, out, overwrite)
+    except RunStopped:  # already one line (an OSError too)
+        raise
     except OSError as exc:  # a full disk, a storage error: the finished blocks stay, the run resumes
         raise RunStopped(
             f"{exc.strerror or exc} while writing '{part}'; the finished blocks are kept: "
@@ -493,6 +495,7 @@ def _run_here(planes, indices, plan, todo, infer, params, prov, doubt, part, n_d
 def _run_on_cluster(client, planes, plan, todo, model, device, precision, tta, params, part, mid, n_done, n_all):
     """Run the blocks as dask tasks; the network and the planes go to every worker once."""
     import pickle
+    from concurrent.futures import CancelledError
 
     from distributed import KilledWorker, as_completed
 
@@ -517,9 +520,10 @@ def _run_on_cluster(client, planes, plan, todo, model, device, precision, tta, p
             p, i = futures[fut]
             try:
                 o = fut.result()
-            except KilledWorker:
+            except (KilledWorker, CancelledError) as exc:  # a worker died; the cluster dropped the task
+                what = "died" if isinstance(exc, KilledWorker) else "died or the cluster cancelled the task"
                 raise RunStopped(
-                    f"dask workers died on block {i} of plane {p or 0} (out of memory?); the finished blocks are "
+                    f"dask workers {what} on block {i} of plane {p or 0} (out of memory?); the finished blocks are "
                     f"kept in '{part}': run the same command to resume, with a smaller --block or more memory"
                 ) from None
             _save_summary(_summary_path(part, p, i), o)
