@@ -230,7 +230,7 @@ def _segment_big(
     if s_out is not None:
         plane_shape = () if "anisotropy" in result.extra else tuple(img.data.shape[: len(result.axes) - 2])
         write_scores(s_out, result.plane_scores, plane_shape=plane_shape, overwrite=args.overwrite)
-    where = f", {result.blocks} blocks" + (
+    where = f", {result.blocks} block{'s' if result.blocks != 1 else ''}" + (
         f" ({result.resumed_blocks} from the unfinished run)" if result.resumed_blocks else ""
     )
     print(
