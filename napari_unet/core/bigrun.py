@@ -30,7 +30,15 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write, unfinished_dir
-from .blockwise import DEFAULT_BLOCK, BlockOutput, plan_blocks, segment_block_iter, stitch_blocks
+from .blockwise import (
+    DEFAULT_BLOCK,
+    BlockOutput,
+    BlockPlan,
+    TileReuse,
+    plan_blocks,
+    segment_block_iter,
+    stitch_blocks,
+)
 from .errors import InputError, RunStopped
 from .jobs import Notice, drain, relay
 from .scores import doubt_map
@@ -482,9 +490,12 @@ def _run_here(planes, indices, plan, todo, infer, params, prov, doubt, part, n_d
     """Run the blocks in this process, recording each when its arrays and summary are written."""
     from .segment import block_progress
 
+    reuse = {}  # 2D: the tiles neighbouring blocks of a plane share (`blockwise.TileReuse`)
     for p, i in todo:
         k, said = indices.index(p), f"block {n_done + 1}/{n_all}"
-        gen = block_iter(planes, p, plan, i, infer, params)
+        if isinstance(plan, BlockPlan) and len(plan) > 1 and p not in reuse:
+            reuse = {p: TileReuse(plan, infer, scale=params["scale"], tile=params["tile"], overlap=params["overlap"])}
+        gen = block_iter(planes, p, plan, i, infer, {**params, "reuse": reuse[p]} if p in reuse else params)
         o = yield from relay(
             gen, lambda dt, k=k, i=i, said=said: block_progress(k, len(indices), i, len(plan), *dt, said)
         )

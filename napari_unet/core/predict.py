@@ -17,7 +17,7 @@ import torch
 
 from .device import autocast_dtype, keep_freed_memory
 from .model import UNet, fuse_batchnorm
-from .tiling import TileGrid, input_span, linear_taps, resample_window, stitch
+from .tiling import TileGrid, input_span, linear_taps, resample_window, stitch, window_keys
 
 
 @dataclass
@@ -129,31 +129,8 @@ def network_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
     return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
 
 
-def predict_window(
-    infer: InferenceModel,
-    read,
-    shape: tuple[int, int],
-    window: tuple[int, int, int, int],
-    *,
-    scale: float = 1.0,
-    tile: int | None = None,
-    overlap: int = 32,
-    batch_size: int | None = None,
-) -> Generator[tuple[int, int], None, np.ndarray]:
-    """Class probabilities of the `window` (y0, y1, x0, x1) of a plane of `shape`, reading only what it needs.
-
-    The tiles are those of the whole plane, blended in the same order, and the rescaling is done per
-    window with the whole plane's geometry, so a window gets the same probabilities as the same pixels
-    of the whole plane: the result does not depend on how a big plane is cut into blocks.
-
-    Args:
-        read: ``read(rows, cols)`` -> normalised float32 pixels of the plane, for two slices.
-        shape: (H, W) of the whole plane.
-        scale, tile, overlap, batch_size: As `predict_plane`.
-
-    Returns:
-        uint8 probabilities (3, y1 - y0, x1 - x0), 255 = 1.0.
-    """
+def _window_plan(infer: InferenceModel, shape, window, scale, tile, overlap, batch_size):
+    """The whole plane's tile grid at the network's scale, the network pixels `window` needs, and the batch."""
     net = infer.net
     H, W = shape
     y0, y1, x0, x1 = window
@@ -172,6 +149,48 @@ def predict_window(
         net_window = (int(ty[0].min()), int(ty[1].max()) + 1, int(tx[0].min()), int(tx[1].max()) + 1)
     else:
         net_window = window
+    return grid, net_window, batch_size, resized
+
+
+def window_tiles(
+    infer: InferenceModel, shape, window, *, scale: float = 1.0, tile: int | None = None, overlap: int = 32
+) -> set[tuple[int, int]]:
+    """The tiles (output origins in the network's grid) that `predict_window` predicts for `window`."""
+    grid, net_window, _, _ = _window_plan(infer, shape, window, scale, tile, overlap, 1)
+    return set(window_keys(grid, net_window))
+
+
+def predict_window(
+    infer: InferenceModel,
+    read,
+    shape: tuple[int, int],
+    window: tuple[int, int, int, int],
+    *,
+    scale: float = 1.0,
+    tile: int | None = None,
+    overlap: int = 32,
+    batch_size: int | None = None,
+    cache: dict | None = None,
+) -> Generator[tuple[int, int], None, np.ndarray]:
+    """Class probabilities of the `window` (y0, y1, x0, x1) of a plane of `shape`, reading only what it needs.
+
+    The tiles are those of the whole plane, blended in the same order, and the rescaling is done per
+    window with the whole plane's geometry, so a window gets the same probabilities as the same pixels
+    of the whole plane: the result does not depend on how a big plane is cut into blocks.
+
+    Args:
+        read: ``read(rows, cols)`` -> normalised float32 pixels of the plane, for two slices.
+        shape: (H, W) of the whole plane.
+        scale, tile, overlap, batch_size: As `predict_plane`.
+        cache: Tile outputs shared by the windows of one plane (`tiling.stitch`); the caller drops
+            what no later window needs (`window_tiles`).
+
+    Returns:
+        uint8 probabilities (3, y1 - y0, x1 - x0), 255 = 1.0.
+    """
+    H, W = shape
+    grid, net_window, batch_size, resized = _window_plan(infer, shape, window, scale, tile, overlap, batch_size)
+    h, w = grid.shape
     a, b, c, d = input_span(grid, net_window)
     if resized:
         work = resample_window(read, (H, W), (h, w), (a, b, c, d), antialias=scale < 1)
@@ -184,8 +203,9 @@ def predict_window(
         probs[:, r0 - ny0 : r1 - ny0] = np.clip(block * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
     yield from stitch(
-        grid, work[None], infer, sink, channels=3, batch_size=batch_size, window=net_window, origin=(a, c)
-    )
+        grid, work[None], infer, sink, channels=3, batch_size=batch_size, window=net_window, origin=(a, c),
+        cache=cache,
+    )  # fmt: skip
     del work
     if resized:
 

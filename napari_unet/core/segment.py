@@ -16,7 +16,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 from skimage.transform import resize
 
-from .blockwise import DEFAULT_BLOCK, plan_blocks, segment_block_iter, stitch_blocks
+from .blockwise import DEFAULT_BLOCK, TileReuse, plan_blocks, segment_block_iter, stitch_blocks
 from .device import describe, select_device
 from .errors import InputError
 from .instances import labels_from_probabilities, link_planes, median_diameter, min_object_size
@@ -221,11 +221,13 @@ def segment_iter(
             raise InputError("measures are computed on planes of one block only; pass a larger block")
         lab = labels[idx] if labels is not None else np.zeros(planes.plane_shape, np.int32)
         outputs, n_blocks = {}, len(plan)
+        reuse = TileReuse(plan, infer, scale=scale, tile=tile, overlap=overlap) if n_blocks > 1 else None
         for b in range(n_blocks):
             gen = segment_block_iter(
                 planes, idx, plan, b, infer, scale=scale, min_size=min_object_size(used_diameter),
                 mask_threshold=info.mask_threshold, tile=tile, overlap=overlap, batch_size=batch_size,
                 probabilities=probs_out is not None or doubt_out is not None or measures, merge_cuts=merge_cuts,
+                reuse=reuse,
             )  # fmt: skip
             out = yield from relay(gen, lambda dt, k=k, b=b, n=n_blocks: block_progress(k, n_planes, b, n, *dt))
             y0, y1, x0, x1 = plan.block(b).core

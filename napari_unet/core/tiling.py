@@ -123,6 +123,7 @@ def stitch(
     *,
     window: tuple[int, int, int, int] | None = None,
     origin: tuple[int, int] = (0, 0),
+    cache: dict | None = None,
 ) -> Generator[tuple[int, int], None, None]:
     """Predict the tiles of `grid` and blend the outputs, streaming finished rows to `sink`.
 
@@ -144,6 +145,9 @@ def stitch(
         batch_size: Tiles per call of `predict`.
         window: (y0, y1, x0, x1) of the plane to produce; None for the whole plane.
         origin: Plane coordinates of `image`'s first pixel.
+        cache: Tile outputs by their output origin (y, x), shared by the windows of one plane: a tile
+            found there is not predicted again, and every predicted tile is put there; the caller drops
+            what no later window needs.
 
     Yields:
         (tiles done, tiles in total) after each batch.
@@ -156,8 +160,7 @@ def stitch(
         raise ValueError(f"grid shape {grid.shape} != image shape {image.shape[-2:]}")
     oh, ow = grid.tile_out
     win = blend_window(grid.tile_out, grid.overlap)
-    ys = [y for y in grid.ys if y < wy1 and y + oh > wy0]
-    xs = [x for x in grid.xs if x < wx1 and x + ow > wx0]
+    ys, xs = _window_axes(grid, (wy0, wy1, wx0, wx1))
     total, done = len(ys) * len(xs), 0
     width = wx1 - wx0
     # Band buffer covering plane rows [lo, lo + cap); rows above `lo` are already finished.
@@ -169,12 +172,19 @@ def stitch(
         positions = [(y, x) for x in xs]
         for b in range(0, len(positions), batch_size):
             chunk = positions[b : b + batch_size]
-            batch = np.stack([grid.input_tile(image, yy, xx, origin) for yy, xx in chunk]).astype(
-                np.float32, copy=False
-            )
-            out = np.asarray(predict(batch), dtype=np.float32)
-            if out.shape != (len(chunk), channels, oh, ow):
-                raise ValueError(f"predictor returned {out.shape}, expected {(len(chunk), channels, oh, ow)}")
+            todo = chunk if cache is None else [pos for pos in chunk if pos not in cache]
+            found = {}
+            if todo:
+                batch = np.stack([grid.input_tile(image, yy, xx, origin) for yy, xx in todo]).astype(
+                    np.float32, copy=False
+                )
+                new = np.asarray(predict(batch), dtype=np.float32)
+                if new.shape != (len(todo), channels, oh, ow):
+                    raise ValueError(f"predictor returned {new.shape}, expected {(len(todo), channels, oh, ow)}")
+                found = dict(zip(todo, new))
+                if cache is not None:
+                    cache.update(found)
+            out = [found[pos] if pos in found else cache[pos] for pos in chunk]
             for (yy, xx), o in zip(chunk, out):
                 # Clip the output tile to the window, then place it in the band buffer.
                 ty0, tx0 = max(0, wy0 - yy), max(0, wx0 - xx)
@@ -200,12 +210,22 @@ def stitch(
             lo = done_to
 
 
+def _window_axes(grid: TileGrid, window: tuple[int, int, int, int]) -> tuple[list[int], list[int]]:
+    """The output rows and columns where the tiles that reach into `window` start."""
+    (oh, ow), (wy0, wy1, wx0, wx1) = grid.tile_out, window
+    return [y for y in grid.ys if y < wy1 and y + oh > wy0], [x for x in grid.xs if x < wx1 and x + ow > wx0]
+
+
+def window_keys(grid: TileGrid, window: tuple[int, int, int, int]) -> list[tuple[int, int]]:
+    """The output origins (y, x) of the tiles that reach into `window`, in the order `stitch` predicts them."""
+    ys, xs = _window_axes(grid, window)
+    return [(y, x) for y in ys for x in xs]
+
+
 def input_span(grid: TileGrid, window: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
     """(y0, y1, x0, x1) of the plane pixels that the tiles reaching into `window` read (mirroring included)."""
-    (H, W), (oh, ow), (h, w), (sy, sx) = grid.shape, grid.tile_out, grid.tile_in, grid.context
-    wy0, wy1, wx0, wx1 = window
-    ys = [y for y in grid.ys if y < wy1 and y + oh > wy0]
-    xs = [x for x in grid.xs if x < wx1 and x + ow > wx0]
+    (H, W), (h, w), (sy, sx) = grid.shape, grid.tile_in, grid.context
+    ys, xs = _window_axes(grid, window)
     ry = reflect_indices(ys[0] - sy, ys[-1] - sy + h, H)
     rx = reflect_indices(xs[0] - sx, xs[-1] - sx + w, W)
     return int(ry.min()), int(ry.max()) + 1, int(rx.min()), int(rx.max()) + 1

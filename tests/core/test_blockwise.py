@@ -86,6 +86,27 @@ def test_blocks_agree_with_the_whole_plane_tiny_model(tiny_model):
     assert float(np.squeeze(average_precision(whole.labels, blocks.labels))) >= 0.995
 
 
+def test_blocks_predict_each_tile_of_the_plane_once_with_the_same_result(tiny_model, monkeypatch):
+    from napari_unet.core import segment
+    from napari_unet.core.predict import InferenceModel
+
+    calls = []
+    real = InferenceModel.__call__
+    monkeypatch.setattr(InferenceModel, "__call__", lambda self, batch: calls.append(len(batch)) or real(self, batch))
+    image = np.random.default_rng(1).random((700, 900)).astype(np.float32)
+    whole = drain(segment_iter(image, tiny_model, diameter=20, block=None, tile=128))
+    n_whole = sum(calls)
+    calls.clear()
+    blocks = drain(segment_iter(image, tiny_model, diameter=20, block=256, tile=128))
+    n_shared = sum(calls)
+    calls.clear()
+    monkeypatch.setattr(segment, "TileReuse", lambda *a, **k: None)  # every block predicts its own tiles
+    alone = drain(segment_iter(image, tiny_model, diameter=20, block=256, tile=128))
+    assert n_shared == n_whole < sum(calls)  # each tile once, as for the whole plane
+    np.testing.assert_array_equal(blocks.labels, alone.labels)
+    np.testing.assert_array_equal(whole.labels > 0, blocks.labels > 0)
+
+
 def test_a_4096_mosaic_of_real_nuclei_in_blocks_agrees_with_the_whole_plane():
     from napari_unet import api
 
