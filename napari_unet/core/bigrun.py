@@ -490,12 +490,13 @@ def _run_here(planes, indices, plan, todo, infer, params, prov, doubt, part, n_d
     """Run the blocks in this process, recording each when its arrays and summary are written."""
     from .segment import block_progress
 
-    reuse = {}  # 2D: the tiles neighbouring blocks of a plane share (`blockwise.TileReuse`)
+    reuse, reuse_plane = None, None  # 2D: the tiles neighbouring blocks of a plane share
     for p, i in todo:
         k, said = indices.index(p), f"block {n_done + 1}/{n_all}"
-        if isinstance(plan, BlockPlan) and len(plan) > 1 and p not in reuse:
-            reuse = {p: TileReuse(plan, infer, scale=params["scale"], tile=params["tile"], overlap=params["overlap"])}
-        gen = block_iter(planes, p, plan, i, infer, {**params, "reuse": reuse[p]} if p in reuse else params)
+        if isinstance(plan, BlockPlan) and p != reuse_plane:
+            reuse, reuse_plane = TileReuse(plan, infer, scale=params["scale"], tile=params["tile"],
+                                           overlap=params["overlap"]), p  # fmt: skip
+        gen = block_iter(planes, p, plan, i, infer, params if reuse is None else {**params, "reuse": reuse})
         o = yield from relay(
             gen, lambda dt, k=k, i=i, said=said: block_progress(k, len(indices), i, len(plan), *dt, said)
         )

@@ -143,25 +143,39 @@ class TileReuse:
 
     A block predicts the tiles of the whole plane's grid that reach into it (halo included), so the tiles
     along a seam belong to two or four blocks: with 2048 px blocks of a 4096^2 plane, 100 tile predictions
-    instead of the plane's 81. Run the blocks in index order with one `TileReuse`: every tile is kept
-    until the last block that reads it is done, so at most about two rows of tiles across the plane are
-    held (float32, 3 x 480^2 each at the default tile).
+    instead of the plane's 81. Run the blocks in index order with one `TileReuse` as `tiling.stitch`'s
+    cache: it keeps only the tiles that another block reads, each until the last block that reads it is
+    done, so at most about two rows of tiles across the plane are held (float32, 3 x 480^2 each at the
+    default tile). A plan of one block keeps nothing.
     """
 
     def __init__(self, plan: BlockPlan, infer, *, scale: float, tile: int | None = None, overlap: int = 32):
         from .predict import window_tiles
 
-        self.cache: dict[tuple[int, int], np.ndarray] = {}
-        self.last: dict[tuple[int, int], int] = {}
+        self.tiles: dict[tuple[int, int], np.ndarray] = {}
+        self.last: dict[tuple[int, int], int] = {}  # the last block that reads each tile
+        self.shared: set[tuple[int, int]] = set()  # the tiles more than one block reads
         for i in range(len(plan)):
             for key in window_tiles(infer, plan.shape, plan.block(i).region, scale=scale, tile=tile,
                                     overlap=overlap):  # fmt: skip
+                if key in self.last:
+                    self.shared.add(key)
                 self.last[key] = i
+
+    def __contains__(self, key) -> bool:
+        return key in self.tiles
+
+    def __getitem__(self, key) -> np.ndarray:
+        return self.tiles[key]
+
+    def update(self, predicted: dict) -> None:
+        """Keep the predicted tiles that a later block reads."""
+        self.tiles.update((k, v) for k, v in predicted.items() if k in self.shared)
 
     def done(self, index: int) -> None:
         """Drop the tiles that no block after `index` reads."""
-        for key in [k for k in self.cache if self.last.get(k, -1) <= index]:
-            del self.cache[key]
+        for key in [k for k in self.tiles if self.last[k] <= index]:
+            del self.tiles[key]
 
 
 def segment_block_iter(
@@ -191,7 +205,7 @@ def segment_block_iter(
     probs = yield from predict_window(
         infer, lambda ys, xs: planes.load(plane, (ys, xs)), plan.shape, b.region,
         scale=scale, tile=tile, overlap=overlap, batch_size=batch_size,
-        cache=None if reuse is None else reuse.cache,
+        cache=reuse,
     )  # fmt: skip
     if reuse is not None:
         reuse.done(index)

@@ -170,7 +170,7 @@ def predict_window(
     tile: int | None = None,
     overlap: int = 32,
     batch_size: int | None = None,
-    cache: dict | None = None,
+    cache=None,
 ) -> Generator[tuple[int, int], None, np.ndarray]:
     """Class probabilities of the `window` (y0, y1, x0, x1) of a plane of `shape`, reading only what it needs.
 
@@ -182,8 +182,7 @@ def predict_window(
         read: ``read(rows, cols)`` -> normalised float32 pixels of the plane, for two slices.
         shape: (H, W) of the whole plane.
         scale, tile, overlap, batch_size: As `predict_plane`.
-        cache: Tile outputs shared by the windows of one plane (`tiling.stitch`); the caller drops
-            what no later window needs (`window_tiles`).
+        cache: Tile outputs shared by the windows of one plane (`tiling.stitch`, `blockwise.TileReuse`).
 
     Returns:
         uint8 probabilities (3, y1 - y0, x1 - x0), 255 = 1.0.

@@ -221,7 +221,7 @@ def segment_iter(
             raise InputError("measures are computed on planes of one block only; pass a larger block")
         lab = labels[idx] if labels is not None else np.zeros(planes.plane_shape, np.int32)
         outputs, n_blocks = {}, len(plan)
-        reuse = TileReuse(plan, infer, scale=scale, tile=tile, overlap=overlap) if n_blocks > 1 else None
+        reuse = TileReuse(plan, infer, scale=scale, tile=tile, overlap=overlap)
         for b in range(n_blocks):
             gen = segment_block_iter(
                 planes, idx, plan, b, infer, scale=scale, min_size=min_object_size(used_diameter),

@@ -123,7 +123,7 @@ def stitch(
     *,
     window: tuple[int, int, int, int] | None = None,
     origin: tuple[int, int] = (0, 0),
-    cache: dict | None = None,
+    cache=None,
 ) -> Generator[tuple[int, int], None, None]:
     """Predict the tiles of `grid` and blend the outputs, streaming finished rows to `sink`.
 
@@ -145,9 +145,9 @@ def stitch(
         batch_size: Tiles per call of `predict`.
         window: (y0, y1, x0, x1) of the plane to produce; None for the whole plane.
         origin: Plane coordinates of `image`'s first pixel.
-        cache: Tile outputs by their output origin (y, x), shared by the windows of one plane: a tile
-            found there is not predicted again, and every predicted tile is put there; the caller drops
-            what no later window needs.
+        cache: Tile outputs by their output origin (y, x), shared by the windows of one plane
+            (`in`, `[]` and `update(dict)`, e.g. `blockwise.TileReuse`): a tile found there is not
+            predicted again, and the predicted ones are offered to its `update`.
 
     Yields:
         (tiles done, tiles in total) after each batch.
