@@ -16,6 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
@@ -52,13 +54,18 @@ def make_input(path: Path, size: int) -> None:
     del np
 
 
+def zarr_level0(out: Path):
+    import zarr
+
+    return zarr.open_array(str(out / "labels" / "nuclei" / "0"), mode="r")[...]
+
+
 def run(src: Path, out: Path, cluster: str | None, block: int) -> dict:
     code = CHILD.format(tests=str(ROOT / "tests" / "core"))
     res = subprocess.run(
         [sys.executable, "-c", code, str(src), str(out), cluster or "", str(block)],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
-    shutil.rmtree(out, ignore_errors=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
@@ -90,14 +97,25 @@ def main() -> None:
                     ("LocalCluster, 1 worker x 1 thread", "local:1", b),
                     ("LocalCluster, 2 workers x 1 thread", "local:2", b),
                 ]
+            outs = {}
             for name, cluster, block in runs:
-                r = run(src, tmp / "out.zarr", cluster, block)
+                out = tmp / f"out-{(cluster or 'here').replace(':', '')}-{block}.zarr"
+                r = run(src, out, cluster, block)
+                outs[name, block] = out
                 mpx = size * size / 1e6
                 print(
                     f"| {name} | {size}^2 | {block} | {r['seconds']:.1f} | {r['run_seconds']:.1f} | "
                     f"{mpx / r['run_seconds']:.2f} | {r['objects']} | {r['peak_mb']:.0f} | {r['workers_peak_mb']:.0f} |",
                     flush=True,
                 )
+            if size == args.workers_size:  # the same blocks on 1 and 2 workers: the same labels?
+                a, b = (
+                    zarr_level0(outs[f"LocalCluster, {k}", args.workers_block])
+                    for k in ("1 worker x 1 thread", "2 workers x 1 thread")
+                )
+                print(f"\n{size}^2: labels of 1 and 2 workers identical: {'yes' if np.array_equal(a, b) else 'NO'}\n")
+            for out in outs.values():
+                shutil.rmtree(out)
             shutil.rmtree(src)
 
 

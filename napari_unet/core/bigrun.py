@@ -18,10 +18,12 @@ labels itself (the output must be on storage the workers share, as on any cluste
 from __future__ import annotations
 
 import functools
+import importlib
 import itertools
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -200,6 +202,14 @@ def _worker_block(planes, plane, plan, index, model, device, precision, tta, par
         cache.clear()
         cache[key] = InferenceModel.prepare(model, dev, precision, tta=tta)
     return run_block(planes, plane, plan, index, cache[key], part, params)
+
+
+def _import_block_modules() -> None:
+    """What a worker imports before its first block (torch above all: 1.5 s); `client.run` does it on every
+    worker at once, where a broadcast scatter of the model would make each worker import it in turn."""
+    import torch  # noqa: F401
+
+    from . import predict  # noqa: F401
 
 
 def connect(cluster):
@@ -384,7 +394,11 @@ def _open_levels(group_path: Path, level0) -> list:
     levels, shape = [], tuple(level0.shape)
     while max(shape[-2:]) > LEVEL_SIDE:
         shape = (*shape[:-2], *(-(-n // 2) for n in shape[-2:]))
-        chunks = tuple(min(c, n) for c, n in zip(level0.chunks, shape))
+        # Level k's chunks are level 0's shrunk 2^k times, so a block's part is whole chunks: with level 0's
+        # chunk size, each coarse chunk was read, merged and recompressed once per block (4^k times).
+        f = 2 ** (len(levels) + 1)
+        yx = tuple(-(-c // f) for c in level0.chunks[-2:])
+        chunks = tuple(min(c, n) for c, n in zip((*level0.chunks[:-2], *yx), shape))
         # overwrite: a level left by a stopped stitch is written again
         levels.append(group.create_array(str(len(levels) + 1), shape=shape, chunks=chunks, dtype=level0.dtype,
                                          fill_value=0, overwrite=True))  # fmt: skip
@@ -520,6 +534,7 @@ def _run_on_cluster(client, planes, plan, todo, model, device, precision, tta, p
             f"the image ({type(planes.image).__name__}) cannot be sent to dask workers ({exc}); "
             "pass a numpy, zarr or dask array, or napari_unet.core.io.FileArray(path)"
         ) from None
+    client.run(_import_block_modules)
     net = client.scatter(model, broadcast=True)
     planes_f = client.scatter(planes, broadcast=True)
     futures = {
@@ -527,6 +542,8 @@ def _run_on_cluster(client, planes, plan, todo, model, device, precision, tta, p
                       key=f"napari-unet-block-{'_'.join(map(str, (*p, i)))}-{mid}", pure=False): (p, i)
         for p, i in todo
     }  # fmt: skip
+    # The client is idle while the workers run: import what the stitch needs now (1 s, dask.array among it).
+    threading.Thread(target=importlib.import_module, args=("ome_zarr.writer",), daemon=True).start()
     try:
         for fut in as_completed(futures):
             p, i = futures[fut]
