@@ -125,6 +125,20 @@ def test_two_local_workers_give_the_same_labels_and_doubt(net, image, tmp_path):
     assert len(res.plane_scores) == len(np.unique(here.labels)) - 1
 
 
+def test_cluster_tasks_are_runs_of_consecutive_blocks_within_a_block_row():
+    from napari_unet.core.bigrun import task_groups
+    from napari_unet.core.blockwise import BlockPlan
+
+    plan = BlockPlan((4096, 4096), (1024, 1024), halo=64, strip=4)  # 4 x 4 blocks
+    todo = [((), i) for i in range(16) if i != 5]  # block 5 was done before a resume
+    groups = [[i for _, i in g] for g in task_groups(todo, plan, workers=1)]
+    assert groups == [[0, 1, 2, 3], [4], [6, 7], [8, 9, 10, 11], [12, 13, 14, 15]]
+    whole = [((), i) for i in range(16)]
+    assert [len(g) for g in task_groups(whole, plan, workers=2)] == [4, 4, 4, 2, 1, 1]  # rows first, 1s last
+    two_planes = [((t,), i) for t in range(2) for i in range(16)]
+    assert all(len({p for p, _ in g}) == 1 for g in task_groups(two_planes, plan, workers=1))
+
+
 class _KillsItsWorker(np.ndarray):
     """An image whose rows below 400 kill the dask worker process that reads them (a worker that dies)."""
 
@@ -150,7 +164,9 @@ def test_a_worker_that_dies_stops_in_one_line_and_the_run_resumes(net, image, tm
 
     out = tmp_path / "c.zarr"
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
-        with pytest.raises(RunStopped, match="dask workers died.* on block 3 .*run the same command to resume") as err:
+        with pytest.raises(
+            RunStopped, match="dask workers died.* on blocks? [0-9-]+ of plane 0 .*run the same command to resume"
+        ) as err:
             drain(api.segment_iter(image.view(_KillsItsWorker), net, diameter=20, block=256, output=out,
                                    cluster="local:1"))  # fmt: skip
     assert "\n" not in str(err.value) and not out.exists()  # one line; no output that looks finished

@@ -25,6 +25,7 @@ import os
 import shutil
 import threading
 import time
+import uuid
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,8 +184,11 @@ def run_block(planes, plane, plan, index: int, infer, part: str, params: dict) -
     return _write_block(out, plane, plan, prov, doubt)
 
 
-def _worker_block(planes, plane, plan, index, model, device, precision, tta, part, params):
-    """`run_block` on a dask worker: the network is prepared once per worker and kept there."""
+def _worker_blocks(planes, plane, plan, indices, model, device, precision, tta, part, params, stop):
+    """`run_block` for each of `indices` (consecutive blocks of `plane`) on a dask worker, in order, sharing
+    their seam tiles; each block's summary is recorded as it finishes, so a worker that dies loses only the
+    block it was on. Stops between blocks once the dask `Event` `stop` is set. The network is prepared once
+    per worker and kept there. Returns the blocks done."""
     import torch
     from distributed import get_worker
 
@@ -201,7 +205,36 @@ def _worker_block(planes, plane, plan, index, model, device, precision, tta, par
             dev = torch.device("cuda", abs(hash(worker.name)) % torch.cuda.device_count())
         cache.clear()
         cache[key] = InferenceModel.prepare(model, dev, precision, tta=tta)
-    return run_block(planes, plane, plan, index, cache[key], part, params)
+    infer = cache[key]
+    if len(indices) > 1:
+        reuse = TileReuse(plan, infer, scale=params["scale"], tile=params["tile"], overlap=params["overlap"],
+                          blocks=indices)  # fmt: skip
+        params = {**params, "reuse": reuse}
+    done = []
+    for i in indices:
+        if done and stop.is_set():
+            break
+        _save_summary(_summary_path(Path(part), plane, i), run_block(planes, plane, plan, i, infer, part, params))
+        done.append(i)
+    return done
+
+
+def task_groups(todo: list, plan, workers: int) -> list[list]:
+    """The (plane, block) pairs of each dask task: runs of consecutive blocks within one block row of a plane,
+    so that a worker predicts their shared seam tiles once. Guided self-scheduling, for balance: each run
+    is at most the blocks left over the workers, so whole rows come first and single blocks last, and no worker waits
+    long at the end for another's last task. 3D blocks run one a task."""
+    if not isinstance(plan, BlockPlan):
+        return [[t] for t in todo]
+    groups: list[list] = []
+    for k, (p, i) in enumerate(todo):
+        g = groups[-1] if groups else None
+        if g and len(g) < g[0][2] and g[-1][0] == p and g[-1][1] + 1 == i and i % plan.cols:
+            g.append((p, i))
+        else:
+            size = max(1, min(plan.cols, (len(todo) - k) // max(1, workers)))
+            groups.append([(p, i, size)])
+    return [[(p, i) for p, i, *_ in g] for g in groups]
 
 
 def _import_block_modules() -> None:
@@ -523,7 +556,7 @@ def _run_on_cluster(client, planes, plan, todo, model, device, precision, tta, p
     import pickle
     from concurrent.futures import CancelledError
 
-    from distributed import KilledWorker, as_completed
+    from distributed import Event, KilledWorker, as_completed
 
     from .segment import Progress
 
@@ -537,29 +570,32 @@ def _run_on_cluster(client, planes, plan, todo, model, device, precision, tta, p
     client.run(_import_block_modules)
     net = client.scatter(model, broadcast=True)
     planes_f = client.scatter(planes, broadcast=True)
+    stop = Event(f"napari-unet-stop-{mid}-{uuid.uuid4().hex}")
+    workers = sum(client.nthreads().values())  # tasks that run at once
     futures = {
-        client.submit(_worker_block, planes_f, p, plan, i, net, device, precision, tta, str(part), params,
-                      key=f"napari-unet-block-{'_'.join(map(str, (*p, i)))}-{mid}", pure=False): (p, i)
-        for p, i in todo
+        client.submit(_worker_blocks, planes_f, g[0][0], plan, [i for _, i in g], net, device, precision, tta,
+                      str(part), params, stop, pure=False,
+                      key=f"napari-unet-blocks-{'_'.join(map(str, (*g[0][0], g[0][1], g[-1][1])))}-{mid}"): g
+        for g in task_groups(todo, plan, workers)
     }  # fmt: skip
     # The client is idle while the workers run: import what the stitch needs now (1 s, dask.array among it).
     threading.Thread(target=importlib.import_module, args=("ome_zarr.writer",), daemon=True).start()
     try:
         for fut in as_completed(futures):
-            p, i = futures[fut]
+            g = futures[fut]
             try:
-                o = fut.result()
+                n_done += len(fut.result())
             except (KilledWorker, CancelledError) as exc:  # a worker died; the cluster dropped the task
                 what = "died" if isinstance(exc, KilledWorker) else "died or the cluster cancelled the task"
+                blocks = f"block {g[0][1]}" if len(g) == 1 else f"blocks {g[0][1]}-{g[-1][1]}"
                 raise RunStopped(
-                    f"dask workers {what} on block {i} of plane {p or 0} (out of memory?); the finished blocks are "
-                    f"kept in '{part}': run the same command to resume, with a smaller --block or more memory"
+                    f"dask workers {what} on {blocks} of plane {g[0][0] or 0} (out of memory?); the finished blocks "
+                    f"are kept in '{part}': run the same command to resume, with a smaller --block or more memory"
                 ) from None
-            _save_summary(_summary_path(part, p, i), o)
-            n_done += 1
             yield Progress(0, 1, n_done, n_all, f"block {n_done}/{n_all} on the cluster")
-    finally:
-        for fut in futures:  # Cancel / Ctrl-C / an error: nothing keeps running on the cluster
+    finally:  # Cancel / Ctrl-C / an error: nothing keeps running on the cluster
+        stop.set()  # a running task stops after its block
+        for fut in futures:
             fut.cancel()
 
 

@@ -146,16 +146,18 @@ class TileReuse:
     instead of the plane's 81. Run the blocks in index order with one `TileReuse` as `tiling.stitch`'s
     cache: it keeps only the tiles that another block reads, each until the last block that reads it is
     done, so at most about two rows of tiles across the plane are held (float32, 3 x 480^2 each at the
-    default tile). A plan of one block keeps nothing.
+    default tile). A plan of one block keeps nothing. With `blocks`, only those blocks (in that order) run:
+    what a dask task of consecutive blocks shares.
     """
 
-    def __init__(self, plan: BlockPlan, infer, *, scale: float, tile: int | None = None, overlap: int = 32):
+    def __init__(self, plan: BlockPlan, infer, *, scale: float, tile: int | None = None, overlap: int = 32,
+                 blocks: list[int] | None = None):  # fmt: skip
         from .predict import window_tiles
 
         self.tiles: dict[tuple[int, int], np.ndarray] = {}
         self.last: dict[tuple[int, int], int] = {}  # the last block that reads each tile
         self.shared: set[tuple[int, int]] = set()  # the tiles more than one block reads
-        for i in range(len(plan)):
+        for i in range(len(plan)) if blocks is None else blocks:
             for key in window_tiles(infer, plan.shape, plan.block(i).region, scale=scale, tile=tile,
                                     overlap=overlap):  # fmt: skip
                 if key in self.last:
