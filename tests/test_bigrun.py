@@ -139,6 +139,31 @@ def test_cluster_tasks_are_runs_of_consecutive_blocks_within_a_block_row():
     assert all(len({p for p, _ in g}) == 1 for g in task_groups(two_planes, plan, workers=1))
 
 
+def test_a_cluster_task_stops_after_its_block_once_the_run_is_stopped(net, image, tmp_path, monkeypatch):
+    """Cancel sets the run's stop event: a task of several blocks running on a worker finishes the block it is
+    on, records it, and runs no more (here the event is set before it starts: one block)."""
+    import types
+
+    import distributed
+
+    from napari_unet.core import bigrun
+    from napari_unet.core.blockwise import plan_blocks
+    from napari_unet.core.instances import min_object_size
+    from napari_unet.core.normalize import iter_planes
+
+    monkeypatch.setattr(distributed, "get_worker", lambda: types.SimpleNamespace(nthreads=1, name="w"))
+    spatial, _, planes = iter_planes(image, None, None)
+    scale = 30.0 / 20
+    plan = plan_blocks(planes.plane_shape, 20, scale, 256)
+    part = tmp_path / "o.zarr.part"
+    bigrun._open_part(part, {"run": 1}, spatial, plan.core_shape)
+    params = dict(scale=scale, min_size=min_object_size(20), mask_threshold=0.5, tile=None, overlap=32,
+                  batch_size=None, merge_cuts=True, probabilities=False)  # fmt: skip
+    stopped = types.SimpleNamespace(is_set=lambda: True)
+    done = bigrun._worker_blocks(planes, (), plan, [0, 1, 2], net, "cpu", "auto", False, str(part), params, stopped)
+    assert done == [0] and sorted(p.name for p in (part / bigrun.WORK / "blocks").iterdir()) == ["0.npz"]
+
+
 class _KillsItsWorker(np.ndarray):
     """An image whose rows below 400 kill the dask worker process that reads them (a worker that dies)."""
 
