@@ -6,7 +6,8 @@ Each method segments the same real images (the 3 mnfinder val images, 768x869, a
 mosaic of them) with the diameter estimated automatically, as a user's first click does:
   * v1: v1's weights and v1's size estimate (a classical guess refined by up to two model passes);
   * v2: the bundled model now and the multi-scale estimate;
-  * v2 + TTA: the same with test-time augmentation (four flips).
+  * v2 + TTA: the same with test-time augmentation (four flips);
+  * v2, outlines untrimmed: v2 without the trim of each object's dim rim (`instances.refine_outlines`).
 Times are the median of `--repeats` runs; the ratio is against v1 (target: v2 <= 1.3x).
 """
 
@@ -16,6 +17,7 @@ import argparse
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +64,8 @@ def main(argv=None) -> int:
     sets = {"3 x 768x869": images, "2048x2048": [mosaic]}
     v1 = load_model(str(ROOT / "recipes" / "bundled_v1.safetensors"))
     v2 = load_model("bundled")
+    v2_untrimmed = load_model("bundled")
+    v2_untrimmed.info = replace(v2_untrimmed.info, outline_level=0.0)
     infer_v1 = InferenceModel.prepare(v1, torch.device("cpu"))
 
     def run_v1(image):
@@ -73,6 +77,7 @@ def main(argv=None) -> int:
         "v1": run_v1,
         "v2": lambda im: segment(im, v2, device="cpu"),
         "v2 + TTA": lambda im: segment(im, v2, device="cpu", tta=True),
+        "v2, outlines untrimmed": lambda im: segment(im, v2_untrimmed, device="cpu"),
     }
     print(f"{cpu_name()}, {args.threads} threads, {describe(torch.device('cpu'))}\n")
     print("| images | method | s / Mpx | x v1 |")

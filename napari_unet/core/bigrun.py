@@ -87,7 +87,7 @@ def model_id(model) -> str:
 
     h = hashlib.sha256(repr(model.config).encode())
     info = getattr(model, "info", None)
-    h.update(repr((getattr(info, "diameter", None), getattr(info, "mask_threshold", None))).encode())
+    h.update(repr(tuple(getattr(info, k, None) for k in ("diameter", "mask_threshold", "outline_level"))).encode())
     for k, v in model.state_dict().items():
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
@@ -359,6 +359,7 @@ def segment_to_zarr_iter(
         params = dict(
             scale=scale, min_size=min_object_size(diameter), mask_threshold=info.mask_threshold,
             tile=tile, overlap=overlap, batch_size=batch_size, merge_cuts=merge_cuts, probabilities=bool(doubt),
+            outline_level=info.outline_level, diameter=diameter,
         )  # fmt: skip
     settings = _settings(planes, spatial, diameter, block, tile, overlap, mid, str(planes.channel))
     settings["tta"] = tta

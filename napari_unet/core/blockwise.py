@@ -26,7 +26,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from .instances import labels_from_probabilities
+from .instances import labels_from_probabilities, refine_outlines
 from .scores import certainty_map, score_floor
 
 #: Default block core, px: ~4.8 Mpx a block with its halo (about 150 MB of working memory, and
@@ -196,10 +196,13 @@ def segment_block_iter(
     probabilities: bool = False,
     merge_cuts: bool = True,
     reuse: TileReuse | None = None,
+    outline_level: float = 0.0,
+    diameter: float = 0.0,
 ) -> Generator[tuple[int, int], None, BlockOutput]:
     """Segment block `index` of plane `plane` of `planes` (`normalize.Planes`). Yields (tiles done, total).
 
-    `reuse`: the tiles this plane's blocks share, when they run one after another in this process."""
+    `reuse`: the tiles this plane's blocks share, when they run one after another in this process.
+    `outline_level`: trim each object's dim rim (`instances.refine_outlines`, objects `diameter` px across)."""
     from .predict import predict_window
 
     t0 = time.perf_counter()
@@ -212,6 +215,9 @@ def segment_block_iter(
     if reuse is not None:
         reuse.done(index)
     lab = labels_from_probabilities(probs, min_size=min_size, mask_threshold=mask_threshold, merge_cuts=merge_cuts)
+    if outline_level > 0:
+        ry0, ry1, rx0, rx1 = b.region
+        lab = refine_outlines(lab, planes.load(plane, (slice(ry0, ry1), slice(rx0, rx1))), diameter, outline_level)
     out = block_output(plan, b, lab, probs, probabilities=probabilities)
     out.seconds = time.perf_counter() - t0
     return out

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage as ndi
+from skimage.measure import label as connected_parts
 from skimage.measure import regionprops
-from skimage.segmentation import find_boundaries, watershed
+from skimage.segmentation import expand_labels, find_boundaries, watershed
 
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
 #: `merge_cut_objects`: a pair is one object cut in two from this shared border (x the smaller one's
@@ -140,6 +141,73 @@ def merge_cut_objects(
         for y0 in range(0, H, band):
             labels[y0 : y0 + band] = lut[labels[y0 : y0 + band]]
     return labels
+
+
+def group_quantile(values: np.ndarray, groups: np.ndarray, q: float, n: int) -> np.ndarray:
+    """The `q` quantile (lower value) of `values` in each group 0..n; NaN for an empty group."""
+    out = np.full(n + 1, np.nan, np.float32)
+    if values.size == 0:
+        return out
+    counts = np.bincount(groups, minlength=n + 1)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    has = counts > 0
+    ordered = values[np.lexsort((values, groups))]
+    out[has] = ordered[starts[has] + np.floor(q * (counts[has] - 1)).astype(np.int64)]
+    return out
+
+
+def refine_outlines(
+    labels: np.ndarray, image: np.ndarray, diameter: float, level: float, *, min_part: float = 0.2
+) -> np.ndarray:
+    """Trim each object's dim rim: pixels below `level` of its own contrast over its local background.
+
+    An object's bright level is the 75th percentile of its pixels; its background the median of the
+    free pixels within a quarter diameter whose nearest object it is. Both levels are read on every other
+    row and column when objects are at least 12 px across (0.8 -> 0.4 s on a 2048^2 plane of 715 nuclei). Pixels under background + `level` x (bright -
+    background) are dropped when they reach the object's edge (dark holes inside stay), and so are
+    parts cut off that are under `min_part` of the object's largest part. Only shrinks: an object
+    that would keep under half its area, or has no free pixels around it, or no contrast, is left
+    as it is. Why: the network draws dim nuclei with their blur halo (outlines 1.3x the area of
+    BBBC007's, 1.18x at 0.25x magnification); the level is chosen on the selection sets
+    (`benchmarks/outline_threshold.py --levels`).
+
+    Returns:
+        New int32 labels with the same ids.
+    """
+    n = int(labels.max())
+    if n == 0 or level <= 0:
+        return labels
+    img = np.asarray(image, np.float32)
+    step = 2 if diameter >= 12 else 1
+    sub_labels, sub_img = labels[::step, ::step], img[::step, ::step]
+    free = sub_labels == 0
+    nearest = expand_labels(sub_labels, max(1, round(0.25 * diameter / step)))
+    ring = free & (nearest > 0)
+    background = group_quantile(sub_img[ring], nearest[ring], 0.5, n)
+    bright = group_quantile(sub_img[~free], sub_labels[~free], 0.75, n)
+    inside = labels > 0
+    cut = background + level * (bright - background)
+    cut[~(np.isfinite(cut) & (bright > background))] = -np.inf
+    kept = np.where(img > cut[labels], labels, 0)
+    parts = connected_parts(kept, connectivity=1)
+    owner = np.zeros(int(parts.max()) + 1, np.int64)
+    owner[parts.ravel()] = kept.ravel()
+    size = np.bincount(parts.ravel())
+    size[0] = 0
+    largest = np.zeros(n + 1, np.int64)
+    np.maximum.at(largest, owner, size)
+    keep_part = size >= min_part * largest[owner]
+    keep_part[0] = False
+    kept = np.where(keep_part[parts], labels, 0)
+    # What was dropped but does not reach the object's edge is a dark hole (a nucleolus): give it back.
+    dropped = connected_parts(np.where(inside & (kept == 0), labels, 0), connectivity=1)
+    reaches_edge = np.zeros(int(dropped.max()) + 1, bool)
+    reaches_edge[dropped[find_boundaries(labels, mode="inner") & (dropped > 0)]] = True
+    reaches_edge[0] = True
+    kept = np.where(reaches_edge[dropped], kept, labels)
+    too_much = np.bincount(kept.ravel(), minlength=n + 1) < 0.5 * np.bincount(labels.ravel(), minlength=n + 1)
+    too_much[0] = False
+    return np.where(too_much[labels], labels, kept).astype(np.int32)
 
 
 def remove_small(labels: np.ndarray, min_size: int, band: int = 1024) -> np.ndarray:

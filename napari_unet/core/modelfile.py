@@ -44,6 +44,9 @@ class ModelInfo:
             chosen for each model on its selection sets; files without it use 0.5.
         min_score: `segment`'s default confidence floor for this model's objects (`core.scores.score_floor`);
             files without it use `core.scores.MIN_SCORE`. Fine-tuned versions carry 0 (`core.train`).
+        outline_level: `instances.refine_outlines` trims each object's rim below this fraction of its
+            contrast; 0 (files without it, and fine-tuned versions, which learn the user's outlines) trims
+            nothing.
     """
 
     config: UNetConfig
@@ -53,6 +56,7 @@ class ModelInfo:
     provenance: dict = field(default_factory=dict)
     mask_threshold: float = 0.5
     min_score: float = MIN_SCORE
+    outline_level: float = 0.0
 
     def to_metadata(self) -> dict[str, str]:
         return {
@@ -65,6 +69,7 @@ class ModelInfo:
             "provenance": json.dumps(self.provenance),
             "mask_threshold": json.dumps(float(self.mask_threshold)),
             "min_score": json.dumps(float(self.min_score)),
+            "outline_level": json.dumps(float(self.outline_level)),
         }
 
     @classmethod
@@ -80,6 +85,7 @@ class ModelInfo:
                 provenance=json.loads(meta.get("provenance", "{}")),
                 mask_threshold=float(json.loads(meta.get("mask_threshold", "0.5"))),
                 min_score=float(json.loads(meta.get("min_score", json.dumps(MIN_SCORE)))),
+                outline_level=float(json.loads(meta.get("outline_level", "0"))),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise ModelFileError(f"{where} has a damaged header: {exc}") from None
@@ -98,6 +104,8 @@ class ModelInfo:
             return f"mask_threshold {self.mask_threshold} is not in (0, 1)"
         if not (math.isfinite(self.min_score) and 0.0 <= self.min_score < 1.0):
             return f"min_score {self.min_score} is not in [0, 1)"
+        if not (math.isfinite(self.outline_level) and 0.0 <= self.outline_level < 1.0):
+            return f"outline_level {self.outline_level} is not in [0, 1)"
         n = self.normalization
         try:
             lo, hi = float(n.get("low", 1.0)), float(n.get("high", 99.8))

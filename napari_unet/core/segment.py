@@ -19,7 +19,7 @@ from skimage.transform import resize
 from .blockwise import DEFAULT_BLOCK, TileReuse, plan_blocks, segment_block_iter, stitch_blocks
 from .device import describe, select_device
 from .errors import InputError
-from .instances import labels_from_probabilities, link_planes, median_diameter, min_object_size
+from .instances import labels_from_probabilities, link_planes, median_diameter, min_object_size, refine_outlines
 from .jobs import drain, relay
 from .model import UNet
 from .modelfile import ModelInfo
@@ -90,6 +90,7 @@ def measure_at(
     diameter: float,
     side: int = 320,
     mask_threshold: float = 0.5,
+    outline_level: float = 0.0,
 ):
     """Segment a busy crop of `plane` as if its objects were `diameter` px across.
 
@@ -111,6 +112,7 @@ def measure_at(
     labels = labels_from_probabilities(
         probs, min_size=min_object_size(model_diameter), mask_threshold=mask_threshold, merge_cuts=False
     )
+    labels = refine_outlines(labels, sub, model_diameter, outline_level)  # measured as `segment` draws them
     inner = labels.copy()  # objects cut by the crop's edge look smaller than they are
     edge = np.unique(np.r_[labels[0], labels[-1], labels[:, 0], labels[:, -1]])
     inner[np.isin(inner, edge)] = 0
@@ -131,16 +133,17 @@ def estimate_diameter(infer: InferenceModel, plane: np.ndarray, info: ModelInfo)
     the measurement at the *largest* consistent candidate, refined by one more pass at that size.
     Falls back to the model's training diameter (no rescaling) when nothing is found.
     """
-    model_diameter, mask_threshold = info.diameter, info.mask_threshold
+    model_diameter = info.diameter
+    outline = dict(mask_threshold=info.mask_threshold, outline_level=info.outline_level)
     consistent = []
     for d in CANDIDATE_DIAMETERS:
-        found, n = measure_at(infer, plane, model_diameter, d, mask_threshold=mask_threshold)
+        found, n = measure_at(infer, plane, model_diameter, d, **outline)
         if found is not None and n >= 2 and abs(np.log(found / d)) < np.log(1.3):
             consistent.append(found)
     if not consistent:
         return float(model_diameter)
     guess = consistent[-1]
-    found, _ = measure_at(infer, plane, model_diameter, guess, mask_threshold=mask_threshold)
+    found, _ = measure_at(infer, plane, model_diameter, guess, **outline)
     return float(np.clip(found if found is not None else guess, 4, 400))
 
 
@@ -227,7 +230,7 @@ def segment_iter(
                 planes, idx, plan, b, infer, scale=scale, min_size=min_object_size(used_diameter),
                 mask_threshold=info.mask_threshold, tile=tile, overlap=overlap, batch_size=batch_size,
                 probabilities=probs_out is not None or doubt_out is not None or measures, merge_cuts=merge_cuts,
-                reuse=reuse,
+                reuse=reuse, outline_level=info.outline_level, diameter=used_diameter,
             )  # fmt: skip
             out = yield from relay(gen, lambda dt, k=k, b=b, n=n_blocks: block_progress(k, n_planes, b, n, *dt))
             y0, y1, x0, x1 = plan.block(b).core

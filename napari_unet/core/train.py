@@ -67,6 +67,9 @@ DEFAULT_SECONDS = 60.0
 #: confident than the floor tuned on the bundled model assumes, and dropping its doubted objects cost the
 #: simulated annotator 0.023-0.033 AP on BBBC007 (benchmarks/RESULTS.md, "Simulated annotator").
 TUNED_MIN_SCORE = 0.0
+#: The outline trim a fine-tuned version carries (`ModelInfo.outline_level`): none. It learned the outlines the
+#: user painted, which the trim of the bundled model's halo would only move.
+TUNED_OUTLINE_LEVEL = 0.0
 __all__ = ["TrainEvent", "TrainResult", "TrainSettings", "train_iter"]
 
 
@@ -394,7 +397,9 @@ def _finish(run: _Run) -> Generator[TrainEvent, None, TrainResult]:
         "date": datetime.now().isoformat(timespec="seconds"),
         "engine": "napari_unet.core.train",
     }
-    model.info = replace(run.info0, name=vname, provenance=provenance, min_score=TUNED_MIN_SCORE)
+    model.info = replace(
+        run.info0, name=vname, provenance=provenance, min_score=TUNED_MIN_SCORE, outline_level=TUNED_OUTLINE_LEVEL
+    )
     return TrainResult(model, None, vname, metrics)
 
 
