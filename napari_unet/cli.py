@@ -375,7 +375,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     info = versions.read_info(path)
     print(json.dumps({
         "name": info.name, "path": str(path), "sha256": versions.file_sha256(path), "config": info.config.to_dict(),
-        "diameter": info.diameter, "mask_threshold": info.mask_threshold, "min_score": info.min_score, "normalization": info.normalization,
+        "diameter": info.diameter, "mask_threshold": info.mask_threshold, "min_score": info.min_score,
+        "outline_level": info.outline_level, "normalization": info.normalization,
         "provenance": info.provenance,
     }, indent=2, default=str))  # fmt: skip
     return 0

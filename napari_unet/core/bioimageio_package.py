@@ -194,7 +194,8 @@ def _documentation(info: ModelInfo) -> str:
         f"objects about {info.diameter:g} px across: rescale inputs so that objects have that diameter. "
         "The output is the probability of background, object interior and object boundary; napari-unet turns it "
         f"into instances by a seeded watershed (a pixel joins an object above foreground probability "
-        f"{info.mask_threshold:g}) and drops objects whose confidence is below {info.min_score:g}. The original napari-unet model file is attached as `{MODEL_MEMBER}`.\n\n"
+        f"{info.mask_threshold:g}), trims each object's rim below {info.outline_level:g} of its own contrast over its "
+        f"local background and drops objects whose confidence is below {info.min_score:g}. The original napari-unet model file is attached as `{MODEL_MEMBER}`.\n\n"
         f"{MNFINDER} (`TRAINING_DATA_LICENSE.md`). Code and weights: BSD-3-Clause.\n\n"
         "## Validation\n\nMeasured AP@0.5 of the bundled model is in the model card below; a fine-tuned "
         "version keeps its own metrics in `lineage.json`.\n\n"
@@ -275,6 +276,7 @@ def _describe(model: UNet, info: ModelInfo, d: Path):
         "diameter": float(info.diameter),
         "mask_threshold": float(info.mask_threshold),
         "min_score": float(info.min_score),
+        "outline_level": float(info.outline_level),
         "normalization": info.normalization,
         "name": info.name,
         "classes": list(CLASS_NAMES),

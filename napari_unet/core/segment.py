@@ -19,7 +19,7 @@ from skimage.transform import resize
 from .blockwise import DEFAULT_BLOCK, TileReuse, plan_blocks, segment_block_iter, stitch_blocks
 from .device import describe, select_device
 from .errors import InputError
-from .instances import labels_from_probabilities, link_planes, median_diameter, min_object_size, refine_outlines
+from .instances import labels_from_probabilities, link_planes, median_diameter, min_object_size
 from .jobs import drain, relay
 from .model import UNet
 from .modelfile import ModelInfo
@@ -90,7 +90,6 @@ def measure_at(
     diameter: float,
     side: int = 320,
     mask_threshold: float = 0.5,
-    outline_level: float = 0.0,
 ):
     """Segment a busy crop of `plane` as if its objects were `diameter` px across.
 
@@ -112,7 +111,6 @@ def measure_at(
     labels = labels_from_probabilities(
         probs, min_size=min_object_size(model_diameter), mask_threshold=mask_threshold, merge_cuts=False
     )
-    labels = refine_outlines(labels, sub, model_diameter, outline_level)  # measured as `segment` draws them
     inner = labels.copy()  # objects cut by the crop's edge look smaller than they are
     edge = np.unique(np.r_[labels[0], labels[-1], labels[:, 0], labels[:, -1]])
     inner[np.isin(inner, edge)] = 0
@@ -133,17 +131,19 @@ def estimate_diameter(infer: InferenceModel, plane: np.ndarray, info: ModelInfo)
     the measurement at the *largest* consistent candidate, refined by one more pass at that size.
     Falls back to the model's training diameter (no rescaling) when nothing is found.
     """
-    model_diameter = info.diameter
-    outline = dict(mask_threshold=info.mask_threshold, outline_level=info.outline_level)
+    # Objects are measured untrimmed (no `refine_outlines`): the model's diameter is that of its training labels,
+    # whose outlines the untrimmed network follows (area ratio 1.03 on mnfinder val). Measured trimmed, the
+    # estimate came out smaller and mnfinder val fell from 0.921 to 0.906.
+    model_diameter, mask_threshold = info.diameter, info.mask_threshold
     consistent = []
     for d in CANDIDATE_DIAMETERS:
-        found, n = measure_at(infer, plane, model_diameter, d, **outline)
+        found, n = measure_at(infer, plane, model_diameter, d, mask_threshold=mask_threshold)
         if found is not None and n >= 2 and abs(np.log(found / d)) < np.log(1.3):
             consistent.append(found)
     if not consistent:
         return float(model_diameter)
     guess = consistent[-1]
-    found, _ = measure_at(infer, plane, model_diameter, guess, **outline)
+    found, _ = measure_at(infer, plane, model_diameter, guess, mask_threshold=mask_threshold)
     return float(np.clip(found if found is not None else guess, 4, 400))
 
 

@@ -73,3 +73,21 @@ def test_autofluorescent_grain_objects_are_dropped_by_their_score(image, bundled
     ap = _ap(lab, segment(hard, bundled), ign)
     classical = _ap(lab, classical_segment(hard, log_threshold=True), ign)
     assert ap >= every + 0.1 and ap > classical, (every, ap, classical)
+
+
+def test_small_nuclei_get_their_halo_trimmed(image, bundled):
+    # At 0.25x (nuclei ~7 px) the network draws each nucleus with its blur halo; the bundled model's outline
+    # level trims it (`instances.refine_outlines`). Measured on this image: AP@0.5 0.809 -> 0.829, mean matched
+    # IoU 0.861 -> 0.886.
+    from dataclasses import replace
+
+    img, lab, ign = image
+    small, lab4 = A.rescale(img, lab, 0.25)
+    ign4 = A.rescale(ign.astype(np.float32), ign.astype(np.int32), 0.25)[1] > 0
+    untrimmed = load_model("bundled")
+    untrimmed.info = replace(untrimmed.info, outline_level=0.0)
+    before = segment(small, untrimmed)
+    after = segment(small, bundled)
+    assert ((after > 0) <= (before > 0)).all()  # it only shrinks
+    m0, m1 = (match_instances(lab4, p, 0.5, ignore=ign4) for p in (before, after))
+    assert m1.ap > m0.ap and m1.mean_matched_iou > m0.mean_matched_iou + 0.015, (m0, m1)

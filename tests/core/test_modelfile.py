@@ -76,6 +76,7 @@ def test_non_finite_weights_rejected(tmp_path):
 @pytest.mark.parametrize("key, value, old_default, bads", [
     ("mask_threshold", 0.65, 0.5, ("0", "1.5", "NaN")),
     ("min_score", 0.0, MIN_SCORE, ("-0.1", "1", "NaN")),
+    ("outline_level", 0.2, 0.0, ("-0.1", "1", "NaN")),
 ])  # fmt: skip
 def test_thresholds_travel_with_the_model(tmp_path, tiny_model, key, value, old_default, bads):
     from dataclasses import replace

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -150,6 +151,7 @@ def test_scribbles_convention_and_holdout_split():
 def test_short_finetune_lowers_the_loss_and_reports_events():
     img, lab = synth_nuclei((128, 128), rng=5, style=SynthStyle(diameter=(20, 26), dtype="uint8"))
     model = _tiny(base=8)
+    model.info = replace(model.info, outline_level=0.15)  # as the bundled model trims its outlines
     before = _state(model)
     events, res = _drain(
         train_iter(
@@ -168,6 +170,7 @@ def test_short_finetune_lowers_the_loss_and_reports_events():
     assert any(e.val_metric is not None for e in steps)
     assert not res.model.training and res.model.info.provenance["parent"]["name"] == "tiny"
     assert res.model.info.min_score == 0.0 < model.info.min_score  # a fine-tuned version keeps all its objects
+    assert res.model.info.outline_level == 0.0  # and the outlines it learned
     for k, v in model.state_dict().items():  # the starting model object is untouched
         assert torch.equal(v, before[k])
 
