@@ -162,14 +162,14 @@ def refine_outlines(
     """Trim each object's dim rim: pixels below `level` of its own contrast over its local background.
 
     An object's bright level is the 75th percentile of its pixels; its background the median of the
-    free pixels within a quarter diameter whose nearest object it is. Both levels are read on every other
-    row and column when objects are at least 12 px across (0.8 -> 0.4 s on a 2048^2 plane of 715 nuclei). Pixels under background + `level` x (bright -
-    background) are dropped when they reach the object's edge (dark holes inside stay), and so are
-    parts cut off that are under `min_part` of the object's largest part. Only shrinks: an object
-    that would keep under half its area, or has no free pixels around it, or no contrast, is left
-    as it is. Why: the network draws dim nuclei with their blur halo (outlines 1.3x the area of
-    BBBC007's, 1.18x at 0.25x magnification); the level is chosen on the selection sets
-    (`benchmarks/outline_threshold.py --levels`).
+    free pixels within a quarter diameter whose nearest object it is. Both levels are read on every
+    other row and column when objects are at least 12 px across (0.8 -> 0.4 s on a 2048^2 plane of
+    715 nuclei). Pixels under background + `level` x (bright - background) are dropped when they reach
+    the object's edge (dark holes inside stay), and so are parts cut off that are under `min_part` of
+    the object's largest part. Only shrinks: an object that would keep under half its area, or has no
+    free pixels around it, or no contrast, is left as it is. Why: the network draws dim nuclei with
+    their blur halo (outlines 1.3x the area of BBBC007's, 1.18x at 0.25x magnification); the level is
+    chosen on the selection sets (`benchmarks/outline_threshold.py --levels`).
 
     Returns:
         New int32 labels with the same ids.
