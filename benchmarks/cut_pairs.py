@@ -36,6 +36,8 @@ def touching_pairs(image: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> li
     )
     edges = edges[(edges[:, 0] > 0) & (edges[:, 1] > 0) & (edges[:, 0] != edges[:, 1])]
     boxes = ndi.find_objects(pred)
+    areas = np.bincount(pred.ravel())[1:]
+    typical = float(np.median(areas[areas > 0])) if (areas > 0).any() else 1.0
     background = np.median(img[pred == 0]) if (pred == 0).any() else 0.0
     rows = []
     for p, q in np.unique(np.sort(edges, 1), axis=0):
@@ -60,6 +62,7 @@ def touching_pairs(image: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> li
                 "border": border_length,
                 "solidity": solidity,
                 "brightness": float(np.median(im[border]) / max(level, 1e-6)),
+                "union": float((P.sum() + Q.sum()) / typical),
             }
         )
     return rows
@@ -69,6 +72,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="bundled")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--max-union", type=float, default=1.6, help="also count the rule's joins with union <= this")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     import napari_unet
@@ -77,13 +81,15 @@ def main(argv=None) -> int:
     table = cases()
     sets = {
         "mnfinder val": load_dataset("mnfinder_val"),
+        "mnfinder train": load_dataset("mnfinder_train"),
         "BBBC007": load_dataset("bbbc007"),
         "synth clean": table["synth clean"][1](),
         "synth dense touching": table["synth dense touching"][1](),
     }
     print("| set | cuts | true pairs | border, cuts / pairs | solidity, cuts / pairs | brightness, cuts / pairs "
-          "| joined by the rule: cuts / pairs |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|---:|")
+          f"| union / median object, cuts / pairs | joined by the rule: cuts / pairs "
+          f"| joined with union <= {args.max_union:g}: cuts / pairs |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, samples in sets.items():
         rows = []
         for s in samples:
@@ -94,13 +100,17 @@ def main(argv=None) -> int:
         def med(kind, key, by=by):
             return np.median([r[key] for r in by[kind]]) if by[kind] else float("nan")
 
-        def joined(kind, by=by):
-            return sum(r["border"] >= CUT_BORDER and r["solidity"] >= CUT_SOLIDITY for r in by[kind])
+        def joined(kind, by=by, union=np.inf):
+            return sum(
+                r["border"] >= CUT_BORDER and r["solidity"] >= CUT_SOLIDITY and r["union"] <= union for r in by[kind]
+            )
 
         print(
             f"| {name} | {len(by['cut'])} | {len(by['pair'])} | {med('cut', 'border'):.2f} / {med('pair', 'border'):.2f} "
             f"| {med('cut', 'solidity'):.2f} / {med('pair', 'solidity'):.2f} "
-            f"| {med('cut', 'brightness'):.2f} / {med('pair', 'brightness'):.2f} | {joined('cut')} / {joined('pair')} |",
+            f"| {med('cut', 'brightness'):.2f} / {med('pair', 'brightness'):.2f} "
+            f"| {med('cut', 'union'):.2f} / {med('pair', 'union'):.2f} | {joined('cut')} / {joined('pair')} "
+            f"| {joined('cut', union=args.max_union)} / {joined('pair', union=args.max_union)} |",
             flush=True,
         )
     return 0

@@ -73,20 +73,39 @@ def test_link_planes():
 
 
 def test_a_nucleus_cut_in_two_is_rejoined_and_touching_nuclei_stay_apart():
-    yy, xx = np.mgrid[:80, :140]
-    lab = np.zeros((80, 140), np.int32)
+    yy, xx = np.mgrid[:110, :140]
+    lab = np.zeros((110, 140), np.int32)
+    for k, cx in enumerate((15, 45, 75, 105)):  # whole nuclei of the typical size (the median object)
+        lab[(yy - 95) ** 2 + (xx - cx) ** 2 < 12**2] = 10 + k
     disc = (yy - 40) ** 2 + (xx - 30) ** 2 < 15**2
     lab[disc] = 1
     lab[disc & (xx > 30)] = 2  # one round nucleus cut along a straight line: long border, convex union
     lab[(yy - 40) ** 2 + (xx - 70) ** 2 < 12**2] = 3  # two nuclei meeting in a short waist
     lab[(yy - 40) ** 2 + (xx - 92) ** 2 < 12**2] = 4
     lab[(lab == 0) & ((yy - 40) ** 2 + (xx - 81) ** 2 < 4**2)] = 3
-    for y0, ident in ((15, 5), (40, 6), (65, 7)):  # a chain of three slabs: each joins one other at most
-        lab[y0 - 12 : y0 + 13, 115:135] = ident
+    for y0, ident in ((20, 5), (32, 6), (44, 7)):  # a chain of three slabs: each joins one other at most
+        lab[y0 - 6 : y0 + 6, 115:135] = ident
     out = merge_cut_objects(lab.copy())
     assert len(np.unique(out[disc])) == 1
     assert out[40, 65] != out[40, 97]
-    assert len(np.unique(out[3:78, 115:135])) == 2
+    assert len(np.unique(out[14:50, 115:135])) == 2
+
+
+def test_two_nuclei_pressed_together_are_not_rejoined():
+    # A long straight border and a convex union, like a nucleus cut in two, but twice a typical nucleus' area.
+    yy, xx = np.mgrid[:100, :160]
+    lab = np.zeros((100, 160), np.int32)
+    for k, cx in enumerate((15, 45, 75, 105)):  # typical nuclei, 314 px
+        lab[(yy - 15) ** 2 + (xx - cx) ** 2 < 10**2] = k + 1
+    lab[50:68, 20:38] = 5  # two square nuclei of 324 px side by side: union 2.1x the median
+    lab[50:68, 38:56] = 6
+    disc = (yy - 60) ** 2 + (xx - 110) ** 2 < 10**2
+    lab[disc] = 7
+    lab[disc & (xx > 110)] = 8  # one nucleus cut in two: union 1x the median
+    out = merge_cut_objects(lab.copy())
+    assert out[60, 30] != out[60, 45] and len(np.unique(out[disc])) == 1
+    joined = merge_cut_objects(lab.copy(), max_union=np.inf)  # without the size guard, both pairs are joined
+    assert joined[60, 30] == joined[60, 45]
 
 
 def _disc(shape, cy, cx, r):
