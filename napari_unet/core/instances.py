@@ -115,7 +115,7 @@ def merge_cut_objects(
     other, longest border first, so a chain never collapses into one object. Measured on v2's
     predictions (benchmarks/RESULTS.md): of the adjacent pairs, 7 of 12 cuts rejoined against 2 of 20
     true pairs merged on mnfinder val, 28 of 60 against 5 of 92 on BBBC007; the size guard (1.8, chosen on
-    the selection sets) keeps 255 of the 303 true pairs the rule joined on dense synthetic nuclei apart.
+    the selection sets) keeps 234 of the 303 true pairs the rule joined on dense synthetic nuclei apart.
     """
     H = labels.shape[0]
     edges = []
