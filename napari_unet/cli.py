@@ -468,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("segment", help="segment images into instance labels (TIFF)")
-    s.add_argument("input", nargs="+", help="TIFF/OME-TIFF, .npy or zarr")
+    s.add_argument("input", nargs="+", help="TIFF/OME-TIFF, .npy, zarr, PNG/JPEG/BMP")
     s.add_argument(
         "-o", "--output",
         help="output TIFF, or OUT.zarr (OME-Zarr labels written block by block, resumable; for images larger "

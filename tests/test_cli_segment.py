@@ -202,6 +202,32 @@ def test_channel_axis_and_wrong_channel(tmp_path, capsys):
     assert exc.value.code == 2 and "'blue'" in capsys.readouterr().err and not (tmp_path / "g.tif").exists()
 
 
+def test_png_and_jpeg_inputs(nuclei_tif, tmp_path, capsys):
+    """8-bit PNG, an RGBA PNG (alpha not taken as a channel) and JPEG segment as the same image in a TIFF."""
+    import imageio.v3 as iio
+
+    img = tifffile.imread(nuclei_tif).astype(np.float32)
+    gray = (255 * (img - img.min()) / (img.max() - img.min())).astype(np.uint8)
+    paths = {"gray.png": gray, "rgba.png": np.dstack([gray, gray, gray, np.full_like(gray, 255)]), "gray.jpg": gray}
+    tifffile.imwrite(tmp_path / "gray.tif", gray)
+    rc, _, err = run(["segment", str(tmp_path / "gray.tif"), "--diameter", "24", "-q"], capsys)
+    assert rc == 0, err
+    ref = tifffile.imread(tmp_path / "gray_labels.tif")
+    assert ref.max() > 5
+    for name, data in paths.items():
+        path = tmp_path / name
+        iio.imwrite(path, data, **({"quality": 95} if name.endswith(".jpg") else {}))
+        out = tmp_path / f"{name}.tif"
+        rc, _, err = run(["segment", str(path), "--diameter", "24", "-o", str(out), "-q"], capsys)
+        assert rc == 0, (name, err)
+        labels = tifffile.imread(out)
+        assert labels.shape == gray.shape, name
+        if name.endswith(".png"):  # lossless: the very same labels
+            np.testing.assert_array_equal(labels, ref, err_msg=name)
+        else:
+            assert abs(int(labels.max()) - int(ref.max())) <= 2, name
+
+
 def test_no_merge_cuts_keeps_touching_nuclei_apart(tmp_path, capsys):
     # Crowded, overlapping synthetic nuclei: the rejoin merges some pairs; --no-merge-cuts keeps every one.
     from napari_unet.api import segment

@@ -1,4 +1,4 @@
-"""Read images (TIFF / OME-TIFF, .npy, zarr / OME-Zarr) and write labels safely.
+"""Read images (TIFF / OME-TIFF, .npy, zarr / OME-Zarr, PNG / JPEG / BMP) and write labels safely.
 
 Reading returns the array with the axes the file declares (or None when it declares none). Files
 larger than `LAZY_BYTES` are opened lazily (tifffile's zarr view, memory-mapped .npy, zarr itself),
@@ -25,6 +25,9 @@ from .errors import InputError
 LAZY_BYTES = 1 << 30
 TIFF_TILE = 512  # px, for labels written as a tiled BigTIFF
 TIFF_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff")
+#: Single-image formats read whole by imageio (which scikit-image brings): many public nucleus sets, DSB2018's
+#: among them, come as PNG. RGB(A) files are channel-last, so the nuclear-channel choice applies.
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
 #: Z step / XY pixel size the 3D mode takes (`core.segment3d`): a finer Z would want the stack binned first,
@@ -183,8 +186,12 @@ def read_image(path: str | os.PathLike) -> ImageData:
         elif name.endswith(".npy"):
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
             img = ImageData(arr if arr.nbytes > LAZY_BYTES else np.asarray(arr))
+        elif name.endswith(PICTURE_SUFFIXES):
+            import imageio.v3 as iio
+
+            img = ImageData(np.asarray(iio.imread(path)))
         else:
-            raise InputError(f"'{path}': unsupported format (use TIFF/OME-TIFF, .npy or zarr)")
+            raise InputError(f"'{path}': unsupported format (use TIFF/OME-TIFF, .npy, zarr, PNG, JPEG or BMP)")
     except InputError:
         raise
     except MemoryError:
@@ -204,7 +211,7 @@ def default_output(path: str | os.PathLike) -> Path:
     """`<input stem>_labels.tif` next to the input (an .ome.tif keeps a plain stem)."""
     path = Path(path)
     stem = path.name
-    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".npy", ".zarr"):
+    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".npy", ".zarr", *PICTURE_SUFFIXES):
         if stem.lower().endswith(suffix):
             stem = stem[: -len(suffix)]
             break

@@ -13,10 +13,10 @@ import numpy as np
 
 from .autosave import META_KEY, corrections_layers
 from .errors import InputError
-from .io import LAZY_BYTES, ImageData, read_image
+from .io import LAZY_BYTES, PICTURE_SUFFIXES, ImageData, read_image
 from .normalize import resolve_axes, to_standard
 
-FOLDER_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
+FOLDER_SUFFIXES = (".tif", ".tiff", ".npy", *PICTURE_SUFFIXES)
 CHANNEL_COLORMAPS = ("green", "magenta", "cyan", "yellow", "red", "blue")
 
 LayerData = tuple[object, dict, str]
@@ -41,10 +41,6 @@ def list_folder_images(folder: str | os.PathLike) -> list[Path]:
 
 
 def _read_plane(path: Path) -> np.ndarray:
-    if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
-        from skimage.io import imread
-
-        return np.asarray(imread(path))
     return np.asarray(read_image(path).data)
 
 
