@@ -129,16 +129,24 @@ def estimate_diameter(infer: InferenceModel, plane: np.ndarray, info: ModelInfo)
     shatters them into fragments of about its own size, which look consistent (the failure of a
     single refined guess, which locked onto 6 px on 35 px textured nuclei). So the estimate is
     the measurement at the *largest* consistent candidate, refined by one more pass at that size.
-    Falls back to the model's training diameter (no rescaling) when nothing is found.
+    A candidate also needs two objects, unless it is *stable*: the next coarser candidate measures
+    the same objects (within 1.25x), as whole objects do and fragments or clumps, which follow the
+    candidate, do not. That keeps an image with a single whole nucleus in view from falling back to
+    its fragments (crops of 192^2 at 1x and 448^2 at 2.5x of mnfinder train images: estimates off by
+    more than 1.5x 21.6 % -> 14.8 %; full images unchanged). Falls back to the model's training diameter (no
+    rescaling) when nothing is found.
     """
     # Objects are measured untrimmed (no `refine_outlines`): the model's diameter is that of its training labels,
     # whose outlines the untrimmed network follows (area ratio 1.03 on mnfinder val). Measured trimmed, the
     # estimate came out smaller and mnfinder val fell from 0.921 to 0.906.
     model_diameter, mask_threshold = info.diameter, info.mask_threshold
+    measured = [measure_at(infer, plane, model_diameter, d, mask_threshold=mask_threshold) for d in CANDIDATE_DIAMETERS]
     consistent = []
-    for d in CANDIDATE_DIAMETERS:
-        found, n = measure_at(infer, plane, model_diameter, d, mask_threshold=mask_threshold)
-        if found is not None and n >= 2 and abs(np.log(found / d)) < np.log(1.3):
+    for i, (d, (found, n)) in enumerate(zip(CANDIDATE_DIAMETERS, measured)):
+        if found is None or abs(np.log(found / d)) >= np.log(1.3):
+            continue
+        coarser = measured[i + 1][0] if i + 1 < len(measured) else None
+        if n >= 2 or (coarser is not None and abs(np.log(coarser / found)) < np.log(1.25)):
             consistent.append(found)
     if not consistent:
         return float(model_diameter)

@@ -70,3 +70,16 @@ def test_large_textured_nuclei_do_not_shatter(bundled):
     true = median_diameter(lab)
     est = _estimate(bundled, img)
     assert 0.8 * true <= est <= 1.25 * true, f"estimate {est:.1f} px, truth {true:.1f} px"
+
+
+@pytest.mark.parametrize("seed", [2, 3])
+def test_one_whole_nucleus_in_view_is_not_taken_for_its_fragments(bundled, seed):
+    """A 40-63x field with a single textured nucleus: no candidate finds two objects of its own size, but the
+    nucleus measures the same at two neighbouring candidates (before: 26 and 34 px for 96 and 85 px)."""
+    style = SynthStyle(diameter=(90.0, 90.0), texture=(0.5, 0.5), spots=(8.0, 8.0), dtype="uint16")
+    img, lab = synth_nuclei((192, 192), rng=seed, style=style)
+    img = add_chromatin(img, lab, np.random.default_rng(seed), texture=0.5, foci=8)
+    assert lab.max() == 1
+    true = median_diameter(lab)
+    est = _estimate(bundled, img)
+    assert 0.8 * true <= est <= 1.2 * true, f"estimate {est:.1f} px, truth {true:.1f} px"
