@@ -128,6 +128,22 @@ def cases() -> dict[str, tuple[str, Callable[[], list[Sample]]]]:
             "clean",
             lambda: _each(val(), lambda im, lab, r: A.camera(im, r, "uint12", fill=1.6, photons=500), 7),
         ),
+        "hot pixels (0.03 % of the pixels at 50x the maximum)": (
+            "clean",
+            lambda: _each(val(), lambda im, lab, r: A.hot_pixels(im, r), 13),
+        ),
+        "uneven illumination (vignetting to 0.3, background ramp)": (
+            "clean",
+            lambda: _each(val(), lambda im, lab, r: A.uneven_illumination(im, lab), 14),
+        ),
+        "bright debris (2 % of the field at 10x)": (
+            "clean",
+            lambda: _each(val(), lambda im, lab, r: A.bright_debris(im, lab, r), 15),
+        ),
+        "bright debris (5 % of the field at 30x)": (
+            "clean",
+            lambda: _each(val(), lambda im, lab, r: A.bright_debris(im, lab, r, area=0.05, level=30.0), 16),
+        ),
         "gamma 0.5": ("clean", lambda: _each(val(), lambda im, lab, r: np.asarray(im, np.float32) ** 0.5, 8)),
         "gamma 2": ("clean", lambda: _each(val(), lambda im, lab, r: np.asarray(im, np.float32) ** 2, 9)),
         # synthetic renderings of the same classes (exact labels)

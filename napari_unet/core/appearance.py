@@ -12,6 +12,9 @@ stay true by construction (nuclei keep their outline, everything added outside t
   apoptotic).
 * `rescale`: the whole field at another magnification (labels by nearest neighbour).
 * `camera`: another camera: offset, gain, shot and read noise, uint8 / uint12 / uint16, saturation.
+* `hot_pixels`: isolated pixels far above everything else (hot camera pixels, cosmic rays).
+* `uneven_illumination`: widefield vignetting and a background ramp.
+* `bright_debris`: one bright out-of-focus blob (dust, debris) on the background.
 
 `perturb` draws a random mix of these; the training recipe applies it to real and synthetic images,
 and `benchmarks/hard_cases.py` applies each one alone, at fixed strengths, to score the model.
@@ -28,7 +31,18 @@ from skimage.transform import resize
 
 from .instances import median_diameter
 
-__all__ = ["add_chromatin", "add_cytoplasm", "camera", "condense", "perturb", "random_cytoplasm", "rescale"]
+__all__ = [
+    "add_chromatin",
+    "add_cytoplasm",
+    "bright_debris",
+    "camera",
+    "condense",
+    "hot_pixels",
+    "perturb",
+    "random_cytoplasm",
+    "rescale",
+    "uneven_illumination",
+]
 
 
 def _levels(image: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -194,6 +208,40 @@ def camera(
     e += rng.normal(0.0, read_noise, img.shape).astype(np.float32)
     out = offset * top + e * fill * top
     return np.clip(np.rint(out), 0, top).astype(np.uint8 if dtype == "uint8" else np.uint16)
+
+
+def hot_pixels(image: np.ndarray, rng: np.random.Generator, fraction: float = 3e-4, level: float = 50.0) -> np.ndarray:
+    """Set a `fraction` of the pixels, at random, to `level` x the image's maximum."""
+    img = np.asarray(image, np.float32).copy()
+    n = max(1, int(fraction * img.size))
+    img[rng.integers(0, img.shape[0], n), rng.integers(0, img.shape[1], n)] = level * float(img.max())
+    return img
+
+
+def uneven_illumination(image: np.ndarray, labels: np.ndarray, edge: float = 0.3, ramp: float = 0.5) -> np.ndarray:
+    """Vignetting (the gain falls to `edge` in the corners) plus a background ramp across the field that
+    reaches `ramp` x the nuclei's contrast over the background at the right edge."""
+    img = np.asarray(image, np.float32)
+    _, contrast = _levels(img, labels)
+    H, W = img.shape
+    yy, xx = np.mgrid[:H, :W].astype(np.float32)
+    r2 = ((yy - H / 2) ** 2 + (xx - W / 2) ** 2) / ((H / 2) ** 2 + (W / 2) ** 2)
+    return img * (1 - (1 - edge) * r2) + ramp * contrast * xx / W
+
+
+def bright_debris(
+    image: np.ndarray, labels: np.ndarray, rng: np.random.Generator, area: float = 0.02, level: float = 10.0
+) -> np.ndarray:
+    """A blurred disc covering `area` of the field, `level` x the nuclei's contrast over the background, drawn on
+    the background only (nuclei under it stay visible, so the labels stay true)."""
+    img = np.asarray(image, np.float32)
+    _, contrast = _levels(img, labels)
+    H, W = img.shape
+    r = max(2, int(math.sqrt(area * H * W / math.pi)))
+    cy, cx = int(rng.integers(0, H)), int(rng.integers(0, W))
+    yy, xx = np.ogrid[:H, :W]
+    disc = ndi.gaussian_filter((((yy - cy) ** 2 + (xx - cx) ** 2) < r * r).astype(np.float32), max(1.0, r / 8))
+    return np.where(labels > 0, img, img + disc * level * contrast)
 
 
 def random_cytoplasm(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator, level: float) -> np.ndarray:

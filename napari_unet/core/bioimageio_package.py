@@ -33,6 +33,7 @@ from .errors import InputError, ModelFileError
 from .export import ONNX_OPSET, _need, exportable, write_onnx, write_torchscript
 from .model import UNet
 from .modelfile import CLASS_NAMES, FORMAT, ModelInfo, read_model, save_model
+from .normalize import CLIP
 
 __all__ = ["is_package", "read_package", "write_package"]
 
@@ -243,7 +244,8 @@ def _describe(model: UNet, info: ModelInfo, d: Path):
                     min_percentile=float(n.get("low", 1.0)),
                     max_percentile=float(n.get("high", 99.8)),
                 )
-            )
+            ),
+            bio.ClipDescr(kwargs=bio.ClipKwargs(min=-CLIP, max=CLIP)),
         ],
     )
     outputs = bio.OutputTensorDescr(

@@ -86,8 +86,15 @@ def percentile_range(array, low: float = 1.0, high: float = 99.8, max_samples: i
     return float(lo), float(hi)
 
 
+#: `normalize_plane` clips to +-this (in units of the [lo, hi] range). Bright nuclei above the high percentile
+#: keep their contrast (training images stay well inside it), but a hot pixel does not reach the network at 70x
+#: the range: 200 hot pixels at 50x the brightest nucleus took mnfinder val from AP@0.5 0.930 to 0.260 unclipped,
+#: 0.930 clipped at 10 (5: 0.922; the clean, bright-condensed, saturated and gamma rows unchanged at 3-10).
+CLIP = 10.0
+
+
 def normalize_plane(plane, lo: float, hi: float) -> np.ndarray:
-    """Map [lo, hi] to [0, 1] (not clipped, as in the training data); NaN/inf -> 0.
+    """Map [lo, hi] to [0, 1], clipped to +-`CLIP`; NaN/inf -> 0.
 
     A constant image (hi <= lo) maps to zeros rather than amplifying nothing into noise.
     """
@@ -96,7 +103,7 @@ def normalize_plane(plane, lo: float, hi: float) -> np.ndarray:
     x = (x - np.float32(lo)) * np.float32(scale)
     if not np.isfinite(x).all():
         x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-    return x
+    return np.clip(x, -CLIP, CLIP, out=x)
 
 
 def nuclear_channel(image, n_plane_axes: int, n_c: int, max_samples: int = 500_000) -> int:
