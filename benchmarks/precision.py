@@ -24,13 +24,16 @@ from eval_accuracy import load_dataset  # noqa: E402
 from segment_speed import real_canvas  # noqa: E402
 
 from napari_unet.api import load_model  # noqa: E402
-from napari_unet.core.instances import labels_from_probabilities, min_object_size  # noqa: E402
+from napari_unet.core.instances import (  # noqa: E402
+    labels_from_probabilities,
+    median_diameter,
+    min_object_size,
+)
 from napari_unet.core.jobs import drain  # noqa: E402
 from napari_unet.core.metrics import aggregate, match_instances  # noqa: E402
 from napari_unet.core.model import fuse_batchnorm  # noqa: E402
 from napari_unet.core.normalize import normalize_plane, percentile_range  # noqa: E402
 from napari_unet.core.predict import InferenceModel, predict_plane  # noqa: E402
-from napari_unet.core.segment import median_diameter  # noqa: E402
 
 
 def variants(model):

@@ -42,10 +42,10 @@ sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
 from napari_unet.api import load_model, segment  # noqa: E402
 from napari_unet.core import train as engine  # noqa: E402
+from napari_unet.core.instances import median_diameter  # noqa: E402
 from napari_unet.core.jobs import drain  # noqa: E402
 from napari_unet.core.metrics import aggregate, match_instances, object_ids, per_object_iou  # noqa: E402
 from napari_unet.core.modelfile import save_model  # noqa: E402
-from napari_unet.core.segment import median_diameter  # noqa: E402
 from napari_unet.core.synth import SynthStyle, synth_nuclei  # noqa: E402
 from napari_unet.core.train import train_iter  # noqa: E402
 from napari_unet.core.trainingdata import replay_pool  # noqa: E402

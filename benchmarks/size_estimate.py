@@ -33,12 +33,12 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from napari_unet.api import load_model, segment  # noqa: E402
 from napari_unet.core.appearance import rescale  # noqa: E402
-from napari_unet.core.instances import labels_from_probabilities, min_object_size  # noqa: E402
+from napari_unet.core.instances import labels_from_probabilities, median_diameter, min_object_size  # noqa: E402
 from napari_unet.core.jobs import drain  # noqa: E402
 from napari_unet.core.metrics import match_instances  # noqa: E402
 from napari_unet.core.normalize import normalize_plane, percentile_range  # noqa: E402
 from napari_unet.core.predict import InferenceModel, predict_plane  # noqa: E402
-from napari_unet.core.segment import estimate_diameter, median_diameter  # noqa: E402
+from napari_unet.core.segment import estimate_diameter  # noqa: E402
 
 FACTORS = (0.33, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 

@@ -28,8 +28,8 @@ from skimage.transform import resize
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from napari_unet.core.instances import median_diameter  # noqa: E402
 from napari_unet.core.normalize import normalize_plane, percentile_range  # noqa: E402
-from napari_unet.core.segment import median_diameter  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "mnfinder" / "train"
 MODEL_DIAMETER = 24.0

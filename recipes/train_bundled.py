@@ -66,7 +66,11 @@ import ddp  # noqa: E402 - recipes/ddp.py, beside this script
 from napari_unet.api import segment  # noqa: E402
 from napari_unet.core.appearance import perturb  # noqa: E402
 from napari_unet.core.augment import AugmentConfig, augment_batch  # noqa: E402
-from napari_unet.core.instances import border_weights, class_targets  # noqa: E402
+from napari_unet.core.instances import (  # noqa: E402
+    border_weights,
+    class_targets,
+    median_diameter,
+)
 from napari_unet.core.losses import masked_loss  # noqa: E402
 from napari_unet.core.metrics import aggregate, match_instances  # noqa: E402
 from napari_unet.core.model import UNet, UNetConfig, count_parameters  # noqa: E402
@@ -76,7 +80,6 @@ from napari_unet.core.modelfile import (  # noqa: E402
     save_model,
 )
 from napari_unet.core.normalize import normalize_plane, percentile_range  # noqa: E402
-from napari_unet.core.segment import median_diameter  # noqa: E402
 from napari_unet.core.synth import WIDE, SynthStyle, synth_nuclei  # noqa: E402
 
 DIAMETER = 24.0

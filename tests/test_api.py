@@ -56,7 +56,7 @@ def test_all_zero_image_is_valid():
 
 
 def test_diameter_is_estimated_near_truth():
-    from napari_unet.core.segment import median_diameter
+    from napari_unet.core.instances import median_diameter
 
     img, truth = synth_nuclei((384, 384), rng=11, style=SynthStyle(diameter=(40, 40), snr=(40, 60), density=(0.3, 0.3)))
     res = napari_unet.segment(img, return_result=True)
@@ -66,7 +66,7 @@ def test_diameter_is_estimated_near_truth():
 
 def test_stack_diameter_is_measured_where_objects_are_sharp():
     """A z-stack whose first planes hold only noise: the size is measured on an in-focus plane."""
-    from napari_unet.core.segment import median_diameter
+    from napari_unet.core.instances import median_diameter
 
     img, truth = synth_nuclei((256, 256), rng=3, style=SynthStyle(diameter=(36, 36), snr=(40, 60), density=(0.3, 0.3)))
     rng = np.random.default_rng(0)

@@ -168,7 +168,7 @@ def forgetting_probe(n: int, model_diameter: float) -> Callable[[UNet, torch.dev
     """A scorer of AP@0.5 on `n` synthetic images of the original domain (None when n = 0)."""
     if n <= 0:
         return None
-    from .segment import median_diameter
+    from .instances import median_diameter
     from .synth import SynthStyle, synth_nuclei
 
     style = SynthStyle(diameter=(16.0, 34.0))

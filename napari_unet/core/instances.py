@@ -28,11 +28,16 @@ def min_object_size(diameter: float) -> int:
     return max(8, int(0.1 * np.pi / 4 * diameter**2))
 
 
+def equivalent_diameter(area):
+    """Diameter of the disc of `area` px (a number or an array)."""
+    return 2 * np.sqrt(np.asarray(area, dtype=np.float64) / np.pi)
+
+
 def median_diameter(labels: np.ndarray) -> float | None:
     """Equivalent diameter of the median object of `labels`, px (None when there is none)."""
     areas = np.bincount(labels.ravel())[1:]
     areas = areas[areas > 0]
-    return float(2 * np.sqrt(np.median(areas) / np.pi)) if areas.size else None
+    return float(equivalent_diameter(np.median(areas))) if areas.size else None
 
 
 def labels_from_probabilities(
@@ -84,7 +89,7 @@ def labels_from_probabilities(
 def border_ratio(P: np.ndarray, Q: np.ndarray) -> float:
     """Shared border of two touching masks / the smaller one's equivalent diameter."""
     border = (P & ndi.binary_dilation(Q)).sum() + (Q & ndi.binary_dilation(P)).sum()
-    return float(0.5 * border / (2 * np.sqrt(min(P.sum(), Q.sum()) / np.pi)))
+    return float(0.5 * border / equivalent_diameter(min(P.sum(), Q.sum())))
 
 
 def union_solidity(P: np.ndarray, Q: np.ndarray) -> float:
@@ -129,7 +134,7 @@ def merge_cut_objects(
         return labels
     pairs, contacts = np.unique(edges, axis=0, return_counts=True)
     area = np.bincount(labels.ravel())
-    dmin = 2 * np.sqrt(np.minimum(area[pairs[:, 0]], area[pairs[:, 1]]) / np.pi)
+    dmin = equivalent_diameter(np.minimum(area[pairs[:, 0]], area[pairs[:, 1]]))
     keep = contacts >= 0.5 * min_interface * dmin  # cheap filter: each border pixel gives 1-2 contacts
     typical = np.median(area[1:][area[1:] > 0])
     keep &= area[pairs[:, 0]] + area[pairs[:, 1]] <= max_union * typical

@@ -19,7 +19,7 @@ from skimage.transform import resize
 from .blockwise import DEFAULT_BLOCK, TileReuse, plan_blocks, segment_block_iter, stitch_blocks
 from .device import describe, select_device
 from .errors import InputError
-from .instances import labels_from_probabilities, link_planes, median_diameter, min_object_size  # noqa: F401 (re-exported)
+from .instances import equivalent_diameter, labels_from_probabilities, link_planes, min_object_size
 from .jobs import drain, relay
 from .model import UNet
 from .modelfile import ModelInfo
@@ -138,7 +138,7 @@ def measure_at(
     use = inner_areas if len(inner_areas) >= 3 else all_areas
     if not use:
         return None, 0
-    return float(2 * np.sqrt(np.median(use) / np.pi)) / scale, len(use)
+    return float(equivalent_diameter(np.median(use))) / scale, len(use)
 
 
 def estimate_diameter(infer: InferenceModel, plane: np.ndarray, info: ModelInfo) -> float:

@@ -340,7 +340,7 @@ def replay_pool(
     ``recipes/make_replay_set.py``) when `real`, plus `n` synthetic images of `size` x `size` in
     `style` (a `synth.SynthStyle`; default: the bundled model's synthetic training style).
     """
-    from .segment import median_diameter
+    from .instances import median_diameter
     from .synth import SynthStyle, synth_nuclei
 
     out = []
@@ -521,7 +521,7 @@ def painted_diameter(labels: np.ndarray, mask: np.ndarray | None, scribbles: boo
     """Median diameter of the objects the labels hold (not for scribbles: strokes are not objects)."""
     if scribbles or not labels.any():
         return None
-    from .segment import median_diameter
+    from .instances import median_diameter
 
     return median_diameter(labels)
 

@@ -13,9 +13,10 @@ import torch
 
 from napari_unet.api import load_model
 from napari_unet.core.appearance import add_chromatin, rescale
+from napari_unet.core.instances import median_diameter
 from napari_unet.core.normalize import normalize_plane, percentile_range
 from napari_unet.core.predict import InferenceModel
-from napari_unet.core.segment import estimate_diameter, median_diameter
+from napari_unet.core.segment import estimate_diameter
 from napari_unet.core.synth import SynthStyle, synth_nuclei
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
