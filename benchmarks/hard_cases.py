@@ -119,6 +119,10 @@ def cases() -> dict[str, tuple[str, Callable[[], list[Sample]]]]:
             "clean",
             lambda: _each(val(), lambda im, lab, r: A.condense(im, lab, r, 0.15, 5.0, 0.4), 5),
         ),
+        "bright condensed nuclei (20x, 5 %)": (
+            "clean",
+            lambda: _each(val(), lambda im, lab, r: A.condense(im, lab, r, 0.05, 20.0, 0.3), 17),
+        ),
         # camera and contrast
         "camera: uint8, 30 photons": (
             "clean",

@@ -172,6 +172,12 @@ def group_quantile(values: np.ndarray, groups: np.ndarray, q: float, n: int) -> 
     return out
 
 
+def object_brightness(labels: np.ndarray, image: np.ndarray, n: int) -> np.ndarray:
+    """Each object's bright level, the 75th percentile of its pixels (index 0..n; NaN where absent)."""
+    fg = labels > 0
+    return group_quantile(np.asarray(image, np.float32)[fg], labels[fg], 0.75, n)
+
+
 def refine_outlines(
     labels: np.ndarray, image: np.ndarray, diameter: float, level: float, *, min_part: float = 0.2
 ) -> np.ndarray:
@@ -200,7 +206,7 @@ def refine_outlines(
     nearest = expand_labels(sub_labels, max(1, round(0.25 * diameter / step)))
     ring = free & (nearest > 0)
     background = group_quantile(sub_img[ring], nearest[ring], 0.5, n)
-    bright = group_quantile(sub_img[~free], sub_labels[~free], 0.75, n)
+    bright = object_brightness(sub_labels, sub_img, n)
     inside = labels > 0
     cut = background + level * (bright - background)
     cut[~(np.isfinite(cut) & (bright > background))] = -np.inf

@@ -213,6 +213,17 @@ class Planes:
             acc = p if acc is None else acc + p
         return acc / len(self.channel_ranges) if len(self.channel_ranges) > 1 else acc
 
+    def with_high(self, factor: float) -> Planes:
+        """The same planes with every high level moved to low + `factor` x (high - low)."""
+
+        def moved(r):
+            return (r[0], r[0] + factor * (r[1] - r[0]))
+
+        ranges = None if self.channel_ranges is None else {c: moved(r) for c, r in self.channel_ranges.items()}
+        out = Planes(self.image, (), ranges, None if self.range is None else moved(self.range))
+        out.indices, out.channel = self.indices, self.channel
+        return out
+
     def __iter__(self) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
         for idx in self.indices:
             yield idx, self.load(idx)
