@@ -305,3 +305,16 @@ def test_3d_objects_from_a_stack_with_its_voxel_size(tmp_path, capsys):
         rc, _, err = run(["segment", str(path), "-o", str(tmp_path / "bad.tif"), "-q", *bad], capsys)
         assert rc == 1 and msg in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "bad.tif").exists()
+
+
+def test_the_summary_says_when_the_image_was_normalised_again(tmp_path, capsys):
+    # A blob at 30x the nuclei over 5 % of the field: `segment` runs a second pass, and the summary line says so.
+    from napari_unet.core.appearance import bright_debris
+
+    img, lab = synth_nuclei((256, 256), rng=0, style=SynthStyle(diameter=(22, 26), dtype="uint16"))
+    dirty = bright_debris(img, lab, np.random.default_rng(0), area=0.05, level=30.0)
+    for name, image in (("clean", img), ("dirty", dirty)):
+        tifffile.imwrite(tmp_path / f"{name}.tif", np.asarray(image, np.float32))
+        rc, out, err = run(["segment", str(tmp_path / f"{name}.tif"), "--diameter", "24"], capsys)
+        assert rc == 0, err
+        assert ("normalised again" in out) == (name == "dirty"), out
