@@ -123,6 +123,15 @@ def cases() -> dict[str, tuple[str, Callable[[], list[Sample]]]]:
             "clean",
             lambda: _each(val(), lambda im, lab, r: A.condense(im, lab, r, 0.05, 20.0, 0.3), 17),
         ),
+        # 4. dim nuclei beside bright ones
+        "dim nuclei (a third, 5x dimmer)": (
+            "clean",
+            lambda: _each(val(), lambda im, lab, r: A.dim_nuclei(im, lab, r, 0.33, 5.0), 18),
+        ),
+        "dim nuclei (a third, 10x dimmer)": (
+            "clean",
+            lambda: _each(val(), lambda im, lab, r: A.dim_nuclei(im, lab, r, 0.33, 10.0), 19),
+        ),
         # camera and contrast
         "camera: uint8, 30 photons": (
             "clean",

@@ -65,6 +65,22 @@ def test_chromatin_and_condense_change_only_what_they_say(field):
     assert ratio.max() > 3 and np.isclose(np.median(ratio), 1, atol=0.05)
 
 
+def test_dim_nuclei_are_dimmer_over_the_background_and_as_noisy(field):
+    img, lab = field
+    dim = A.dim_nuclei(img, lab, np.random.default_rng(5), fraction=0.5, factor=8.0)
+    bg = float(np.median(img[lab == 0]))
+    changed = np.unique(lab[(dim != img) & (lab > 0)])
+    assert 0.2 < changed.size / lab.max() < 0.8  # about half of the nuclei
+    for i in changed[:5]:
+        m = lab == i
+        assert np.isclose((dim[m].mean() - bg) / (img[m].mean() - bg), 1 / 8, atol=0.05)
+    far = ndi.distance_transform_edt(lab == 0) > 4
+    np.testing.assert_array_equal(dim[far & (dim == img)], img[far & (dim == img)])  # the rest untouched
+    diff = np.diff(dim, axis=1)[lab[:, 1:] == changed[0]]
+    noise = np.diff(img.astype(np.float32), axis=1)[lab[:, 1:] == 0]
+    assert 0.5 < diff.std() / noise.std() < 2  # the dimmed nucleus keeps a background-like noise
+
+
 def test_perturb_is_deterministic(field):
     img, lab = field
     a = A.perturb(img, lab, np.random.default_rng(5))
