@@ -69,10 +69,10 @@ def _side_outputs(arg: str | None, outputs: list[Path], suffix: str, flag: str) 
 def _channel_note(result) -> str:
     c = result.extra.get("channel")
     note = "" if c is None else ", channels averaged" if c == "mean" else f", channel {c}"
-    from .core.segment import LEVEL_FLOOR
+    from .core.segment import renormalised_note
 
-    if result.extra.get("nucleus_level", LEVEL_FLOOR) < LEVEL_FLOOR:  # `segment` ran a second pass
-        note += ", normalised again (nuclei far below the image's range)"
+    if renormalised_note(result):
+        note += f", {renormalised_note(result)}"
     a = result.extra.get("anisotropy")
     return note if a is None else f"{note}, 3D objects (anisotropy {a:g})"
 

@@ -361,7 +361,10 @@ class SegmentWidget(QWidget):
         self.device.show_used(result.device)
         n = int(np.count_nonzero(np.unique(result.labels)))
         planes = int(np.prod(result.labels.shape[:-2])) if result.labels.ndim > 2 else 1
-        notes = result.extra.get("notices") or []
+        from ..core.segment import renormalised_note
+
+        notes = [*(result.extra.get("notices") or []), renormalised_note(result)]
+        notes = [n for n in notes if n]
         where = "new layer" if new else "updated"
         self.status.setText(
             f"{n} {'3D objects' if info['mode'] == '3d' else 'objects'}"

@@ -201,6 +201,13 @@ NUCLEUS_LEVEL = 0.48
 LEVEL_FLOOR = NUCLEUS_LEVEL / 4
 
 
+def renormalised_note(result: SegmentResult) -> str:
+    """What the CLI's summary and the Segment widget's status say when `segment` ran its second pass, else ""."""
+    if result.extra.get("nucleus_level", LEVEL_FLOOR) < LEVEL_FLOOR:
+        return "normalised again (nuclei far below the image's range)"
+    return ""
+
+
 def _segment_planes(
     planes, spatial, infer, info, used_diameter, n_planes, *, tile, overlap, batch_size, probabilities, doubt,
     measures, block, merge_cuts, min_score,
