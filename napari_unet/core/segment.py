@@ -329,17 +329,17 @@ def segment_iter(
         yield Progress(0, n_planes, 0, 1, "estimating object size")
         used_diameter = estimate_on_planes(infer, planes, info)
     run = partial(
-        _segment_planes, planes, spatial, infer, info, used_diameter, n_planes, tile=tile, overlap=overlap,
-        batch_size=batch_size, probabilities=probabilities, doubt=doubt, measures=measures, block=block,
-        merge_cuts=merge_cuts, min_score=min_score,
+        _segment_planes, spatial=spatial, infer=infer, info=info, used_diameter=used_diameter, n_planes=n_planes,
+        tile=tile, overlap=overlap, batch_size=batch_size, probabilities=probabilities, doubt=doubt,
+        measures=measures, block=block, merge_cuts=merge_cuts, min_score=min_score,
     )  # fmt: skip
-    labels, probs_out, doubt_out, plane_scores, all_measures, last_probs, level = yield from run()
+    labels, probs_out, doubt_out, plane_scores, all_measures, last_probs, level = yield from run(planes)
     if level < LEVEL_FLOOR:
         # The nuclei sit far below the normalised range (bright debris, a few very bright condensed nuclei
         # set the high percentile): normalise again so that they reach their usual level, and run again.
         yield Progress(0, n_planes, 0, 1, "the nuclei are far below the image's range: normalising again")
-        run = partial(run.func, planes.with_high(level / NUCLEUS_LEVEL), *run.args[1:], **run.keywords)
-        labels, probs_out, doubt_out, plane_scores, all_measures, last_probs, _ = yield from run()
+        again = planes.with_high(level / NUCLEUS_LEVEL)
+        labels, probs_out, doubt_out, plane_scores, all_measures, last_probs, _ = yield from run(again)
     if link_iou is not None and labels.ndim > 2:
         flat = labels.reshape(-1, *labels.shape[-2:])
         linked = link_planes(flat, link_iou)
