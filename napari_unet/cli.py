@@ -71,8 +71,8 @@ def _channel_note(result) -> str:
     note = "" if c is None else ", channels averaged" if c == "mean" else f", channel {c}"
     from .core.segment import renormalised_note
 
-    if renormalised_note(result):
-        note += f", {renormalised_note(result)}"
+    if again := renormalised_note(result):
+        note += f", {again}"
     a = result.extra.get("anisotropy")
     return note if a is None else f"{note}, 3D objects (anisotropy {a:g})"
 

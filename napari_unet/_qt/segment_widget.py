@@ -363,8 +363,7 @@ class SegmentWidget(QWidget):
         planes = int(np.prod(result.labels.shape[:-2])) if result.labels.ndim > 2 else 1
         from ..core.segment import renormalised_note
 
-        notes = [*(result.extra.get("notices") or []), renormalised_note(result)]
-        notes = [n for n in notes if n]
+        notes = [n for n in (*(result.extra.get("notices") or []), renormalised_note(result)) if n]
         where = "new layer" if new else "updated"
         self.status.setText(
             f"{n} {'3D objects' if info['mode'] == '3d' else 'objects'}"

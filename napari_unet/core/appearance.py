@@ -176,8 +176,9 @@ def dim_nuclei(
     image: np.ndarray, labels: np.ndarray, rng: np.random.Generator, fraction: float = 0.33, factor: float = 5.0
 ) -> np.ndarray:
     """Make a `fraction` of the nuclei `factor` x dimmer over the background (low expression, another cell-cycle
-    stage), each with a 2 px margin of its glow (not into its neighbours). The dimmed pixels keep the image's noise: their own is divided
-    too, so background-like noise (the median absolute difference of neighbouring pixels) is added back."""
+    stage), each with a 2 px margin of its glow (not into its neighbours). The dimmed pixels keep the image's
+    noise: their own is divided too, so background-like noise (from the median absolute difference of
+    neighbouring pixels) is added back."""
     img = np.asarray(image, np.float32)
     bg, _ = _levels(img, labels)
     d = np.diff(img, axis=1)
