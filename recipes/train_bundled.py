@@ -71,7 +71,7 @@ from napari_unet.core.instances import (  # noqa: E402
     class_targets,
     median_diameter,
 )
-from napari_unet.core.losses import masked_loss  # noqa: E402
+from napari_unet.core.losses import distillation_loss, masked_loss  # noqa: E402
 from napari_unet.core.metrics import aggregate, match_instances  # noqa: E402
 from napari_unet.core.model import UNet, UNetConfig, count_parameters  # noqa: E402
 from napari_unet.core.modelfile import (  # noqa: E402
@@ -147,7 +147,7 @@ def wide_synth(i: int):
     return synth_nuclei((side, side), rng=rng, style=replace(WIDE, diameter=(d, d)))
 
 
-def real_variants(split_dir: Path, n: int, seed: int):
+def real_variants(split_dir: Path, n: int, seed: int, outliers: bool = False):
     """`n` hard-case renderings (`appearance.perturb`) of every real image of a split."""
     items = []
     for k, f in enumerate(sorted((split_dir / "images").glob("*.tif"))):
@@ -155,7 +155,7 @@ def real_variants(split_dir: Path, n: int, seed: int):
         lab = tifffile.imread(split_dir / "nuclei" / f.name).astype(np.int32)
         mn = tifffile.imread(split_dir / "micronuclei" / f.name) > 0
         for v in range(n):
-            out, lab_v = perturb(img, lab, np.random.default_rng([seed, k, v]))
+            out, lab_v = perturb(img, lab, np.random.default_rng([seed, k, v]), outliers=outliers)
             mn_v = mn if lab_v.shape == mn.shape else resize(mn, lab_v.shape, order=0, anti_aliasing=False) > 0
             items.append(prepare(out, lab_v, mn_v))
     return items
@@ -190,6 +190,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=0.25,
         help="v2: share of the real crops taken from the unperturbed images (default: as in the pool)",
     )
+    p.add_argument(
+        "--outliers",
+        action="store_true",
+        help="the hard-case renderings also draw condensed nuclei up to 30x, dim nuclei and bright debris",
+    )
+    p.add_argument(
+        "--anchor",
+        type=float,
+        default=0.0,
+        help="weight of a distillation loss toward the --init model on the unperturbed crops (real originals "
+        "and synthetic), so that a fine-tune learns the renderings without forgetting the rest",
+    )
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate, the same for any number of processes")
     p.add_argument("--eval-every", type=int, default=150)
     p.add_argument("--seed", type=int, default=0)
@@ -207,6 +219,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         p.error("--steps must be at least 1")
+    if args.anchor and not args.init:
+        p.error("--anchor distils toward the --init model: pass --init")
     if args.no_real and args.synth_val < 1:
         p.error("--no-real selects on synthetic validation images: --synth-val must be at least 1")
     return args
@@ -235,7 +249,7 @@ def load_data(args):
         aug = AugmentConfig()
     else:
         if real:
-            real += real_variants(args.data / "mnfinder" / "train", args.variants, args.seed)
+            real += real_variants(args.data / "mnfinder" / "train", args.variants, args.seed, args.outliers)
         synth = [prepare(*wide_synth(100_000 + i)) for i in range(args.synth)]
         vals = (wide_synth(900_000 + i) for i in range(args.synth_val))
         synth_val = [(im, lab, None, median_diameter(lab)) for im, lab in vals]
@@ -318,6 +332,9 @@ def main():
             rng.bit_generator.state = json.loads(ck["rng"])
             g.set_state(ck["torch_rng"])
         log(f"resumed at step {step}, {done:.0f}s of {budget:.0f}s done", flush=True)
+    teacher, kl_ema = None, None
+    if args.anchor:  # the starting weights, frozen: what the unperturbed crops should still get
+        teacher = read_model(args.init)[0].to(ctx.device).eval().requires_grad_(False)
     net = ddp.wrap(model, ctx)  # forward and backward through `net`; everything else uses `model` itself
     if args.dump_weights:
         dump_state(model, args.dump_weights / f"rank{ctx.rank}_start.safetensors")
@@ -347,6 +364,14 @@ def main():
             c = (tgt.shape[-1] - logits.shape[-1]) // 2
             tgt, wt, msk = (a[..., c : c + logits.shape[-2], c : c + logits.shape[-1]] for a in (tgt, wt, msk))
         loss = masked_loss(logits.float(), tgt, wt, msk)
+        if teacher is not None:  # the batch is [k originals, n_real - k renderings, n_synth synthetic]
+            keep = torch.ones(len(img), dtype=torch.bool, device=img.device)
+            keep[k:n_real] = False
+            with torch.no_grad(), torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=args.bf16):
+                t_logits = teacher(img[keep])
+            kl = distillation_loss(logits[keep].float(), t_logits.float())
+            loss = loss + args.anchor * kl
+            kl_ema = kl.item() if kl_ema is None else 0.95 * kl_ema + 0.05 * kl.item()
         opt.zero_grad(set_to_none=True)
         loss.backward()  # under DDP the gradients are averaged over the ranks here
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -355,7 +380,8 @@ def main():
         ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()  # rank 0's batches in the log
         if step % 25 == 0:
             log(
-                f"step {step} t={elapsed:.0f}s loss={ema:.4f} lr={lr:.2e} {step / max(elapsed, 1e-9):.2f} it/s",
+                f"step {step} t={elapsed:.0f}s loss={ema:.4f} lr={lr:.2e} {step / max(elapsed, 1e-9):.2f} it/s"
+                + (f" anchor KL={kl_ema:.4f}" if teacher is not None else ""),
                 flush=True,
             )
         if step % args.eval_every == 0:
@@ -430,7 +456,10 @@ def describe_data(args) -> tuple[list[str], str]:
         data.append(f"synthetic x{args.synth} (napari_unet.core.synth, default style, 16-34 px)")
     else:
         if not args.no_real:
-            data.append(f"mnfinder/train x{args.variants} hard-case renderings (napari_unet.core.appearance.perturb)")
+            extra = ", with outliers" if args.outliers else ""
+            data.append(
+                f"mnfinder/train x{args.variants} hard-case renderings (napari_unet.core.appearance.perturb{extra})"
+            )
         data.append(f"synthetic x{args.synth} (napari_unet.core.synth.WIDE, 8-80 px)")
     if args.no_real:
         return data, f"synthetic val x{args.synth_val} AP@0.5"

@@ -101,3 +101,21 @@ def test_each_rank_draws_its_own_data_and_rank_0_the_single_process_data(monkeyp
     seeds = [ddp.rank_seed(7, r) for r in range(4)]
     assert seeds[0] == 7 and len(set(seeds)) == 4
     assert not ddp.setup("cpu").distributed  # no torchrun environment: no process group
+
+
+def test_the_anchor_distils_toward_the_init_model_in_one_process(tmp_path):
+    from napari_unet.core.model import UNet, UNetConfig
+    from napari_unet.core.modelfile import ModelInfo, read_model, save_model
+
+    cfg = UNetConfig(base=4, depth=2)
+    init = tmp_path / "init.safetensors"
+    save_model(UNet(cfg), ModelInfo(config=cfg, diameter=24.0, name="init"), init)
+    recipe = [sys.executable, str(RECIPES / "train_bundled.py"), *TINY, "--out", str(tmp_path / "m.safetensors")]
+    res = subprocess.run(
+        [*recipe, "--init", str(init), "--anchor", "1", "--steps", "25"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert "anchor KL=" in res.stdout  # the distillation term is computed and logged
+    assert read_model(tmp_path / "m.safetensors")[1].config == cfg
+    res = subprocess.run([*recipe, "--anchor", "1", "--steps", "1"], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode != 0 and "--anchor distils toward the --init model" in res.stderr

@@ -89,6 +89,24 @@ def test_perturb_is_deterministic(field):
     np.testing.assert_array_equal(a[1], b[1])
 
 
+def test_perturb_outliers_add_far_brighter_and_far_dimmer_nuclei(field):
+    img, lab = field
+
+    def spread(outliers):
+        """The brightest and dimmest nucleus over the median one (contrast over the background), 40 draws."""
+        hi, lo = [], []
+        for s in range(40):
+            out, lab_o = A.perturb(img, lab, np.random.default_rng(s), outliers=outliers)
+            levels = ndi.median(out, lab_o, np.unique(lab_o[lab_o > 0])) - np.median(out[lab_o == 0])
+            hi.append(levels.max() / np.median(levels))
+            lo.append(levels.min() / np.median(levels))
+        return max(hi), min(lo)
+
+    (hi, lo), (hi_o, lo_o) = spread(False), spread(True)
+    assert hi < 25 < hi_o  # condensed nuclei up to 30x (v2's renders: 2-6x)
+    assert lo_o < 0.1 < lo  # dim nuclei 2-12x dimmer
+
+
 def test_wide_style_uint12_and_cytoplasm():
     style = replace(WIDE, diameter=(20.0, 20.0), density=(0.1, 0.1), dtype=("uint12",), cytoplasm_prob=1.0)
     img, lab = synth_nuclei((256, 256), rng=0, style=style)
