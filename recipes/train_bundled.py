@@ -22,6 +22,9 @@ nucleus diameter is the model's training diameter (24 px); and a pool of synthet
 `napari_unet.core.synth` (all styles). Batches mix both halves. Model selection on
 mnfinder/val (AP@0.5) every `--eval-every` steps (v2: the mean of mnfinder/val and a synthetic
 validation set in the wide style, seeds apart from the training pool); the best weights are written.
+With `--init`, the starting weights are scored first as step 0, so a fine-tune that never beats them
+on the selection sets writes them back. `--outliers` adds condensed nuclei up to 30x, dim nuclei and
+bright debris to the hard-case renderings (the fine-tunes of 2026-12-05 in benchmarks/RESULTS.md).
 The hard-case suite (`benchmarks/hard_cases.py`) is never used for selection. `--no-real` trains on
 the synthetic pool alone and selects on synthetic validation images (no data folder needed), and
 `--steps N` stops after N optimizer steps instead of `--minutes` (the cosine schedule then runs over
@@ -71,7 +74,7 @@ from napari_unet.core.instances import (  # noqa: E402
     class_targets,
     median_diameter,
 )
-from napari_unet.core.losses import distillation_loss, masked_loss  # noqa: E402
+from napari_unet.core.losses import masked_loss  # noqa: E402
 from napari_unet.core.metrics import aggregate, match_instances  # noqa: E402
 from napari_unet.core.model import UNet, UNetConfig, count_parameters  # noqa: E402
 from napari_unet.core.modelfile import (  # noqa: E402
@@ -195,13 +198,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="the hard-case renderings also draw condensed nuclei up to 30x, dim nuclei and bright debris",
     )
-    p.add_argument(
-        "--anchor",
-        type=float,
-        default=0.0,
-        help="weight of a distillation loss toward the --init model on the unperturbed crops (real originals "
-        "and synthetic), so that a fine-tune learns the renderings without forgetting the rest",
-    )
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate, the same for any number of processes")
     p.add_argument("--eval-every", type=int, default=150)
     p.add_argument("--seed", type=int, default=0)
@@ -219,8 +215,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         p.error("--steps must be at least 1")
-    if args.anchor and not args.init:
-        p.error("--anchor distils toward the --init model: pass --init")
     if args.no_real and args.synth_val < 1:
         p.error("--no-real selects on synthetic validation images: --synth-val must be at least 1")
     return args
@@ -296,7 +290,7 @@ def main():
         return {
             "step": step,
             "seconds": round(seconds),
-            "loss": round(ema, 4),
+            "loss": None if ema is None else round(ema, 4),
             "val_ap50": val,
             "select": round(sel, 4),
         }
@@ -332,12 +326,16 @@ def main():
             rng.bit_generator.state = json.loads(ck["rng"])
             g.set_state(ck["torch_rng"])
         log(f"resumed at step {step}, {done:.0f}s of {budget:.0f}s done", flush=True)
-    teacher, kl_ema = None, None
-    if args.anchor:  # the starting weights, frozen: what the unperturbed crops should still get
-        teacher = read_model(args.init)[0].to(ctx.device).eval().requires_grad_(False)
     net = ddp.wrap(model, ctx)  # forward and backward through `net`; everything else uses `model` itself
     if args.dump_weights:
         dump_state(model, args.dump_weights / f"rank{ctx.rank}_start.safetensors")
+    if args.init and not args.resume and ctx.main:
+        # A fine-tune starts from weights that were selected already: they are step 0's candidate, so a run that
+        # never beats them on the selection sets writes them back rather than something worse.
+        sel, ap = score(model)
+        history.append(entry(0, 0.0, None, sel, ap))
+        report("  eval step 0 (--init)", sel, ap)
+        best, best_state = sel, {k: v.clone() for k, v in model.state_dict().items()}
     t_train = time.time() - done
     n_synth = args.batch if args.no_real else round(args.batch * args.synth_frac)
     warmup = 100 if args.init is None else 20
@@ -364,14 +362,6 @@ def main():
             c = (tgt.shape[-1] - logits.shape[-1]) // 2
             tgt, wt, msk = (a[..., c : c + logits.shape[-2], c : c + logits.shape[-1]] for a in (tgt, wt, msk))
         loss = masked_loss(logits.float(), tgt, wt, msk)
-        if teacher is not None:  # the batch is [k originals, n_real - k renderings, n_synth synthetic]
-            keep = torch.ones(len(img), dtype=torch.bool, device=img.device)
-            keep[k:n_real] = False
-            with torch.no_grad(), torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=args.bf16):
-                t_logits = teacher(img[keep])
-            kl = distillation_loss(logits[keep].float(), t_logits.float())
-            loss = loss + args.anchor * kl
-            kl_ema = kl.item() if kl_ema is None else 0.95 * kl_ema + 0.05 * kl.item()
         opt.zero_grad(set_to_none=True)
         loss.backward()  # under DDP the gradients are averaged over the ranks here
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -380,8 +370,7 @@ def main():
         ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()  # rank 0's batches in the log
         if step % 25 == 0:
             log(
-                f"step {step} t={elapsed:.0f}s loss={ema:.4f} lr={lr:.2e} {step / max(elapsed, 1e-9):.2f} it/s"
-                + (f" anchor KL={kl_ema:.4f}" if teacher is not None else ""),
+                f"step {step} t={elapsed:.0f}s loss={ema:.4f} lr={lr:.2e} {step / max(elapsed, 1e-9):.2f} it/s",
                 flush=True,
             )
         if step % args.eval_every == 0:

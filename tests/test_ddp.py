@@ -103,19 +103,32 @@ def test_each_rank_draws_its_own_data_and_rank_0_the_single_process_data(monkeyp
     assert not ddp.setup("cpu").distributed  # no torchrun environment: no process group
 
 
-def test_the_anchor_distils_toward_the_init_model_in_one_process(tmp_path):
+def test_a_fine_tune_counts_its_init_weights_as_step_0(tmp_path):
     from napari_unet.core.model import UNet, UNetConfig
     from napari_unet.core.modelfile import ModelInfo, read_model, save_model
 
     cfg = UNetConfig(base=4, depth=2)
     init = tmp_path / "init.safetensors"
     save_model(UNet(cfg), ModelInfo(config=cfg, diameter=24.0, name="init"), init)
-    recipe = [sys.executable, str(RECIPES / "train_bundled.py"), *TINY, "--out", str(tmp_path / "m.safetensors")]
+    out = tmp_path / "m.safetensors"
     res = subprocess.run(
-        [*recipe, "--init", str(init), "--anchor", "1", "--steps", "25"], cwd=ROOT, capture_output=True, text=True
+        [
+            sys.executable,
+            str(RECIPES / "train_bundled.py"),
+            *TINY,
+            "--init",
+            str(init),
+            "--steps",
+            "3",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert res.returncode == 0, res.stderr[-4000:]
-    assert "anchor KL=" in res.stdout  # the distillation term is computed and logged
-    assert read_model(tmp_path / "m.safetensors")[1].config == cfg
-    res = subprocess.run([*recipe, "--anchor", "1", "--steps", "1"], cwd=ROOT, capture_output=True, text=True)
-    assert res.returncode != 0 and "--anchor distils toward the --init model" in res.stderr
+    assert "eval step 0 (--init)" in res.stdout
+    history = read_model(out)[1].provenance["history"]
+    assert [h["step"] for h in history] == [0, 3, 3]  # the init, the eval at step 3, the final evaluation
+    assert history[0]["loss"] is None and 0.0 <= history[0]["select"] <= 1.0

@@ -63,9 +63,3 @@ def masked_loss(
     w = torch.where(mask, w, torch.zeros_like(w))
     nll = pixel_nll(logits, safe)
     return torch.where(mask, nll * w, torch.zeros_like(nll)).sum() / w.sum().clamp_min(1e-6)
-
-
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Mean per-pixel KL(teacher || student) of the class distributions; both (n, C, H, W) logits."""
-    t = torch.log_softmax(teacher, 1)
-    return F.kl_div(torch.log_softmax(student, 1), t, log_target=True, reduction="none").sum(1).mean()
