@@ -277,17 +277,18 @@ def perturb(
 ) -> tuple[np.ndarray, np.ndarray]:
     """A random mix of the hard cases above, for training (each with its own probability).
 
-    `outliers` (the v2.1 fine-tune) also draws condensed nuclei up to 30x, dim nuclei and bright debris;
-    without it the draws are v2's, so its recipe stays reproducible.
+    `outliers` also draws condensed nuclei up to 30x, dim nuclei and bright debris (the fine-tunes of
+    2026-12-05, not shipped); without it the draws are v2's, so v2's recipe stays reproducible.
     """
     img, lab = np.asarray(image, np.float32), labels
     if rng.random() < 0.25:  # lower magnification: small nuclei, later upscaled to the model's size
         img, lab = rescale(img, lab, float(np.exp(rng.uniform(np.log(0.35), np.log(0.8)))))
     if rng.random() < 0.35:
         img = add_chromatin(img, lab, rng, texture=rng.uniform(0.1, 0.6), foci=rng.uniform(0, 10))
-    if not outliers and rng.random() < 0.2:
-        img = condense(img, lab, rng, rng.uniform(0.03, 0.2), rng.uniform(2.0, 6.0), rng.uniform(0.1, 0.5))
-    if outliers:
+    if not outliers:
+        if rng.random() < 0.2:
+            img = condense(img, lab, rng, rng.uniform(0.03, 0.2), rng.uniform(2.0, 6.0), rng.uniform(0.1, 0.5))
+    else:
         if rng.random() < 0.3:
             gain = float(np.exp(rng.uniform(np.log(2.0), np.log(30.0))))
             img = condense(img, lab, rng, rng.uniform(0.02, 0.2), gain, rng.uniform(0.1, 0.5))
