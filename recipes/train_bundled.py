@@ -25,6 +25,8 @@ validation set in the wide style, seeds apart from the training pool); the best 
 With `--init`, the starting weights are scored first as step 0, so a fine-tune that never beats them
 on the selection sets writes them back. `--outliers` adds condensed nuclei up to 30x, dim nuclei and
 bright debris to the hard-case renderings (the fine-tunes of 2026-12-05 in benchmarks/RESULTS.md).
+`--seam LOW,HIGH` parts touching synthetic nuclei by a dark seam, as `synth.WIDE` has done since v2.1;
+the default (no seam) keeps the synthetic images v2 trained on.
 The hard-case suite (`benchmarks/hard_cases.py`) is never used for selection. `--no-real` trains on
 the synthetic pool alone and selects on synthetic validation images (no data folder needed), and
 `--steps N` stops after N optimizer steps instead of `--minutes` (the cosine schedule then runs over
@@ -142,12 +144,15 @@ def evaluate(model, val_sets):
     return aggregate(ms).ap
 
 
-def wide_synth(i: int):
-    """Synthetic training image `i` in the wide style; its size grows with its nuclei."""
+def wide_synth(i: int, seam: tuple[float, float] = (1.0, 1.0)):
+    """Synthetic training image `i` in the wide style; its size grows with its nuclei.
+
+    `seam`: the dark seam between touching nuclei (`SynthStyle.seam`). v2 trained without one, before
+    `synth.WIDE` gained it, so (1, 1) keeps v2's images."""
     rng = np.random.default_rng(i)
     d = float(np.exp(rng.uniform(np.log(8.0), np.log(80.0))))
     side = int(np.clip(9 * d, 256, 640))
-    return synth_nuclei((side, side), rng=rng, style=replace(WIDE, diameter=(d, d)))
+    return synth_nuclei((side, side), rng=rng, style=replace(WIDE, diameter=(d, d), seam=seam))
 
 
 def real_variants(split_dir: Path, n: int, seed: int, outliers: bool = False):
@@ -162,6 +167,16 @@ def real_variants(split_dir: Path, n: int, seed: int, outliers: bool = False):
             mn_v = mn if lab_v.shape == mn.shape else resize(mn, lab_v.shape, order=0, anti_aliasing=False) > 0
             items.append(prepare(out, lab_v, mn_v))
     return items
+
+
+def _fractions(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH fractions such as 0.1,0.5, got {text!r}") from None
+    if not 0 <= lo <= hi <= 1:
+        raise argparse.ArgumentTypeError(f"expected fractions 0 <= LOW <= HIGH <= 1, got {text!r}")
+    return lo, hi
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -187,6 +202,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--synth-val", type=int, default=8, help="synthetic validation images (v2 and --no-real)")
     p.add_argument("--variants", type=int, default=3, help="hard-case renderings of each real image (v2)")
     p.add_argument("--synth-frac", type=float, default=0.5)
+    p.add_argument(
+        "--seam",
+        type=_fractions,
+        default=(1.0, 1.0),
+        help="LOW,HIGH: the signal left where synthetic nuclei touch, drawn per image (default 1,1: no seam, "
+        "v2's images; synth.WIDE uses 0.1,0.5)",
+    )
     p.add_argument(
         "--original-frac",
         type=float,
@@ -244,8 +266,8 @@ def load_data(args):
     else:
         if real:
             real += real_variants(args.data / "mnfinder" / "train", args.variants, args.seed, args.outliers)
-        synth = [prepare(*wide_synth(100_000 + i)) for i in range(args.synth)]
-        vals = (wide_synth(900_000 + i) for i in range(args.synth_val))
+        synth = [prepare(*wide_synth(100_000 + i, args.seam)) for i in range(args.synth)]
+        vals = (wide_synth(900_000 + i, args.seam) for i in range(args.synth_val))
         synth_val = [(im, lab, None, median_diameter(lab)) for im, lab in vals]
         aug = AugmentConfig(scale=(0.6, 1.6))  # the size estimate may miss by 20 %; cover it twice over
     return real, n_orig, val_sets, synth, synth_val, aug
@@ -449,7 +471,8 @@ def describe_data(args) -> tuple[list[str], str]:
             data.append(
                 f"mnfinder/train x{args.variants} hard-case renderings (napari_unet.core.appearance.perturb{extra})"
             )
-        data.append(f"synthetic x{args.synth} (napari_unet.core.synth.WIDE, 8-80 px)")
+        seam = "" if args.seam == (1.0, 1.0) else f", seam {args.seam[0]:g}-{args.seam[1]:g}"
+        data.append(f"synthetic x{args.synth} (napari_unet.core.synth.WIDE, 8-80 px{seam})")
     if args.no_real:
         return data, f"synthetic val x{args.synth_val} AP@0.5"
     return data, "mnfinder/val AP@0.5" if args.v1 else "mean of mnfinder/val and wide synthetic val AP@0.5"

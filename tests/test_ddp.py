@@ -132,3 +132,31 @@ def test_a_fine_tune_counts_its_init_weights_as_step_0(tmp_path):
     history = read_model(out)[1].provenance["history"]
     assert [h["step"] for h in history] == [0, 3, 3]  # the init, the eval at step 3, the final evaluation
     assert history[0]["loss"] is None and 0.0 <= history[0]["select"] <= 1.0
+
+
+def test_the_recipe_keeps_v2s_seamless_synthetic_images_unless_asked(monkeypatch):
+    """`synth.WIDE` gained a dark seam between touching nuclei after v2 was trained; the recipe's default
+    must still draw v2's images (no seam), and `--seam` must give the darker borders."""
+    import numpy as np
+    import scipy.ndimage as ndi
+
+    monkeypatch.syspath_prepend(str(RECIPES))
+    import train_bundled as T
+
+    def seam_ratio(seam):
+        ratios = []
+        for i in range(100_000, 100_006):
+            im, lb = T.wide_synth(i, seam)
+            im = im.astype(np.float32)
+            level = np.asarray(ndi.mean(im, lb * ndi.binary_erosion(lb > 0, iterations=3), np.arange(lb.max() + 1)))
+            a, b = lb[:, :-1], lb[:, 1:]
+            m = (a != b) & (a > 0) & (b > 0)
+            ratios += list(0.5 * (im[:, :-1][m] + im[:, 1:][m]) / np.minimum(level[a[m]], level[b[m]]))
+        return float(np.nanmedian(ratios))
+
+    args = T.parse_args([])
+    assert args.seam == (1.0, 1.0)
+    plain, seamed = seam_ratio(args.seam), seam_ratio(T.parse_args(["--seam", "0.1,0.5"]).seam)
+    assert plain > 0.9 and seamed < plain - 0.15, (plain, seamed)
+    with pytest.raises(SystemExit):
+        T.parse_args(["--seam", "0.5"])
