@@ -137,3 +137,27 @@ def test_default_channel_is_the_nuclear_stain(field):
         assert mean.channel == "mean"
     flat = np.stack([img, np.zeros_like(img)], -1)  # an empty second channel is never chosen
     assert iter_planes(flat, "YXC")[2].channel == 0
+
+
+def test_default_channel_passes_over_noise_and_dark_channels(field):
+    """Channels without a stain look two-level too: a camera's dark offset, Poisson or uniform noise, the JPEG
+    ringing left in the empty channels of a blue DAPI picture. None of them may be picked over the nuclei."""
+    import imageio.v3 as iio
+
+    from napari_unet.core.normalize import nuclear_channel
+
+    img, _ = field
+    rng = np.random.default_rng(0)
+    dark = (100 + rng.poisson(0.3, img.shape)).astype(np.uint16)  # a camera's dark frame
+    assert nuclear_channel(np.stack([dark, img]), 0, 2) == 1
+    uniform = (rng.random(img.shape) * img.mean()).astype(np.uint16)
+    assert nuclear_channel(np.stack([uniform, uniform, img, uniform]), 0, 4) == 2
+    blue = (img / img.max() * 200).astype(np.uint8)
+    rgb = np.stack([rng.poisson(0.5, img.shape).astype(np.uint8), np.zeros_like(blue), blue])
+    assert nuclear_channel(rgb, 0, 3) == 2
+    rgb[0] = 0
+    jpeg = np.moveaxis(iio.imread(iio.imwrite("<bytes>", np.moveaxis(rgb, 0, -1), extension=".jpg")), -1, 0)
+    assert jpeg[:2].max() > 0  # the compression left ringing in red and green
+    assert nuclear_channel(jpeg, 0, 3) == 2
+    mask = (img > np.percentile(img, 70)).astype(np.uint16)  # a binary channel is not a stain either
+    assert nuclear_channel(np.stack([mask, img]), 0, 2) == 1
