@@ -37,11 +37,60 @@ def _outputs(inputs: list[Path], output: str | None) -> list[Path]:
     if output is None:
         return [default_output(p) for p in inputs]
     out = Path(output)
-    if len(inputs) > 1 or out.is_dir():
-        if out.exists() and not out.is_dir():
+    if len(inputs) > 1 or (out.is_dir() and out.suffix != ".zarr"):  # an OME-Zarr is one output, not a folder
+        if out.exists() and not out.is_dir() or out.suffix == ".zarr":
             raise InputError(f"-o '{out}' must be a folder when segmenting several inputs")
         return [out / default_output(p).name for p in inputs]
     return [out]
+
+
+def _check_targets(inputs: list[Path], outputs, scores_out, doubt_out, overwrite: bool) -> None:
+    """Before any work: every file this run writes has a known kind, is written once, is none of the inputs
+    (nor inside or around one), is new unless `overwrite`, and lies where a file can be created."""
+    import tempfile
+
+    from .core.bigrun import DOUBT_PATH
+    from .core.io import overlaps
+
+    targets: list[tuple[Path, str]] = []  # (path, flag); a TIFF's OME-Zarr scratch is checked against the inputs
+    for o, s_out, d_out in zip(outputs, scores_out, doubt_out):
+        if o.suffix.lower() not in (".tif", ".tiff") and o.suffix != ".zarr":
+            raise InputError(f"-o '{o}': labels are written as .tif, .tiff or .zarr")
+        targets.append((o, "-o"))
+        if o.suffix != ".zarr":  # where a TIFF of an image larger than memory is built first (resumable)
+            targets.append((o.with_name(o.name + ".zarr"), "scratch"))
+        if s_out is not None:
+            if s_out.suffix.lower() != ".csv":
+                raise InputError(f"--scores '{s_out}': scores are written as .csv")
+            targets.append((s_out, "--scores"))
+        if d_out is not None and d_out != o / DOUBT_PATH:
+            if d_out.suffix.lower() not in (".tif", ".tiff"):
+                raise InputError(f"--uncertainty '{d_out}': the doubt map is written as .tif or .tiff")
+            targets.append((d_out, "--uncertainty"))
+    sources = [p for p in inputs if p.exists()]
+    seen: dict[Path, str] = {}
+    for path, flag in targets:
+        if (src := overlaps(path, sources)) is not None:
+            raise InputError(f"{'-o' if flag == 'scratch' else flag} '{path}' would write over the input '{src}'")
+        key = path.resolve()
+        if key in seen:
+            twice = "by two inputs" if seen[key] == flag == "-o" else f"({seen[key]} and {flag})"
+            raise InputError(f"'{path}' would be written twice {twice}")
+        seen[key] = flag
+    for path, flag in targets:
+        if flag == "scratch":
+            continue
+        if path.exists() and not overwrite:
+            raise InputError(f"'{path}' exists; pass --overwrite to replace it")
+        folder = path.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            raise InputError(f"cannot write '{path}': '{folder}' is not a folder")
+        try:
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError as exc:
+            raise InputError(f"cannot write '{path}': {exc.strerror or exc} in '{folder}'") from None
 
 
 def _side_outputs(arg: str | None, outputs: list[Path], suffix: str, flag: str) -> list[Path | None]:
@@ -114,17 +163,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     outputs = _outputs(inputs, args.output)
     scores_out = _side_outputs(args.scores, outputs, "_scores.csv", "--scores")
     doubt_out = _side_outputs(args.uncertainty, outputs, "_doubt.tif", "--uncertainty")
-    seen: dict[Path, Path] = {}
-    for inp, out in zip(inputs, outputs):
-        if out.resolve() in seen:
-            raise InputError(f"'{seen[out.resolve()]}' and '{inp}' would both write '{out}'")
-        seen[out.resolve()] = inp
-    for out in [*outputs, *(p for p in scores_out + doubt_out if p is not None)]:
-        if out.exists() and not args.overwrite:
-            raise InputError(f"'{out}' exists; pass --overwrite to replace it")
-    for inp, out in zip(inputs, outputs):
-        if inp.exists() and out.resolve() == inp.resolve():
-            raise InputError(f"output '{out}' would overwrite the input")
+    _check_targets(inputs, outputs, scores_out, doubt_out, args.overwrite)
     from . import api
     from .core.jobs import drain
 
@@ -135,52 +174,68 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if cluster and not all(o.suffix == ".zarr" for o in outputs):
         raise InputError("a cluster run writes OME-Zarr: pass -o OUT.zarr")
     failures = 0
-    for inp, out, s_out, d_out in zip(inputs, outputs, scores_out, doubt_out):
-        t0 = time.perf_counter()
-        try:
-            img = read_image(inp)
-            big = out.suffix == ".zarr" or not isinstance(img.data, np.ndarray)
-            if big:  # block by block, resumable
-                _segment_big(api, args, img, model, inp, out, s_out, d_out, cluster, t0)
+    written: list[Path] = []
+    try:
+        for inp, out, s_out, d_out in zip(inputs, outputs, scores_out, doubt_out):
+            t0 = time.perf_counter()
+            try:
+                img = read_image(inp)
+                big = out.suffix == ".zarr" or not isinstance(img.data, np.ndarray)
+                if big:  # block by block, resumable
+                    _segment_big(api, args, img, model, inp, out, s_out, d_out, cluster, t0)
+                    written.append(out)
+                    continue
+                gen = api.segment_iter(
+                    img.data,
+                    model,
+                    device=args.device,
+                    diameter=args.diameter,
+                    channel=args.channel,
+                    axes=args.axes or img.axes,
+                    tile=args.tile,
+                    link_iou=args.link_iou,
+                    tta=args.tta,
+                    doubt=d_out is not None,
+                    block=args.block,
+                    merge_cuts=not args.no_merge_cuts,
+                    min_score=args.min_score,
+                    **_mode_3d(args, img),
+                )
+                with _progress_bar(1.0, inp.name, not args.quiet) as bar:
+                    result = drain(gen, lambda p, bar=bar: _show(bar, p, args.quiet))
+                scale = _pixel_scale(img)
+                write_labels(out, result.labels, overwrite=args.overwrite, axes=result.axes, scale=scale)
+                written.append(out)
+                plane_shape = (
+                    () if "anisotropy" in result.extra else tuple(result.labels.shape[:-2])
+                )  # 3D objects span planes
+                if s_out is not None:
+                    write_scores(s_out, result.plane_scores, plane_shape=plane_shape, overwrite=args.overwrite)
+                if d_out is not None:
+                    write_map(d_out, result.doubt, overwrite=args.overwrite, axes=result.axes,
+                              scale=scale, name="doubt")  # fmt: skip
+            except (ValueError, OSError) as exc:  # InputError, FileExistsError, ... : one line, go on
+                print(f"{PROG}: error: {exc}", file=sys.stderr)
+                failures += 1
                 continue
-            gen = api.segment_iter(
-                img.data,
-                model,
-                device=args.device,
-                diameter=args.diameter,
-                channel=args.channel,
-                axes=args.axes or img.axes,
-                tile=args.tile,
-                link_iou=args.link_iou,
-                tta=args.tta,
-                doubt=d_out is not None,
-                block=args.block,
-                merge_cuts=not args.no_merge_cuts,
-                min_score=args.min_score,
-                **_mode_3d(args, img),
+            n = len(set(result.labels.ravel().tolist()) - {0}) if result.labels.ndim > 2 else int(result.labels.max())
+            print(
+                f"{inp.name}: {n} objects, {time.perf_counter() - t0:.1f} s, device {result.device}, "
+                f"diameter {result.diameter:.1f} px{_channel_note(result)} -> {out}"
             )
-            with _progress_bar(1.0, inp.name, not args.quiet) as bar:
-                result = drain(gen, lambda p, bar=bar: _show(bar, p, args.quiet))
-            scale = _pixel_scale(img)
-            write_labels(out, result.labels, overwrite=args.overwrite, axes=result.axes, scale=scale)
-            plane_shape = (
-                () if "anisotropy" in result.extra else tuple(result.labels.shape[:-2])
-            )  # 3D objects span planes
-            if s_out is not None:
-                write_scores(s_out, result.plane_scores, plane_shape=plane_shape, overwrite=args.overwrite)
-            if d_out is not None:
-                write_map(d_out, result.doubt, overwrite=args.overwrite, axes=result.axes,
-                          scale=scale, name="doubt")  # fmt: skip
-        except (ValueError, OSError) as exc:  # InputError, FileExistsError, ... : one line, go on
-            print(f"{PROG}: error: {exc}", file=sys.stderr)
-            failures += 1
-            continue
-        n = len(set(result.labels.ravel().tolist()) - {0}) if result.labels.ndim > 2 else int(result.labels.max())
-        print(
-            f"{inp.name}: {n} objects, {time.perf_counter() - t0:.1f} s, device {result.device}, "
-            f"diameter {result.diameter:.1f} px{_channel_note(result)} -> {out}"
+    except KeyboardInterrupt:
+        done = (
+            f"the labels of {len(written)} of {len(inputs)} inputs were written, the last to '{written[-1]}'"
+            if written
+            else "nothing was written"
         )
+        print(f"{PROG}: interrupted; {done}", file=sys.stderr)
+        return 130
     return 1 if failures else 0
+
+
+#: What a labels OME-Zarr of ours holds at its top level (`core.bigrun`).
+_ZARR_OWN = ("labels", "doubt")
 
 
 def _segment_big(
@@ -205,7 +260,12 @@ def _segment_big(
     tiff = out.suffix != ".zarr"
     zout = out.with_name(out.name + ".zarr") if tiff else out
     if tiff and zout.exists() and not unfinished_dir(zout).exists():
-        shutil.rmtree(zout)  # a finished OME-Zarr whose TIFF was not written: make it again, cleanly
+        # A finished OME-Zarr of ours whose TIFF was not written: make it again, cleanly. Anything else of
+        # that name is not ours to remove.
+        if not (zout / LABELS_PATH).is_dir() or any(p.name not in (*_ZARR_OWN, ".zattrs", "zarr.json", ".zgroup")
+                                                     for p in zout.iterdir()):  # fmt: skip
+            raise InputError(f"'{zout}' exists and is not an unfinished output of this command; move it away")
+        shutil.rmtree(zout)
     gen = api.segment_iter(
         data, model, device=args.device, diameter=args.diameter, channel=args.channel,
         axes=args.axes or img.axes, tile=args.tile, tta=args.tta, output=zout, cluster=cluster,
@@ -318,7 +378,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     if not 0 < args.keep <= 1:
         raise InputError(f"--keep must be in (0, 1], got {args.keep}")
-    check_output(args.output, args.overwrite)  # before reading anything or training
+    sources = [*args.image, *args.labels, *(args.mask or []), *([args.init] if args.init else [])]
+    check_output(args.output, args.overwrite, sources=sources)  # before reading anything or training
     images, labels, masks = _training_planes(args)
     gen = api.train(
         images,

@@ -176,7 +176,7 @@ def test_stack_npy_and_zarr_inputs(tmp_path, capsys):
         ],
         capsys,
     )
-    assert rc != 0 and "would both write" in err
+    assert rc != 0 and "would be written twice by two inputs" in err
 
 
 def test_channel_axis_and_wrong_channel(tmp_path, capsys):
@@ -318,3 +318,56 @@ def test_the_summary_says_when_the_image_was_normalised_again(tmp_path, capsys):
         rc, out, err = run(["segment", str(tmp_path / f"{name}.tif"), "--diameter", "24"], capsys)
         assert rc == 0, err
         assert ("normalised again" in out) == (name == "dirty"), out
+
+
+def test_no_output_lands_on_an_input_or_on_another_output(nuclei_tif, tmp_path, capsys):
+    """Refused before any work, even with --overwrite: a labels, scores or doubt file over an input, an
+    output inside an input store, a second input, two outputs on one file, an unknown kind of file."""
+    import zarr
+
+    work = tmp_path / "w"
+    work.mkdir()
+    img, other = work / "a.tif", work / "a_labels.tif"
+    img.write_bytes(nuclei_tif.read_bytes())
+    other.write_bytes(nuclei_tif.read_bytes())
+    store = work / "scan.tif.zarr"
+    zarr.create_array(str(store), shape=(160, 160), chunks=(80, 80), dtype="uint16")[:] = tifffile.imread(img)
+    before = {p: p.read_bytes() for p in (img, other)}
+    cases = [
+        ([str(img), str(other)], "would write over the input"),  # a's labels would replace the second input
+        ([str(img), "-o", str(work / "w.tif"), "--uncertainty", str(img)], "would write over the input"),
+        ([str(img), "-o", str(work / "z.tif"), "--scores", str(work / "z.tif")], "as .csv"),
+        ([str(img), "-o", str(work / "z.tif"), "--uncertainty", str(work / "z.tif")], "written twice"),
+        ([str(store), "-o", str(work / "scan.tif")], "would write over the input"),  # its TIFF is built there
+        ([str(store), "-o", str(store / "labels.zarr")], "would write over the input"),
+        ([str(img), "-o", str(work / "x.png")], ".tif, .tiff or .zarr"),
+        ([str(img), "-o", str(work / "x")], ".tif, .tiff or .zarr"),
+        ([str(img), "-o", str(work / "a_labels.tif" / "x.tif")], "is not a folder"),
+    ]
+    for args, message in cases:
+        rc, _, err = run(["segment", *args, "--overwrite", "-q", "--diameter", "24"], capsys)
+        assert rc == 1 and message in err and len(err.strip().splitlines()) == 1, (args, err)
+    assert {p: p.read_bytes() for p in (img, other)} == before
+    assert tifffile.imread(img).shape == (160, 160) and zarr.open_array(str(store), mode="r").shape == (160, 160)
+    assert sorted(p.name for p in work.iterdir()) == ["a.tif", "a_labels.tif", "scan.tif.zarr"]
+
+
+def test_an_earlier_zarr_output_is_not_taken_for_a_folder(nuclei_tif, tmp_path, capsys):
+    out = tmp_path / "q.zarr"
+    assert run(["segment", str(nuclei_tif), "-o", str(out), "-q", "--diameter", "24"], capsys)[0] == 0
+    rc, _, err = run(["segment", str(nuclei_tif), "-o", str(out), "-q", "--diameter", "24"], capsys)
+    assert rc == 1 and "exists" in err and not list(out.glob("*.tif"))
+
+
+def test_a_folder_named_like_the_tiff_scratch_is_not_removed(tmp_path, capsys):
+    """A TIFF output of a lazy image is built in OUT.tif.zarr first; a folder of that name that is not such
+    a run's is the user's, and stays."""
+    import zarr
+
+    src = tmp_path / "big.zarr"
+    zarr.create_array(str(src), shape=(64, 64), chunks=(32, 32), dtype="uint16")[:] = 0
+    mine = tmp_path / "out.tif.zarr"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    rc, _, err = run(["segment", str(src), "-o", str(tmp_path / "out.tif"), "-q", "--diameter", "24"], capsys)
+    assert rc == 1 and "move it away" in err and (mine / "notes.txt").read_text() == "mine"

@@ -161,3 +161,20 @@ def test_train_on_side_views_of_a_stack_painted_in_3d(files, tmp_path, capsys):
     bad = [a for a in args if a not in ("--mask", str(tmp_path / "sm.tif"))]
     assert main(bad + ["--overwrite"]) == 1
     assert "--side-views needs a ZYX stack and its --mask" in capsys.readouterr().err
+
+
+def test_the_model_file_is_never_written_over_an_input(files, capsys):
+    before = {k: files[k].read_bytes() for k in ("img", "lab", "init")}
+    for target, message in [
+        (files["lab"], "must end in .safetensors"),
+        (files["init"], "is an input of this run"),
+        (files["lab"].with_suffix(".txt"), "must end in .safetensors"),
+    ]:
+        args = _train_args(files, "--steps", "1", "--overwrite")
+        args[args.index("-o") + 1] = str(target)
+        rc = main(args)
+        err = capsys.readouterr().err
+        assert rc == 1 and message in err and len(err.strip().splitlines()) == 1, err
+    assert {k: files[k].read_bytes() for k in ("img", "lab", "init")} == before
+    rc = main(["export", str(files["init"]), "-o", str(files["init"].with_name("x.bin"))])
+    assert rc == 1 and "must end in .zip" in capsys.readouterr().err

@@ -13,7 +13,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -68,15 +68,24 @@ def remove_stale_parts(folder: str | os.PathLike, now: float | None = None) -> l
     return removed
 
 
-def check_output(path: str | os.PathLike, overwrite: bool, example: str = "model.safetensors") -> Path:
+def check_output(
+    path: str | os.PathLike, overwrite: bool, example: str = "model.safetensors", sources: Iterable = ()
+) -> Path:
     """Refuse, before any work, an output that cannot or must not be written; returns it as a Path.
 
     Raises:
-        InputError: `path` is a folder, exists without `overwrite`, or its folder is missing or read-only.
+        InputError: `path` does not end as `example` does, is a folder, is one of the `sources` (the files
+            the run reads), exists without `overwrite`, or its folder is missing or read-only.
     """
     out = Path(path)
+    suffix = Path(example).suffix
     if out.is_dir():
         raise InputError(f"'{out}' is a folder; give a file name, e.g. {example}")
+    if not out.name.lower().endswith(suffix):
+        raise InputError(f"'{out}' must end in {suffix}, e.g. {example}")
+    for src in sources:
+        if Path(src).exists() and out.resolve() == Path(src).resolve():
+            raise InputError(f"'{out}' is an input of this run; write the output elsewhere")
     if out.exists() and not overwrite:
         raise InputError(f"'{out}' exists; pass --overwrite (overwrite=True) to replace it")
     if not out.parent.is_dir():

@@ -336,6 +336,37 @@ def _tiles(data, tile: int):
                 yield band[:, x : x + tile]
 
 
+def source_paths(image) -> list[Path]:
+    """The files or folders an array reads from, where it tells: a zarr array on a local store, a
+    `FileArray`, a memory map, and dask arrays built on them. An empty list when it does not tell."""
+    found: list[Path] = []
+
+    def visit(a) -> None:
+        store = getattr(a, "store", None)
+        fsspec_path = getattr(store, "path", None) if hasattr(store, "fs") else None  # dask's from_zarr
+        own = getattr(a, "path", None) if isinstance(a, FileArray) else getattr(a, "filename", None)
+        for p in (getattr(store, "root", None), fsspec_path, own):
+            if isinstance(p, (str, os.PathLike)) and str(p) and os.path.exists(p):
+                found.append(Path(p).resolve())
+
+    visit(image)
+    graph = getattr(image, "__dask_graph__", None)
+    if callable(graph):
+        for v in dict(graph()).values():
+            visit(v)
+    return found
+
+
+def overlaps(path: str | os.PathLike, sources) -> Path | None:
+    """The first of `sources` that `path` is, lies inside or holds (resolved paths); None if none."""
+    p = Path(path).resolve()
+    for src in sources:
+        src = Path(src).resolve()
+        if p == src or src in p.parents or p in src.parents:
+            return src
+    return None
+
+
 class FileArray:
     """An image file's (lazy) array that pickles as its path: a dask worker reopens the file itself.
 
