@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from .core.errors import InputError
+from .core.errors import InputError, ThinStackError
 
 PROG = "napari-unet"
 
@@ -123,6 +123,8 @@ def _channel_note(result) -> str:
     if again := renormalised_note(result):
         note += f", {again}"
     a = result.extra.get("anisotropy")
+    if result.extra.get("thin"):
+        note += ", planes one by one (too few planes for 3D objects)"
     return note if a is None else f"{note}, 3D objects (anisotropy {a:g})"
 
 
@@ -143,6 +145,11 @@ def _mode_3d(args: argparse.Namespace, img) -> dict:
     if anisotropy is None and img.z_step and img.pixel_size:
         anisotropy = round(img.z_step / img.pixel_size[-1], 3)
     return {"mode": "3d", "anisotropy": anisotropy}
+
+
+def _auto_3d(args: argparse.Namespace, mode: dict) -> bool:
+    """Whether `mode` asks for 3D objects only because the file gave a voxel size (no --3d, --anisotropy)."""
+    return bool(mode) and not args.three_d and args.anisotropy is None
 
 
 def _channel(text: str) -> int | str:
@@ -180,29 +187,32 @@ def cmd_segment(args: argparse.Namespace) -> int:
             t0 = time.perf_counter()
             try:
                 img = read_image(inp)
+                if img.metadata.get("labels"):
+                    raise InputError(f"'{inp}' holds labels (a segmentation), not an image to segment")
                 big = out.suffix == ".zarr" or not isinstance(img.data, np.ndarray)
                 if big:  # block by block, resumable
                     _segment_big(api, args, img, model, inp, out, s_out, d_out, cluster, t0)
                     written.append(out)
                     continue
-                gen = api.segment_iter(
-                    img.data,
-                    model,
-                    device=args.device,
-                    diameter=args.diameter,
-                    channel=args.channel,
-                    axes=args.axes or img.axes,
-                    tile=args.tile,
-                    link_iou=args.link_iou,
-                    tta=args.tta,
-                    doubt=d_out is not None,
-                    block=args.block,
-                    merge_cuts=not args.no_merge_cuts,
-                    min_score=args.min_score,
-                    **_mode_3d(args, img),
-                )
-                with _progress_bar(1.0, inp.name, not args.quiet) as bar:
-                    result = drain(gen, lambda p, bar=bar: _show(bar, p, args.quiet))
+                mode = _mode_3d(args, img)
+
+                def run(mode: dict, inp=inp, img=img, d_out=d_out):
+                    gen = api.segment_iter(
+                        img.data, model, device=args.device, diameter=args.diameter, channel=args.channel,
+                        axes=args.axes or img.axes, tile=args.tile, link_iou=args.link_iou, tta=args.tta,
+                        doubt=d_out is not None, block=args.block, merge_cuts=not args.no_merge_cuts,
+                        min_score=args.min_score, **mode,
+                    )  # fmt: skip
+                    with _progress_bar(1.0, inp.name, not args.quiet) as bar:
+                        return drain(gen, lambda p, bar=bar: _show(bar, p, args.quiet))
+
+                try:
+                    result = run(mode)
+                except ThinStackError:
+                    if not _auto_3d(args, mode):
+                        raise
+                    result = run({})  # 3D was only the default for a stack with a voxel size
+                    result.extra["thin"] = True
                 scale = _pixel_scale(img)
                 write_labels(out, result.labels, overwrite=args.overwrite, axes=result.axes, scale=scale)
                 written.append(out)
@@ -266,22 +276,33 @@ def _segment_big(
                                                      for p in zout.iterdir()):  # fmt: skip
             raise InputError(f"'{zout}' exists and is not an unfinished output of this command; move it away")
         shutil.rmtree(zout)
-    gen = api.segment_iter(
-        data, model, device=args.device, diameter=args.diameter, channel=args.channel,
-        axes=args.axes or img.axes, tile=args.tile, tta=args.tta, output=zout, cluster=cluster,
-        block=args.block, overwrite=args.overwrite, pixel_size=img.pixel_size[-2:] if img.pixel_size else None,
-        merge_cuts=not args.no_merge_cuts, min_score=args.min_score, link_iou=args.link_iou,
-        doubt=d_out is not None, **_mode_3d(args, img),
-    )  # fmt: skip
+
+    def run(mode: dict):
+        gen = api.segment_iter(
+            data, model, device=args.device, diameter=args.diameter, channel=args.channel,
+            axes=args.axes or img.axes, tile=args.tile, tta=args.tta, output=zout, cluster=cluster,
+            block=args.block, overwrite=args.overwrite, pixel_size=img.pixel_size[-2:] if img.pixel_size else None,
+            merge_cuts=not args.no_merge_cuts, min_score=args.min_score, link_iou=args.link_iou,
+            doubt=d_out is not None, **mode,
+        )  # fmt: skip
+        try:
+            with _progress_bar(1.0, inp.name, not args.quiet) as bar:
+                return drain(gen, lambda p, bar=bar: _show(bar, p, args.quiet))
+        except KeyboardInterrupt:
+            gen.close()
+            kept = unfinished_dir(zout)
+            print(f"{PROG}: interrupted; the unfinished run is kept in '{kept}': run the same command to resume it",
+                  file=sys.stderr)  # fmt: skip
+            raise SystemExit(130) from None
+
+    mode = _mode_3d(args, img)
     try:
-        with _progress_bar(1.0, inp.name, not args.quiet) as bar:
-            result = drain(gen, lambda p, bar=bar: _show(bar, p, args.quiet))
-    except KeyboardInterrupt:
-        gen.close()
-        kept = unfinished_dir(zout)
-        print(f"{PROG}: interrupted; the unfinished run is kept in '{kept}': run the same command to resume it",
-              file=sys.stderr)  # fmt: skip
-        raise SystemExit(130) from None
+        result = run(mode)
+    except ThinStackError:  # refused before anything was written
+        if not _auto_3d(args, mode):
+            raise
+        result = run({})
+        result.extra["thin"] = True
     group = zarr.open_group(str(zout), mode="r")
     if tiff:
         write_labels(out, group[LABELS_PATH + "/0"], overwrite=args.overwrite, axes=result.axes,

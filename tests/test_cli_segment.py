@@ -371,3 +371,44 @@ def test_a_folder_named_like_the_tiff_scratch_is_not_removed(tmp_path, capsys):
     (mine / "notes.txt").write_text("mine")
     rc, _, err = run(["segment", str(src), "-o", str(tmp_path / "out.tif"), "-q", "--diameter", "24"], capsys)
     assert rc == 1 and "move it away" in err and (mine / "notes.txt").read_text() == "mine"
+
+
+def test_a_stack_thinner_than_a_nucleus_is_segmented_plane_by_plane(tmp_path, capsys):
+    """3 planes 1 um apart at 0.3 um pixels are 10 px deep, less than one 22 px nucleus: no nucleus lies whole
+    in them, and 3D objects found none (16 in the planes). The default 3D falls back to planes and says so;
+    an explicit --3d, and the API's mode='3d', get one line instead."""
+    import napari_unet
+    from napari_unet.core.errors import ThinStackError
+
+    plane, _ = synth_nuclei((128, 128), rng=5, style=SynthStyle(diameter=(22, 22), dtype="uint16"))
+    stack = np.stack([plane] * 3)
+    path = tmp_path / "thin.ome.tif"
+    tifffile.imwrite(path, stack, metadata={"axes": "ZYX", "PhysicalSizeX": 0.3, "PhysicalSizeY": 0.3,
+                                            "PhysicalSizeZ": 1.0})  # fmt: skip
+    rc, printed, err = run(["segment", str(path), "-o", str(tmp_path / "l.tif"), "--diameter", "22", "-q"], capsys)
+    assert rc == 0 and "too few planes for 3D objects" in printed, err
+    labels = tifffile.imread(tmp_path / "l.tif")
+    assert labels.shape == stack.shape and all(len(np.unique(p)) > 5 for p in labels)
+    rc, _, err = run(["segment", str(path), "-o", str(tmp_path / "x.tif"), "--3d", "--diameter", "22"], capsys)
+    assert rc == 1 and "less than one nucleus" in err and "--2d" in err and not (tmp_path / "x.tif").exists()
+    with pytest.raises(ThinStackError, match="less than one nucleus"):
+        napari_unet.segment(stack, mode="3d", anisotropy=3.3, diameter=22)
+
+
+def test_unknown_axes_a_labels_input_and_a_single_plane_stack(nuclei_tif, tmp_path, capsys):
+    import napari_unet
+
+    plane = tifffile.imread(nuclei_tif)
+    five = tmp_path / "five.tif"
+    tifffile.imwrite(five, np.stack([np.stack([np.stack([plane] * 2)] * 3)] * 2))  # TZCYX without metadata
+    rc, _, err = run(["segment", str(five), "-q"], capsys)
+    assert rc == 1 and "cannot guess the axes" in err and "--axes" in err
+    labels_zarr = tmp_path / "l.zarr"
+    assert run(["segment", str(nuclei_tif), "-o", str(labels_zarr), "-q", "--diameter", "24"], capsys)[0] == 0
+    rc, _, err = run(["segment", str(labels_zarr), "-o", str(tmp_path / "again.tif"), "-q"], capsys)
+    assert rc == 1 and "holds labels" in err and not (tmp_path / "again.tif").exists()
+    one = napari_unet.segment(plane[None], diameter=24)  # a stack of one plane keeps its shape
+    assert one.shape == (1, *plane.shape) and one.max() > 3
+    single = tmp_path / "single.tif"
+    tifffile.imwrite(single, plane[None], photometric="minisblack")
+    assert run(["segment", str(single), "-q", "--diameter", "24"], capsys)[0] == 0

@@ -351,8 +351,9 @@ def segment_to_zarr_iter(
         diameter = round(float(estimate_on_planes(infer, planes, info)), 3)
     scale = info.diameter / diameter
     if mode == "3d":  # the whole stack is one "plane" of blocks cut in Z, Y and X
-        from .segment3d import block_params, plan_stack
+        from .segment3d import block_params, check_depth, plan_stack
 
+        check_depth(spatial[0], anisotropy, diameter)
         plan = plan_stack(spatial, diameter, scale, anisotropy, block, block_z)
         indices, chunks = [()], (1, *plan.plane.core_shape)
         params = block_params(diameter, scale, anisotropy, info.mask_threshold, tile=tile, overlap=overlap,

@@ -15,6 +15,10 @@ class InputError(NapariUnetError, ValueError):
     """Bad input: an image, labels, an option or a path that cannot be used as given."""
 
 
+class ThinStackError(InputError):
+    """3D objects asked of a stack less deep than one nucleus (`segment3d.check_depth`)."""
+
+
 class ModelFileError(NapariUnetError, ValueError):
     """A model file that is missing, unreadable, foreign or inconsistent."""
 

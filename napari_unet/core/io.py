@@ -64,8 +64,11 @@ def _is_zarr(path: Path) -> bool:
     )
 
 
-def _tiff_axes(axes: str) -> str:
-    # tifffile letters: S = samples (RGB), Q/I/... = unknown plane axes; keep TZCYX, map the rest.
+def _tiff_axes(axes: str) -> str | None:
+    # tifffile letters: S = samples (RGB), Q/I/... = unknown plane axes; keep TZCYX, map the rest: one unknown
+    # plane axis is Z, two are Z then T; with more, nothing tells which is which (None: the caller must say).
+    if sum(a not in "TZCYXS" for a in axes) > 2:
+        return None
     out = []
     for a in axes:
         if a in "TZCYX":

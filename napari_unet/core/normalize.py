@@ -36,7 +36,7 @@ def resolve_axes(shape: tuple[int, ...], axes: str | None = None) -> str:
             return "YXC" if shape[-1] in (3, 4) else "ZYX"
         if ndim == 4 and shape[-1] <= 4:
             return "ZYXC"
-        raise InputError(f"cannot guess the axes of a {ndim}-D image {tuple(shape)}: pass axes, e.g. 'TZYX'")
+        raise InputError(f"cannot guess the axes of a {ndim}-D image {tuple(shape)}: pass them (--axes), e.g. 'TZCYX'")
     axes = axes.upper().replace("S", "C")
     if len(axes) != ndim:
         raise InputError(f"axes '{axes}' has {len(axes)} letters but the image has {ndim} dimensions")

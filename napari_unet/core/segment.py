@@ -356,6 +356,6 @@ def segment_iter(
         extra["measures"] = {k: np.asarray(v) for k, v in all_measures.items()}
         extra["class_probabilities"] = last_probs
     return SegmentResult(
-        labels, describe(dev), float(used_diameter or info.diameter), probs_out, out_axes, extra,
+        labels.reshape(spatial), describe(dev), float(used_diameter or info.diameter), probs_out, out_axes, extra,
         scores=scores, plane_scores=plane_scores, doubt=doubt_out,
     )  # fmt: skip
