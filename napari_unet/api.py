@@ -145,7 +145,9 @@ def segment_iter(
     """
     image = _as_array(image, "image")
     net = resolve_model(model)
-    _check_segment_options(diameter, tile, overlap, batch_size, link_iou, min_score)
+    _check_segment_options(diameter, tile, overlap, batch_size, link_iou, min_score, channel, axes, anisotropy)
+    tile = None if tile is None else int(tile)
+    batch_size = None if batch_size is None else int(batch_size)
     if block is not None and not (isinstance(block, (int, np.integer)) and block >= 256):
         raise InputError(f"block must be a whole number of pixels, at least 256, got {block}")
     if mode not in ("2d", "3d"):
@@ -200,9 +202,22 @@ MIN_DIAMETER = 3.0
 TILE_RANGE = (64, 4096)
 
 
-def _check_segment_options(diameter, tile, overlap, batch_size, link_iou, min_score=None) -> None:
+def _check_segment_options(
+    diameter, tile, overlap, batch_size, link_iou, min_score=None, channel=None, axes=None, anisotropy=None
+) -> None:
     def number(v) -> bool:
         return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and np.isfinite(v)
+
+    if not (
+        channel is None or channel == "mean" or isinstance(channel, (int, np.integer)) and not isinstance(channel, bool)
+    ):
+        raise InputError(f"channel must be a channel index, 'mean' or None, got {channel!r}")
+    if axes is not None and not isinstance(axes, str):
+        raise InputError(f"axes must be letters such as 'ZYX', got {axes!r}")
+    if anisotropy is not None and not number(anisotropy):
+        raise InputError(f"anisotropy must be a number (Z step / pixel size), got {anisotropy!r}")
+    if tile is not None and number(tile) and number(overlap) and overlap >= tile:
+        raise InputError(f"overlap ({overlap} px) must be smaller than the tile ({tile} px)")
 
     if diameter is not None and not (number(diameter) and MIN_DIAMETER <= diameter <= 2000):
         raise InputError(f"diameter must be a number of pixels from {MIN_DIAMETER:g} to 2000, got {diameter}")

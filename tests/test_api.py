@@ -49,6 +49,17 @@ def test_segment_rejects_bad_input():
     for bad in (1.0, -0.1, float("nan"), "0.3"):
         with pytest.raises(InputError, match="min_score must be from 0 to below 1"):
             napari_unet.segment(np.zeros((32, 32)), min_score=bad)
+    # options of the wrong kind get the same one sentence, not numpy's or Python's own error
+    for kw, message in [
+        ({"tile": 64, "overlap": 64}, "smaller than the tile"),
+        ({"channel": 1.5}, "channel must be"),
+        ({"channel": True}, "channel must be"),
+        ({"axes": 2}, "axes must be letters"),
+        ({"mode": "3d", "anisotropy": "2"}, "anisotropy must be a number"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            napari_unet.segment(np.zeros((4, 32, 32)), **kw)
+    assert napari_unet.segment(np.zeros((32, 32)), batch_size=2.0, tile=64.0, diameter=24).shape == (32, 32)
 
 
 def test_all_zero_image_is_valid():
