@@ -86,3 +86,11 @@ def test_stack_diameter_is_measured_where_objects_are_sharp():
     res = napari_unet.segment(stack, axes="ZYX", return_result=True)
     assert 0.7 < res.diameter / median_diameter(truth) < 1.4, (res.diameter, median_diameter(truth))
     assert res.labels[3].max() > 0
+
+
+def test_wide_integers_with_a_large_offset_keep_their_contrast():
+    # float32 keeps 24 bits: an int64 image offset by 2**40 used to normalise to a constant (0 objects).
+    img, _ = synth_nuclei((128, 128), rng=2, style=SynthStyle(diameter=(24, 24), dtype="uint16"))
+    plain = napari_unet.segment(img, diameter=24)
+    assert plain.max() > 3
+    np.testing.assert_array_equal(napari_unet.segment(img.astype(np.int64) + 2**40, diameter=24), plain)

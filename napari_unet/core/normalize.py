@@ -66,8 +66,9 @@ def _sample(array, max_samples: int) -> np.ndarray:
     """A strided subsample of `array` (numpy, zarr or dask) with at most ~max_samples values."""
     size = int(np.prod(array.shape))
     step = max(1, int(np.ceil((size / max_samples) ** (1 / max(array.ndim, 1)))))
-    sub = array[tuple(slice(None, None, step) for _ in array.shape)]
-    return np.asarray(sub, dtype=np.float32)
+    sub = np.asarray(array[tuple(slice(None, None, step) for _ in array.shape)])
+    # float32 keeps 24 bits: wide integers (a large offset, 32/64-bit counts) are read as float64
+    return sub.astype(np.float64 if sub.dtype.itemsize > 2 and sub.dtype.kind in "iu" else np.float32)
 
 
 def percentile_range(array, low: float = 1.0, high: float = 99.8, max_samples: int = 2_000_000) -> tuple[float, float]:
@@ -98,9 +99,12 @@ def normalize_plane(plane, lo: float, hi: float) -> np.ndarray:
 
     A constant image (hi <= lo) maps to zeros rather than amplifying nothing into noise.
     """
-    x = np.asarray(plane, dtype=np.float32)
+    x = np.asarray(plane)
     scale = 1.0 / (hi - lo) if hi > lo else 0.0
-    x = (x - np.float32(lo)) * np.float32(scale)
+    if x.dtype.itemsize > 2 and x.dtype.kind in "iu":  # float32 keeps 24 bits: subtract first, in float64
+        x = ((x - lo) * scale).astype(np.float32)
+    else:
+        x = (x.astype(np.float32) - np.float32(lo)) * np.float32(scale)
     if not np.isfinite(x).all():
         x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
     return np.clip(x, -CLIP, CLIP, out=x)
