@@ -282,7 +282,7 @@ def check_depth(planes: int, anisotropy: float, diameter: float) -> None:
     if depth < diameter:
         raise ThinStackError(
             f"the stack is {planes} planes deep ({depth:.0f} px at anisotropy {anisotropy:g}), less than one "
-            f"nucleus ({diameter:.0f} px): segment its planes one by one (--2d, mode='2d')"
+            f"nucleus ({diameter:.0f} px): segment its planes one by one (untick 3D objects, --2d, mode='2d')"
         )
 
 
