@@ -234,6 +234,8 @@ def test_bad_cluster_options_fail_in_one_line_and_write_nothing(net, image, tmp_
         drain(api.segment_iter(image, net, diameter=20, output=out, cluster="tcp://127.0.0.1:9"))
     with pytest.raises(InputError, match="local:N"):
         drain(api.segment_iter(image, net, diameter=20, output=out, cluster="local:x"))
+    with pytest.raises(InputError, match="at most local:"):
+        drain(api.segment_iter(image, net, diameter=20, output=out, cluster="local:100000"))
     with pytest.raises(InputError, match="output="):
         drain(api.segment_iter(image, net, diameter=20, cluster="local:2"))
     with pytest.raises(InputError, match=".zarr"):

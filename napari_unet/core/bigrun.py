@@ -257,6 +257,8 @@ def connect(cluster):
         n = cluster.removeprefix("local:")
         if not n.isdigit() or int(n) < 1:
             raise InputError(f"--cluster local:N needs a number of workers, got '{cluster}'")
+        if int(n) > (cores := os.cpu_count() or 1):  # one-thread workers beyond the cores only compete
+            raise InputError(f"--cluster {cluster}: this machine has {cores} cores, so at most local:{cores}")
         lc = LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True, dashboard_address=":0")
         return Client(lc), True
     try:
