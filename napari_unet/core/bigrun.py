@@ -327,8 +327,10 @@ def segment_to_zarr_iter(
         raise InputError(f"the output '{out}' would write over the image's own '{src}'; write it elsewhere")
     if out.exists() and not overwrite:
         raise InputError(f"'{out}' exists; pass --overwrite to replace it")
-    if not out.parent.is_dir():
-        raise InputError(f"the folder of '{out}' does not exist")
+    try:  # as a TIFF output does (`atomic.atomic_write`), the folder is made when missing
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot make the folder of '{out}': {exc.strerror or exc}") from None
     part = unfinished_dir(out)
     info = model_info(model)
     min_score = info.min_score if min_score is None else min_score
