@@ -365,10 +365,12 @@ class SegmentWidget(QWidget):
 
         notes = [n for n in (*(result.extra.get("notices") or []), renormalised_note(result)) if n]
         where = "new layer" if new else "updated"
+        c = result.extra.get("channel")  # which channel `auto` chose, as the command line says
+        chan = "" if c is None else "; channels averaged" if c == "mean" else f"; channel {c}"
         self.status.setText(
             f"{n} {'3D objects' if info['mode'] == '3d' else 'objects'}"
             f"{f' in {planes} planes' if planes > 1 else ''} -> '{layer.name}' ({where}); diameter "
-            f"{result.diameter:.1f} px; {result.device}" + (f"; {notes[-1]}" if notes else "")
+            f"{result.diameter:.1f} px{chan}; {result.device}" + (f"; {notes[-1]}" if notes else "")
         )
 
     def _on_estimated(self, value: float) -> None:

@@ -117,10 +117,13 @@ def test_channels_of_an_rgb_image(viewer, qtbot, wait_idle, nuclei_image):
     w = _widget(viewer, qtbot)
     assert w.channel.isEnabled() and w.channel.count() == 5  # auto, average, 3 channels
     assert w.channel.currentData() is None and w.channel.itemData(1) == "mean"
-    w.channel.setCurrentIndex(2)
+    w.run()  # auto: the nuclear channel is the first (the second is half of it, the third empty)
+    wait_idle(w.runner)
+    assert "; channel 0;" in w.status.text()
+    w.channel.setCurrentIndex(3)
     w.run()
     wait_idle(w.runner)
-    assert viewer.layers["rgb labels"].data.shape == nuclei_image.shape
+    assert viewer.layers["rgb labels"].data.shape == nuclei_image.shape and "; channel 1;" in w.status.text()
 
 
 def test_labels_layer_carries_the_scores_as_features(viewer, qtbot, wait_idle, nuclei_image):
