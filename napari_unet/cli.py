@@ -147,9 +147,17 @@ def _mode_3d(args: argparse.Namespace, img) -> dict:
     return {"mode": "3d", "anisotropy": anisotropy}
 
 
-def _auto_3d(args: argparse.Namespace, mode: dict) -> bool:
-    """Whether `mode` asks for 3D objects only because the file gave a voxel size (no --3d, --anisotropy)."""
-    return bool(mode) and not args.three_d and args.anisotropy is None
+def _run_3d_or_planes(run, args: argparse.Namespace, mode: dict):
+    """`run(mode)`; where 3D objects were only the default (the file gave a voxel size: no --3d, --anisotropy)
+    and the stack is too thin for them (refused before anything is written), `run({})`: plane by plane."""
+    try:
+        return run(mode)
+    except ThinStackError:
+        if not mode or args.three_d or args.anisotropy is not None:
+            raise
+        result = run({})
+        result.extra["thin"] = True
+        return result
 
 
 def _channel(text: str) -> int | str:
@@ -194,7 +202,6 @@ def cmd_segment(args: argparse.Namespace) -> int:
                     _segment_big(api, args, img, model, inp, out, s_out, d_out, cluster, t0)
                     written.append(out)
                     continue
-                mode = _mode_3d(args, img)
 
                 def run(mode: dict, inp=inp, img=img, d_out=d_out):
                     gen = api.segment_iter(
@@ -206,13 +213,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
                     with _progress_bar(1.0, inp.name, not args.quiet) as bar:
                         return drain(gen, lambda p, bar=bar: _show(bar, p, args.quiet))
 
-                try:
-                    result = run(mode)
-                except ThinStackError:
-                    if not _auto_3d(args, mode):
-                        raise
-                    result = run({})  # 3D was only the default for a stack with a voxel size
-                    result.extra["thin"] = True
+                result = _run_3d_or_planes(run, args, _mode_3d(args, img))
                 scale = _pixel_scale(img)
                 write_labels(out, result.labels, overwrite=args.overwrite, axes=result.axes, scale=scale)
                 written.append(out)
@@ -295,14 +296,7 @@ def _segment_big(
                   file=sys.stderr)  # fmt: skip
             raise SystemExit(130) from None
 
-    mode = _mode_3d(args, img)
-    try:
-        result = run(mode)
-    except ThinStackError:  # refused before anything was written
-        if not _auto_3d(args, mode):
-            raise
-        result = run({})
-        result.extra["thin"] = True
+    result = _run_3d_or_planes(run, args, _mode_3d(args, img))
     group = zarr.open_group(str(zout), mode="r")
     if tiff:
         write_labels(out, group[LABELS_PATH + "/0"], overwrite=args.overwrite, axes=result.axes,
