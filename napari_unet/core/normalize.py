@@ -119,7 +119,7 @@ STRUCTURE_MIN = 0.25
 LEVELS_MIN = 8
 
 
-def _has_signal(image, n_plane_axes: int, c: int, side: int = 512) -> bool:
+def _has_signal(image, n_plane_axes: int, c: int, side: int = 1024) -> bool:
     """Whether channel `c` shows spatial structure above noise, on a central window of its middle plane."""
     import scipy.ndimage as ndi
 
