@@ -28,7 +28,9 @@ def test_readme_python_block_runs(one_thread):
     fast = re.sub(r"steps=\d+", "steps=2", fast)
     assert fast != block  # the budgets were found (so the block still names them)
     image = tifffile.imread(SAMPLES / "nuclei2d_u2os.tif")[:160, :160]
-    stack = tifffile.imread(SAMPLES / "nuclei3d_cells3d.tif")[10:12, :96, :96]
+    stack = tifffile.imread(SAMPLES / "nuclei3d_cells3d.tif")[
+        6:14, :96, :96
+    ]  # 8 planes: 3D objects need a quarter of a nucleus in depth
     (img1, lab1), (img2, lab2) = synth_nuclei((96, 96), rng=1), synth_nuclei((96, 96), rng=2)
     corrected = np.zeros(image.shape, np.int32)
     corrected[40:70, 40:70] = 1

@@ -60,7 +60,7 @@ def test_a_dark_nucleolus_leaves_no_hole_in_its_3d_object():
 
 
 def test_the_3d_mode_runs_on_a_stack_and_refuses_what_it_cannot_do(tiny_model):
-    img, _ = synth_nuclei_3d((12, 48, 48), anisotropy=2, rng=0)
+    img, _ = synth_nuclei_3d((6, 48, 48), anisotropy=2, rng=0)
     for fusion in ("xy", "xyz"):
         r = drain(segment_3d_iter(img, tiny_model, anisotropy=2, fusion=fusion, diameter=20))
         assert r.labels.shape == img.shape and r.axes == "ZYX" and r.extra["fusion"] == fusion
