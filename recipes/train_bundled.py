@@ -155,7 +155,7 @@ def wide_synth(i: int, seam: tuple[float, float] = (1.0, 1.0)):
     return synth_nuclei((side, side), rng=rng, style=replace(WIDE, diameter=(d, d), seam=seam))
 
 
-def real_variants(split_dir: Path, n: int, seed: int, outliers: bool = False):
+def real_variants(split_dir: Path, n: int, seed: int, outliers: bool = False, dim_max: float = 12.0):
     """`n` hard-case renderings (`appearance.perturb`) of every real image of a split."""
     items = []
     for k, f in enumerate(sorted((split_dir / "images").glob("*.tif"))):
@@ -163,7 +163,7 @@ def real_variants(split_dir: Path, n: int, seed: int, outliers: bool = False):
         lab = tifffile.imread(split_dir / "nuclei" / f.name).astype(np.int32)
         mn = tifffile.imread(split_dir / "micronuclei" / f.name) > 0
         for v in range(n):
-            out, lab_v = perturb(img, lab, np.random.default_rng([seed, k, v]), outliers=outliers)
+            out, lab_v = perturb(img, lab, np.random.default_rng([seed, k, v]), outliers=outliers, dim_max=dim_max)
             mn_v = mn if lab_v.shape == mn.shape else resize(mn, lab_v.shape, order=0, anti_aliasing=False) > 0
             items.append(prepare(out, lab_v, mn_v))
     return items
@@ -220,6 +220,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="the hard-case renderings also draw condensed nuclei up to 30x, dim nuclei and bright debris",
     )
+    p.add_argument(
+        "--dim-max",
+        type=float,
+        default=12.0,
+        help="with --outliers: dim nuclei are 2 to this many times dimmer (at 10x they look like the faint cell "
+        "bodies of the autofluorescent grain row)",
+    )
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate, the same for any number of processes")
     p.add_argument("--eval-every", type=int, default=150)
     p.add_argument("--seed", type=int, default=0)
@@ -265,7 +272,9 @@ def load_data(args):
         aug = AugmentConfig()
     else:
         if real:
-            real += real_variants(args.data / "mnfinder" / "train", args.variants, args.seed, args.outliers)
+            real += real_variants(
+                args.data / "mnfinder" / "train", args.variants, args.seed, args.outliers, args.dim_max
+            )
         synth = [prepare(*wide_synth(100_000 + i, args.seam)) for i in range(args.synth)]
         vals = (wide_synth(900_000 + i, args.seam) for i in range(args.synth_val))
         synth_val = [(im, lab, None, median_diameter(lab)) for im, lab in vals]
@@ -467,7 +476,7 @@ def describe_data(args) -> tuple[list[str], str]:
         data.append(f"synthetic x{args.synth} (napari_unet.core.synth, default style, 16-34 px)")
     else:
         if not args.no_real:
-            extra = ", with outliers" if args.outliers else ""
+            extra = f", with outliers, dim nuclei up to {args.dim_max:g}x" if args.outliers else ""
             data.append(
                 f"mnfinder/train x{args.variants} hard-case renderings (napari_unet.core.appearance.perturb{extra})"
             )

@@ -273,12 +273,13 @@ def random_cytoplasm(image: np.ndarray, labels: np.ndarray, rng: np.random.Gener
 
 
 def perturb(
-    image: np.ndarray, labels: np.ndarray, rng: np.random.Generator, outliers: bool = False
+    image: np.ndarray, labels: np.ndarray, rng: np.random.Generator, outliers: bool = False, dim_max: float = 12.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """A random mix of the hard cases above, for training (each with its own probability).
 
-    `outliers` also draws condensed nuclei up to 30x, dim nuclei and bright debris (the fine-tunes of
-    2026-12-05, not shipped); without it the draws are v2's, so v2's recipe stays reproducible.
+    `outliers` also draws condensed nuclei up to 30x, dim nuclei (2 to `dim_max` x dimmer) and bright debris
+    (the fine-tunes of 2026-12-05, not shipped); without it the draws are v2's, so v2's recipe stays
+    reproducible. The same random numbers are drawn for any `dim_max`.
     """
     img, lab = np.asarray(image, np.float32), labels
     if rng.random() < 0.25:  # lower magnification: small nuclei, later upscaled to the model's size
@@ -294,7 +295,7 @@ def perturb(
             img = condense(img, lab, rng, rng.uniform(0.02, 0.2), gain, rng.uniform(0.1, 0.5))
         if rng.random() < 0.25:
             img = dim_nuclei(
-                img, lab, rng, rng.uniform(0.1, 0.5), float(np.exp(rng.uniform(np.log(2.0), np.log(12.0))))
+                img, lab, rng, rng.uniform(0.1, 0.5), float(np.exp(rng.uniform(np.log(2.0), np.log(dim_max))))
             )
         if rng.random() < 0.1:
             area = rng.uniform(0.005, 0.05)

@@ -106,6 +106,19 @@ def test_perturb_outliers_add_far_brighter_and_far_dimmer_nuclei(field):
     assert hi < 25 < hi_o  # condensed nuclei up to 30x (v2's renders: 2-6x)
     assert lo_o < 0.1 < lo  # dim nuclei 2-12x dimmer
 
+    def faint(dim_max):
+        """Nuclei under 0.15 of the median one, over 40 draws with outliers."""
+        n = 0
+        for s in range(40):
+            out, lab_o = A.perturb(img, lab, np.random.default_rng(s), outliers=True, dim_max=dim_max)
+            levels = ndi.median(out, lab_o, np.unique(lab_o[lab_o > 0])) - np.median(out[lab_o == 0])
+            n += int((levels / np.median(levels) < 0.15).sum())
+        return n
+
+    assert faint(4.0) < faint(12.0) / 2  # measured 14 against 53: --dim-max caps the dimming
+    same = [A.perturb(img, lab, np.random.default_rng(7), outliers=True, **kw)[0] for kw in ({}, {"dim_max": 12.0})]
+    assert np.array_equal(*same)  # the default is the runs' of 2026-12-05
+
 
 def test_wide_style_uint12_and_cytoplasm():
     style = replace(WIDE, diameter=(20.0, 20.0), density=(0.1, 0.1), dtype=("uint12",), cytoplasm_prob=1.0)
