@@ -49,8 +49,8 @@ def _check_targets(inputs: list[Path], outputs, scores_out, doubt_out, overwrite
     (nor inside or around one), is new unless `overwrite`, and lies where a file can be created."""
     import tempfile
 
+    from .core.atomic import overlaps
     from .core.bigrun import DOUBT_PATH
-    from .core.io import overlaps
 
     targets: list[tuple[Path, str]] = []  # (path, flag); a TIFF's OME-Zarr scratch is checked against the inputs
     for o, s_out, d_out in zip(outputs, scores_out, doubt_out):

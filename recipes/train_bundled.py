@@ -174,8 +174,10 @@ def _fractions(text: str) -> tuple[float, float]:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected LOW,HIGH fractions such as 0.1,0.5, got {text!r}") from None
-    if not 0 <= lo <= hi <= 1:
-        raise argparse.ArgumentTypeError(f"expected fractions 0 <= LOW <= HIGH <= 1, got {text!r}")
+    try:
+        SynthStyle(seam=(lo, hi))  # its own check of the fractions
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return lo, hi
 
 

@@ -68,6 +68,16 @@ def remove_stale_parts(folder: str | os.PathLike, now: float | None = None) -> l
     return removed
 
 
+def overlaps(path: str | os.PathLike, sources) -> Path | None:
+    """The first of `sources` that `path` is, lies inside or holds (resolved paths); None if none."""
+    p = Path(path).resolve()
+    for src in sources:
+        src = Path(src).resolve()
+        if p == src or src in p.parents or p in src.parents:
+            return src
+    return None
+
+
 def check_output(
     path: str | os.PathLike, overwrite: bool, example: str = "model.safetensors", sources: Iterable = ()
 ) -> Path:
@@ -83,9 +93,8 @@ def check_output(
         raise InputError(f"'{out}' is a folder; give a file name, e.g. {example}")
     if not out.name.lower().endswith(suffix):
         raise InputError(f"'{out}' must end in {suffix}, e.g. {example}")
-    for src in sources:
-        if Path(src).exists() and out.resolve() == Path(src).resolve():
-            raise InputError(f"'{out}' is an input of this run; write the output elsewhere")
+    if overlaps(out, [s for s in sources if Path(s).exists()]) is not None:
+        raise InputError(f"'{out}' is an input of this run; write the output elsewhere")
     if out.exists() and not overwrite:
         raise InputError(f"'{out}' exists; pass --overwrite (overwrite=True) to replace it")
     if not out.parent.is_dir():

@@ -321,7 +321,8 @@ def segment_to_zarr_iter(
     out = Path(out)
     if out.suffix != ".zarr":
         raise InputError(f"a blockwise output must be a .zarr folder, got '{out}'")
-    from .io import overlaps, source_paths
+    from .atomic import overlaps
+    from .io import source_paths
 
     if (src := overlaps(out, source_paths(image))) is not None:
         raise InputError(f"the output '{out}' would write over the image's own '{src}'; write it elsewhere")

@@ -360,16 +360,6 @@ def source_paths(image) -> list[Path]:
     return found
 
 
-def overlaps(path: str | os.PathLike, sources) -> Path | None:
-    """The first of `sources` that `path` is, lies inside or holds (resolved paths); None if none."""
-    p = Path(path).resolve()
-    for src in sources:
-        src = Path(src).resolve()
-        if p == src or src in p.parents or p in src.parents:
-            return src
-    return None
-
-
 class FileArray:
     """An image file's (lazy) array that pickles as its path: a dask worker reopens the file itself.
 
