@@ -502,7 +502,7 @@ def list_versions() -> list[versions.Version]:
 
 def current_version() -> str:
     """Name of the model that ``load_model("current")`` loads (``"bundled"`` if none was chosen)."""
-    return versions.current_name() or "bundled"
+    return versions.current_name(strict=True) or "bundled"
 
 
 def revert(name: str) -> Path:

@@ -435,7 +435,11 @@ def cmd_models(args: argparse.Namespace) -> int:
     from .core import versions
 
     if args.action == "list":
-        cur = versions.current_name()
+        try:
+            cur = versions.current_name(strict=True)
+        except versions.ModelFileError as exc:  # nothing is current until a revert
+            cur = ""
+            print(f"! {exc}")
         print(f"{'*' if cur is None else ' '} bundled  (shipped)  {versions.bundled_model_path()}")
         for v in versions.list_versions():
             if v.problem and not v.provenance:

@@ -123,14 +123,29 @@ def save_version(model: UNet, info: ModelInfo, name: str | None = None, root: st
     raise FileExistsError(f"could not find a free version name in {d}")
 
 
-def current_name(root: str | os.PathLike | None = None) -> str | None:
-    """Name of the version that "current" loads; None means the bundled model."""
+def current_name(root: str | os.PathLike | None = None, *, strict: bool = False) -> str | None:
+    """Name of the version that "current" loads; None means the bundled model.
+
+    A pointer file that exists but cannot be read (not JSON, no name) reads as None for listing;
+    with `strict` it raises, so that "current" never silently becomes the bundled model.
+    """
     p = _root(root) / POINTER
     try:
-        name = json.loads(p.read_text()).get("name")
-    except (OSError, ValueError, AttributeError):
+        name = json.loads(p.read_text())["name"]
+        if name is not None and not isinstance(name, str):
+            raise TypeError
+    except FileNotFoundError:
         return None
-    return None if name in (None, "bundled") else str(name)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        if strict:
+            why = {KeyError: "no name in it", TypeError: "no name in it"}.get(type(exc), "not JSON")
+            why = exc.strerror if isinstance(exc, OSError) else why
+            raise ModelFileError(
+                f"the current-model pointer {p} is unreadable ({why}); choose a model: "
+                "napari-unet models revert NAME (or bundled)"
+            ) from None
+        return None
+    return None if name in (None, "bundled") else name
 
 
 def set_current(name: str, root: str | os.PathLike | None = None) -> None:
@@ -155,7 +170,7 @@ def resolve_model_path(spec: str | os.PathLike = "bundled", root: str | os.PathL
     if s == "bundled":
         return bundled_model_path()
     if s == "current":
-        name = current_name(root)
+        name = current_name(root, strict=True)
         if name is None:
             return bundled_model_path()
         try:

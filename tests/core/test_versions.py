@@ -70,6 +70,28 @@ def test_current_pointer_and_revert():
         api.load_model("no-such-version")
 
 
+def test_a_corrupt_current_pointer_is_an_error_not_the_bundled_model(capsys):
+    from napari_unet import cli
+
+    m = _tiny()
+    versions.save_version(m, ModelInfo(config=m.config), name="mine")
+    api.revert("mine")
+    pointer = versions.models_dir() / versions.POINTER
+    for text in ("{trunc", '{"set": "x"}', '["mine"]', '{"name": 3}'):
+        pointer.write_text(text)
+        with pytest.raises(ModelFileError, match="current-model pointer .* unreadable .*models revert"):
+            api.load_model("current")
+        with pytest.raises(ModelFileError, match="unreadable"):
+            api.current_version()
+        assert versions.current_name() is None  # listing still works, and marks nothing current
+        assert [v.name for v in api.list_versions() if v.current] == []
+    assert cli.main(["models", "list"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "unreadable" in out[0] and not any(line.startswith("*") for line in out)
+    api.revert("mine")  # the way out the message names
+    assert api.load_model("current").info.name == "mine"
+
+
 def test_training_run_records_lineage_and_sets_current():
     img, lab = synth_nuclei((96, 96), rng=3)
     mask = np.zeros(lab.shape, np.uint8)
