@@ -31,6 +31,30 @@ def _progress_bar(total: float, desc: str, enabled: bool):
     )
 
 
+def _expand_inputs(args_input: list[str]) -> list[Path]:
+    """The inputs as given, each folder (not a zarr store) replaced by the images in it, each one on its own
+    (napari opens such a folder as one stack); files this tool wrote beside one of them (its labels, their
+    OME-Zarr scratch, its doubt map) are not inputs."""
+    from .core.io import default_output, is_zarr
+    from .core.stack_io import FOLDER_SUFFIXES, list_folder_images
+
+    out: list[Path] = []
+    for p in map(Path, args_input):
+        if not p.is_dir() or is_zarr(p):
+            out.append(p)
+            continue
+        found = list_folder_images(p)
+        ours = set()
+        for q in found:
+            labels = default_output(q).name
+            ours |= {labels, labels.removesuffix("_labels.tif") + "_doubt.tif"}
+        found = [q for q in found if q.name not in ours]
+        if not found:
+            raise InputError(f"'{p}' holds no images ({', '.join(FOLDER_SUFFIXES)})")
+        out += found
+    return out
+
+
 def _outputs(inputs: list[Path], output: str | None) -> list[Path]:
     from .core.io import default_output
 
@@ -174,7 +198,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     from .core.io import read_image, write_labels, write_map, write_scores
 
-    inputs = [Path(p) for p in args.input]
+    inputs = _expand_inputs(args.input)
     outputs = _outputs(inputs, args.output)
     scores_out = _side_outputs(args.scores, outputs, "_scores.csv", "--scores")
     doubt_out = _side_outputs(args.uncertainty, outputs, "_doubt.tif", "--uncertainty")
@@ -552,7 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("segment", help="segment images into instance labels (TIFF)")
-    s.add_argument("input", nargs="+", help="TIFF/OME-TIFF, .npy, zarr, PNG/JPEG/BMP")
+    s.add_argument("input", nargs="+", help="TIFF/OME-TIFF, .npy, zarr, PNG/JPEG/BMP, or folders of them")
     s.add_argument(
         "-o", "--output",
         help="output TIFF, or OUT.zarr (OME-Zarr labels written block by block, resumable; for images larger "

@@ -412,3 +412,27 @@ def test_unknown_axes_a_labels_input_and_a_single_plane_stack(nuclei_tif, tmp_pa
     single = tmp_path / "single.tif"
     tifffile.imwrite(single, plane[None], photometric="minisblack")
     assert run(["segment", str(single), "-q", "--diameter", "24"], capsys)[0] == 0
+
+
+def test_a_folder_input_segments_each_image_and_skips_earlier_labels(nuclei_tif, tmp_path, capsys):
+    """A screen's folder: each image on its own; a rerun does not take the labels written beside them for images."""
+    folder = tmp_path / "plate"
+    folder.mkdir()
+    img = tifffile.imread(nuclei_tif)
+    for name in ("w2.tif", "w10.tif"):
+        tifffile.imwrite(folder / name, img)
+    (folder / "notes.txt").write_text("not an image")
+    rc, out, err = run(["segment", str(folder), "--diameter", "24", "--uncertainty"], capsys)
+    assert rc == 0, err
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "notes.txt", "w10.tif", "w10_doubt.tif", "w10_labels.tif", "w2.tif", "w2_doubt.tif", "w2_labels.tif"]  # fmt: skip
+    ref = tifffile.imread(folder / "w2_labels.tif")
+    assert ref.max() > 5 and np.array_equal(ref, tifffile.imread(folder / "w10_labels.tif"))
+    results = tmp_path / "results"
+    rc, _, err = run(["segment", str(folder), "--diameter", "24", "-o", str(results), "-q"], capsys)
+    assert rc == 0, err  # the labels and doubt maps in the folder are not inputs now
+    assert sorted(p.name for p in results.iterdir()) == ["w10_labels.tif", "w2_labels.tif"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc, _, err = run(["segment", str(empty)], capsys)
+    assert rc != 0 and "holds no images" in err and len(err.strip().splitlines()) == 1

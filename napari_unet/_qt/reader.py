@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from ..core.io import TIFF_SUFFIXES, read_image
+from ..core.io import TIFF_SUFFIXES, is_zarr, read_image
 from ..core.stack_io import (
     LayerData,
     image_layers,
@@ -22,14 +22,8 @@ from ..core.stack_io import (
 )
 
 
-def _is_zarr(path: Path) -> bool:
-    return path.suffix.lower() == ".zarr" or (
-        path.is_dir() and any((path / n).exists() for n in (".zarray", ".zgroup", "zarr.json"))
-    )
-
-
 def _supported(path: Path) -> bool:
-    if _is_zarr(path):
+    if is_zarr(path):
         return True
     if path.is_dir():
         return bool(list_folder_images(path))
@@ -55,7 +49,7 @@ def _display_name(path: Path) -> str:
 def read_path(path: str | os.PathLike) -> list[LayerData]:
     """Layer data for one path: image layer(s), then any autosaved corrections."""
     path = Path(path)
-    if path.is_dir() and not _is_zarr(path):
+    if path.is_dir() and not is_zarr(path):
         img = read_folder_stack(path)
     else:
         img = read_image(path)

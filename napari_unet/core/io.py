@@ -58,8 +58,9 @@ class ImageData:
     metadata: dict = field(default_factory=dict)
 
 
-def _is_zarr(path: Path) -> bool:
-    return path.suffix == ".zarr" or (
+def is_zarr(path: Path) -> bool:
+    """A zarr store or OME-Zarr: a `.zarr` path, or a folder with zarr metadata."""
+    return path.suffix.lower() == ".zarr" or (
         path.is_dir() and any((path / n).exists() for n in (".zarray", ".zgroup", "zarr.json"))
     )
 
@@ -182,7 +183,7 @@ def read_image(path: str | os.PathLike) -> ImageData:
         raise InputError(f"'{path}' does not exist")
     name = path.name.lower()
     try:
-        if _is_zarr(path):
+        if is_zarr(path):
             img = read_zarr(path)
         elif name.endswith(TIFF_SUFFIXES):
             img = read_tiff(path)
