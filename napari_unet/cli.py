@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from .core.errors import InputError, ThinStackError
+from .core.errors import InputError
 
 PROG = "napari-unet"
 
@@ -148,7 +148,9 @@ def _channel_note(result) -> str:
         note += f", {again}"
     a = result.extra.get("anisotropy")
     if result.extra.get("thin"):
-        note += ", planes one by one (too few planes for 3D objects)"
+        from .core.segment3d import THIN_NOTE
+
+        note += f", {THIN_NOTE}"
     return note if a is None else f"{note}, 3D objects (anisotropy {a:g})"
 
 
@@ -171,17 +173,14 @@ def _mode_3d(args: argparse.Namespace, img) -> dict:
     return {"mode": "3d", "anisotropy": anisotropy}
 
 
-def _run_3d_or_planes(run, args: argparse.Namespace, mode: dict):
-    """`run(mode)`; where 3D objects were only the default (the file gave a voxel size: no --3d, --anisotropy)
-    and the stack is too thin for them (refused before anything is written), `run({})`: plane by plane."""
-    try:
-        return run(mode)
-    except ThinStackError:
-        if not mode or args.three_d or args.anisotropy is not None:
-            raise
-        result = run({})
-        result.extra["thin"] = True
-        return result
+def _job_3d_or_planes(job, args: argparse.Namespace, img):
+    """`job(mode)` with `_mode_3d`'s mode; where 3D objects are only the default (the file gave a voxel size:
+    no --3d, --anisotropy), a stack too thin for them is segmented plane by plane (`segment3d.or_planes`)."""
+    from .core.segment3d import or_planes
+
+    mode = _mode_3d(args, img)
+    explicit = args.three_d or args.anisotropy is not None
+    return or_planes(job, mode) if mode and not explicit else job(mode)
 
 
 def _channel(text: str) -> int | str:
@@ -227,17 +226,16 @@ def cmd_segment(args: argparse.Namespace) -> int:
                     written.append(out)
                     continue
 
-                def run(mode: dict, inp=inp, img=img, d_out=d_out):
-                    gen = api.segment_iter(
+                def job(mode: dict, img=img, d_out=d_out):
+                    return api.segment_iter(
                         img.data, model, device=args.device, diameter=args.diameter, channel=args.channel,
                         axes=args.axes or img.axes, tile=args.tile, link_iou=args.link_iou, tta=args.tta,
                         doubt=d_out is not None, block=args.block, merge_cuts=not args.no_merge_cuts,
                         min_score=args.min_score, **mode,
                     )  # fmt: skip
-                    with _progress_bar(1.0, inp.name, not args.quiet) as bar:
-                        return drain(gen, lambda p, bar=bar: _show(bar, p, args.quiet))
 
-                result = _run_3d_or_planes(run, args, _mode_3d(args, img))
+                with _progress_bar(1.0, inp.name, not args.quiet) as bar:
+                    result = drain(_job_3d_or_planes(job, args, img), lambda p, bar=bar: _show(bar, p, args.quiet))
                 scale = _pixel_scale(img)
                 write_labels(out, result.labels, overwrite=args.overwrite, axes=result.axes, scale=scale)
                 written.append(out)
@@ -302,25 +300,25 @@ def _segment_big(
             raise InputError(f"'{zout}' exists and is not an unfinished output of this command; move it away")
         shutil.rmtree(zout)
 
-    def run(mode: dict):
-        gen = api.segment_iter(
+    def job(mode: dict):
+        return api.segment_iter(
             data, model, device=args.device, diameter=args.diameter, channel=args.channel,
             axes=args.axes or img.axes, tile=args.tile, tta=args.tta, output=zout, cluster=cluster,
             block=args.block, overwrite=args.overwrite, pixel_size=img.pixel_size[-2:] if img.pixel_size else None,
             merge_cuts=not args.no_merge_cuts, min_score=args.min_score, link_iou=args.link_iou,
             doubt=d_out is not None, **mode,
         )  # fmt: skip
-        try:
-            with _progress_bar(1.0, inp.name, not args.quiet) as bar:
-                return drain(gen, lambda p, bar=bar: _show(bar, p, args.quiet))
-        except KeyboardInterrupt:
-            gen.close()
-            kept = unfinished_dir(zout)
-            print(f"{PROG}: interrupted; the unfinished run is kept in '{kept}': run the same command to resume it",
-                  file=sys.stderr)  # fmt: skip
-            raise SystemExit(130) from None
 
-    result = _run_3d_or_planes(run, args, _mode_3d(args, img))
+    gen = _job_3d_or_planes(job, args, img)
+    try:
+        with _progress_bar(1.0, inp.name, not args.quiet) as bar:
+            result = drain(gen, lambda p, bar=bar: _show(bar, p, args.quiet))
+    except KeyboardInterrupt:
+        gen.close()
+        kept = unfinished_dir(zout)
+        print(f"{PROG}: interrupted; the unfinished run is kept in '{kept}': run the same command to resume it",
+              file=sys.stderr)  # fmt: skip
+        raise SystemExit(130) from None
     group = zarr.open_group(str(zout), mode="r")
     if tiff:
         write_labels(out, group[LABELS_PATH + "/0"], overwrite=args.overwrite, axes=result.axes,

@@ -389,6 +389,8 @@ def test_a_stack_thinner_than_a_nucleus_is_segmented_plane_by_plane(tmp_path, ca
     assert rc == 0 and "too few planes for 3D objects" in printed, err
     labels = tifffile.imread(tmp_path / "l.tif")
     assert labels.shape == stack.shape and all(len(np.unique(p)) > 5 for p in labels)
+    rc, printed, err = run(["segment", str(path), "-o", str(tmp_path / "l.zarr"), "--diameter", "22", "-q"], capsys)
+    assert rc == 0 and "too few planes for 3D objects" in printed, err  # the same, block by block
     rc, _, err = run(["segment", str(path), "-o", str(tmp_path / "x.tif"), "--3d", "--diameter", "22"], capsys)
     assert rc == 1 and "under a quarter of a nucleus" in err and "--2d" in err and not (tmp_path / "x.tif").exists()
     with pytest.raises(ThinStackError, match="under a quarter of a nucleus"):

@@ -135,6 +135,8 @@ class SegmentWidget(QWidget):
             on_yield=self._on_progress, on_error=self._on_error, on_finish=self._on_finish, on_notice=self._on_notice
         )
         self.objects_3d.toggled.connect(self._on_3d_toggled)
+        self._3d_by_default = False  # ticked for a stack with a voxel size, not by the user: thin stacks fall back
+        self.objects_3d.clicked.connect(lambda: setattr(self, "_3d_by_default", False))
         self.run_btn.clicked.connect(lambda: self.run())
         self.cancel_btn.clicked.connect(self.runner.cancel)
         self.estimate_btn.clicked.connect(lambda: self.estimate())
@@ -172,6 +174,7 @@ class SegmentWidget(QWidget):
         self.objects_3d.setEnabled(zyx)
         # the default for a stack with a voxel size (its Z is spatial), as on the command line
         self.objects_3d.setChecked(zyx and layer_voxel(layer) is not None)
+        self._3d_by_default = self.objects_3d.isChecked()
         self.anisotropy.setEnabled(zyx)
         if zyx:
             self.anisotropy.setValue(layer_anisotropy(layer))
@@ -220,20 +223,26 @@ class SegmentWidget(QWidget):
             return None
         if cluster:
             return self._run_on_cluster(layer, request, spec, cluster)
-        job = api.segment_iter(
-            request.data,
-            spec,
-            device=self.device.device(),
-            diameter=self._diameter(),
-            channel=self.channel.currentData(),
-            axes=request.axes,
-            probabilities=self.probability.isChecked() and not three_d,
-            estimate_plane=None if three_d else request.plane,
-            tta=self.tta.isChecked(),
-            merge_cuts=self.merge_cuts.isChecked(),
-            min_score=self.min_score.value(),
-            **self._mode(),
-        )
+
+        def job(mode: dict):
+            return api.segment_iter(
+                request.data,
+                spec,
+                device=self.device.device(),
+                diameter=self._diameter(),
+                channel=self.channel.currentData(),
+                axes=request.axes,
+                probabilities=self.probability.isChecked() and not three_d,
+                estimate_plane=None if three_d else request.plane,
+                tta=self.tta.isChecked(),
+                merge_cuts=self.merge_cuts.isChecked(),
+                min_score=self.min_score.value(),
+                **mode,
+            )
+
+        from ..core.segment3d import or_planes
+
+        job = or_planes(job, self._mode()) if three_d and self._3d_by_default else job(self._mode())
         self.runner.on_return = lambda result: self._on_segmented(request, spec, result)
         self._busy(True)
         self.status.setText(f"segmenting '{layer.name}' ({self.scope.currentText() if scope is None else scope})...")
@@ -362,8 +371,12 @@ class SegmentWidget(QWidget):
         n = int(np.count_nonzero(np.unique(result.labels)))
         planes = int(np.prod(result.labels.shape[:-2])) if result.labels.ndim > 2 else 1
         from ..core.segment import renormalised_note
+        from ..core.segment3d import THIN_NOTE
 
-        notes = [n for n in (*(result.extra.get("notices") or []), renormalised_note(result)) if n]
+        if result.extra.get("thin"):  # the default tick fell back: show what was done
+            self.objects_3d.setChecked(False)
+        thin = THIN_NOTE if result.extra.get("thin") else ""
+        notes = [n for n in (*(result.extra.get("notices") or []), renormalised_note(result), thin) if n]
         where = "new layer" if new else "updated"
         c = result.extra.get("channel")  # which channel `auto` chose, as the command line says
         chan = "" if c is None else "; channels averaged" if c == "mean" else f"; channel {c}"

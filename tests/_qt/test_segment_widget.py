@@ -255,6 +255,30 @@ def test_3d_objects_from_a_zyx_stack(viewer, qtbot, wait_idle):
     assert w.objects_3d.isEnabled() and not w.objects_3d.isChecked() and w.link.isEnabled()
 
 
+def test_a_thin_stack_falls_back_to_planes_unless_the_user_ticked_3d(viewer, qtbot, wait_idle):
+    """As on the command line: 3D objects ticked by default (a voxel size) on a stack too thin for them
+    segment its planes one by one and say so; ticked by the user, the widget shows the one-line refusal."""
+    from napari_unet.core.synth import SynthStyle, synth_nuclei
+
+    plane, _ = synth_nuclei((128, 128), rng=5, style=SynthStyle(diameter=(22, 22), dtype="uint16"))
+    viewer.add_image(np.stack([plane] * 3), name="thin", scale=(0.3, 0.3, 0.3))  # 3 px deep: 1/7 of a nucleus
+    w = _widget(viewer, qtbot)
+    w.model.refresh(select="bundled")
+    w.diameter.setValue(22.0)
+    assert w.objects_3d.isChecked()
+    w.run()
+    wait_idle(w.runner)
+    assert w.last_error is None, w.last_error
+    lab = viewer.layers["thin labels"]
+    assert all(len(np.unique(p)) > 5 for p in lab.data) and "too few planes for 3D objects" in w.status.text()
+    assert not w.objects_3d.isChecked() and "anisotropy" not in w.last_result.extra
+    w.objects_3d.click()  # the user asks for 3D objects
+    assert w.objects_3d.isChecked()
+    w.run()
+    wait_idle(w.runner)
+    assert w.last_error and "under a quarter of a nucleus" in w.last_error and "untick 3D objects" in w.last_error
+
+
 def test_3d_objects_on_a_local_cluster_write_a_3d_ome_zarr(viewer, qtbot, wait_idle, tmp_path):
     from napari_unet import api
     from napari_unet.core.synth3d import synth_nuclei_3d
