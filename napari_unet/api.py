@@ -501,7 +501,8 @@ def list_versions() -> list[versions.Version]:
 
 
 def current_version() -> str:
-    """Name of the model that ``load_model("current")`` loads (``"bundled"`` if none was chosen)."""
+    """Name of the model that ``load_model("current")`` loads (``"bundled"`` if none was chosen); a corrupt
+    pointer raises `ModelFileError`, as loading "current" does."""
     return versions.current_name(strict=True) or "bundled"
 
 

@@ -43,14 +43,16 @@ def _expand_inputs(args_input: list[str]) -> list[Path]:
         if not p.is_dir() or is_zarr(p):
             out.append(p)
             continue
-        found = list_folder_images(p)
-        ours = set()
-        for q in found:
-            labels = default_output(q).name
-            ours |= {labels, labels.removesuffix("_labels.tif") + "_doubt.tif"}
+        found = list_folder_images(p) + sorted(q for q in p.iterdir() if q.is_dir() and is_zarr(q))
+        ours = {o.name for q in found for o in (default_output(q), _side_name(default_output(q), DOUBT_SUFFIX))}
+        ours |= {name + ".zarr" for name in ours}  # a TIFF's unfinished OME-Zarr
+        skipped = [q.name for q in found if q.name in ours]
+        if skipped:
+            print(f"{PROG}: {p}: skipping {len(skipped)} files an earlier run wrote ({', '.join(skipped[:3])}"
+                  f"{', ...' if len(skipped) > 3 else ''})", file=sys.stderr)  # fmt: skip
         found = [q for q in found if q.name not in ours]
         if not found:
-            raise InputError(f"'{p}' holds no images ({', '.join(FOLDER_SUFFIXES)})")
+            raise InputError(f"'{p}' holds no images ({', '.join(FOLDER_SUFFIXES)}, or zarr stores)")
         out += found
     return out
 
@@ -117,25 +119,31 @@ def _check_targets(inputs: list[Path], outputs, scores_out, doubt_out, overwrite
             raise InputError(f"cannot write '{path}': {exc.strerror or exc} in '{folder}'") from None
 
 
+#: The names `--scores` and `--uncertainty` give their files by default: `_side_name(labels, suffix)`.
+SCORES_SUFFIX, DOUBT_SUFFIX = "_scores.csv", "_doubt.tif"
+
+
+def _side_name(labels: Path, suffix: str) -> Path:
+    """`cells_labels.tif` -> `cells` + `suffix`, beside it."""
+    return labels.with_name(labels.name.removesuffix(".tif").removesuffix(".zarr").removesuffix("_labels") + suffix)
+
+
 def _side_outputs(arg: str | None, outputs: list[Path], suffix: str, flag: str) -> list[Path | None]:
     """Where `--scores` / `--uncertainty` write for each labels output: beside it by default, or the given
     file (one input) or folder (several). A ``.zarr`` output holds its doubt map itself (``OUT.zarr/doubt``)."""
     if arg is None:
         return [None] * len(outputs)
 
-    def stem(o: Path) -> str:
-        return o.name.removesuffix(".tif").removesuffix(".zarr").removesuffix("_labels")
-
     from .core.bigrun import DOUBT_PATH
 
     if arg == "auto":
-        return [o / DOUBT_PATH if o.suffix == ".zarr" and flag == "--uncertainty" else o.with_name(stem(o) + suffix)
+        return [o / DOUBT_PATH if o.suffix == ".zarr" and flag == "--uncertainty" else _side_name(o, suffix)
                 for o in outputs]  # fmt: skip
     target = Path(arg)
     if len(outputs) > 1 or target.is_dir():
         if target.exists() and not target.is_dir():
             raise InputError(f"{flag} '{target}' must be a folder when segmenting several inputs")
-        return [target / (stem(o) + suffix) for o in outputs]
+        return [target / _side_name(o, suffix).name for o in outputs]
     return [target]
 
 
@@ -199,8 +207,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     inputs = _expand_inputs(args.input)
     outputs = _outputs(inputs, args.output)
-    scores_out = _side_outputs(args.scores, outputs, "_scores.csv", "--scores")
-    doubt_out = _side_outputs(args.uncertainty, outputs, "_doubt.tif", "--uncertainty")
+    scores_out = _side_outputs(args.scores, outputs, SCORES_SUFFIX, "--scores")
+    doubt_out = _side_outputs(args.uncertainty, outputs, DOUBT_SUFFIX, "--uncertainty")
     _check_targets(inputs, outputs, scores_out, doubt_out, args.overwrite)
     from . import api
     from .core.jobs import drain
@@ -405,6 +413,7 @@ def _training_planes(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from . import api
+    from .core import versions
     from .core.atomic import check_output
     from .core.jobs import drain
 
@@ -442,7 +451,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     where = "held-out" if m.get("held_out", True) else "training-pixel"
     val = "" if m.get("val_before") is None else f", {where} {m['val_before']:.3f} -> {m['val_after']:.3f}"
     forget = "" if m.get("forgetting") is None else f", forgetting {m['forgetting']:+.3f} AP"
-    current = " (now current)" if api.current_version() == result.name else ""
+    current = " (now current)" if versions.current_name() == result.name else ""  # a corrupt pointer: not now
     print(
         f"trained {m['steps']} steps in {m['seconds']:.1f} s on {m['device']}{val}{forget}"
         f"{' (improved)' if m.get('improved') else ' (not improved)' if m.get('improved') is False else ''}; "

@@ -430,10 +430,15 @@ def test_a_folder_input_segments_each_image_and_skips_earlier_labels(nuclei_tif,
         "notes.txt", "w10.tif", "w10_doubt.tif", "w10_labels.tif", "w2.tif", "w2_doubt.tif", "w2_labels.tif"]  # fmt: skip
     ref = tifffile.imread(folder / "w2_labels.tif")
     assert ref.max() > 5 and np.array_equal(ref, tifffile.imread(folder / "w10_labels.tif"))
+    import zarr
+
+    zarr.create_array(str(folder / "w3.zarr"), shape=img.shape, dtype=img.dtype, chunks=(80, 80))[:] = img
     results = tmp_path / "results"
     rc, _, err = run(["segment", str(folder), "--diameter", "24", "-o", str(results), "-q"], capsys)
-    assert rc == 0, err  # the labels and doubt maps in the folder are not inputs now
-    assert sorted(p.name for p in results.iterdir()) == ["w10_labels.tif", "w2_labels.tif"]
+    assert rc == 0, err  # the labels and doubt maps in the folder are not inputs now; a zarr store is
+    assert "skipping 4 files an earlier run wrote" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in results.iterdir()) == ["w10_labels.tif", "w2_labels.tif", "w3_labels.tif"]
+    assert np.array_equal(tifffile.imread(results / "w3_labels.tif"), ref)
     empty = tmp_path / "empty"
     empty.mkdir()
     rc, _, err = run(["segment", str(empty)], capsys)

@@ -15,7 +15,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..core.io import read_image
+from ..core.io import is_zarr, read_image
 from ..core.stack_io import image_layers, read_folder_stack, restored_layers
 from . import notify
 from .controls import form, row
@@ -96,10 +96,9 @@ class LoadStackWidget(QWidget):
         if self.z_step.value() > 0:
             scale["Z"] = float(self.z_step.value())
         try:
-            is_zarr = path.suffix == ".zarr" or (path / ".zgroup").exists() or (path / "zarr.json").exists()
             img = (
                 read_folder_stack(path, self.folder_axis.currentText())
-                if path.is_dir() and not is_zarr
+                if path.is_dir() and not is_zarr(path)
                 else read_image(path)
             )
             if not scale:

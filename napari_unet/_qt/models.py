@@ -60,10 +60,17 @@ def model_choices() -> list[ModelChoice]:
 
 
 def current_spec() -> str:
-    """What "current" points at: a version name, or "bundled"."""
+    """What "current" points at: a version name, or "bundled" (with a warning where the pointer is corrupt,
+    so that the combo's "bundled" is not taken for the user's own choice)."""
     from ..core import versions
 
-    return versions.current_name() or "bundled"
+    try:
+        return versions.current_name(strict=True) or "bundled"
+    except versions.ModelFileError as exc:
+        from . import notify
+
+        notify.warning(str(exc))
+        return "bundled"
 
 
 def set_current(spec: str) -> None:

@@ -135,8 +135,11 @@ class SegmentWidget(QWidget):
             on_yield=self._on_progress, on_error=self._on_error, on_finish=self._on_finish, on_notice=self._on_notice
         )
         self.objects_3d.toggled.connect(self._on_3d_toggled)
-        self._3d_by_default = False  # ticked for a stack with a voxel size, not by the user: thin stacks fall back
-        self.objects_3d.clicked.connect(lambda: setattr(self, "_3d_by_default", False))
+        # 3D objects ticked for a stack with a voxel size, not by the user: a stack too thin for them falls back
+        # to planes, as on the command line; a click on the box or an edited anisotropy makes 3D the user's
+        self._3d_by_default = False
+        self.objects_3d.clicked.connect(self._3d_chosen)
+        self.anisotropy.editingFinished.connect(self._3d_chosen)
         self.run_btn.clicked.connect(lambda: self.run())
         self.cancel_btn.clicked.connect(self.runner.cancel)
         self.estimate_btn.clicked.connect(lambda: self.estimate())
@@ -187,7 +190,12 @@ class SegmentWidget(QWidget):
             self.channel.addItem("single channel", None)
         self.channel.setEnabled(bool(n))
 
+    def _3d_chosen(self) -> None:
+        self._3d_by_default = False
+
     def _on_3d_toggled(self, on: bool) -> None:
+        if not on:  # ticked again, by a click or from code, 3D objects are asked for
+            self._3d_by_default = False
         self.link.setEnabled(self._stack and not on)  # plane linking and the 2D rejoin step are for 2D objects
         self.merge_cuts.setEnabled(not on)
 
@@ -221,32 +229,41 @@ class SegmentWidget(QWidget):
         if three_d and request.axes != "ZYX":
             self._fail("Cannot segment: 3D objects need the whole ZYX stack (scope 'whole image')")
             return None
+        settings = dict(  # read here, on the GUI thread: the job starts in a worker
+            device=self.device.device(), diameter=self._diameter(), channel=self.channel.currentData(),
+            axes=request.axes, tta=self.tta.isChecked(), merge_cuts=self.merge_cuts.isChecked(),
+            min_score=self.min_score.value(),
+        )  # fmt: skip
+        fallback = three_d and self._3d_by_default
         if cluster:
-            return self._run_on_cluster(layer, request, spec, cluster)
+            return self._run_on_cluster(layer, request, spec, cluster, settings, fallback)
+        probability = self.probability.isChecked()
 
         def job(mode: dict):
-            return api.segment_iter(
-                request.data,
-                spec,
-                device=self.device.device(),
-                diameter=self._diameter(),
-                channel=self.channel.currentData(),
-                axes=request.axes,
-                probabilities=self.probability.isChecked() and not three_d,
-                estimate_plane=None if three_d else request.plane,
-                tta=self.tta.isChecked(),
-                merge_cuts=self.merge_cuts.isChecked(),
-                min_score=self.min_score.value(),
-                **mode,
-            )
+            planes = mode.get("mode") != "3d"
+            return api.segment_iter(request.data, spec, probabilities=probability and planes,
+                                    estimate_plane=request.plane if planes else None, **settings, **mode)  # fmt: skip
 
-        from ..core.segment3d import or_planes
-
-        job = or_planes(job, self._mode()) if three_d and self._3d_by_default else job(self._mode())
-        self.runner.on_return = lambda result: self._on_segmented(request, spec, result)
+        self.runner.on_return = lambda result: self._on_segmented(layer, request, spec, result)
         self._busy(True)
         self.status.setText(f"segmenting '{layer.name}' ({self.scope.currentText() if scope is None else scope})...")
-        return self.runner.start(job, f"Segmenting {layer.name}")
+        return self.runner.start(self._job(job, fallback), f"Segmenting {layer.name}")
+
+    def _job(self, job, fallback: bool):
+        """`job(mode)` with the widget's mode; or, for 3D objects ticked by default, `segment3d.or_planes`."""
+        from ..core.segment3d import or_planes
+
+        return or_planes(job, self._mode()) if fallback else job(self._mode())
+
+    def _thin(self, layer, result) -> str:
+        """After a fall back to planes: the note for the status, and the box unticked if the layer is still chosen."""
+        from ..core.segment3d import THIN_NOTE
+
+        if not result.extra.get("thin"):
+            return ""
+        if self.image.layer() is layer:
+            self.objects_3d.setChecked(False)
+        return THIN_NOTE
 
     def _mode(self) -> dict:
         """`segment_iter`'s 3D mode and anisotropy, or the plane linking of 2D objects."""
@@ -254,7 +271,7 @@ class SegmentWidget(QWidget):
             return {"mode": "3d", "anisotropy": self.anisotropy.value()}
         return {"link_iou": LINK_IOU if self.link.isChecked() else None}
 
-    def _run_on_cluster(self, layer, request, spec: str, cluster: str):
+    def _run_on_cluster(self, layer, request, spec: str, cluster: str, settings: dict, fallback: bool):
         """Blocks on dask, labels to an OME-Zarr (`core.bigrun`); Cancel stops the cluster's work, keeping it to resume."""
         from .. import api
         from ..core.bigrun import default_output
@@ -275,19 +292,18 @@ class SegmentWidget(QWidget):
         except ValueError as exc:
             self._fail(notify.plain_message(exc, "Cannot segment"))
             return None
-        job = api.segment_iter(
-            data, spec, device=self.device.device(), diameter=self._diameter(), channel=self.channel.currentData(),
-            axes=request.axes, tta=self.tta.isChecked(), output=out, cluster=cluster,
-            merge_cuts=self.merge_cuts.isChecked(), min_score=self.min_score.value(), **self._mode(),
-        )  # fmt: skip
-        self.runner.on_return = lambda result: self._on_segmented_zarr(request, result)
+
+        def job(mode: dict):
+            return api.segment_iter(data, spec, output=out, cluster=cluster, **settings, **mode)
+
+        self.runner.on_return = lambda result: self._on_segmented_zarr(layer, request, result)
         self._busy(True)
         self.last_output = out
         self.status.setText(f"segmenting '{layer.name}' on {cluster} -> {out.name}...")
-        return self.runner.start(job, f"Segmenting {layer.name} on {cluster}")
+        return self.runner.start(self._job(job, fallback), f"Segmenting {layer.name} on {cluster}")
 
     @notify.guarded("Could not show the segmentation")
-    def _on_segmented_zarr(self, request, result) -> None:
+    def _on_segmented_zarr(self, image_layer, request, result) -> None:
         from ..core.io import read_image
 
         img = read_image(result.path)  # every level, so that napari reads only what it shows
@@ -302,7 +318,7 @@ class SegmentWidget(QWidget):
         what = "3D objects" if "anisotropy" in result.extra else "objects"
         self.status.setText(
             f"{result.n_objects} {what} in {result.blocks} blocks{resumed} -> {result.path}; "
-            f"diameter {result.diameter:.1f} px"
+            f"diameter {result.diameter:.1f} px" + (f"; {thin}" if (thin := self._thin(image_layer, result)) else "")
         )
 
     def estimate(self):
@@ -352,7 +368,7 @@ class SegmentWidget(QWidget):
         self.status.setText(notice.message)
 
     @notify.guarded("Could not show the segmentation")
-    def _on_segmented(self, request, spec: str, result) -> None:
+    def _on_segmented(self, image_layer, request, spec: str, result) -> None:
         info = {
             "model": spec,
             "diameter": round(result.diameter, 2),
@@ -371,11 +387,8 @@ class SegmentWidget(QWidget):
         n = int(np.count_nonzero(np.unique(result.labels)))
         planes = int(np.prod(result.labels.shape[:-2])) if result.labels.ndim > 2 else 1
         from ..core.segment import renormalised_note
-        from ..core.segment3d import THIN_NOTE
 
-        if result.extra.get("thin"):  # the default tick fell back: show what was done
-            self.objects_3d.setChecked(False)
-        thin = THIN_NOTE if result.extra.get("thin") else ""
+        thin = self._thin(image_layer, result)
         notes = [n for n in (*(result.extra.get("notices") or []), renormalised_note(result), thin) if n]
         where = "new layer" if new else "updated"
         c = result.extra.get("channel")  # which channel `auto` chose, as the command line says

@@ -130,22 +130,31 @@ def current_name(root: str | os.PathLike | None = None, *, strict: bool = False)
     with `strict` it raises, so that "current" never silently becomes the bundled model.
     """
     p = _root(root) / POINTER
+    why = None
     try:
         name = json.loads(p.read_text())["name"]
-        if name is not None and not isinstance(name, str):
-            raise TypeError
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+    except ValueError:
+        why = "not JSON"
+    except (KeyError, TypeError):
+        why = "no name in it"
+    else:
+        try:
+            if name != "bundled":
+                validate_name(name if isinstance(name, str) else "")
+        except ValueError:
+            why = f"its name {name!r} is not a version name"
+    if why is not None:
         if strict:
-            why = {KeyError: "no name in it", TypeError: "no name in it"}.get(type(exc), "not JSON")
-            why = exc.strerror if isinstance(exc, OSError) else why
             raise ModelFileError(
                 f"the current-model pointer {p} is unreadable ({why}); choose a model: "
                 "napari-unet models revert NAME (or bundled)"
-            ) from None
+            )
         return None
-    return None if name in (None, "bundled") else name
+    return None if name == "bundled" else name
 
 
 def set_current(name: str, root: str | os.PathLike | None = None) -> None:

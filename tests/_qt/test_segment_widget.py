@@ -309,3 +309,16 @@ def test_the_3d_box_turns_the_2d_only_options_off_and_on(viewer, qtbot):
     assert not w.link.isEnabled() and not w.merge_cuts.isEnabled()
     w.objects_3d.setChecked(False)
     assert w.link.isEnabled() and w.merge_cuts.isEnabled()
+
+
+def test_a_corrupt_current_pointer_is_said_not_hidden(viewer, qtbot, monkeypatch):
+    """The combo falls back to "bundled", visibly, with the pointer's one-line error as a warning."""
+    from napari_unet._qt import notify
+    from napari_unet.core import versions
+
+    said = []
+    monkeypatch.setattr(notify, "warning", lambda message: said.append(message) or message)
+    (versions.models_dir() / versions.POINTER).write_text("{trunc")
+    w = _widget(viewer, qtbot)
+    assert w.model.spec() == "bundled"
+    assert said and "current-model pointer" in said[0] and "models revert" in said[0]

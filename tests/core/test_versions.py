@@ -77,7 +77,8 @@ def test_a_corrupt_current_pointer_is_an_error_not_the_bundled_model(capsys):
     versions.save_version(m, ModelInfo(config=m.config), name="mine")
     api.revert("mine")
     pointer = versions.models_dir() / versions.POINTER
-    for text in ("{trunc", '{"set": "x"}', '["mine"]', '{"name": 3}'):
+    for text in ("{trunc", '{"set": "x"}', '["mine"]', '{"name": 3}', '{"name": null}', '{"name": ""}',
+                 '{"name": "current"}', '{"name": "../x"}'):  # fmt: skip
         pointer.write_text(text)
         with pytest.raises(ModelFileError, match="current-model pointer .* unreadable .*models revert"):
             api.load_model("current")
