@@ -253,7 +253,9 @@ class SegmentWidget(QWidget):
         """`job(mode)` with the widget's mode; or, for 3D objects ticked by default, `segment3d.or_planes`."""
         from ..core.segment3d import or_planes
 
-        return or_planes(job, self._mode()) if fallback else job(self._mode())
+        if not fallback:
+            return job(self._mode())
+        return or_planes(job, self._mode(), {"link_iou": LINK_IOU if self.link.isChecked() else None})
 
     def _thin(self, layer, result) -> str:
         """After a fall back to planes: the note for the status, and the box unticked if the layer is still chosen."""

@@ -296,14 +296,14 @@ def check_depth(planes: int, anisotropy: float, diameter: float) -> None:
 THIN_NOTE = "planes one by one (too few planes for 3D objects)"
 
 
-def or_planes(job, mode: dict) -> Generator:
+def or_planes(job, mode: dict, planes: dict | None = None) -> Generator:
     """`job(mode)`, a segmentation job asked for 3D objects by default (a file's voxel size, the widget's
     default tick), or where the stack is too thin for them (`check_depth`, raised before anything is written)
-    `job({})`: its planes one by one, with ``extra["thin"]`` set. 3D objects asked for explicitly are refused."""
+    `job(planes)`: its planes one by one, with ``extra["thin"]`` set. 3D objects asked for explicitly are refused."""
     try:
         return (yield from job(mode))
     except ThinStackError:
-        result = yield from job({})
+        result = yield from job(planes or {})
         result.extra["thin"] = True
         return result
 

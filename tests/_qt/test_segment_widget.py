@@ -271,6 +271,7 @@ def test_a_thin_stack_falls_back_to_planes_unless_the_user_ticked_3d(viewer, qtb
     assert w.last_error is None, w.last_error
     lab = viewer.layers["thin labels"]
     assert all(len(np.unique(p)) > 5 for p in lab.data) and "too few planes for 3D objects" in w.status.text()
+    assert len(np.unique(lab.data)) < 2 * len(np.unique(lab.data[0]))  # linked across planes, as the box says
     assert not w.objects_3d.isChecked() and "anisotropy" not in w.last_result.extra
     w.objects_3d.click()  # the user asks for 3D objects
     assert w.objects_3d.isChecked()
