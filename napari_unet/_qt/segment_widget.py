@@ -194,7 +194,7 @@ class SegmentWidget(QWidget):
         self._3d_by_default = False
 
     def _on_3d_toggled(self, on: bool) -> None:
-        if not on:  # ticked again, by a click or from code, 3D objects are asked for
+        if not on:  # unticked: a later tick, by a click or from code, asks for 3D objects
             self._3d_by_default = False
         self.link.setEnabled(self._stack and not on)  # plane linking and the 2D rejoin step are for 2D objects
         self.merge_cuts.setEnabled(not on)
