@@ -157,6 +157,19 @@ def cases() -> dict[str, tuple[str, Callable[[], list[Sample]]]]:
             "clean",
             lambda: _each(val(), lambda im, lab, r: A.bright_debris(im, lab, r, area=0.05, level=30.0), 16),
         ),
+        # widefield blur: a defocused field, or cells at other heights
+        "defocus: whole field (Gaussian 0.1 x diameter)": (
+            "clean",
+            lambda: _each(val(), lambda im, lab, r: A.defocus(im, lab, r, 1.0, 0.1), 20),
+        ),
+        "defocus: whole field (Gaussian 0.15 x diameter)": (
+            "clean",
+            lambda: _each(val(), lambda im, lab, r: A.defocus(im, lab, r, 1.0, 0.15), 21),
+        ),
+        "defocus: a third of the nuclei (Gaussian 0.2 x diameter)": (
+            "clean",
+            lambda: _each(val(), lambda im, lab, r: A.defocus(im, lab, r, 0.33, 0.2), 22),
+        ),
         "gamma 0.5": ("clean", lambda: _each(val(), lambda im, lab, r: np.asarray(im, np.float32) ** 0.5, 8)),
         "gamma 2": ("clean", lambda: _each(val(), lambda im, lab, r: np.asarray(im, np.float32) ** 2, 9)),
         # synthetic renderings of the same classes (exact labels)

@@ -24,7 +24,8 @@ mnfinder/val (AP@0.5) every `--eval-every` steps (v2: the mean of mnfinder/val a
 validation set in the wide style, seeds apart from the training pool); the best weights are written.
 With `--init`, the starting weights are scored first as step 0, so a fine-tune that never beats them
 on the selection sets writes them back. `--outliers` adds condensed nuclei up to 30x, dim nuclei and
-bright debris to the hard-case renderings (the fine-tunes of 2026-12-05 in benchmarks/RESULTS.md).
+bright debris to the hard-case renderings (the fine-tunes of 2026-12-05 in benchmarks/RESULTS.md);
+`--defocus P` blurs a share P of them as a defocused widefield image does.
 `--seam LOW,HIGH` parts touching synthetic nuclei by a dark seam, as `synth.WIDE` has done since v2.1;
 the default (no seam) keeps the synthetic images v2 trained on.
 The hard-case suite (`benchmarks/hard_cases.py`) is never used for selection. `--no-real` trains on
@@ -155,7 +156,9 @@ def wide_synth(i: int, seam: tuple[float, float] = (1.0, 1.0)):
     return synth_nuclei((side, side), rng=rng, style=replace(WIDE, diameter=(d, d), seam=seam))
 
 
-def real_variants(split_dir: Path, n: int, seed: int, outliers: bool = False, dim_max: float = 12.0):
+def real_variants(
+    split_dir: Path, n: int, seed: int, outliers: bool = False, dim_max: float = 12.0, defocus_p: float = 0.0
+):
     """`n` hard-case renderings (`appearance.perturb`) of every real image of a split."""
     items = []
     for k, f in enumerate(sorted((split_dir / "images").glob("*.tif"))):
@@ -163,7 +166,9 @@ def real_variants(split_dir: Path, n: int, seed: int, outliers: bool = False, di
         lab = tifffile.imread(split_dir / "nuclei" / f.name).astype(np.int32)
         mn = tifffile.imread(split_dir / "micronuclei" / f.name) > 0
         for v in range(n):
-            out, lab_v = perturb(img, lab, np.random.default_rng([seed, k, v]), outliers=outliers, dim_max=dim_max)
+            out, lab_v = perturb(
+                img, lab, np.random.default_rng([seed, k, v]), outliers=outliers, dim_max=dim_max, defocus_p=defocus_p
+            )
             mn_v = mn if lab_v.shape == mn.shape else resize(mn, lab_v.shape, order=0, anti_aliasing=False) > 0
             items.append(prepare(out, lab_v, mn_v))
     return items
@@ -229,6 +234,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="with --outliers: dim nuclei are 2 to this many times dimmer (at 10x they look like the faint cell "
         "bodies of the autofluorescent grain row)",
     )
+    p.add_argument(
+        "--defocus",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="share of the hard-case renderings defocused (appearance.defocus: the field or some nuclei blurred)",
+    )
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate, the same for any number of processes")
     p.add_argument("--eval-every", type=int, default=150)
     p.add_argument("--seed", type=int, default=0)
@@ -275,7 +287,7 @@ def load_data(args):
     else:
         if real:
             real += real_variants(
-                args.data / "mnfinder" / "train", args.variants, args.seed, args.outliers, args.dim_max
+                args.data / "mnfinder" / "train", args.variants, args.seed, args.outliers, args.dim_max, args.defocus
             )
         synth = [prepare(*wide_synth(100_000 + i, args.seam)) for i in range(args.synth)]
         vals = (wide_synth(900_000 + i, args.seam) for i in range(args.synth_val))
@@ -479,6 +491,7 @@ def describe_data(args) -> tuple[list[str], str]:
     else:
         if not args.no_real:
             extra = f", with outliers, dim nuclei up to {args.dim_max:g}x" if args.outliers else ""
+            extra += f", {args.defocus:g} of them defocused" if args.defocus else ""
             data.append(
                 f"mnfinder/train x{args.variants} hard-case renderings (napari_unet.core.appearance.perturb{extra})"
             )

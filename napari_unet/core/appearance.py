@@ -15,6 +15,7 @@ stay true by construction (nuclei keep their outline, everything added outside t
 * `hot_pixels`: isolated pixels far above everything else (hot camera pixels, cosmic rays).
 * `uneven_illumination`: widefield vignetting and a background ramp.
 * `bright_debris`: one bright out-of-focus blob (dust, debris) on the background.
+* `defocus`: widefield blur of the whole field, or of some nuclei only (cells at other heights).
 
 `perturb` draws a random mix of these; the training recipe applies it to real and synthetic images,
 and `benchmarks/hard_cases.py` applies each one alone, at fixed strengths, to score the model.
@@ -37,6 +38,7 @@ __all__ = [
     "bright_debris",
     "camera",
     "condense",
+    "defocus",
     "dim_nuclei",
     "hot_pixels",
     "perturb",
@@ -53,6 +55,12 @@ def _levels(image: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     bg = float(np.median(img[~fg])) if (~fg).any() else float(img.min())
     sig = float(np.median(img[fg])) - bg if fg.any() else float(np.ptp(img))
     return bg, max(sig, 1e-6)
+
+
+def _noise_sigma(img: np.ndarray) -> float:
+    """The pixel noise of an image: the median absolute difference of horizontal neighbours, as a std."""
+    d = np.diff(img, axis=1)
+    return float(np.median(np.abs(d - np.median(d)))) * 1.4826 / math.sqrt(2)
 
 
 def _band_noise(rng: np.random.Generator, shape, sigma: float) -> np.ndarray:
@@ -181,14 +189,39 @@ def dim_nuclei(
     neighbouring pixels) is added back."""
     img = np.asarray(image, np.float32)
     bg, _ = _levels(img, labels)
-    d = np.diff(img, axis=1)
-    sigma = float(np.median(np.abs(d - np.median(d)))) * 1.4826 / math.sqrt(2)
+    sigma = _noise_sigma(img)
     n = int(labels.max())
     pick = np.zeros(n + 1, bool)
     pick[1:] = rng.random(n) < fraction
     sel = (ndi.grey_dilation(np.where(pick[labels], labels, 0), size=5) > 0) & ((labels == 0) | pick[labels])
     noise = rng.normal(0.0, sigma * math.sqrt(max(0.0, 1.0 - 1.0 / factor**2)), img.shape).astype(np.float32)
     return np.where(sel, bg + (img - bg) / factor + noise, img).astype(np.float32)
+
+
+def defocus(
+    image: np.ndarray, labels: np.ndarray, rng: np.random.Generator, fraction: float = 1.0, blur: float = 0.1
+) -> np.ndarray:
+    """Widefield defocus: a Gaussian blur of `blur` x the median nucleus diameter over the whole field
+    (`fraction` 1), or over a `fraction` of the nuclei only (cells at other heights; their sharp signal is
+    replaced by its blur, their neighbours keep theirs). The image's pixel noise, which a blur would smooth
+    away, is drawn again where the blur was applied. The labels stay the in-focus outlines."""
+    img = np.asarray(image, np.float32)
+    sigma = max(0.5, blur * (median_diameter(labels) or 20.0))
+    noise = _noise_sigma(img)
+    if fraction >= 1:
+        out = ndi.gaussian_filter(img, sigma)
+        return out + rng.normal(0.0, noise, img.shape).astype(np.float32)
+    bg, _ = _levels(img, labels)
+    n = int(labels.max())
+    pick = np.zeros(n + 1, bool)
+    pick[1:] = rng.random(n) < fraction
+    picked = pick[labels]
+    glow = ndi.gaussian_filter(np.where(picked, img - bg, 0.0).astype(np.float32), sigma)
+    # Where the blur reaches (3 sigma around the picked nuclei) and no kept nucleus lies: background + blur + noise.
+    reach = ndi.distance_transform_edt(~picked) <= 3 * sigma
+    redraw = reach & ~((labels > 0) & ~picked)
+    fresh = bg + glow + rng.normal(0.0, noise, img.shape).astype(np.float32)
+    return np.where(redraw, fresh, img + glow).astype(np.float32)
 
 
 def rescale(image: np.ndarray, labels: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
@@ -273,13 +306,20 @@ def random_cytoplasm(image: np.ndarray, labels: np.ndarray, rng: np.random.Gener
 
 
 def perturb(
-    image: np.ndarray, labels: np.ndarray, rng: np.random.Generator, outliers: bool = False, dim_max: float = 12.0
+    image: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    outliers: bool = False,
+    dim_max: float = 12.0,
+    defocus_p: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A random mix of the hard cases above, for training (each with its own probability).
 
     `outliers` also draws condensed nuclei up to 30x, dim nuclei (2 to `dim_max` x dimmer) and bright debris
     (the fine-tunes of 2026-12-05, not shipped); without it the draws are v2's, so v2's recipe stays
-    reproducible. The same random numbers are drawn for any `dim_max`.
+    reproducible. The same random numbers are drawn for any `dim_max`. With probability `defocus_p` the field
+    is defocused before the camera (`defocus`: the whole field by 0.04-0.2 diameters, or a tenth to a half of
+    the nuclei by 0.1-0.3); at 0, no number is drawn for it, so the other draws stay v2's.
     """
     img, lab = np.asarray(image, np.float32), labels
     if rng.random() < 0.25:  # lower magnification: small nuclei, later upscaled to the model's size
@@ -302,6 +342,11 @@ def perturb(
             img = bright_debris(img, lab, rng, area, float(np.exp(rng.uniform(np.log(3.0), np.log(30.0)))))
     if rng.random() < 0.55:
         img = random_cytoplasm(img, lab, rng, float(np.exp(rng.uniform(np.log(0.015), np.log(0.6)))))
+    if defocus_p > 0 and rng.random() < defocus_p:
+        if rng.random() < 0.5:
+            img = defocus(img, lab, rng, 1.0, rng.uniform(0.04, 0.2))
+        else:
+            img = defocus(img, lab, rng, rng.uniform(0.1, 0.5), rng.uniform(0.1, 0.3))
     if rng.random() < 0.6:
         dtype = ("uint8", "uint12", "uint16")[int(rng.integers(3))]
         img = camera(

@@ -81,6 +81,40 @@ def test_dim_nuclei_are_dimmer_over_the_background_and_as_noisy(field):
     assert 0.5 < diff.std() / noise.std() < 2  # the dimmed nucleus keeps a background-like noise
 
 
+def test_defocus_blurs_edges_keeps_noise_and_spares_the_nuclei_in_focus(field):
+    img, lab = field
+    img = img.astype(np.float32)
+
+    def edge(im):
+        """Mean gradient magnitude on the nuclei's outlines (sharp edges: high)."""
+        rim = ndi.binary_dilation(lab > 0, iterations=1) & ~ndi.binary_erosion(lab > 0, iterations=1)
+        gy, gx = np.gradient(ndi.gaussian_filter(im, 1.0))
+        return float(np.hypot(gy, gx)[rim].mean())
+
+    whole = A.defocus(img, lab, np.random.default_rng(0), 1.0, 0.15)
+    assert edge(whole) < 0.6 * edge(img)
+    noise = np.diff(whole, axis=1)[lab[:, 1:] == 0]
+    ref = np.diff(img, axis=1)[lab[:, 1:] == 0]
+    assert 0.5 < noise.std() / ref.std() < 2  # the camera's noise is drawn again after the blur
+    some = A.defocus(img, lab, np.random.default_rng(1), 0.4, 0.25)
+    changed = np.unique(lab[(np.abs(some - img) > 0) & ndi.binary_erosion(lab > 0, iterations=2)])
+    changed = changed[changed > 0]
+    assert 0.15 < changed.size / lab.max() < 0.7  # some nuclei, not all
+    kept = np.setdiff1d(np.unique(lab[lab > 0]), changed)
+    core = np.isin(lab, kept) & ndi.binary_erosion(lab > 0, iterations=2)
+    assert np.median(np.abs(some - img)[core]) < 0.05 * (img[lab > 0].mean() - np.median(img[lab == 0]))
+    assert np.isfinite(some).all()
+    assert some.shape == img.shape and some.dtype == np.float32
+
+
+def test_perturb_defocus_is_off_by_default_and_draws_nothing_then(field):
+    img, lab = field
+    plain = A.perturb(img, lab, np.random.default_rng(3))[0]
+    np.testing.assert_array_equal(plain, A.perturb(img, lab, np.random.default_rng(3), defocus_p=0.0)[0])
+    blurred = [A.perturb(img, lab, np.random.default_rng(s), defocus_p=1.0)[0] for s in range(6)]
+    assert any(not np.array_equal(b, A.perturb(img, lab, np.random.default_rng(s))[0]) for s, b in enumerate(blurred))
+
+
 def test_perturb_is_deterministic(field):
     img, lab = field
     a = A.perturb(img, lab, np.random.default_rng(5))
