@@ -106,6 +106,22 @@ def _as_array(x, what: str):
         raise TypeError(f"{what} must be an array (numpy, zarr, dask or torch), got {type(x).__name__}") from exc
 
 
+#: xarray dimension names (any case) and the axis letter each means; bioio / aicsimageio name them T, C, Z, Y, X, S.
+_DIM_LETTERS = {"t": "T", "time": "T", "z": "Z", "y": "Y", "x": "X", "c": "C", "ch": "C", "channel": "C", "s": "C"}
+
+
+def _unwrap_dims(image, axes: str | None):
+    """An xarray DataArray (anything with a name in `dims` for each axis): its numpy or dask array, with the axes
+    its dims name when `axes` is None and every name is known (else the axes are guessed as for any array)."""
+    dims = getattr(image, "dims", None)
+    if not (isinstance(dims, tuple) and len(dims) == image.ndim and hasattr(image, "data")):
+        return image, axes
+    if axes is None:
+        letters = [_DIM_LETTERS.get(str(d).lower()) for d in dims]
+        axes = "".join(letters) if all(letters) else None
+    return image.data, axes
+
+
 def segment_iter(
     image,
     model: UNet | str | os.PathLike | None = None,
@@ -143,7 +159,7 @@ def segment_iter(
     With `output` (a ``.zarr`` folder), the labels are written there block by block instead
     (`core.bigrun`: bounded memory, resumable, optionally on a dask `cluster`) and a `BigResult` is returned.
     """
-    image = _as_array(image, "image")
+    image, axes = _unwrap_dims(_as_array(image, "image"), axes)
     net = resolve_model(model)
     _check_segment_options(diameter, tile, overlap, batch_size, link_iou, min_score, channel, axes, anisotropy)
     tile = None if tile is None else int(tile)
@@ -259,13 +275,14 @@ def segment(
     """Segment nuclei in a 2D image or a stack into integer instance labels.
 
     Args:
-        image: Array-like (numpy, zarr, dask, torch) of 2 or more dimensions.
+        image: Array-like (numpy, zarr, dask, torch, xarray) of 2 or more dimensions.
         model: A loaded model, a model spec for `load_model`, or None for ``"current"``.
         device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"mps"``.
         diameter: Typical object diameter in pixels (at least 3); estimated from the image when None.
         channel: Channel to segment when the image has a channel axis; None picks the one that
             looks most like a nuclear stain, ``"mean"`` averages them.
-        axes: Axis letters from TZCYX ending in YX, e.g. ``"ZYX"``, ``"CYX"``; guessed when None.
+        axes: Axis letters from TZCYX ending in YX, e.g. ``"ZYX"``, ``"CYX"``; when None, read from an xarray
+            DataArray's dims (T, C, Z, Y, X, S or time, channel, ...), else guessed from the shape.
         tile: Largest input tile in pixels, 64-4096 (default 512 in same mode; tiles are sized to
             fit the image).
         overlap: Minimum overlap between tiles, px.

@@ -37,6 +37,20 @@ def test_segment_returns_labels_with_spatial_shape():
     assert napari_unet.segment(yxc, diameter=24).shape == img.shape  # RGB guessed as YXC
 
 
+def test_an_xarray_image_is_read_by_its_dims():
+    xr = pytest.importorskip("xarray")
+    img, truth = synth_nuclei((128, 160), rng=7, style=SynthStyle(diameter=(24, 24), snr=(40, 60)))
+    # Two channels first: by shape alone this is a 2-plane ZYX stack; its dims say channel, y, x.
+    cyx = np.stack([np.zeros_like(img), img])
+    named = napari_unet.segment(xr.DataArray(cyx, dims=("C", "Y", "X")), diameter=24, return_result=True)
+    assert named.axes == "YX" and named.labels.shape == img.shape and named.extra["channel"] == 1
+    assert match_instances(truth, named.labels).ap > 0.3
+    tzyx = xr.DataArray(np.stack([cyx, cyx[::-1]]), dims=("time", "z", "y", "x"))
+    assert napari_unet.segment(tzyx, diameter=24, return_result=True).axes == "TZYX"  # no --axes needed
+    unnamed = napari_unet.segment(xr.DataArray(cyx), diameter=24, return_result=True)  # dim_0, dim_1, dim_2
+    assert unnamed.axes == "ZYX" and unnamed.labels.shape == cyx.shape  # guessed from the shape, as for numpy
+
+
 def test_segment_rejects_bad_input():
     with pytest.raises(InputError, match="at least 2 dimensions"):
         napari_unet.segment(np.zeros(10))
