@@ -160,3 +160,13 @@ def test_the_recipe_keeps_v2s_seamless_synthetic_images_unless_asked(monkeypatch
     assert plain > 0.9 and seamed < plain - 0.15, (plain, seamed)
     with pytest.raises(SystemExit):
         T.parse_args(["--seam", "0.5"])
+
+
+def test_the_recipe_defocuses_renders_only_when_asked_and_says_so(monkeypatch):
+    monkeypatch.syspath_prepend(str(RECIPES))
+    import train_bundled as T
+
+    plain, blurred = T.parse_args([]), T.parse_args(["--defocus", "0.3"])
+    assert plain.defocus == 0.0 and blurred.defocus == 0.3
+    assert not any("defocused" in d for d in T.describe_data(plain)[0])  # v2's command draws v2's renders
+    assert any("0.3 of them defocused" in d for d in T.describe_data(blurred)[0])
