@@ -57,13 +57,20 @@ def _expand_inputs(args_input: list[str]) -> list[Path]:
     return out
 
 
-def _outputs(inputs: list[Path], output: str | None) -> list[Path]:
+def _names_folder(arg: str, several: bool) -> bool:
+    """Whether an output argument is a folder: for several outputs (several inputs, or a folder of images given),
+    or where it ends in a slash or is an existing folder; an OME-Zarr (``.zarr``) is one output, not a folder."""
+    p = Path(arg)
+    return several or (p.suffix != ".zarr" and (arg.endswith(("/", os.sep)) or p.is_dir()))
+
+
+def _outputs(inputs: list[Path], output: str | None, several: bool) -> list[Path]:
     from .core.io import default_output
 
     if output is None:
         return [default_output(p) for p in inputs]
     out = Path(output)
-    if len(inputs) > 1 or (out.is_dir() and out.suffix != ".zarr"):  # an OME-Zarr is one output, not a folder
+    if _names_folder(output, several):
         if out.exists() and not out.is_dir() or out.suffix == ".zarr":
             raise InputError(f"-o '{out}' must be a folder when segmenting several inputs")
         return [out / default_output(p).name for p in inputs]
@@ -128,7 +135,7 @@ def _side_name(labels: Path, suffix: str) -> Path:
     return labels.with_name(labels.name.removesuffix(".tif").removesuffix(".zarr").removesuffix("_labels") + suffix)
 
 
-def _side_outputs(arg: str | None, outputs: list[Path], suffix: str, flag: str) -> list[Path | None]:
+def _side_outputs(arg: str | None, outputs: list[Path], suffix: str, flag: str, several: bool) -> list[Path | None]:
     """Where `--scores` / `--uncertainty` write for each labels output: beside it by default, or the given
     file (one input) or folder (several). A ``.zarr`` output holds its doubt map itself (``OUT.zarr/doubt``)."""
     if arg is None:
@@ -140,7 +147,7 @@ def _side_outputs(arg: str | None, outputs: list[Path], suffix: str, flag: str) 
         return [o / DOUBT_PATH if o.suffix == ".zarr" and flag == "--uncertainty" else _side_name(o, suffix)
                 for o in outputs]  # fmt: skip
     target = Path(arg)
-    if len(outputs) > 1 or target.is_dir():
+    if _names_folder(arg, several):
         if target.exists() and not target.is_dir():
             raise InputError(f"{flag} '{target}' must be a folder when segmenting several inputs")
         return [target / _side_name(o, suffix).name for o in outputs]
@@ -203,12 +210,14 @@ def _channel(text: str) -> int | str:
 def cmd_segment(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .core.io import read_image, write_labels, write_map, write_scores
+    from .core.io import is_zarr, read_image, write_labels, write_map, write_scores
 
     inputs = _expand_inputs(args.input)
-    outputs = _outputs(inputs, args.output)
-    scores_out = _side_outputs(args.scores, outputs, SCORES_SUFFIX, "--scores")
-    doubt_out = _side_outputs(args.uncertainty, outputs, DOUBT_SUFFIX, "--uncertainty")
+    # A folder of images given is several inputs, even where it holds one image: its outputs go in a folder.
+    several = len(inputs) > 1 or any(Path(a).is_dir() and not is_zarr(Path(a)) for a in args.input)
+    outputs = _outputs(inputs, args.output, several)
+    scores_out = _side_outputs(args.scores, outputs, SCORES_SUFFIX, "--scores", several)
+    doubt_out = _side_outputs(args.uncertainty, outputs, DOUBT_SUFFIX, "--uncertainty", several)
     _check_targets(inputs, outputs, scores_out, doubt_out, args.overwrite)
     from . import api
     from .core.jobs import drain

@@ -443,3 +443,20 @@ def test_a_folder_input_segments_each_image_and_skips_earlier_labels(nuclei_tif,
     empty.mkdir()
     rc, _, err = run(["segment", str(empty)], capsys)
     assert rc != 0 and "holds no images" in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_output_folder_is_made_for_a_folder_input_or_a_trailing_slash(nuclei_tif, tmp_path, capsys):
+    """Folder in, folder out, even for a folder of one image; `-o new/` is a folder to make, `-o x.zarr/` a store."""
+    folder = tmp_path / "one"
+    folder.mkdir()
+    tifffile.imwrite(folder / "w1.tif", tifffile.imread(nuclei_tif))
+    rc, _, err = run(["segment", str(folder), "-o", str(tmp_path / "res"), "--scores", str(tmp_path / "res"),
+                      "--diameter", "24", "-q"], capsys)  # fmt: skip
+    assert rc == 0, err
+    assert sorted(p.name for p in (tmp_path / "res").iterdir()) == ["w1_labels.tif", "w1_scores.csv"]
+    rc, _, err = run(["segment", str(nuclei_tif), "-o", str(tmp_path / "new") + "/", "--diameter", "24", "-q"], capsys)
+    assert rc == 0 and (tmp_path / "new" / "cells_labels.tif").is_file(), err
+    rc, _, err = run(
+        ["segment", str(nuclei_tif), "-o", str(tmp_path / "s.zarr") + "/", "--diameter", "24", "-q"], capsys
+    )
+    assert rc == 0 and (tmp_path / "s.zarr").is_dir() and not (tmp_path / "s.zarr" / "cells_labels.tif").exists(), err
