@@ -106,20 +106,16 @@ def _as_array(x, what: str):
         raise TypeError(f"{what} must be an array (numpy, zarr, dask or torch), got {type(x).__name__}") from exc
 
 
-#: xarray dimension names (any case) and the axis letter each means; bioio / aicsimageio name them T, C, Z, Y, X, S.
-_DIM_LETTERS = {"t": "T", "time": "T", "z": "Z", "y": "Y", "x": "X", "c": "C", "ch": "C", "channel": "C", "s": "C"}
-
-
 def _unwrap_dims(image, axes: str | None):
     """An xarray DataArray (anything with a name in `dims` for each axis): its numpy or dask array, with the axes
-    its dims name when `axes` is None and every name is known (else the axes are guessed as for any array)."""
+    its dims name when `axes` is None and every name is known (`normalize.axes_from_names`; else the axes are
+    guessed as for any array)."""
+    from .core.normalize import axes_from_names
+
     dims = getattr(image, "dims", None)
     if not (isinstance(dims, tuple) and len(dims) == image.ndim and hasattr(image, "data")):
         return image, axes
-    if axes is None:
-        letters = [_DIM_LETTERS.get(str(d).lower()) for d in dims]
-        axes = "".join(letters) if all(letters) else None
-    return image.data, axes
+    return image.data, axes if axes is not None else axes_from_names(dims)
 
 
 def segment_iter(

@@ -14,6 +14,7 @@ from napari.layers import Image, Labels
 
 from ..core.errors import InputError
 from ..core.io import voxel_anisotropy
+from ..core.normalize import axes_from_names
 from ..core.stack_io import _as_lazy
 from .corrections import META_KEY
 from .session import layer_meta, session_for, spatial_shape
@@ -50,9 +51,10 @@ class SegmentRequest:
 
 
 def layer_axes(layer: Image) -> str:
-    """Axis letters of an image layer's data: from the plugin's metadata, else guessed from its shape."""
+    """Axis letters of an image layer's data: from the plugin's metadata, else from the layer's axis labels
+    (an xarray's dims, or labels set in napari: `normalize.axes_from_names`), else guessed from its shape."""
     ndim = layer.data.ndim
-    axes = layer_meta(layer).get("axes")
+    axes = layer_meta(layer).get("axes") or axes_from_names(getattr(layer, "axis_labels", ()))
     if axes and len(axes) == ndim - (1 if layer.rgb else 0):
         return axes + ("C" if layer.rgb else "")
     if layer.rgb:

@@ -14,9 +14,29 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["InputError", "iter_planes", "normalize_plane", "percentile_range", "resolve_axes", "to_standard"]
+__all__ = [
+    "InputError",
+    "axes_from_names",
+    "iter_planes",
+    "normalize_plane",
+    "percentile_range",
+    "resolve_axes",
+    "to_standard",
+]
 
 PLANE_AXES = "TZ"
+
+
+#: Axis names (any case) and the letter each means: xarray dims (bioio / aicsimageio name them T, C, Z, Y, X, S)
+#: and napari's axis labels.
+AXIS_NAMES = {"t": "T", "time": "T", "z": "Z", "y": "Y", "x": "X", "c": "C", "ch": "C", "channel": "C", "s": "C"}
+
+
+def axes_from_names(names) -> str | None:
+    """The axis letters that `names` (xarray dims, napari axis labels) spell, or None where any name is unknown
+    (napari's default labels "-3", "-2", "-1"; xarray's "dim_0")."""
+    letters = [AXIS_NAMES.get(str(n).lower()) for n in names]
+    return "".join(letters) if letters and all(letters) else None
 
 
 def resolve_axes(shape: tuple[int, ...], axes: str | None = None) -> str:

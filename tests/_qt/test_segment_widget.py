@@ -323,3 +323,28 @@ def test_a_corrupt_current_pointer_is_said_not_hidden(viewer, qtbot, monkeypatch
     w = _widget(viewer, qtbot)
     assert w.model.spec() == "bundled"
     assert said and "current-model pointer" in said[0] and "models revert" in said[0]
+
+
+def test_an_xarray_layer_is_read_by_its_dims(viewer, qtbot, wait_idle, nuclei_image):
+    """napari keeps an xarray's dims as the layer's axis labels. (t, y, x) is a time-lapse (no 3D objects);
+    (c, y, x) of two channels is one image with its channels inside the layer, refused in one line as for a
+    file, where before it was taken for a two-plane stack and each channel segmented as a plane."""
+    import pytest
+
+    from napari_unet._qt.layers import layer_axes
+
+    xr = pytest.importorskip("xarray")
+    tyx = viewer.add_image(xr.DataArray(np.stack([nuclei_image, nuclei_image[::-1]]), dims=("t", "y", "x")), name="tl")
+    assert layer_axes(tyx) == "TYX"
+    w = _widget(viewer, qtbot)
+    assert not w.objects_3d.isEnabled()  # time points are not a Z axis
+    w.run()
+    wait_idle(w.runner)
+    assert w.last_error is None and viewer.layers["tl labels"].data.shape == tyx.data.shape
+    cyx = xr.DataArray(np.stack([np.zeros_like(nuclei_image), nuclei_image]), dims=("c", "y", "x"))
+    viewer.add_image(cyx, name="two channels")
+    assert layer_axes(viewer.layers["two channels"]) == "CYX"
+    w.image.set_layer(viewer.layers["two channels"])
+    w.run()
+    wait_idle(w.runner)
+    assert "channels inside one layer" in w.last_error and "two channels labels" not in viewer.layers
