@@ -1,6 +1,7 @@
 """Big planes: peak memory of the block engine, and 1 vs 2 dask workers (`python benchmarks/big_data.py`).
 
-Each measurement runs in a fresh subprocess so that its peak RSS (ru_maxrss) is its own. The input is a
+Each measurement runs in a fresh subprocess so that its peak RSS (ru_maxrss) and its CPU time are its own
+(with a LocalCluster: the client's and the scheduler's, not the workers'). The input is a
 uint16 zarr mosaic of the bundled real sample (nuclei of the same density everywhere), read lazily;
 the output is an OME-Zarr written block by block. Prints a markdown table.
 """
@@ -29,12 +30,17 @@ src, out, cluster, block = sys.argv[1], sys.argv[2], sys.argv[3] or None, int(sy
 img = zarr.open_array(src, mode="r")
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 model = api.load_model("bundled")
+def cpu(who):
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+c0 = cpu(resource.RUSAGE_SELF)
 t = time.perf_counter()
 res = api.segment(img, model, diameter=30.0, output=out, cluster=cluster, block=block, return_result=True)
 dt = time.perf_counter() - t
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-print(json.dumps(dict(seconds=dt, run_seconds=res.extra['seconds'], objects=res.n_objects, peak_mb=peak / 1024, workers_peak_mb=kids / 1024)))
+print(json.dumps(dict(seconds=dt, run_seconds=res.extra['seconds'], objects=res.n_objects, peak_mb=peak / 1024,
+                      workers_peak_mb=kids / 1024, cpu_s=cpu(resource.RUSAGE_SELF) - c0)))
 """
 
 
@@ -80,8 +86,8 @@ def main() -> None:
                 if ln.startswith("model name")), platform.machine())  # fmt: skip
     print(f"CPU: {cpu}; block {args.block}; bundled model, diameter 30 px\n")
     print("| run | plane | block | seconds (with start-up) | seconds of the run | Mpx/s of the run | objects | "
-          "peak RSS of the process (MB) | workers' peak (MB) |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "peak RSS of the process (MB) | workers' peak (MB) | CPU s of the process |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         sizes = sorted({int(v) for v in [*args.sizes.split(","), args.workers_size] if int(v) > 0})
@@ -105,7 +111,8 @@ def main() -> None:
                 mpx = size * size / 1e6
                 print(
                     f"| {name} | {size}^2 | {block} | {r['seconds']:.1f} | {r['run_seconds']:.1f} | "
-                    f"{mpx / r['run_seconds']:.2f} | {r['objects']} | {r['peak_mb']:.0f} | {r['workers_peak_mb']:.0f} |",
+                    f"{mpx / r['run_seconds']:.2f} | {r['objects']} | {r['peak_mb']:.0f} | {r['workers_peak_mb']:.0f} | "
+                    f"{r['cpu_s']:.1f} |",
                     flush=True,
                 )
             if size == args.workers_size:  # the same blocks on 1 and 2 workers: the same labels?
