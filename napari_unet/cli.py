@@ -31,18 +31,20 @@ def _progress_bar(total: float, desc: str, enabled: bool):
     )
 
 
-def _expand_inputs(args_input: list[str]) -> list[Path]:
+def _expand_inputs(args_input: list[str]) -> tuple[list[Path], bool]:
     """The inputs as given, each folder (not a zarr store) replaced by the images in it, each one on its own
     (napari opens such a folder as one stack); files this tool wrote beside one of them (its labels, their
-    OME-Zarr scratch, its doubt map) are not inputs."""
+    OME-Zarr scratch, its doubt map) are not inputs. Also: whether a folder was given."""
     from .core.io import default_output, is_zarr
     from .core.stack_io import FOLDER_SUFFIXES, list_folder_images
 
     out: list[Path] = []
+    folder = False
     for p in map(Path, args_input):
         if not p.is_dir() or is_zarr(p):
             out.append(p)
             continue
+        folder = True
         found = list_folder_images(p) + sorted(q for q in p.iterdir() if q.is_dir() and is_zarr(q))
         ours = {o.name for q in found for o in (default_output(q), _side_name(default_output(q), DOUBT_SUFFIX))}
         ours |= {name + ".zarr" for name in ours}  # a TIFF's unfinished OME-Zarr
@@ -54,7 +56,7 @@ def _expand_inputs(args_input: list[str]) -> list[Path]:
         if not found:
             raise InputError(f"'{p}' holds no images ({', '.join(FOLDER_SUFFIXES)}, or zarr stores)")
         out += found
-    return out
+    return out, folder
 
 
 def _names_folder(arg: str, several: bool) -> bool:
@@ -210,11 +212,10 @@ def _channel(text: str) -> int | str:
 def cmd_segment(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .core.io import is_zarr, read_image, write_labels, write_map, write_scores
+    from .core.io import read_image, write_labels, write_map, write_scores
 
-    inputs = _expand_inputs(args.input)
-    # A folder of images given is several inputs, even where it holds one image: its outputs go in a folder.
-    several = len(inputs) > 1 or any(Path(a).is_dir() and not is_zarr(Path(a)) for a in args.input)
+    inputs, folder = _expand_inputs(args.input)
+    several = len(inputs) > 1 or folder  # a folder of images, even of one, has its outputs in a folder
     outputs = _outputs(inputs, args.output, several)
     scores_out = _side_outputs(args.scores, outputs, SCORES_SUFFIX, "--scores", several)
     doubt_out = _side_outputs(args.uncertainty, outputs, DOUBT_SUFFIX, "--uncertainty", several)
