@@ -125,6 +125,29 @@ def test_two_local_workers_give_the_same_labels_and_doubt(net, image, tmp_path):
     assert len(res.plane_scores) == len(np.unique(here.labels)) - 1
 
 
+def _worker_settings():
+    import dask
+
+    return dask.config.get("distributed.worker.profile.enabled")
+
+
+def test_our_local_cluster_hands_out_tasks_only_to_free_workers_samples_no_stacks_and_goes_with_the_run():
+    pytest.importorskip("distributed")
+    import psutil
+
+    from napari_unet.core.bigrun import connect, release
+
+    client, own = connect("local:1")
+    try:
+        assert own
+        assert set(client.run(_worker_settings).values()) == {False}
+        assert client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.WORKER_SATURATION) == 1.0
+        workers = list(client.run(os.getpid).values())
+    finally:
+        release(client)
+    assert workers and not any(psutil.pid_exists(p) for p in workers)  # the worker processes are gone
+
+
 def test_cluster_tasks_are_runs_of_consecutive_blocks_within_a_block_row():
     from napari_unet.core.bigrun import task_groups
     from napari_unet.core.blockwise import BlockPlan
