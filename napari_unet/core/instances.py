@@ -21,6 +21,9 @@ BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
 CUT_BORDER, CUT_SOLIDITY = 0.7, 0.85
 #: ... and at most this many times the area of the median object (two nuclei pressed together are about twice it).
 CUT_UNION = 1.8
+#: `refine_outlines`: the trim levels tried above a model's own, and how steep (x the steepest) a higher level's
+#: outlines must be to be taken (`steepest_level`).
+LEVEL_STEPS, STEEPNESS = (0.0, 0.1, 0.2, 0.35), 0.9
 
 
 def min_object_size(diameter: float) -> int:
@@ -178,8 +181,42 @@ def object_brightness(labels: np.ndarray, image: np.ndarray, n: int) -> np.ndarr
     return group_quantile(np.asarray(image, np.float32)[fg], labels[fg], 0.75, n)
 
 
+def steepest_level(
+    labels: np.ndarray, image: np.ndarray, gradient: np.ndarray, background: np.ndarray, bright: np.ndarray,
+    diameter: float, step: int, levels,
+) -> float:
+    """The trim level at which the image's objects have their steepest outlines: the lowest of `levels` whose
+    outlines are at least `STEEPNESS` x as steep as the steepest's.
+
+    At each level, an object's outline is the edge of its pixels above background + level x (bright -
+    background) within 0.15 diameters of its untrimmed outline (so that chromatin texture inside does not
+    count); its steepness is the mean `gradient` there, averaged over the objects (0 for an object with no such
+    edge). A sharp edge is about equally steep at every level, so the lowest wins. A blurred one is steepest at
+    half its contrast (a Gaussian-blurred step is 0.58x as steep at 15 % as at 50 %), so defocused images
+    are trimmed to their nuclei's half-maximum instead of their blur. `labels`, `image` and `gradient` are
+    subsampled by `step`.
+    """
+    n = background.size - 1
+    inside = labels > 0
+    r = 0.15 * diameter / step  # within r of the outline: not eroded away by a disc of radius r
+    dy, dx = np.ogrid[-int(r) : int(r) + 1, -int(r) : int(r) + 1]
+    core = inside & ~find_boundaries(labels, mode="inner")
+    near = inside & ~ndi.binary_erosion(core, structure=dy**2 + dx**2 <= r**2, border_value=1)
+    steepness = []
+    for level in levels:
+        cut = background + level * (bright - background)
+        kept = inside & (image > np.where(np.isfinite(cut), cut, np.inf)[labels])
+        edge = kept & ~ndi.binary_erosion(kept) & near
+        total = np.bincount(labels[edge], weights=gradient[edge], minlength=n + 1)[1:]
+        count = np.bincount(labels[edge], minlength=n + 1)[1:]
+        steepness.append(float(np.mean(total / np.maximum(count, 1))))
+    steep = np.asarray(steepness)
+    return float(levels[int(np.argmax(steep >= STEEPNESS * steep.max()))])
+
+
 def refine_outlines(
-    labels: np.ndarray, image: np.ndarray, diameter: float, level: float, *, min_part: float = 0.2
+    labels: np.ndarray, image: np.ndarray, diameter: float, level: float, *, min_part: float = 0.2,
+    steepest: bool = True,
 ) -> np.ndarray:
     """Trim each object's dim rim: pixels below `level` of its own contrast over its local background.
 
@@ -192,6 +229,11 @@ def refine_outlines(
     free pixels around it, or no contrast, is left as it is. Why: the network draws dim nuclei with
     their blur halo (outlines 1.3x the area of BBBC007's, 1.18x at 0.25x magnification); the level is
     chosen on the selection sets (`benchmarks/outline_threshold.py --levels`).
+
+    With `steepest`, `level` is the lowest of the levels tried (`LEVEL_STEPS` above it), and the image's
+    objects take the one where their outlines are steepest (`steepest_level`): defocused images are trimmed
+    further (benchmarks/RESULTS.md: blurred fields 0.858 -> 0.887 and 0.773 -> 0.843, BBBC007 0.716 -> 0.741;
+    mnfinder and synthetic sets unchanged; 4x magnification -0.016).
 
     Returns:
         New int32 labels with the same ids.
@@ -207,6 +249,10 @@ def refine_outlines(
     ring = free & (nearest > 0)
     background = group_quantile(sub_img[ring], nearest[ring], 0.5, n)
     bright = object_brightness(sub_labels, sub_img, n)
+    if steepest:
+        gradient = ndi.gaussian_gradient_magnitude(sub_img, 1.0 / step)  # sigma 1 px of the image
+        level = steepest_level(sub_labels, sub_img, gradient, background, bright, diameter, step,
+                               [level + d for d in LEVEL_STEPS])  # fmt: skip
     inside = labels > 0
     cut = background + level * (bright - background)
     cut[~(np.isfinite(cut) & (bright > background))] = -np.inf

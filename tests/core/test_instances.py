@@ -139,3 +139,31 @@ def test_refine_outlines_trims_a_halo_keeps_holes_and_only_shrinks():
     assert out[40, 40] == 1  # the nucleolus is a hole, not an edge
     np.testing.assert_array_equal(out == 3, labels == 3)
     np.testing.assert_array_equal(refine_outlines(labels, image, 24, 0.0), labels)
+
+
+def test_a_defocused_field_is_trimmed_at_its_steepest_level_and_a_sharp_one_at_the_models():
+    from scipy import ndimage as ndi
+
+    from napari_unet.core.instances import refine_outlines
+
+    shape, rng = (160, 200), np.random.default_rng(0)
+    centres = [(40, 40), (40, 100), (40, 160), (110, 40), (110, 100), (110, 160)]
+    truth = np.zeros(shape, np.int32)
+    for i, (cy, cx) in enumerate(centres, 1):
+        truth[_disc(shape, cy, cx, 12)] = i
+    halo = np.zeros(shape, np.int32)  # the network's outline: 4 px outside the edge
+    for i, (cy, cx) in enumerate(centres, 1):
+        halo[_disc(shape, cy, cx, 16)] = i
+    sharp = ndi.gaussian_filter(1.0 * (truth > 0), 0.7) + 0.01 * rng.standard_normal(shape)
+    blurred = ndi.gaussian_filter(1.0 * (truth > 0), 3.6) + 0.01 * rng.standard_normal(shape)  # 0.15 x diameter
+
+    def iou(out):
+        return np.mean([((out == i) & (truth == i)).sum() / ((out == i) | (truth == i)).sum() for i in range(1, 7)])
+
+    for image in (sharp, blurred):
+        fixed = refine_outlines(halo, image, diameter=24, level=0.15, steepest=False)
+        chosen = refine_outlines(halo, image, diameter=24, level=0.15)
+        if image is sharp:  # equally steep at every level: the model's own level
+            np.testing.assert_array_equal(chosen, fixed)
+        else:  # the 15 % contour of a 3.6 px blur sits ~4 px outside the edge; the steepest is near half height
+            assert iou(fixed) < 0.8 and iou(chosen) > iou(fixed) + 0.1
