@@ -91,3 +91,17 @@ def test_small_nuclei_get_their_halo_trimmed(image, bundled):
     assert ((after > 0) <= (before > 0)).all()  # it only shrinks
     m0, m1 = (match_instances(lab4, p, 0.5, ignore=ign4) for p in (before, after))
     assert m1.ap > m0.ap and m1.mean_matched_iou > m0.mean_matched_iou + 0.015, (m0, m1)
+
+
+def test_a_defocused_field_is_trimmed_to_its_nuclei_not_their_blur(image, bundled, monkeypatch):
+    # A Gaussian blur of 0.15 x the nucleus diameter over the whole field: the trim takes the level where the
+    # outlines are steepest (`instances.steepest_level`). Measured on this image: AP@0.5 0.741 -> 0.759, mean
+    # matched IoU 0.819 -> 0.876 against the fixed level.
+    from napari_unet.core import blockwise, instances
+
+    img, lab, ign = image
+    hard = A.defocus(img, lab, np.random.default_rng(4), 1.0, 0.15)
+    chosen = match_instances(lab, segment(hard, bundled), 0.5, ignore=ign)
+    monkeypatch.setattr(blockwise, "refine_outlines", lambda *a, **k: instances.refine_outlines(*a, **k, steepest=False))
+    fixed = match_instances(lab, segment(hard, bundled), 0.5, ignore=ign)
+    assert chosen.ap >= fixed.ap and chosen.mean_matched_iou > fixed.mean_matched_iou + 0.03, (fixed, chosen)
