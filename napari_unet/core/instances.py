@@ -182,8 +182,14 @@ def object_brightness(labels: np.ndarray, image: np.ndarray, n: int) -> np.ndarr
 
 
 def steepest_level(
-    labels: np.ndarray, image: np.ndarray, gradient: np.ndarray, background: np.ndarray, bright: np.ndarray,
-    diameter: float, step: int, levels,
+    labels: np.ndarray,
+    image: np.ndarray,
+    gradient: np.ndarray,
+    background: np.ndarray,
+    bright: np.ndarray,
+    diameter: float,
+    step: int,
+    levels,
 ) -> float:
     """The trim level at which the image's objects have their steepest outlines: the lowest of `levels` whose
     outlines are at least `STEEPNESS` x as steep as the steepest's.
@@ -215,7 +221,12 @@ def steepest_level(
 
 
 def refine_outlines(
-    labels: np.ndarray, image: np.ndarray, diameter: float, level: float, *, min_part: float = 0.2,
+    labels: np.ndarray,
+    image: np.ndarray,
+    diameter: float,
+    level: float,
+    *,
+    min_part: float = 0.2,
     steepest: bool = True,
 ) -> np.ndarray:
     """Trim each object's dim rim: pixels below `level` of its own contrast over its local background.

@@ -102,6 +102,8 @@ def test_a_defocused_field_is_trimmed_to_its_nuclei_not_their_blur(image, bundle
     img, lab, ign = image
     hard = A.defocus(img, lab, np.random.default_rng(4), 1.0, 0.15)
     chosen = match_instances(lab, segment(hard, bundled), 0.5, ignore=ign)
-    monkeypatch.setattr(blockwise, "refine_outlines", lambda *a, **k: instances.refine_outlines(*a, **k, steepest=False))
+    monkeypatch.setattr(
+        blockwise, "refine_outlines", lambda *a, **k: instances.refine_outlines(*a, **k, steepest=False)
+    )
     fixed = match_instances(lab, segment(hard, bundled), 0.5, ignore=ign)
     assert chosen.ap >= fixed.ap and chosen.mean_matched_iou > fixed.mean_matched_iou + 0.03, (fixed, chosen)
