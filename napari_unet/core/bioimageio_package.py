@@ -31,6 +31,7 @@ import torch
 from .atomic import atomic_write
 from .errors import InputError, ModelFileError
 from .export import ONNX_OPSET, _need, exportable, write_onnx, write_torchscript
+from .instances import LEVEL_STEPS
 from .model import UNet
 from .modelfile import CLASS_NAMES, FORMAT, ModelInfo, read_model, save_model
 from .normalize import CLIP
@@ -189,14 +190,20 @@ def _documentation(info: ModelInfo) -> str:
     if isinstance(parent, dict):  # what `train` records: {"name": ..., ...}
         parent = parent.get("name")
     lineage = f"fine-tuned from `{parent}`" if parent else "a napari-unet model"
+    lv, top = info.outline_level, info.outline_level + LEVEL_STEPS[-1]
+    trim = (
+        f"trims each object's rim below {lv:g} of its own contrast over its local background (or below a higher "
+        f"level, up to {top:g}, where the image's outlines are steepest, as in defocused fields) and "
+        if lv > 0
+        else "and "
+    )
     header = (
         f"# napari-unet model `{info.name}`\n\n"
         f"This package holds `{info.name}`, {lineage} (full lineage: `lineage.json`). It was trained with "
         f"objects about {info.diameter:g} px across: rescale inputs so that objects have that diameter. "
         "The output is the probability of background, object interior and object boundary; napari-unet turns it "
         f"into instances by a seeded watershed (a pixel joins an object above foreground probability "
-        f"{info.mask_threshold:g}), trims each object's rim below {info.outline_level:g} of its own contrast over its "
-        f"local background and drops objects whose confidence is below {info.min_score:g}. The original napari-unet model file is attached as `{MODEL_MEMBER}`.\n\n"
+        f"{info.mask_threshold:g}), {trim}drops objects whose confidence is below {info.min_score:g}. The original napari-unet model file is attached as `{MODEL_MEMBER}`.\n\n"
         f"{MNFINDER} (`TRAINING_DATA_LICENSE.md`). Code and weights: BSD-3-Clause.\n\n"
         "## Validation\n\nMeasured AP@0.5 of the bundled model is in the model card below; a fine-tuned "
         "version keeps its own metrics in `lineage.json`.\n\n"

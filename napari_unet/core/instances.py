@@ -263,7 +263,7 @@ def refine_outlines(
     if steepest:
         gradient = ndi.gaussian_gradient_magnitude(sub_img, 1.0 / step)  # sigma 1 px of the image
         level = steepest_level(sub_labels, sub_img, gradient, background, bright, diameter, step,
-                               [level + d for d in LEVEL_STEPS])  # fmt: skip
+                               [lv for d in LEVEL_STEPS if (lv := level + d) < 1])  # fmt: skip
     inside = labels > 0
     cut = background + level * (bright - background)
     cut[~(np.isfinite(cut) & (bright > background))] = -np.inf
