@@ -148,16 +148,16 @@ def test_our_local_cluster_hands_out_tasks_only_to_free_workers_samples_no_stack
     assert workers and not any(psutil.pid_exists(p) for p in workers)  # the worker processes are gone
 
 
-def test_cluster_tasks_are_runs_of_consecutive_blocks_within_a_block_row():
+def test_cluster_tasks_are_runs_of_consecutive_blocks_of_a_plane_largest_first():
     from napari_unet.core.bigrun import task_groups
     from napari_unet.core.blockwise import BlockPlan
 
     plan = BlockPlan((4096, 4096), (1024, 1024), halo=64, strip=4)  # 4 x 4 blocks
     todo = [((), i) for i in range(16) if i != 5]  # block 5 was done before a resume
     groups = [[i for _, i in g] for g in task_groups(todo, plan, workers=1)]
-    assert groups == [[0, 1, 2, 3], [4], [6, 7], [8, 9, 10, 11], [12, 13, 14, 15]]
+    assert groups == [[0, 1, 2, 3, 4], list(range(6, 16))]  # across block rows, not across a gap
     whole = [((), i) for i in range(16)]
-    assert [len(g) for g in task_groups(whole, plan, workers=2)] == [4, 4, 4, 2, 1, 1]  # rows first, 1s last
+    assert [len(g) for g in task_groups(whole, plan, workers=2)] == [8, 4, 2, 1, 1]  # guided: halves first
     two_planes = [((t,), i) for t in range(2) for i in range(16)]
     assert all(len({p for p, _ in g}) == 1 for g in task_groups(two_planes, plan, workers=1))
 

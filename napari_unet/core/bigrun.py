@@ -220,19 +220,21 @@ def _worker_blocks(planes, plane, plan, indices, model, device, precision, tta, 
 
 
 def task_groups(todo: list, plan, workers: int) -> list[list]:
-    """The (plane, block) pairs of each dask task: runs of consecutive blocks within one block row of a plane,
-    so that a worker predicts their shared seam tiles once. Guided self-scheduling, for balance: each run
-    is at most the blocks left over the workers, so whole rows come first and single blocks last, and no worker waits
-    long at the end for another's last task. 3D blocks run one a task."""
+    """The (plane, block) pairs of each dask task: runs of consecutive blocks of a plane in row order, across
+    block rows, so that a worker predicts the seam tiles they share once, as one process does. Guided
+    self-scheduling, for balance: each run is at most the blocks left over the workers, so large runs come
+    first and single blocks last, and no worker waits long at the end for another's last task. (Runs within
+    one block row predicted the tiles along every row seam twice: one worker ran 1.37x slower per block than
+    the same blocks in one process; benchmarks/RESULTS.md.) 3D blocks run one a task."""
     if not isinstance(plan, BlockPlan):
         return [[t] for t in todo]
     groups: list[list] = []
     for k, (p, i) in enumerate(todo):
         g = groups[-1] if groups else None
-        if g and len(g) < g[0][2] and g[-1][0] == p and g[-1][1] + 1 == i and i % plan.cols:
+        if g and len(g) < g[0][2] and g[-1][0] == p and g[-1][1] + 1 == i:
             g.append((p, i))
         else:
-            size = max(1, min(plan.cols, (len(todo) - k) // max(1, workers)))
+            size = max(1, (len(todo) - k) // max(1, workers))
             groups.append([(p, i, size)])
     return [[(p, i) for p, i, *_ in g] for g in groups]
 
@@ -608,11 +610,21 @@ def _run_on_cluster(client, planes, plan, todo, model, device, precision, tta, p
     }  # fmt: skip
     # The client is idle while the workers run: import what the stitch needs now (1 s, dask.array among it).
     threading.Thread(target=importlib.import_module, args=("ome_zarr.writer",), daemon=True).start()
+    # A task runs many blocks; each is recorded as it finishes, so the progress counts the records.
+    blocks_dir, shown = part / WORK / "blocks", n_done
     try:
-        for fut in as_completed(futures):
+        pending = as_completed(futures)
+        while not pending.is_empty():
+            if not pending.has_ready():
+                time.sleep(0.25)
+                if (n := sum(e.name.endswith(".npz") and e.name[0] != "." for e in os.scandir(blocks_dir))) != shown:
+                    shown = n
+                    yield Progress(0, 1, n, n_all, f"block {n}/{n_all} on the cluster")
+                continue
+            fut = next(pending)
             g = futures[fut]
             try:
-                n_done += len(fut.result())
+                fut.result()
             except (KilledWorker, CancelledError) as exc:  # a worker died; the cluster dropped the task
                 what = "died" if isinstance(exc, KilledWorker) else "died or the cluster cancelled the task"
                 blocks = f"block {g[0][1]}" if len(g) == 1 else f"blocks {g[0][1]}-{g[-1][1]}"
@@ -620,7 +632,8 @@ def _run_on_cluster(client, planes, plan, todo, model, device, precision, tta, p
                     f"dask workers {what} on {blocks} of plane {g[0][0] or 0} (out of memory?); the finished blocks "
                     f"are kept in '{part}': run the same command to resume, with a smaller --block or more memory"
                 ) from None
-            yield Progress(0, 1, n_done, n_all, f"block {n_done}/{n_all} on the cluster")
+        if shown != n_all:
+            yield Progress(0, 1, n_all, n_all, f"block {n_all}/{n_all} on the cluster")
     finally:  # Cancel / Ctrl-C / an error: nothing keeps running on the cluster
         stop.set()  # a running task stops after its block
         for fut in futures:
