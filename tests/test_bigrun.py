@@ -162,9 +162,10 @@ def test_cluster_tasks_are_runs_of_consecutive_blocks_of_a_plane_largest_first()
     assert all(len({p for p, _ in g}) == 1 for g in task_groups(two_planes, plan, workers=1))
 
 
-def test_a_cluster_task_stops_after_its_block_once_the_run_is_stopped(net, image, tmp_path, monkeypatch):
+def test_a_cluster_task_stops_after_its_block_and_run_again_skips_what_it_recorded(net, image, tmp_path, monkeypatch):
     """Cancel sets the run's stop event: a task of several blocks running on a worker finishes the block it is
-    on, records it, and runs no more (here the event is set before it starts: one block)."""
+    on, records it, and runs no more (here the event is set before it starts: one block). Run again, the task
+    skips the block recorded."""
     import types
 
     import distributed
@@ -185,6 +186,12 @@ def test_a_cluster_task_stops_after_its_block_once_the_run_is_stopped(net, image
     stopped = types.SimpleNamespace(is_set=lambda: True)
     done = bigrun._worker_blocks(planes, (), plan, [0, 1, 2], net, "cpu", "auto", False, str(part), params, stopped)
     assert done == [0] and sorted(p.name for p in (part / bigrun.WORK / "blocks").iterdir()) == ["0.npz"]
+    # The same task run again (dask reschedules the task of a worker that died): block 0 is not segmented again.
+    ran, run_block = [], bigrun.run_block
+    monkeypatch.setattr(bigrun, "run_block", lambda *a: ran.append(a[3]) or run_block(*a))
+    going = types.SimpleNamespace(is_set=lambda: False)
+    done = bigrun._worker_blocks(planes, (), plan, [0, 1], net, "cpu", "auto", False, str(part), params, going)
+    assert done == [0, 1] and ran == [1]
 
 
 class _KillsItsWorker(np.ndarray):

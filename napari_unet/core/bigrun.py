@@ -187,7 +187,7 @@ def run_block(planes, plane, plan, index: int, infer, part: str, params: dict) -
 def _worker_blocks(planes, plane, plan, indices, model, device, precision, tta, part, params, stop):
     """`run_block` for each of `indices` (consecutive blocks of `plane`) on a dask worker, in order, sharing
     their seam tiles; each block's summary is recorded as it finishes, so a worker that dies loses only the
-    block it was on. Stops between blocks once the dask `Event` `stop` is set. The network is prepared once
+    block it was on, and the task run again elsewhere starts after the last block recorded. Stops between blocks once the dask `Event` `stop` is set. The network is prepared once
     per worker and kept there. Returns the blocks done."""
     import torch
     from distributed import get_worker
@@ -214,7 +214,9 @@ def _worker_blocks(planes, plane, plan, indices, model, device, precision, tta, 
     for i in indices:
         if done and stop.is_set():
             break
-        _save_summary(_summary_path(Path(part), plane, i), run_block(planes, plane, plan, i, infer, part, params))
+        path = _summary_path(Path(part), plane, i)
+        if not path.exists():  # a task that dask runs again (its worker died) skips the blocks already recorded
+            _save_summary(path, run_block(planes, plane, plan, i, infer, part, params))
         done.append(i)
     return done
 
