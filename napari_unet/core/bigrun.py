@@ -187,8 +187,9 @@ def run_block(planes, plane, plan, index: int, infer, part: str, params: dict) -
 def _worker_blocks(planes, plane, plan, indices, model, device, precision, tta, part, params, stop):
     """`run_block` for each of `indices` (consecutive blocks of `plane`) on a dask worker, in order, sharing
     their seam tiles; each block's summary is recorded as it finishes, so a worker that dies loses only the
-    block it was on, and the task run again elsewhere starts after the last block recorded. Stops between blocks once the dask `Event` `stop` is set. The network is prepared once
-    per worker and kept there. Returns the blocks done."""
+    block it was on, and the task run again elsewhere skips the blocks recorded. Stops between blocks once the
+    dask `Event` `stop` is set. The network is prepared once per worker and kept there. Returns the blocks
+    done."""
     import torch
     from distributed import get_worker
 
