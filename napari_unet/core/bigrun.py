@@ -126,14 +126,24 @@ def _open_part(part: Path, settings: dict, spatial, chunks):
             if settings.get("doubt")
             else None
         )
-        (part / WORK / "blocks").mkdir(parents=True, exist_ok=True)
+        _blocks_dir(part).mkdir(parents=True, exist_ok=True)
         with atomic_write(record) as tmp:
             tmp.write_text(json.dumps(settings))
     return out, prov, doubt, resumed
 
 
+def _blocks_dir(part: Path) -> Path:
+    """Where each finished block's summary is recorded."""
+    return part / WORK / "blocks"
+
+
 def _summary_path(part: Path, plane: tuple[int, ...], index: int) -> Path:
-    return part / WORK / "blocks" / ("_".join(map(str, (*plane, index))) + ".npz")
+    return _blocks_dir(part) / ("_".join(map(str, (*plane, index))) + ".npz")
+
+
+def _n_recorded(part: Path) -> int:
+    """How many block summaries are recorded (not counting one being written: `atomic.temporary_path`)."""
+    return sum(e.name.endswith(".npz") and e.name[0] != "." for e in os.scandir(_blocks_dir(part)))
 
 
 def _save_summary(path: Path, o: BlockOutput) -> None:
@@ -614,13 +624,13 @@ def _run_on_cluster(client, planes, plan, todo, model, device, precision, tta, p
     # The client is idle while the workers run: import what the stitch needs now (1 s, dask.array among it).
     threading.Thread(target=importlib.import_module, args=("ome_zarr.writer",), daemon=True).start()
     # A task runs many blocks; each is recorded as it finishes, so the progress counts the records.
-    blocks_dir, shown = part / WORK / "blocks", n_done
+    shown = n_done
     try:
         pending = as_completed(futures)
         while not pending.is_empty():
             if not pending.has_ready():
                 time.sleep(0.25)
-                if (n := sum(e.name.endswith(".npz") and e.name[0] != "." for e in os.scandir(blocks_dir))) != shown:
+                if (n := _n_recorded(part)) != shown:
                     shown = n
                     yield Progress(0, 1, n, n_all, f"block {n}/{n_all} on the cluster")
                 continue

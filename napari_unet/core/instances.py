@@ -184,7 +184,6 @@ def object_brightness(labels: np.ndarray, image: np.ndarray, n: int) -> np.ndarr
 def steepest_level(
     labels: np.ndarray,
     image: np.ndarray,
-    gradient: np.ndarray,
     background: np.ndarray,
     bright: np.ndarray,
     diameter: float,
@@ -196,13 +195,14 @@ def steepest_level(
 
     At each level, an object's outline is the edge of its pixels above background + level x (bright -
     background) within 0.15 diameters of its untrimmed outline (so that chromatin texture inside does not
-    count); its steepness is the mean `gradient` there, averaged over the objects (0 for an object with no such
-    edge). A sharp edge is about equally steep at every level, so the lowest wins. A blurred one is steepest at
+    count); its steepness is the mean gradient magnitude there (Gaussian, sigma 1 px of the full image),
+    averaged over the objects (0 for an object with no such edge). A sharp edge is about equally steep at every level, so the lowest wins. A blurred one is steepest at
     half its contrast (a Gaussian-blurred step is 0.58x as steep at 15 % as at 50 %), so defocused images
-    are trimmed to their nuclei's half-maximum instead of their blur. `labels`, `image` and `gradient` are
-    subsampled by `step`.
+    are trimmed to their nuclei's half-maximum instead of their blur. `labels` and `image` are subsampled by
+    `step`.
     """
     n = background.size - 1
+    gradient = ndi.gaussian_gradient_magnitude(image, 1.0 / step)
     inside = labels > 0
     r = 0.15 * diameter / step  # within r of the outline: not eroded away by a disc of radius r
     dy, dx = np.ogrid[-int(r) : int(r) + 1, -int(r) : int(r) + 1]
@@ -261,8 +261,7 @@ def refine_outlines(
     background = group_quantile(sub_img[ring], nearest[ring], 0.5, n)
     bright = object_brightness(sub_labels, sub_img, n)
     if steepest:
-        gradient = ndi.gaussian_gradient_magnitude(sub_img, 1.0 / step)  # sigma 1 px of the image
-        level = steepest_level(sub_labels, sub_img, gradient, background, bright, diameter, step,
+        level = steepest_level(sub_labels, sub_img, background, bright, diameter, step,
                                [lv for d in LEVEL_STEPS if (lv := level + d) < 1])  # fmt: skip
     inside = labels > 0
     cut = background + level * (bright - background)
