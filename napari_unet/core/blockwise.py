@@ -245,8 +245,7 @@ def block_output(
     yx = (slice(y0 - ry0, y1 - ry0), slice(x0 - rx0, x1 - rx0))
     core = (Ellipsis if z_core is None else z_core, *yx)
     # Keep the objects with pixels in the core, renumbered 1..n in raster order of the region.
-    present = np.zeros(int(lab.max()) + 1, bool)
-    present[np.unique(lab[core])] = True
+    present = np.bincount(lab[core].ravel(), minlength=int(lab.max()) + 1) > 0
     present[0] = False
     local = np.zeros(present.size, np.int32)
     local[present] = np.arange(1, int(present.sum()) + 1, dtype=np.int32)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .device import autocast_dtype, keep_freed_memory
-from .model import UNet, fuse_batchnorm
+from .model import FusedCpuUNet, UNet, fuse_batchnorm, fused_cpu_net
 from .tiling import TileGrid, enlarge_window_uint8, input_span, linear_taps, resample_window, stitch, window_keys
 
 
@@ -31,6 +31,7 @@ class InferenceModel:
     device: torch.device
     dtype: torch.dtype | None
     tta: bool = False  # average the probabilities over the four flips of every tile (4 forward passes)
+    fused: FusedCpuUNet | None = None  # the same network with fused oneDNN kernels, on CPUs with bf16
 
     @classmethod
     def prepare(cls, model: UNet, device: torch.device, precision: str = "auto", tta: bool = False) -> InferenceModel:
@@ -42,7 +43,8 @@ class InferenceModel:
         if device.type == "cpu":
             net = net.to(memory_format=torch.channels_last)
         dtype = autocast_dtype(device) if precision == "auto" else None
-        return cls(net, device, dtype, tta)
+        fused = fused_cpu_net(net) if device.type == "cpu" and dtype is torch.bfloat16 else None
+        return cls(net, device, dtype, tta, fused)
 
     @torch.inference_mode()
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -50,10 +52,11 @@ class InferenceModel:
         if self.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
         flips = ((), (-1,), (-2,), (-2, -1)) if self.tta else ((),)
+        net = self.fused or self.net
         probs = None
         for dims in flips:
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-                logits = self.net(torch.flip(x, dims) if dims else x)
+                logits = net(torch.flip(x, dims) if dims else x)
             p = torch.softmax(logits.float(), dim=1)
             p = torch.flip(p, dims) if dims else p
             probs = p if probs is None else probs + p

@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.core.model import UNet, UNetConfig, count_parameters, flops_per_pixel, fuse_batchnorm
+from napari_unet.core.model import (
+    UNet,
+    UNetConfig,
+    count_parameters,
+    flops_per_pixel,
+    fuse_batchnorm,
+    fused_cpu_net,
+)
 
 
 @pytest.mark.parametrize("size", [(64, 64), (48, 80), (16, 32)])
@@ -63,6 +70,36 @@ def test_fused_batchnorm_gives_same_output():
         ref = m(x)
         fused = fuse_batchnorm(m)(x)
     assert torch.allclose(ref, fused, atol=1e-5)
+
+
+@pytest.mark.parametrize("cfg", [UNetConfig(base=4, depth=2), UNetConfig(base=4, depth=2, mode="valid", norm="none")])
+def test_fused_cpu_net_gives_the_plain_bf16_logits(cfg):
+    m = UNet(cfg)
+    m.train()
+    m(torch.randn(4, 1, 60, 60) if cfg.mode == "valid" else torch.randn(4, 1, 32, 32))
+    net = fuse_batchnorm(m).to(memory_format=torch.channels_last)
+    fused = fused_cpu_net(net)
+    if fused is None:
+        pytest.skip("this torch has no oneDNN fused convolution")
+    size = net.fit_input_size(48)
+    x = torch.randn(2, 1, size, size).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ref, out = net(x), fused(x)
+    assert out.shape == ref.shape
+    assert torch.equal(out.float(), ref.float())
+
+
+def test_fused_cpu_net_is_none_without_onednn(monkeypatch):
+    net = fuse_batchnorm(UNet(UNetConfig(base=4, depth=2)))
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    assert fused_cpu_net(net) is None
+    monkeypatch.undo()
+
+    def missing(*args):
+        raise RuntimeError("this build has no such kernel")
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_convolution_pointwise", missing, raising=False)
+    assert fused_cpu_net(net) is None
 
 
 def test_bad_config_is_rejected():
