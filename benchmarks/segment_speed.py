@@ -103,7 +103,7 @@ def ours_probabilities(infer: InferenceModel, planes: np.ndarray, tile: int, ove
 
 
 def monai_forward(infer: InferenceModel, planes: np.ndarray, tile: int, overlap: int, batch: int) -> None:
-    """MONAI's sliding window with our prepared network, precision, tile, overlap and batch."""
+    """MONAI's sliding window with our prepared network (fused where ours is), precision, tile, overlap and batch."""
     from monai.inferers import sliding_window_inference
 
     with torch.inference_mode():
@@ -113,7 +113,7 @@ def monai_forward(infer: InferenceModel, planes: np.ndarray, tile: int, overlap:
             if infer.device.type == "cpu":
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(infer.device.type, dtype=infer.dtype, enabled=infer.dtype is not None):
-                out = sliding_window_inference(x, (tile, tile), batch, infer.net, overlap=overlap / tile,
+                out = sliding_window_inference(x, (tile, tile), batch, infer.fused or infer.net, overlap=overlap / tile,
                                                mode="gaussian")  # fmt: skip
             torch.softmax(out.float(), 1).cpu()
 
