@@ -208,6 +208,117 @@ def renormalised_note(result: SegmentResult) -> str:
     return ""
 
 
+#: `_segment_planes` segments the planes of a stack on a CPU this many at a time, each in its own thread with
+#: its share of torch's threads: the instance step is single-threaded, so one plane's watershed runs while
+#: the other's network does. 32 x 512^2 on 2 cores: 2.8 -> 2.1 s (benchmarks/RESULTS.md, "Two planes at a time").
+PLANES_AT_ONCE = 2
+
+
+@dataclass
+class _PlaneDone:
+    labels: np.ndarray  # ids 1..n_objects
+    n_objects: int
+    scores: dict[int, float]
+    bright: np.ndarray  # the objects' bright levels (`object_brightness`), finite ones
+    probabilities: np.ndarray | None  # of its one block, with `measures`
+    measures: dict[str, np.ndarray]
+
+
+def _segment_plane(
+    k, idx, lab, planes, infer, info, used_diameter, n_planes, probs_out, doubt_out, *, tile, overlap,
+    batch_size, measures, block, merge_cuts, min_score,
+):  # fmt: skip
+    """Segment plane `idx` (the `k`-th) into `lab`, ids from 1, block by block. Yields `Progress`."""
+    scale = info.diameter / used_diameter
+    plan = plan_blocks(planes.plane_shape, used_diameter, scale, block)
+    if measures and len(plan) > 1:
+        raise InputError("measures are computed on planes of one block only; pass a larger block")
+    outputs, n_blocks, last_probs = {}, len(plan), None
+    reuse = TileReuse(plan, infer, scale=scale, tile=tile, overlap=overlap)
+    for b in range(n_blocks):
+        gen = segment_block_iter(
+            planes, idx, plan, b, infer, scale=scale, min_size=min_object_size(used_diameter),
+            mask_threshold=info.mask_threshold, tile=tile, overlap=overlap, batch_size=batch_size,
+            probabilities=probs_out is not None or doubt_out is not None or measures, merge_cuts=merge_cuts,
+            reuse=reuse, outline_level=info.outline_level, diameter=used_diameter,
+        )  # fmt: skip
+        out = yield from relay(gen, lambda dt, b=b: block_progress(k, n_planes, b, n_blocks, *dt))
+        y0, y1, x0, x1 = plan.block(b).core
+        lab[y0:y1, x0:x1] = out.labels  # local ids until the plane is stitched
+        if out.probabilities is not None:
+            if probs_out is not None:
+                probs_out[idx][y0:y1, x0:x1] = 255 - out.probabilities[0]
+            if doubt_out is not None:
+                doubt_out[idx][y0:y1, x0:x1] = doubt_map(out.probabilities)
+        if measures:
+            last_probs = out.probabilities  # the benchmark times the scoring alone on them
+        out.labels = out.probabilities = None  # the strips and sums are all stitching needs
+        outputs[b] = out
+    stitched = stitch_blocks(plan, outputs, first_id=1, min_score=min_score)
+    for b, lut in stitched.luts.items():
+        y0, y1, x0, x1 = plan.block(b).core
+        lab[y0:y1, x0:x1] = lut[lab[y0:y1, x0:x1]]
+    # of the objects kept (one block: its probabilities are the plane's)
+    found = object_measures(lab, last_probs, MEASURES)[1] if measures else {}
+    # Every other row and column is plenty for a median; at most ~4 Mpx of a big plane.
+    step = max(2 if used_diameter >= 12 else 1, int(np.ceil(np.sqrt(lab.size / 4e6))))
+    bright = object_brightness(lab[::step, ::step], planes.load(idx, (slice(None, None, step),) * 2), int(lab.max()))
+    return _PlaneDone(lab, stitched.n_objects, stitched.scores, bright[np.isfinite(bright)], last_probs, found)
+
+
+def _planes_in_threads(jobs: list, workers: int) -> Generator[Progress, None, list]:
+    """Run the plane generators `jobs` `workers` at a time in threads, each with its share of torch's CPU
+    threads. Yields the `Progress` of the lowest plane not yet done (so the bar only moves forward); returns
+    their results in order. Closing this generator (Stop) lets the running planes stop at their next batch."""
+    import queue
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    events: queue.SimpleQueue = queue.SimpleQueue()
+    stop = threading.Event()
+
+    class Stopped(Exception):
+        pass
+
+    def run(k: int):
+        def report(item):
+            if stop.is_set():
+                raise Stopped
+            events.put((k, item, None))
+
+        try:
+            events.put((k, None, drain(jobs[k], report)))
+        except Stopped:
+            events.put((k, None, None))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            events.put((k, exc, None))
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // workers))
+    results: dict[int, object] = {}
+    latest: dict[int, Progress] = {}
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="napari-unet-plane")
+    try:
+        for k in range(len(jobs)):
+            pool.submit(run, k)
+        while len(results) < len(jobs):
+            k, item, result = events.get()
+            if isinstance(item, BaseException):
+                raise item
+            if item is None:
+                results[k] = result
+            else:
+                latest[k] = item
+            first = next((i for i in range(len(jobs)) if i not in results), None)
+            if first in latest:
+                yield latest[first]
+    finally:
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(threads)
+    return [results[k] for k in range(len(jobs))]
+
+
 def _segment_planes(
     planes, spatial, infer, info, used_diameter, n_planes, *, tile, overlap, batch_size, probabilities, doubt,
     measures, block, merge_cuts, min_score,
@@ -219,57 +330,38 @@ def _segment_planes(
     labels = np.zeros(spatial, np.int32) if n_planes > 1 else None
     probs_out = np.zeros(spatial, np.uint8) if probabilities else None
     doubt_out = np.zeros(spatial, np.uint8) if doubt else None
+    one = partial(
+        _segment_plane, planes=planes, infer=infer, info=info, used_diameter=used_diameter, n_planes=n_planes,
+        probs_out=probs_out, doubt_out=doubt_out, tile=tile, overlap=overlap, batch_size=batch_size,
+        measures=measures, block=block, merge_cuts=merge_cuts, min_score=min_score,
+    )  # fmt: skip
+    jobs = [
+        one(k, idx, labels[idx] if labels is not None else np.zeros(planes.plane_shape, np.int32))
+        for k, idx in enumerate(planes.indices)
+    ]
+    one_block = len(plan_blocks(planes.plane_shape, used_diameter, info.diameter / used_diameter, block)) == 1
+    cpu_threads = infer.device.type == "cpu" and min(PLANES_AT_ONCE, torch.get_num_threads()) > 1
+    if n_planes > 1 and one_block and not measures and cpu_threads:
+        done = yield from _planes_in_threads(jobs, PLANES_AT_ONCE)  # two planes' memory at most: one block each
+    else:
+        done = []
+        for job in jobs:
+            done.append((yield from job))
     plane_scores: list[tuple[tuple[int, ...], int, float]] = []
     all_measures: dict[str, list[float]] = {}
-    last_probs = None
     offset = 0
-    brights = []
-    for k, idx in enumerate(planes.indices):
-        scale = info.diameter / used_diameter
-        plan = plan_blocks(planes.plane_shape, used_diameter, scale, block)
-        if measures and len(plan) > 1:
-            raise InputError("measures are computed on planes of one block only; pass a larger block")
-        lab = labels[idx] if labels is not None else np.zeros(planes.plane_shape, np.int32)
-        outputs, n_blocks = {}, len(plan)
-        reuse = TileReuse(plan, infer, scale=scale, tile=tile, overlap=overlap)
-        for b in range(n_blocks):
-            gen = segment_block_iter(
-                planes, idx, plan, b, infer, scale=scale, min_size=min_object_size(used_diameter),
-                mask_threshold=info.mask_threshold, tile=tile, overlap=overlap, batch_size=batch_size,
-                probabilities=probs_out is not None or doubt_out is not None or measures, merge_cuts=merge_cuts,
-                reuse=reuse, outline_level=info.outline_level, diameter=used_diameter,
-            )  # fmt: skip
-            out = yield from relay(gen, lambda dt, k=k, b=b, n=n_blocks: block_progress(k, n_planes, b, n, *dt))
-            y0, y1, x0, x1 = plan.block(b).core
-            lab[y0:y1, x0:x1] = out.labels  # local ids until the plane is stitched
-            if out.probabilities is not None:
-                if probs_out is not None:
-                    probs_out[idx][y0:y1, x0:x1] = 255 - out.probabilities[0]
-                if doubt_out is not None:
-                    doubt_out[idx][y0:y1, x0:x1] = doubt_map(out.probabilities)
-            if measures:
-                last_probs = out.probabilities  # the benchmark times the scoring alone on them
-            out.labels = out.probabilities = None  # the strips and sums are all stitching needs
-            outputs[b] = out
-        stitched = stitch_blocks(plan, outputs, first_id=offset + 1, min_score=min_score)
-        for b, lut in stitched.luts.items():
-            y0, y1, x0, x1 = plan.block(b).core
-            lab[y0:y1, x0:x1] = lut[lab[y0:y1, x0:x1]]
-        plane_scores += [(tuple(int(i) for i in idx), i, v) for i, v in stitched.scores.items()]
-        if measures:  # of the objects kept (one block: its probabilities are the plane's)
-            for name, values in object_measures(lab, last_probs, MEASURES)[1].items():
-                all_measures.setdefault(name, []).extend(values.tolist())
-        offset += stitched.n_objects
-        # Every other row and column is plenty for a median; at most ~4 Mpx of a big plane.
-        step = max(2 if used_diameter >= 12 else 1, int(np.ceil(np.sqrt(lab.size / 4e6))))
-        sub = lab[::step, ::step]
-        bright = object_brightness(sub, planes.load(idx, (slice(None, None, step),) * 2), int(lab.max()))
-        brights.append(bright[np.isfinite(bright)])
-        if labels is None:
-            labels = lab
-    bright = np.concatenate(brights)
+    for idx, plane in zip(planes.indices, done):
+        if offset:  # ids unique across planes, in plane order
+            plane.labels[plane.labels > 0] += offset
+        plane_scores += [(tuple(int(i) for i in idx), i + offset, v) for i, v in plane.scores.items()]
+        for name, values in plane.measures.items():
+            all_measures.setdefault(name, []).extend(values.tolist())
+        offset += plane.n_objects
+    if labels is None:
+        labels = done[0].labels
+    bright = np.concatenate([plane.bright for plane in done])
     level = float(np.median(bright)) if bright.size >= MIN_OBJECTS else NUCLEUS_LEVEL
-    return labels, probs_out, doubt_out, plane_scores, all_measures, last_probs, level
+    return labels, probs_out, doubt_out, plane_scores, all_measures, done[-1].probabilities, level
 
 
 def block_progress(

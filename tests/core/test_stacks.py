@@ -1,0 +1,84 @@
+"""Stacks on a CPU are segmented two planes at a time, in threads: the same result as one at a time, a Stop
+that stops them, an error that reaches the caller, and torch's thread count given back every time."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import napari_unet.core.segment as S
+from napari_unet.api import load_model
+from napari_unet.core.errors import InputError
+from napari_unet.core.jobs import drain
+from napari_unet.core.synth import synth_nuclei
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return load_model("bundled")
+
+
+@pytest.fixture
+def stack():
+    return np.stack([synth_nuclei((160, 192), rng=20 + i)[0] for i in range(6)])
+
+
+@pytest.fixture
+def two_threads():
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(n)
+
+
+def _plane_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("napari-unet-plane")]
+
+
+def test_two_planes_at_once_give_what_one_at_a_time_gives(bundled, stack, two_threads, monkeypatch):
+    run = dict(device="cpu", diameter=20.0, probabilities=True, doubt=True)
+    both = drain(S.segment_iter(stack, bundled, **run))
+    assert torch.get_num_threads() == 2
+    monkeypatch.setattr(S, "PLANES_AT_ONCE", 1)
+    one = drain(S.segment_iter(stack, bundled, **run))
+    assert one.labels.max() > 6 * 5  # real objects in every plane, ids unique across planes
+    np.testing.assert_array_equal(both.labels, one.labels)
+    np.testing.assert_array_equal(both.probabilities, one.probabilities)
+    np.testing.assert_array_equal(both.doubt, one.doubt)
+    assert both.plane_scores == one.plane_scores
+    assert both.extra["nucleus_level"] == one.extra["nucleus_level"]
+
+
+def test_stop_while_two_planes_run_stops_them(bundled, stack, two_threads, monkeypatch):
+    real, started = S.segment_block_iter, []
+
+    def counted(planes, plane, *args, **kwargs):
+        started.append(plane)
+        return (yield from real(planes, plane, *args, **kwargs))
+
+    monkeypatch.setattr(S, "segment_block_iter", counted)
+    gen = S.segment_iter(np.concatenate([stack] * 3), bundled, device="cpu", diameter=20.0)
+    fractions = [next(gen).fraction for _ in range(6)]
+    gen.close()
+    assert fractions == sorted(fractions)
+    assert len(started) <= 10  # of 18 planes: the queued ones never start
+    assert torch.get_num_threads() == 2
+    assert not _plane_threads()
+
+
+def test_an_error_in_one_plane_reaches_the_caller(bundled, stack, two_threads, monkeypatch):
+    real = S.segment_block_iter
+
+    def failing(planes, plane, *args, **kwargs):
+        if plane == (3,):
+            raise InputError("plane 3 is unreadable")
+        return (yield from real(planes, plane, *args, **kwargs))
+
+    monkeypatch.setattr(S, "segment_block_iter", failing)
+    with pytest.raises(InputError, match="plane 3 is unreadable"):
+        drain(S.segment_iter(stack, bundled, device="cpu", diameter=20.0))
+    assert torch.get_num_threads() == 2
+    assert not _plane_threads()
