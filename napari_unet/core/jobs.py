@@ -40,6 +40,63 @@ def relay(gen: Generator, convert: Callable[[object], object]):
         yield convert(item)
 
 
+def in_threads(jobs: list[Generator], workers: int) -> Generator[object, None, list]:
+    """Run the generators `jobs` `workers` at a time, each in a thread with its share of torch's CPU threads
+    (restored after). Yields the latest item of the first job not yet done, so progress only moves forward;
+    returns the jobs' results in order. An error in a job is raised here. Closing this generator (Stop)
+    cancels the jobs not started and stops the running ones at their next item.
+    """
+    import queue
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    events: queue.SimpleQueue = queue.SimpleQueue()
+    stop = threading.Event()
+
+    class Stopped(Exception):
+        pass
+
+    def run(k: int) -> None:
+        def report(item):
+            if stop.is_set():
+                raise Stopped
+            events.put((k, item, None))
+
+        try:
+            events.put((k, None, drain(jobs[k], report)))
+        except Stopped:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            events.put((k, exc, None))
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // workers))
+    results: dict[int, object] = {}
+    latest: dict[int, object] = {}
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="napari-unet-job")
+    try:
+        for k in range(len(jobs)):
+            pool.submit(run, k)
+        while len(results) < len(jobs):
+            k, item, result = events.get()
+            if isinstance(item, BaseException):
+                raise item
+            if item is None:
+                results[k] = result
+            else:
+                latest[k] = item
+            first = next((i for i in range(len(jobs)) if i not in results), None)
+            if first in latest:
+                yield latest[first]
+    finally:
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(threads)
+    return [results[k] for k in range(len(jobs))]
+
+
 @dataclass
 class Notice:
     """A message for the user (a napari notification), yielded by a job between progress updates."""

@@ -27,7 +27,7 @@ from .instances import (
     min_object_size,
     object_brightness,
 )
-from .jobs import drain, relay
+from .jobs import drain, in_threads, relay
 from .model import UNet
 from .modelfile import ModelInfo
 from .normalize import iter_planes
@@ -208,9 +208,10 @@ def renormalised_note(result: SegmentResult) -> str:
     return ""
 
 
-#: `_segment_planes` segments the planes of a stack on a CPU this many at a time, each in its own thread with
-#: its share of torch's threads: the instance step is single-threaded, so one plane's watershed runs while
-#: the other's network does. 32 x 512^2 on 2 cores: 2.8 -> 2.1 s (benchmarks/RESULTS.md, "Two planes at a time").
+#: On a CPU, `_segment_planes` segments this many planes of a stack at a time (or runs of blocks of a plane
+#: larger than a block), each in its own thread with its share of torch's threads: the instance step is
+#: single-threaded, so one plane's watershed runs while the other's network does. 32 x 512^2 on 2 cores:
+#: 2.85 -> 2.0 s, identical labels (benchmarks/RESULTS.md, "Two planes at a time").
 PLANES_AT_ONCE = 2
 
 
@@ -224,25 +225,24 @@ class _PlaneDone:
     measures: dict[str, np.ndarray]
 
 
-def _segment_plane(
-    k, idx, lab, planes, infer, info, used_diameter, n_planes, probs_out, doubt_out, *, tile, overlap,
-    batch_size, measures, block, merge_cuts, min_score,
+def _block_run(
+    k, idx, blocks, plan, lab, planes, infer, info, used_diameter, n_planes, probs_out, doubt_out, *, tile,
+    overlap, batch_size, measures, merge_cuts,
 ):  # fmt: skip
-    """Segment plane `idx` (the `k`-th) into `lab`, ids from 1, block by block. Yields `Progress`."""
+    """Segment `blocks` (consecutive blocks of plane `idx`, the `k`-th) one after another, sharing their seam
+    tiles, into `lab` with each block's own ids. Yields `Progress`; returns {block: `BlockOutput`} without
+    the arrays (the strips and sums are all stitching needs), and the last block's probabilities."""
     scale = info.diameter / used_diameter
-    plan = plan_blocks(planes.plane_shape, used_diameter, scale, block)
-    if measures and len(plan) > 1:
-        raise InputError("measures are computed on planes of one block only; pass a larger block")
-    outputs, n_blocks, last_probs = {}, len(plan), None
-    reuse = TileReuse(plan, infer, scale=scale, tile=tile, overlap=overlap)
-    for b in range(n_blocks):
+    reuse = TileReuse(plan, infer, scale=scale, tile=tile, overlap=overlap, blocks=blocks)
+    outputs, last_probs = {}, None
+    for b in blocks:
         gen = segment_block_iter(
             planes, idx, plan, b, infer, scale=scale, min_size=min_object_size(used_diameter),
             mask_threshold=info.mask_threshold, tile=tile, overlap=overlap, batch_size=batch_size,
             probabilities=probs_out is not None or doubt_out is not None or measures, merge_cuts=merge_cuts,
             reuse=reuse, outline_level=info.outline_level, diameter=used_diameter,
         )  # fmt: skip
-        out = yield from relay(gen, lambda dt, b=b: block_progress(k, n_planes, b, n_blocks, *dt))
+        out = yield from relay(gen, lambda dt, b=b: block_progress(k, n_planes, b, len(plan), *dt))
         y0, y1, x0, x1 = plan.block(b).core
         lab[y0:y1, x0:x1] = out.labels  # local ids until the plane is stitched
         if out.probabilities is not None:
@@ -250,73 +250,35 @@ def _segment_plane(
                 probs_out[idx][y0:y1, x0:x1] = 255 - out.probabilities[0]
             if doubt_out is not None:
                 doubt_out[idx][y0:y1, x0:x1] = doubt_map(out.probabilities)
-        if measures:
-            last_probs = out.probabilities  # the benchmark times the scoring alone on them
-        out.labels = out.probabilities = None  # the strips and sums are all stitching needs
+        last_probs = out.probabilities
+        out.labels = out.probabilities = None
         outputs[b] = out
+    return outputs, last_probs
+
+
+def _segment_plane(k, idx, lab, planes, infer, info, used_diameter, n_planes, *, block, min_score, workers, **run):
+    """Segment plane `idx` (the `k`-th) into `lab`, ids from 1. Its blocks, in raster order, are cut into
+    `workers` runs of consecutive blocks that run at once (`jobs.in_threads`): 4096^2 in 4 blocks on 2 cores,
+    6.9 -> 5.5 s (runs of at most the blocks left over the workers, as dask tasks get: 1.13x, since
+    they predict more seam tiles twice). Yields `Progress`; returns a `_PlaneDone`."""
+    plan = plan_blocks(planes.plane_shape, used_diameter, info.diameter / used_diameter, block)
+    if run["measures"] and len(plan) > 1:
+        raise InputError("measures are computed on planes of one block only; pass a larger block")
+    runs = [r.tolist() for r in np.array_split(np.arange(len(plan)), min(workers, len(plan)))]
+    jobs = [_block_run(k, idx, r, plan, lab, planes, infer, info, used_diameter, n_planes, **run) for r in runs]
+    parts = (yield from in_threads(jobs, workers)) if len(jobs) > 1 else [(yield from jobs[0])]
+    outputs = {b: o for part, _ in parts for b, o in part.items()}
     stitched = stitch_blocks(plan, outputs, first_id=1, min_score=min_score)
     for b, lut in stitched.luts.items():
         y0, y1, x0, x1 = plan.block(b).core
         lab[y0:y1, x0:x1] = lut[lab[y0:y1, x0:x1]]
+    last_probs = parts[-1][1] if run["measures"] else None
     # of the objects kept (one block: its probabilities are the plane's)
-    found = object_measures(lab, last_probs, MEASURES)[1] if measures else {}
+    found = object_measures(lab, last_probs, MEASURES)[1] if run["measures"] else {}
     # Every other row and column is plenty for a median; at most ~4 Mpx of a big plane.
     step = max(2 if used_diameter >= 12 else 1, int(np.ceil(np.sqrt(lab.size / 4e6))))
     bright = object_brightness(lab[::step, ::step], planes.load(idx, (slice(None, None, step),) * 2), int(lab.max()))
     return _PlaneDone(lab, stitched.n_objects, stitched.scores, bright[np.isfinite(bright)], last_probs, found)
-
-
-def _planes_in_threads(jobs: list, workers: int) -> Generator[Progress, None, list]:
-    """Run the plane generators `jobs` `workers` at a time in threads, each with its share of torch's CPU
-    threads. Yields the `Progress` of the lowest plane not yet done (so the bar only moves forward); returns
-    their results in order. Closing this generator (Stop) lets the running planes stop at their next batch."""
-    import queue
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-
-    events: queue.SimpleQueue = queue.SimpleQueue()
-    stop = threading.Event()
-
-    class Stopped(Exception):
-        pass
-
-    def run(k: int):
-        def report(item):
-            if stop.is_set():
-                raise Stopped
-            events.put((k, item, None))
-
-        try:
-            events.put((k, None, drain(jobs[k], report)))
-        except Stopped:
-            events.put((k, None, None))
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            events.put((k, exc, None))
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads // workers))
-    results: dict[int, object] = {}
-    latest: dict[int, Progress] = {}
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="napari-unet-plane")
-    try:
-        for k in range(len(jobs)):
-            pool.submit(run, k)
-        while len(results) < len(jobs):
-            k, item, result = events.get()
-            if isinstance(item, BaseException):
-                raise item
-            if item is None:
-                results[k] = result
-            else:
-                latest[k] = item
-            first = next((i for i in range(len(jobs)) if i not in results), None)
-            if first in latest:
-                yield latest[first]
-    finally:
-        stop.set()
-        pool.shutdown(wait=True, cancel_futures=True)
-        torch.set_num_threads(threads)
-    return [results[k] for k in range(len(jobs))]
 
 
 def _segment_planes(
@@ -332,17 +294,19 @@ def _segment_planes(
     doubt_out = np.zeros(spatial, np.uint8) if doubt else None
     one = partial(
         _segment_plane, planes=planes, infer=infer, info=info, used_diameter=used_diameter, n_planes=n_planes,
-        probs_out=probs_out, doubt_out=doubt_out, tile=tile, overlap=overlap, batch_size=batch_size,
-        measures=measures, block=block, merge_cuts=merge_cuts, min_score=min_score,
+        block=block, min_score=min_score, probs_out=probs_out, doubt_out=doubt_out, tile=tile, overlap=overlap,
+        batch_size=batch_size, measures=measures, merge_cuts=merge_cuts,
     )  # fmt: skip
+    at_once = PLANES_AT_ONCE if infer.device.type == "cpu" and torch.get_num_threads() > 1 and not measures else 1
+    one_block = len(plan_blocks(planes.plane_shape, used_diameter, info.diameter / used_diameter, block)) == 1
+    threaded_planes = at_once > 1 and n_planes > 1 and one_block  # two planes' memory at most: a block each
+    workers = 1 if threaded_planes else at_once
     jobs = [
-        one(k, idx, labels[idx] if labels is not None else np.zeros(planes.plane_shape, np.int32))
+        one(k, idx, labels[idx] if labels is not None else np.zeros(planes.plane_shape, np.int32), workers=workers)
         for k, idx in enumerate(planes.indices)
     ]
-    one_block = len(plan_blocks(planes.plane_shape, used_diameter, info.diameter / used_diameter, block)) == 1
-    cpu_threads = infer.device.type == "cpu" and min(PLANES_AT_ONCE, torch.get_num_threads()) > 1
-    if n_planes > 1 and one_block and not measures and cpu_threads:
-        done = yield from _planes_in_threads(jobs, PLANES_AT_ONCE)  # two planes' memory at most: one block each
+    if threaded_planes:
+        done = yield from in_threads(jobs, at_once)
     else:
         done = []
         for job in jobs:

@@ -1,5 +1,6 @@
-"""Stacks on a CPU are segmented two planes at a time, in threads: the same result as one at a time, a Stop
-that stops them, an error that reaches the caller, and torch's thread count given back every time."""
+"""Stacks on a CPU are segmented two planes at a time, and planes larger than a block two runs of blocks at a
+time, in threads: the same result as one at a time, a Stop that stops them, an error that reaches the caller,
+and torch's thread count given back every time."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def two_threads():
 
 
 def _plane_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("napari-unet-plane")]
+    return [t for t in threading.enumerate() if t.name.startswith("napari-unet-job")]
 
 
 def test_two_planes_at_once_give_what_one_at_a_time_gives(bundled, stack, two_threads, monkeypatch):
@@ -50,6 +51,19 @@ def test_two_planes_at_once_give_what_one_at_a_time_gives(bundled, stack, two_th
     np.testing.assert_array_equal(both.doubt, one.doubt)
     assert both.plane_scores == one.plane_scores
     assert both.extra["nucleus_level"] == one.extra["nucleus_level"]
+
+
+def test_two_runs_of_blocks_at_once_give_what_one_at_a_time_gives(bundled, two_threads, monkeypatch):
+    img = np.concatenate([np.concatenate([synth_nuclei((200, 240), rng=30 + 2 * i + j)[0] for j in range(2)], 1)
+                          for i in range(2)])  # fmt: skip
+    run = dict(device="cpu", diameter=20.0, block=192, probabilities=True)
+    both = drain(S.segment_iter(img, bundled, **run))
+    monkeypatch.setattr(S, "PLANES_AT_ONCE", 1)
+    one = drain(S.segment_iter(img, bundled, **run))
+    assert one.labels.max() > 20
+    np.testing.assert_array_equal(both.labels, one.labels)
+    np.testing.assert_array_equal(both.probabilities, one.probabilities)
+    assert both.scores == one.scores
 
 
 def test_stop_while_two_planes_run_stops_them(bundled, stack, two_threads, monkeypatch):
