@@ -577,7 +577,10 @@ def is_labels_zarr(path: Path) -> bool:
 
 
 def _run_here(planes, indices, plan, todo, infer, params, prov, doubt, part, n_done, n_all):
-    """Run the blocks in this process, recording each when its arrays and summary are written."""
+    """Run the blocks in this process, recording each when its arrays and summary are written. One block at a
+    time, unlike an in-memory plane (`segment._segment_plane`): two blocks at once in threads took 16384^2
+    from 118 to 79 s but its peak from 1,062 to 1,502 MB, at the 1.5 GB this path promises
+    (benchmarks/RESULTS.md, "Two planes at a time")."""
     from .segment import block_progress
 
     reuse, reuse_plane = None, None  # 2D: the tiles neighbouring blocks of a plane share

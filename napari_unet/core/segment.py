@@ -17,7 +17,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 from skimage.transform import resize
 
-from .blockwise import DEFAULT_BLOCK, TileReuse, plan_blocks, segment_block_iter, stitch_blocks
+from .blockwise import DEFAULT_BLOCK, TileReuse, plan_blocks, segment_block_iter, side_by_side, stitch_blocks
 from .device import describe, select_device
 from .errors import InputError
 from .instances import (
@@ -208,10 +208,11 @@ def renormalised_note(result: SegmentResult) -> str:
     return ""
 
 
-#: On a CPU, `_segment_planes` segments this many planes of a stack at a time (or runs of blocks of a plane
+#: On a CPU, `_segment_planes` segments this many planes of a stack at a time (or bands of blocks of a plane
 #: larger than a block), each in its own thread with its share of torch's threads: the instance step is
 #: single-threaded, so one plane's watershed runs while the other's network does. 32 x 512^2 on 2 cores:
-#: 2.85 -> 2.0 s, identical labels (benchmarks/RESULTS.md, "Two planes at a time").
+#: 2.85 -> 2.0 s, identical labels (benchmarks/RESULTS.md, "Two planes at a time"). Out-of-core runs
+#: (`bigrun`) keep one block at a time, for their memory bound.
 PLANES_AT_ONCE = 2
 
 
@@ -257,14 +258,16 @@ def _block_run(
 
 
 def _segment_plane(k, idx, lab, planes, infer, info, used_diameter, n_planes, *, block, min_score, workers, **run):
-    """Segment plane `idx` (the `k`-th) into `lab`, ids from 1. Its blocks, in raster order, are cut into
-    `workers` runs of consecutive blocks that run at once (`jobs.in_threads`): 4096^2 in 4 blocks on 2 cores,
-    6.9 -> 5.5 s (runs of at most the blocks left over the workers, as dask tasks get: 1.13x, since
-    they predict more seam tiles twice). Yields `Progress`; returns a `_PlaneDone`."""
+    """Segment plane `idx` (the `k`-th) into `lab`, ids from 1. Its blocks are cut into `workers` bands of
+    block columns (`blockwise.side_by_side`) that run at once (`jobs.in_threads`), each band's blocks one after
+    another sharing their seam tiles: 4096^2 in 4 blocks on 2 cores, 6.6 -> 5.3 s, the same labels. (Runs of
+    consecutive blocks in raster order instead: 1.25x as fast, but each run holds rows of tiles across the
+    whole plane; runs as dask tasks get them, at most the blocks left over the workers: 1.13x.) Yields
+    `Progress`; returns a `_PlaneDone`."""
     plan = plan_blocks(planes.plane_shape, used_diameter, info.diameter / used_diameter, block)
     if run["measures"] and len(plan) > 1:
         raise InputError("measures are computed on planes of one block only; pass a larger block")
-    runs = [r.tolist() for r in np.array_split(np.arange(len(plan)), min(workers, len(plan)))]
+    runs = side_by_side(plan, list(range(len(plan))), workers)
     jobs = [_block_run(k, idx, r, plan, lab, planes, infer, info, used_diameter, n_planes, **run) for r in runs]
     parts = (yield from in_threads(jobs, workers)) if len(jobs) > 1 else [(yield from jobs[0])]
     outputs = {b: o for part, _ in parts for b, o in part.items()}
