@@ -9,7 +9,9 @@ so every caller gets the same fallbacks and the same labels. `drain` runs any of
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +42,29 @@ def relay(gen: Generator, convert: Callable[[object], object]):
         yield convert(item)
 
 
+_SHARES = {"lock": threading.Lock(), "runs": 0, "threads": 1}
+
+
+@contextmanager
+def _torch_threads_shared(workers: int):
+    """torch's CPU threads (a per-process setting) cut into `workers` shares while any `in_threads` runs;
+    the count is restored when the last one ends, so runs that overlap cannot leave it cut."""
+    import torch
+
+    with _SHARES["lock"]:
+        if _SHARES["runs"] == 0:
+            _SHARES["threads"] = torch.get_num_threads()
+            torch.set_num_threads(max(1, _SHARES["threads"] // workers))
+        _SHARES["runs"] += 1
+    try:
+        yield
+    finally:
+        with _SHARES["lock"]:
+            _SHARES["runs"] -= 1
+            if _SHARES["runs"] == 0:
+                torch.set_num_threads(_SHARES["threads"])
+
+
 def in_threads(jobs: list[Generator], workers: int) -> Generator[object, None, list]:
     """Run the generators `jobs` `workers` at a time, each in a thread with its share of torch's CPU threads
     (restored after). Yields the latest item of the first job not yet done, so progress only moves forward;
@@ -47,10 +72,7 @@ def in_threads(jobs: list[Generator], workers: int) -> Generator[object, None, l
     cancels the jobs not started and stops the running ones at their next item.
     """
     import queue
-    import threading
     from concurrent.futures import ThreadPoolExecutor
-
-    import torch
 
     events: queue.SimpleQueue = queue.SimpleQueue()
     stop = threading.Event()
@@ -71,29 +93,27 @@ def in_threads(jobs: list[Generator], workers: int) -> Generator[object, None, l
         except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
             events.put((k, exc, None))
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads // workers))
     results: dict[int, object] = {}
     latest: dict[int, object] = {}
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="napari-unet-job")
-    try:
-        for k in range(len(jobs)):
-            pool.submit(run, k)
-        while len(results) < len(jobs):
-            k, item, result = events.get()
-            if isinstance(item, BaseException):
-                raise item
-            if item is None:
-                results[k] = result
-            else:
-                latest[k] = item
-            first = next((i for i in range(len(jobs)) if i not in results), None)
-            if first in latest:
-                yield latest[first]
-    finally:
-        stop.set()
-        pool.shutdown(wait=True, cancel_futures=True)
-        torch.set_num_threads(threads)
+    with _torch_threads_shared(workers):
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="napari-unet-job")
+        try:
+            for k in range(len(jobs)):
+                pool.submit(run, k)
+            while len(results) < len(jobs):
+                k, item, result = events.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if item is None:
+                    results[k] = result
+                else:
+                    latest[k] = item
+                first = next((i for i in range(len(jobs)) if i not in results), None)
+                if first in latest:
+                    yield latest[first]
+        finally:
+            stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
     return [results[k] for k in range(len(jobs))]
 
 

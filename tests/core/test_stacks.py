@@ -96,3 +96,22 @@ def test_an_error_in_one_plane_reaches_the_caller(bundled, stack, two_threads, m
         drain(S.segment_iter(stack, bundled, device="cpu", diameter=20.0))
     assert torch.get_num_threads() == 2
     assert not _plane_threads()
+
+
+def test_overlapping_runs_give_torch_its_threads_back_once_both_end(two_threads):
+    from napari_unet.core.jobs import in_threads
+
+    def job(n):
+        for i in range(n):
+            yield i
+        return n
+
+    a = in_threads([job(50), job(50)], 2)
+    next(a)
+    b = in_threads([job(50), job(50)], 2)
+    next(b)
+    assert torch.get_num_threads() == 1
+    a.close()  # the first run ends while the second still runs: the cut stays
+    assert torch.get_num_threads() == 1
+    assert drain(b) == [50, 50]
+    assert torch.get_num_threads() == 2
