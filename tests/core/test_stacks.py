@@ -102,8 +102,7 @@ def test_overlapping_runs_give_torch_its_threads_back_once_both_end(two_threads)
     from napari_unet.core.jobs import in_threads
 
     def job(n):
-        for i in range(n):
-            yield i
+        yield from range(n)
         return n
 
     a = in_threads([job(50), job(50)], 2)
