@@ -65,6 +65,17 @@ def _torch_threads_shared(workers: int):
                 torch.set_num_threads(_SHARES["threads"])
 
 
+def map_in_threads(fn: Callable, items: list, workers: int) -> list:
+    """``[fn(x) for x in items]``, `workers` at a time in threads sharing torch's CPU threads (`in_threads`'s
+    plain-function sibling)."""
+    if workers <= 1 or len(items) <= 1:
+        return [fn(x) for x in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _torch_threads_shared(workers), ThreadPoolExecutor(workers, thread_name_prefix="napari-unet-job") as pool:
+        return list(pool.map(fn, items))
+
+
 def in_threads(jobs: list[Generator], workers: int) -> Generator[object, None, list]:
     """Run the generators `jobs` `workers` at a time, each in a thread with its share of torch's CPU threads
     (restored after). Yields the latest item of the first job not yet done, so progress only moves forward;

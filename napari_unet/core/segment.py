@@ -27,7 +27,7 @@ from .instances import (
     min_object_size,
     object_brightness,
 )
-from .jobs import drain, in_threads, relay
+from .jobs import drain, in_threads, map_in_threads, relay
 from .model import UNet
 from .modelfile import ModelInfo
 from .normalize import iter_planes
@@ -169,7 +169,14 @@ def estimate_diameter(infer: InferenceModel, plane: np.ndarray, info: ModelInfo)
     # whose outlines the untrimmed network follows (area ratio 1.03 on mnfinder val). Measured trimmed, the
     # estimate came out smaller and mnfinder val fell from 0.921 to 0.906.
     model_diameter, mask_threshold = info.diameter, info.mask_threshold
-    measured = [measure_at(infer, plane, model_diameter, d, mask_threshold=mask_threshold) for d in CANDIDATE_DIAMETERS]
+    # The candidates are independent: on a CPU, two at a time in threads (mnfinder val images: 0.29-0.34 ->
+    # 0.23-0.27 s, the same diameters).
+    at_once = PLANES_AT_ONCE if infer.device.type == "cpu" and torch.get_num_threads() > 1 else 1
+    measured = map_in_threads(
+        lambda d: measure_at(infer, plane, model_diameter, d, mask_threshold=mask_threshold),
+        CANDIDATE_DIAMETERS,
+        at_once,
+    )
     consistent = []
     for i, (d, (found, n)) in enumerate(zip(CANDIDATE_DIAMETERS, measured)):
         if found is None or abs(np.log(found / d)) >= np.log(1.3):

@@ -1,6 +1,6 @@
-"""Stacks on a CPU are segmented two planes at a time, and planes larger than a block two runs of blocks at a
-time, in threads: the same result as one at a time, a Stop that stops them, an error that reaches the caller,
-and torch's thread count given back every time."""
+"""On a CPU, stacks are segmented two planes at a time, planes larger than a block as two bands of blocks, and the
+size estimate tries two candidates at a time, in threads: the same result as one at a time, a Stop that stops
+them, an error that reaches the caller, and torch's thread count given back every time."""
 
 from __future__ import annotations
 
@@ -113,4 +113,15 @@ def test_overlapping_runs_give_torch_its_threads_back_once_both_end(two_threads)
     a.close()  # the first run ends while the second still runs: the cut stays
     assert torch.get_num_threads() == 1
     assert drain(b) == [50, 50]
+    assert torch.get_num_threads() == 2
+
+
+def test_the_size_estimate_tries_two_candidates_at_once_with_the_same_result(bundled, stack, two_threads, monkeypatch):
+    from napari_unet.core.predict import InferenceModel
+
+    infer = InferenceModel.prepare(bundled, torch.device("cpu"))
+    both = S.estimate_diameter(infer, stack[0].astype(np.float32) / stack[0].max(), S.model_info(bundled))
+    monkeypatch.setattr(S, "PLANES_AT_ONCE", 1)
+    one = S.estimate_diameter(infer, stack[0].astype(np.float32) / stack[0].max(), S.model_info(bundled))
+    assert both == one and 10 < one < 40
     assert torch.get_num_threads() == 2
