@@ -34,10 +34,20 @@ def touching_discs():
     return labels
 
 
+def _torch_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def one_thread():
     """Run torch on one thread for the test (tiny networks train faster without thread overhead)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    yield from _torch_threads(1)
+
+
+@pytest.fixture
+def two_threads():
+    """Run torch on two threads, whatever the machine has (the CPU paths that share them out need two)."""
+    yield from _torch_threads(2)

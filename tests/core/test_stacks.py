@@ -27,14 +27,6 @@ def stack():
     return np.stack([synth_nuclei((160, 192), rng=20 + i)[0] for i in range(6)])
 
 
-@pytest.fixture
-def two_threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(n)
-
-
 def _plane_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("napari-unet-job")]
 
