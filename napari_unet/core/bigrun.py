@@ -17,6 +17,7 @@ labels itself (the output must be on storage the workers share, as on any cluste
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import itertools
@@ -27,6 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import Generator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,12 +40,14 @@ from .blockwise import (
     BlockOutput,
     BlockPlan,
     TileReuse,
+    finish_block,
     plan_blocks,
+    predict_block,
     segment_block_iter,
     stitch_blocks,
 )
 from .errors import InputError, RunStopped
-from .jobs import Notice, drain, relay
+from .jobs import Notice, drain, relay, shared_torch_threads
 from .scores import doubt_map
 
 WORK = "napari-unet-run"
@@ -577,24 +581,53 @@ def is_labels_zarr(path: Path) -> bool:
 
 
 def _run_here(planes, indices, plan, todo, infer, params, prov, doubt, part, n_done, n_all):
-    """Run the blocks in this process, recording each when its arrays and summary are written. One block at a
-    time, unlike an in-memory plane (`segment._segment_plane`): two blocks at once in threads took 16384^2
-    from 118 to 79 s but its peak from 1,062 to 1,502 MB, at the 1.5 GB this path promises
-    (benchmarks/RESULTS.md, "Two planes at a time")."""
+    """Run the blocks in this process, recording each when its arrays and summary are written.
+
+    One block is in memory at a time. On a CPU, a 2D block's instance step (`blockwise.finish_block`) runs in a
+    thread while the network predicts the next block (`predict_block`), each with half of torch's threads:
+    16384^2 in 2048 px blocks 118 -> 80 s, peak 1,062 -> 1,194 MB. (Two whole blocks at once, as an in-memory
+    plane runs them, took it to 79 s but 1,502 MB, at the 1.5 GB this path promises; benchmarks/RESULTS.md,
+    "Two planes at a time".)"""
+    import torch
+
     from .segment import block_progress
 
-    reuse, reuse_plane = None, None  # 2D: the tiles neighbouring blocks of a plane share
-    for p, i in todo:
-        k, said = indices.index(p), f"block {n_done + 1}/{n_all}"
-        if isinstance(plan, BlockPlan) and p != reuse_plane:
-            reuse, reuse_plane = TileReuse(plan, infer, scale=params["scale"], tile=params["tile"],
-                                           overlap=params["overlap"]), p  # fmt: skip
-        gen = block_iter(planes, p, plan, i, infer, params if reuse is None else {**params, "reuse": reuse})
-        o = yield from relay(
-            gen, lambda dt, k=k, i=i, said=said: block_progress(k, len(indices), i, len(plan), *dt, said)
-        )
+    overlap_halves = isinstance(plan, BlockPlan) and infer.device.type == "cpu" and torch.get_num_threads() > 1
+    network = ("scale", "tile", "overlap", "batch_size")
+    finish_params = {k: v for k, v in params.items() if k not in network}
+
+    def finish(p, i, probs, t0):  # in the thread: the block's labels, written and recorded whole
+        o = finish_block(planes, p, plan, i, probs, t0, **finish_params)
         _save_summary(_summary_path(part, p, i), _write_block(o, p, plan, prov, doubt))
-        n_done += 1
+
+    reuse, reuse_plane = None, None  # 2D: the tiles neighbouring blocks of a plane share
+    pool = ThreadPoolExecutor(1, thread_name_prefix="napari-unet-job") if overlap_halves else None
+    pending = None
+    with shared_torch_threads(2) if overlap_halves else contextlib.nullcontext():
+        try:
+            for p, i in todo:
+                k, said = indices.index(p), f"block {n_done + 1}/{n_all}"
+                if isinstance(plan, BlockPlan) and p != reuse_plane:
+                    reuse, reuse_plane = TileReuse(plan, infer, scale=params["scale"], tile=params["tile"],
+                                                   overlap=params["overlap"]), p  # fmt: skip
+                progress = lambda dt, k=k, i=i, said=said: block_progress(k, len(indices), i, len(plan), *dt, said)  # noqa: E731
+                if not overlap_halves:
+                    gen = block_iter(planes, p, plan, i, infer, params if reuse is None else {**params, "reuse": reuse})
+                    o = yield from relay(gen, progress)
+                    _save_summary(_summary_path(part, p, i), _write_block(o, p, plan, prov, doubt))
+                else:
+                    t0 = time.perf_counter()
+                    gen = predict_block(planes, p, plan, i, infer, reuse=reuse, **{k: params[k] for k in network})
+                    probs = yield from relay(gen, progress)
+                    if pending is not None:
+                        pending.result()  # the previous block's instance step: its error is raised here
+                    pending = pool.submit(finish, p, i, probs, t0)
+                n_done += 1
+            if pending is not None:
+                pending.result()
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)  # a block being finished is written and recorded whole
 
 
 def _run_on_cluster(client, planes, plan, todo, model, device, precision, tta, params, part, mid, n_done, n_all):

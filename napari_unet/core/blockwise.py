@@ -218,18 +218,41 @@ def segment_block_iter(
     """Segment block `index` of plane `plane` of `planes` (`normalize.Planes`). Yields (tiles done, total).
 
     `reuse`: the tiles this plane's blocks share, when they run one after another in this process.
-    `outline_level`: trim each object's dim rim (`instances.refine_outlines`, objects `diameter` px across)."""
+    `outline_level`: trim each object's dim rim (`instances.refine_outlines`, objects `diameter` px across).
+    The two halves, `predict_block` and `finish_block`, can run apart (`bigrun` overlaps them)."""
+    t0 = time.perf_counter()
+    probs = yield from predict_block(
+        planes, plane, plan, index, infer, scale=scale, tile=tile, overlap=overlap, batch_size=batch_size, reuse=reuse
+    )
+    return finish_block(
+        planes, plane, plan, index, probs, t0, min_size=min_size, mask_threshold=mask_threshold,
+        probabilities=probabilities, merge_cuts=merge_cuts, outline_level=outline_level, diameter=diameter,
+    )  # fmt: skip
+
+
+def predict_block(
+    planes, plane, plan: BlockPlan, index: int, infer, *, scale, tile, overlap, batch_size, reuse
+) -> Generator[tuple[int, int], None, np.ndarray]:
+    """The network's half of `segment_block_iter`: the block's uint8 class probabilities."""
     from .predict import predict_window
 
-    t0 = time.perf_counter()
-    b = plan.block(index)
     probs = yield from predict_window(
-        infer, lambda ys, xs: planes.load(plane, (ys, xs)), plan.shape, b.region,
+        infer, lambda ys, xs: planes.load(plane, (ys, xs)), plan.shape, plan.block(index).region,
         scale=scale, tile=tile, overlap=overlap, batch_size=batch_size,
         cache=reuse,
     )  # fmt: skip
     if reuse is not None:
         reuse.done(index)
+    return probs
+
+
+def finish_block(
+    planes, plane, plan: BlockPlan, index: int, probs: np.ndarray, t0: float, *, min_size, mask_threshold,
+    probabilities, merge_cuts, outline_level, diameter,
+) -> BlockOutput:  # fmt: skip
+    """The instance half of `segment_block_iter`: labels from the probabilities, trimmed, and what the block
+    leaves for stitching (`t0`: when the block started, for its `seconds`)."""
+    b = plan.block(index)
     lab = labels_from_probabilities(probs, min_size=min_size, mask_threshold=mask_threshold, merge_cuts=merge_cuts)
     if outline_level > 0:
         ry0, ry1, rx0, rx1 = b.region

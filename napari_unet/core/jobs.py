@@ -46,7 +46,7 @@ _SHARES = {"lock": threading.Lock(), "runs": 0, "threads": 1}
 
 
 @contextmanager
-def _torch_threads_shared(workers: int):
+def shared_torch_threads(workers: int):
     """torch's CPU threads (a per-process setting) cut into `workers` shares while any `in_threads` runs;
     the count is restored when the last one ends, so runs that overlap cannot leave it cut."""
     import torch
@@ -72,7 +72,7 @@ def map_in_threads(fn: Callable, items: list, workers: int) -> list:
         return [fn(x) for x in items]
     from concurrent.futures import ThreadPoolExecutor
 
-    with _torch_threads_shared(workers), ThreadPoolExecutor(workers, thread_name_prefix="napari-unet-job") as pool:
+    with shared_torch_threads(workers), ThreadPoolExecutor(workers, thread_name_prefix="napari-unet-job") as pool:
         return list(pool.map(fn, items))
 
 
@@ -106,7 +106,7 @@ def in_threads(jobs: list[Generator], workers: int) -> Generator[object, None, l
 
     results: dict[int, object] = {}
     latest: dict[int, object] = {}
-    with _torch_threads_shared(workers):
+    with shared_torch_threads(workers):
         pool = ThreadPoolExecutor(workers, thread_name_prefix="napari-unet-job")
         try:
             for k in range(len(jobs)):
