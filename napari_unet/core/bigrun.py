@@ -17,7 +17,6 @@ labels itself (the output must be on storage the workers share, as on any cluste
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib
 import itertools
@@ -28,7 +27,6 @@ import threading
 import time
 import uuid
 from collections.abc import Generator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +45,7 @@ from .blockwise import (
     stitch_blocks,
 )
 from .errors import InputError, RunStopped
-from .jobs import Notice, drain, relay, shared_torch_threads
+from .jobs import Notice, drain, overlapped, relay
 from .scores import doubt_map
 
 WORK = "napari-unet-run"
@@ -584,50 +582,44 @@ def _run_here(planes, indices, plan, todo, infer, params, prov, doubt, part, n_d
     """Run the blocks in this process, recording each when its arrays and summary are written.
 
     One block is in memory at a time. On a CPU, a 2D block's instance step (`blockwise.finish_block`) runs in a
-    thread while the network predicts the next block (`predict_block`), each with half of torch's threads:
-    16384^2 in 2048 px blocks 118 -> 80 s, peak 1,062 -> 1,194 MB. (Two whole blocks at once, as an in-memory
-    plane runs them, took it to 79 s but 1,502 MB, at the 1.5 GB this path promises; benchmarks/RESULTS.md,
-    "Two planes at a time".)"""
+    thread while the network predicts the next block (`jobs.overlapped`): 16384^2 in 2048 px blocks 118 -> 80 s,
+    peak 1,062 -> 1,194 MB. (Two whole blocks at once took it to 79 s but 1,502 MB, at the 1.5 GB this path
+    promises; benchmarks/RESULTS.md, "Two planes at a time".)"""
     import torch
 
-    from .segment import block_progress
+    from .segment import AT_ONCE, block_progress
 
-    overlap_halves = isinstance(plan, BlockPlan) and infer.device.type == "cpu" and torch.get_num_threads() > 1
-    network = ("scale", "tile", "overlap", "batch_size")
-    finish_params = {k: v for k, v in params.items() if k not in network}
+    items = [(n_done + j + 1, p, i) for j, (p, i) in enumerate(todo)]  # (the block's number in the run, ...)
 
-    def finish(p, i, probs, t0):  # in the thread: the block's labels, written and recorded whole
-        o = finish_block(planes, p, plan, i, probs, t0, **finish_params)
+    def progress(n, p, i):
+        return lambda dt: block_progress(indices.index(p), len(indices), i, len(plan), *dt, f"block {n}/{n_all}")
+
+    def record(p, i, o):
         _save_summary(_summary_path(part, p, i), _write_block(o, p, plan, prov, doubt))
 
-    reuse, reuse_plane = None, None  # 2D: the tiles neighbouring blocks of a plane share
-    pool = ThreadPoolExecutor(1, thread_name_prefix="napari-unet-job") if overlap_halves else None
-    pending = None
-    with shared_torch_threads(2) if overlap_halves else contextlib.nullcontext():
-        try:
-            for p, i in todo:
-                k, said = indices.index(p), f"block {n_done + 1}/{n_all}"
-                if isinstance(plan, BlockPlan) and p != reuse_plane:
-                    reuse, reuse_plane = TileReuse(plan, infer, scale=params["scale"], tile=params["tile"],
-                                                   overlap=params["overlap"]), p  # fmt: skip
-                progress = lambda dt, k=k, i=i, said=said: block_progress(k, len(indices), i, len(plan), *dt, said)  # noqa: E731
-                if not overlap_halves:
-                    gen = block_iter(planes, p, plan, i, infer, params if reuse is None else {**params, "reuse": reuse})
-                    o = yield from relay(gen, progress)
-                    _save_summary(_summary_path(part, p, i), _write_block(o, p, plan, prov, doubt))
-                else:
-                    t0 = time.perf_counter()
-                    gen = predict_block(planes, p, plan, i, infer, reuse=reuse, **{k: params[k] for k in network})
-                    probs = yield from relay(gen, progress)
-                    if pending is not None:
-                        pending.result()  # the previous block's instance step: its error is raised here
-                    pending = pool.submit(finish, p, i, probs, t0)
-                n_done += 1
-            if pending is not None:
-                pending.result()
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True)  # a block being finished is written and recorded whole
+    if not isinstance(plan, BlockPlan):  # 3D blocks: one after another
+        for n, p, i in items:
+            record(p, i, (yield from relay(block_iter(planes, p, plan, i, infer, params), progress(n, p, i))))
+        return
+    network = ("scale", "tile", "overlap", "batch_size")
+    rest = {k: v for k, v in params.items() if k not in network}
+    reuse = {}  # the tiles neighbouring blocks of a plane share
+
+    def predict(item):
+        n, p, i = item
+        if p not in reuse:
+            reuse.clear()
+            reuse[p] = TileReuse(plan, infer, scale=params["scale"], tile=params["tile"], overlap=params["overlap"])
+        t0 = time.perf_counter()
+        gen = predict_block(planes, p, plan, i, infer, reuse=reuse[p], **{k: params[k] for k in network})
+        return (yield from relay(gen, progress(n, p, i))), t0
+
+    def finish(item, value):
+        (_, p, i), (probs, t0) = item, value
+        record(p, i, finish_block(planes, p, plan, i, probs, t0, **rest))
+
+    cpu = infer.device.type == "cpu" and torch.get_num_threads() > 1 and AT_ONCE > 1
+    yield from overlapped(items, predict, finish, threads=cpu)
 
 
 def _run_on_cluster(client, planes, plan, todo, model, device, precision, tta, params, part, mid, n_done, n_all):

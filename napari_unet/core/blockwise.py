@@ -180,22 +180,6 @@ class TileReuse:
             del self.tiles[key]
 
 
-def side_by_side(plan: BlockPlan, blocks: list[int], workers: int) -> list[list[int]]:
-    """`blocks` of `plan` (in raster order) cut into at most `workers` runs that can run at once: by bands of
-    block columns, so that each run's `TileReuse` holds rows of tiles across its band only and the runs
-    together hold no more than one run across the plane (by bands of block rows where there are fewer
-    block columns than workers). Each band's seam tiles are predicted by both runs."""
-    by_cols = plan.cols >= workers
-    bands = np.array_split(np.arange(plan.cols if by_cols else plan.rows), max(1, workers))
-    runs = []
-    for band in (b for b in bands if b.size):
-        lo, hi = int(band[0]), int(band[-1])
-        run = [b for b in blocks if lo <= (b % plan.cols if by_cols else b // plan.cols) <= hi]
-        if run:
-            runs.append(run)
-    return runs
-
-
 def segment_block_iter(
     planes,
     plane: tuple[int, ...],

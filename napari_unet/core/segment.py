@@ -7,6 +7,7 @@ simply runs it to the end.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Generator
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -17,7 +18,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 from skimage.transform import resize
 
-from .blockwise import DEFAULT_BLOCK, TileReuse, plan_blocks, segment_block_iter, side_by_side, stitch_blocks
+from .blockwise import DEFAULT_BLOCK, TileReuse, finish_block, plan_blocks, predict_block, stitch_blocks
 from .device import describe, select_device
 from .errors import InputError
 from .instances import (
@@ -27,7 +28,7 @@ from .instances import (
     min_object_size,
     object_brightness,
 )
-from .jobs import drain, in_threads, map_in_threads, relay
+from .jobs import drain, in_threads, map_in_threads, overlapped, relay
 from .model import UNet
 from .modelfile import ModelInfo
 from .normalize import iter_planes
@@ -169,9 +170,8 @@ def estimate_diameter(infer: InferenceModel, plane: np.ndarray, info: ModelInfo)
     # whose outlines the untrimmed network follows (area ratio 1.03 on mnfinder val). Measured trimmed, the
     # estimate came out smaller and mnfinder val fell from 0.921 to 0.906.
     model_diameter, mask_threshold = info.diameter, info.mask_threshold
-    # The candidates are independent: on a CPU, two at a time in threads (mnfinder val images: 0.29-0.34 ->
-    # 0.23-0.27 s, the same diameters).
-    at_once = PLANES_AT_ONCE if infer.device.type == "cpu" and torch.get_num_threads() > 1 else 1
+    # The candidates are independent: on a CPU, `AT_ONCE` at a time in threads.
+    at_once = AT_ONCE if infer.device.type == "cpu" and torch.get_num_threads() > 1 else 1
     measured = map_in_threads(
         lambda d: measure_at(infer, plane, model_diameter, d, mask_threshold=mask_threshold),
         CANDIDATE_DIAMETERS,
@@ -215,12 +215,14 @@ def renormalised_note(result: SegmentResult) -> str:
     return ""
 
 
-#: On a CPU, `_segment_planes` segments this many planes of a stack at a time (or bands of blocks of a plane
-#: larger than a block), each in its own thread with its share of torch's threads: the instance step is
-#: single-threaded, so one plane's watershed runs while the other's network does. 32 x 512^2 on 2 cores:
-#: 2.85 -> 2.0 s, identical labels (benchmarks/RESULTS.md, "Two planes at a time"). Out-of-core runs
-#: (`bigrun`) keep one block at a time, for their memory bound.
-PLANES_AT_ONCE = 2
+#: On a CPU, what runs at once in threads, each with its share of torch's threads (1: nothing does). The
+#: instance step is single-threaded, so one item's watershed runs while the other's network does:
+#: - a stack's planes of one block each, this many at a time: 32 x 512^2 on 2 cores 2.85 -> 2.0 s;
+#: - the blocks of a larger plane, a block's instance step while the next block's network runs
+#:   (`jobs.overlapped`, with one block's memory): 8192^2 25.7 -> 20.7 s;
+#: - the size estimate's candidate sizes, this many at a time: 0.30 -> 0.23 s on a mnfinder image.
+#: The labels are identical (benchmarks/RESULTS.md, "Two planes at a time").
+AT_ONCE = 2
 
 
 @dataclass
@@ -233,24 +235,32 @@ class _PlaneDone:
     measures: dict[str, np.ndarray]
 
 
-def _block_run(
-    k, idx, blocks, plan, lab, planes, infer, info, used_diameter, n_planes, probs_out, doubt_out, *, tile,
-    overlap, batch_size, measures, merge_cuts,
+def _segment_plane(
+    k, idx, lab, planes, infer, info, used_diameter, n_planes, probs_out, doubt_out, *, block, min_score, tile,
+    overlap, batch_size, measures, merge_cuts, threads,
 ):  # fmt: skip
-    """Segment `blocks` (consecutive blocks of plane `idx`, the `k`-th) one after another, sharing their seam
-    tiles, into `lab` with each block's own ids. Yields `Progress`; returns {block: `BlockOutput`} without
-    the arrays (the strips and sums are all stitching needs), and the last block's probabilities."""
+    """Segment plane `idx` (the `k`-th) into `lab`, ids from 1, block by block; neighbouring blocks share their
+    seam tiles. With `threads`, a block's instance step runs in a thread while the network predicts the next
+    block (`jobs.overlapped`). Yields `Progress`; returns a `_PlaneDone`."""
     scale = info.diameter / used_diameter
-    reuse = TileReuse(plan, infer, scale=scale, tile=tile, overlap=overlap, blocks=blocks)
-    outputs, last_probs = {}, None
-    for b in blocks:
-        gen = segment_block_iter(
-            planes, idx, plan, b, infer, scale=scale, min_size=min_object_size(used_diameter),
-            mask_threshold=info.mask_threshold, tile=tile, overlap=overlap, batch_size=batch_size,
+    plan = plan_blocks(planes.plane_shape, used_diameter, scale, block)
+    if measures and len(plan) > 1:
+        raise InputError("measures are computed on planes of one block only; pass a larger block")
+    reuse = TileReuse(plan, infer, scale=scale, tile=tile, overlap=overlap)
+    outputs, last = {}, {}
+
+    def predict(b):
+        t0 = time.perf_counter()
+        gen = predict_block(planes, idx, plan, b, infer, scale=scale, tile=tile, overlap=overlap,
+                            batch_size=batch_size, reuse=reuse)  # fmt: skip
+        return (yield from relay(gen, lambda dt: block_progress(k, n_planes, b, len(plan), *dt))), t0
+
+    def finish(b, value):
+        out = finish_block(
+            planes, idx, plan, b, *value, min_size=min_object_size(used_diameter), mask_threshold=info.mask_threshold,
             probabilities=probs_out is not None or doubt_out is not None or measures, merge_cuts=merge_cuts,
-            reuse=reuse, outline_level=info.outline_level, diameter=used_diameter,
+            outline_level=info.outline_level, diameter=used_diameter,
         )  # fmt: skip
-        out = yield from relay(gen, lambda dt, b=b: block_progress(k, n_planes, b, len(plan), *dt))
         y0, y1, x0, x1 = plan.block(b).core
         lab[y0:y1, x0:x1] = out.labels  # local ids until the plane is stitched
         if out.probabilities is not None:
@@ -258,33 +268,18 @@ def _block_run(
                 probs_out[idx][y0:y1, x0:x1] = 255 - out.probabilities[0]
             if doubt_out is not None:
                 doubt_out[idx][y0:y1, x0:x1] = doubt_map(out.probabilities)
-        last_probs = out.probabilities
-        out.labels = out.probabilities = None
+        last["probs"] = out.probabilities  # the benchmark times the scoring alone on them
+        out.labels = out.probabilities = None  # the strips and sums are all stitching needs
         outputs[b] = out
-    return outputs, last_probs
 
-
-def _segment_plane(k, idx, lab, planes, infer, info, used_diameter, n_planes, *, block, min_score, workers, **run):
-    """Segment plane `idx` (the `k`-th) into `lab`, ids from 1. Its blocks are cut into `workers` bands of
-    block columns (`blockwise.side_by_side`) that run at once (`jobs.in_threads`), each band's blocks one after
-    another sharing their seam tiles: 4096^2 in 4 blocks on 2 cores, 6.6 -> 5.3 s, the same labels. (Runs of
-    consecutive blocks in raster order instead: 1.25x as fast, but each run holds rows of tiles across the
-    whole plane; runs as dask tasks get them, at most the blocks left over the workers: 1.13x.) Yields
-    `Progress`; returns a `_PlaneDone`."""
-    plan = plan_blocks(planes.plane_shape, used_diameter, info.diameter / used_diameter, block)
-    if run["measures"] and len(plan) > 1:
-        raise InputError("measures are computed on planes of one block only; pass a larger block")
-    runs = side_by_side(plan, list(range(len(plan))), workers)
-    jobs = [_block_run(k, idx, r, plan, lab, planes, infer, info, used_diameter, n_planes, **run) for r in runs]
-    parts = (yield from in_threads(jobs, workers)) if len(jobs) > 1 else [(yield from jobs[0])]
-    outputs = {b: o for part, _ in parts for b, o in part.items()}
+    yield from overlapped(list(range(len(plan))), predict, finish, threads=threads and len(plan) > 1)
     stitched = stitch_blocks(plan, outputs, first_id=1, min_score=min_score)
     for b, lut in stitched.luts.items():
         y0, y1, x0, x1 = plan.block(b).core
         lab[y0:y1, x0:x1] = lut[lab[y0:y1, x0:x1]]
-    last_probs = parts[-1][1] if run["measures"] else None
+    last_probs = last["probs"] if measures else None
     # of the objects kept (one block: its probabilities are the plane's)
-    found = object_measures(lab, last_probs, MEASURES)[1] if run["measures"] else {}
+    found = object_measures(lab, last_probs, MEASURES)[1] if measures else {}
     # Every other row and column is plenty for a median; at most ~4 Mpx of a big plane.
     step = max(2 if used_diameter >= 12 else 1, int(np.ceil(np.sqrt(lab.size / 4e6))))
     bright = object_brightness(lab[::step, ::step], planes.load(idx, (slice(None, None, step),) * 2), int(lab.max()))
@@ -304,18 +299,17 @@ def _segment_planes(
     doubt_out = np.zeros(spatial, np.uint8) if doubt else None
     one = partial(
         _segment_plane, planes=planes, infer=infer, info=info, used_diameter=used_diameter, n_planes=n_planes,
-        block=block, min_score=min_score, probs_out=probs_out, doubt_out=doubt_out, tile=tile, overlap=overlap,
+        probs_out=probs_out, doubt_out=doubt_out, block=block, min_score=min_score, tile=tile, overlap=overlap,
         batch_size=batch_size, measures=measures, merge_cuts=merge_cuts,
     )  # fmt: skip
-    at_once = PLANES_AT_ONCE if infer.device.type == "cpu" and torch.get_num_threads() > 1 and not measures else 1
+    cpu = infer.device.type == "cpu" and torch.get_num_threads() > 1 and AT_ONCE > 1 and not measures
     one_block = len(plan_blocks(planes.plane_shape, used_diameter, info.diameter / used_diameter, block)) == 1
-    threaded_planes = at_once > 1 and n_planes > 1 and one_block  # two planes' memory at most: a block each
-    workers = 1 if threaded_planes else at_once
+    at_once = AT_ONCE if cpu and n_planes > 1 and one_block else 1  # two planes' memory: a block each
     jobs = [
-        one(k, idx, labels[idx] if labels is not None else np.zeros(planes.plane_shape, np.int32), workers=workers)
+        one(k, idx, labels[idx] if labels is not None else np.zeros(planes.plane_shape, np.int32), threads=cpu)
         for k, idx in enumerate(planes.indices)
     ]
-    if threaded_planes:
+    if at_once > 1:
         done = yield from in_threads(jobs, at_once)
     else:
         done = []

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_unet.core.blockwise import BlockOutput, plan_blocks, side_by_side, stitch_blocks
+from napari_unet.core.blockwise import BlockOutput, plan_blocks, stitch_blocks
 from napari_unet.core.jobs import drain
 from napari_unet.core.metrics import average_precision
 from napari_unet.core.segment import segment_iter
@@ -86,17 +86,6 @@ def test_blocks_agree_with_the_whole_plane_tiny_model(tiny_model):
     assert float(np.squeeze(average_precision(whole.labels, blocks.labels))) >= 0.995
 
 
-def test_side_by_side_cuts_blocks_into_bands_of_columns_or_else_rows():
-    plan = plan_blocks((1400, 2800), diameter=20, scale=1.0, block=700)  # 2 rows x 4 columns
-    assert (plan.rows, plan.cols) == (2, 4)
-    assert side_by_side(plan, list(range(8)), 2) == [[0, 1, 4, 5], [2, 3, 6, 7]]
-    assert side_by_side(plan, [3, 5, 6, 7], 2) == [[5], [3, 6, 7]]  # what is left of a resumed run
-    assert side_by_side(plan, list(range(8)), 1) == [list(range(8))]
-    tall = plan_blocks((2100, 700), diameter=20, scale=1.0, block=700)  # 3 rows x 1 column
-    assert side_by_side(tall, [0, 1, 2], 2) == [[0, 1], [2]]
-    assert side_by_side(plan_blocks((500, 500), 20, 1.0, block=2048), [0], 2) == [[0]]
-
-
 def test_blocks_predict_each_tile_of_the_plane_once_with_the_same_result(tiny_model, monkeypatch):
     from napari_unet.core import segment
     from napari_unet.core.predict import InferenceModel
@@ -104,7 +93,6 @@ def test_blocks_predict_each_tile_of_the_plane_once_with_the_same_result(tiny_mo
     calls = []
     real = InferenceModel.__call__
     monkeypatch.setattr(InferenceModel, "__call__", lambda self, batch: calls.append(len(batch)) or real(self, batch))
-    monkeypatch.setattr(segment, "PLANES_AT_ONCE", 1)  # one run of blocks (two bands: their seam twice)
     image = np.random.default_rng(1).random((700, 900)).astype(np.float32)
     whole = drain(segment_iter(image, tiny_model, diameter=20, block=None, tile=128))
     n_whole = sum(calls)

@@ -1,6 +1,6 @@
-"""On a CPU, stacks are segmented two planes at a time, planes larger than a block as two bands of blocks, and the
-size estimate tries two candidates at a time, in threads: the same result as one at a time, a Stop that stops
-them, an error that reaches the caller, and torch's thread count given back every time."""
+"""On a CPU, stacks are segmented two planes at a time, a block's instance step overlaps the next block's network,
+and the size estimate tries two candidates at a time, in threads: the same result as one at a time, a Stop that
+stops them, an error that reaches the caller, and torch's thread count given back every time."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def test_two_planes_at_once_give_what_one_at_a_time_gives(bundled, stack, two_th
     run = dict(device="cpu", diameter=20.0, probabilities=True, doubt=True)
     both = drain(S.segment_iter(stack, bundled, **run))
     assert torch.get_num_threads() == 2
-    monkeypatch.setattr(S, "PLANES_AT_ONCE", 1)
+    monkeypatch.setattr(S, "AT_ONCE", 1)
     one = drain(S.segment_iter(stack, bundled, **run))
     assert one.labels.max() > 6 * 5  # real objects in every plane, ids unique across planes
     np.testing.assert_array_equal(both.labels, one.labels)
@@ -45,12 +45,12 @@ def test_two_planes_at_once_give_what_one_at_a_time_gives(bundled, stack, two_th
     assert both.extra["nucleus_level"] == one.extra["nucleus_level"]
 
 
-def test_two_runs_of_blocks_at_once_give_what_one_at_a_time_gives(bundled, two_threads, monkeypatch):
+def test_overlapping_the_halves_of_blocks_gives_what_one_at_a_time_gives(bundled, two_threads, monkeypatch):
     img = np.concatenate([np.concatenate([synth_nuclei((200, 240), rng=30 + 2 * i + j)[0] for j in range(2)], 1)
                           for i in range(2)])  # fmt: skip
     run = dict(device="cpu", diameter=20.0, block=192, probabilities=True)
     both = drain(S.segment_iter(img, bundled, **run))
-    monkeypatch.setattr(S, "PLANES_AT_ONCE", 1)
+    monkeypatch.setattr(S, "AT_ONCE", 1)
     one = drain(S.segment_iter(img, bundled, **run))
     assert one.labels.max() > 20
     np.testing.assert_array_equal(both.labels, one.labels)
@@ -59,13 +59,13 @@ def test_two_runs_of_blocks_at_once_give_what_one_at_a_time_gives(bundled, two_t
 
 
 def test_stop_while_two_planes_run_stops_them(bundled, stack, two_threads, monkeypatch):
-    real, started = S.segment_block_iter, []
+    real, started = S.predict_block, []
 
     def counted(planes, plane, *args, **kwargs):
         started.append(plane)
         return (yield from real(planes, plane, *args, **kwargs))
 
-    monkeypatch.setattr(S, "segment_block_iter", counted)
+    monkeypatch.setattr(S, "predict_block", counted)
     gen = S.segment_iter(np.concatenate([stack] * 3), bundled, device="cpu", diameter=20.0)
     fractions = [next(gen).fraction for _ in range(6)]
     gen.close()
@@ -76,14 +76,14 @@ def test_stop_while_two_planes_run_stops_them(bundled, stack, two_threads, monke
 
 
 def test_an_error_in_one_plane_reaches_the_caller(bundled, stack, two_threads, monkeypatch):
-    real = S.segment_block_iter
+    real = S.predict_block
 
     def failing(planes, plane, *args, **kwargs):
         if plane == (3,):
             raise InputError("plane 3 is unreadable")
         return (yield from real(planes, plane, *args, **kwargs))
 
-    monkeypatch.setattr(S, "segment_block_iter", failing)
+    monkeypatch.setattr(S, "predict_block", failing)
     with pytest.raises(InputError, match="plane 3 is unreadable"):
         drain(S.segment_iter(stack, bundled, device="cpu", diameter=20.0))
     assert torch.get_num_threads() == 2
@@ -113,7 +113,34 @@ def test_the_size_estimate_tries_two_candidates_at_once_with_the_same_result(bun
 
     infer = InferenceModel.prepare(bundled, torch.device("cpu"))
     both = S.estimate_diameter(infer, stack[0].astype(np.float32) / stack[0].max(), S.model_info(bundled))
-    monkeypatch.setattr(S, "PLANES_AT_ONCE", 1)
+    monkeypatch.setattr(S, "AT_ONCE", 1)
     one = S.estimate_diameter(infer, stack[0].astype(np.float32) / stack[0].max(), S.model_info(bundled))
     assert both == one and 10 < one < 40
     assert torch.get_num_threads() == 2
+
+
+def test_overlapped_raises_the_second_halfs_error_and_finishes_the_one_under_way(two_threads):
+    import time
+
+    from napari_unet.core.jobs import overlapped
+
+    def first(item):
+        yield item
+        return item * 10
+
+    finished = []
+
+    def second(item, value):
+        time.sleep(0.05)
+        if value == 30:
+            raise OSError("disk full")
+        finished.append(value)
+
+    with pytest.raises(OSError, match="disk full"):
+        drain(overlapped([1, 2, 3, 4], first, second, threads=True))
+    assert finished == [10, 20] and torch.get_num_threads() == 2
+    finished.clear()
+    gen = overlapped([1, 2, 4], first, second, threads=True)
+    assert [next(gen), next(gen)] == [1, 2]  # item 1's second half is under way
+    gen.close()
+    assert finished == [10] and torch.get_num_threads() == 2
