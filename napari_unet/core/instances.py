@@ -27,12 +27,12 @@ LEVEL_STEPS, STEEPNESS = (0.0, 0.1, 0.2, 0.35), 0.9
 
 
 def inner_boundaries(labels: np.ndarray) -> np.ndarray:
-    """Object pixels with a 4-neighbour of another id (0 included), as skimage's ``find_boundaries(labels,
-    mode="inner")`` gives them (the image's edge is no boundary), by comparing shifted views: the same mask,
-    8x faster on a 2048^2 plane (0.055 -> 0.007 s)."""
+    """Object pixels (voxels) with a face neighbour of another id (0 included), as skimage's
+    ``find_boundaries(labels, mode="inner")`` gives them (the array's edge is no boundary), by comparing
+    shifted views: the same mask, 8x faster on a 2048^2 plane (0.055 -> 0.007 s)."""
     out = np.zeros(labels.shape, bool)
-    for axis in (0, 1):
-        a, b = [slice(None)] * 2, [slice(None)] * 2
+    for axis in range(labels.ndim):
+        a, b = [slice(None)] * labels.ndim, [slice(None)] * labels.ndim
         a[axis], b[axis] = slice(1, None), slice(None, -1)
         differ = labels[tuple(a)] != labels[tuple(b)]
         out[tuple(a)] |= differ

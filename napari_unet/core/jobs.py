@@ -47,8 +47,9 @@ _SHARES = {"lock": threading.Lock(), "runs": 0, "threads": 1}
 
 @contextmanager
 def shared_torch_threads(workers: int):
-    """torch's CPU threads (a per-process setting) cut into `workers` shares while any `in_threads` runs;
-    the count is restored when the last one ends, so runs that overlap cannot leave it cut."""
+    """torch's CPU threads (a per-process setting) cut into `workers` shares while any of `in_threads`,
+    `overlapped` and `map_in_threads` runs; the count is restored when the last one ends, so runs that overlap
+    cannot leave it cut."""
     import torch
 
     with _SHARES["lock"]:

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from napari_unet.core.instances import (
     BOUNDARY,
@@ -167,3 +168,14 @@ def test_a_defocused_field_is_trimmed_at_its_steepest_level_and_a_sharp_one_at_t
             np.testing.assert_array_equal(chosen, fixed)
         else:  # the 15 % contour of a 3.6 px blur sits ~4 px outside the edge; the steepest is near half height
             assert iou(fixed) < 0.8 and iou(chosen) > iou(fixed) + 0.1
+
+
+@pytest.mark.parametrize("shape", [(40, 50), (12, 30, 40)])
+def test_inner_boundaries_are_skimages_inner_boundaries(shape):
+    from scipy import ndimage as ndi
+    from skimage.segmentation import find_boundaries
+
+    from napari_unet.core.instances import inner_boundaries
+
+    labels = ndi.median_filter(np.random.default_rng(0).integers(0, 4, shape).astype(np.int32), 3)
+    np.testing.assert_array_equal(inner_boundaries(labels), find_boundaries(labels, mode="inner"))
