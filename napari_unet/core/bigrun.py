@@ -581,7 +581,7 @@ def is_labels_zarr(path: Path) -> bool:
 def _run_here(planes, indices, plan, todo, infer, params, prov, doubt, part, n_done, n_all):
     """Run the blocks in this process, recording each when its arrays and summary are written.
 
-    One block is in memory at a time. On a CPU, a 2D block's instance step (`blockwise.finish_block`) runs in a
+    A block is in memory at a time, and the next one's probabilities. On a CPU, a 2D block's instance step (`blockwise.finish_block`) runs in a
     thread while the network predicts the next block (`jobs.overlapped`): 16384^2 in 2048 px blocks 118 -> 80 s,
     peak 1,062 -> 1,194 MB. (Two whole blocks at once took it to 79 s but 1,502 MB, at the 1.5 GB this path
     promises; benchmarks/RESULTS.md, "Two planes at a time".)"""

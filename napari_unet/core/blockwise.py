@@ -203,7 +203,7 @@ def segment_block_iter(
 
     `reuse`: the tiles this plane's blocks share, when they run one after another in this process.
     `outline_level`: trim each object's dim rim (`instances.refine_outlines`, objects `diameter` px across).
-    The two halves, `predict_block` and `finish_block`, can run apart (`bigrun` overlaps them)."""
+    Its two halves, `predict_block` and `finish_block`, also run apart (`jobs.overlapped`)."""
     t0 = time.perf_counter()
     probs = yield from predict_block(
         planes, plane, plan, index, infer, scale=scale, tile=tile, overlap=overlap, batch_size=batch_size, reuse=reuse

@@ -219,7 +219,7 @@ def renormalised_note(result: SegmentResult) -> str:
 #: instance step is single-threaded, so one item's watershed runs while the other's network does:
 #: - a stack's planes of one block each, this many at a time: 32 x 512^2 on 2 cores 2.85 -> 2.0 s;
 #: - the blocks of a larger plane, a block's instance step while the next block's network runs
-#:   (`jobs.overlapped`, with one block's memory): 8192^2 25.7 -> 20.7 s;
+#:   (`jobs.overlapped`, with about one block's memory): 8192^2 in memory 28.1 -> 21.7 s;
 #: - the size estimate's candidate sizes, this many at a time: 0.30 -> 0.23 s on a mnfinder image.
 #: The labels are identical (benchmarks/RESULTS.md, "Two planes at a time").
 AT_ONCE = 2
