@@ -113,7 +113,7 @@ def monai_forward(infer: InferenceModel, planes: np.ndarray, tile: int, overlap:
             if infer.device.type == "cpu":
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(infer.device.type, dtype=infer.dtype, enabled=infer.dtype is not None):
-                out = sliding_window_inference(x, (tile, tile), batch, infer.fused or infer.net, overlap=overlap / tile,
+                out = sliding_window_inference(x, (tile, tile), batch, infer.forward_net, overlap=overlap / tile,
                                                mode="gaussian")  # fmt: skip
             torch.softmax(out.float(), 1).cpu()
 

@@ -46,13 +46,18 @@ class InferenceModel:
         fused = fused_cpu_net(net) if device.type == "cpu" and dtype is torch.bfloat16 else None
         return cls(net, device, dtype, tta, fused)
 
+    @property
+    def forward_net(self) -> torch.nn.Module:
+        """The network that runs: the fused one where it was built, else the prepared `net`."""
+        return self.net if self.fused is None else self.fused
+
     @torch.inference_mode()
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
         if self.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
         flips = ((), (-1,), (-2,), (-2, -1)) if self.tta else ((),)
-        net = self.fused or self.net
+        net = self.forward_net
         probs = None
         for dims in flips:
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
