@@ -78,6 +78,16 @@ def _scaled(samples: list[Sample], factor: float, texture: bool = False) -> list
     return out
 
 
+def _crowded(samples: list[Sample], fill: float, overlap: tuple[float, float], seed: int) -> list[Sample]:
+    """`appearance.crowd` on each image: its labels change, and the micronuclei a copy covers are no longer
+    ignored."""
+    out = []
+    for i, s in enumerate(samples):
+        img, lab = A.crowd(s.image, s.labels, np.random.default_rng([seed, i]), fill=fill, overlap=overlap)
+        out.append(Sample(s.name, img, lab, None if s.ignore is None else s.ignore & (lab == 0)))
+    return out
+
+
 def _synth(n: int, seed: int, **style) -> list[Sample]:
     # Without the seam that WIDE gained with v2.1, so that these rows stay the images of v2's table (and the
     # harder case: touching nuclei with no dark line between them).
@@ -131,6 +141,15 @@ def cases() -> dict[str, tuple[str, Callable[[], list[Sample]]]]:
         "dim nuclei (a third, 10x dimmer)": (
             "clean",
             lambda: _each(val(), lambda im, lab, r: A.dim_nuclei(im, lab, r, 0.33, 10.0), 19),
+        ),
+        # 5. touching nuclei: the field's own nuclei packed against each other (a confluent culture, a section)
+        "crowded: real nuclei copied to 35 % of the field, touching": (
+            "clean",
+            lambda: _crowded(val(), 0.35, (0.0, 0.15), 23),
+        ),
+        "crowded: 50 % of the field, overlapping by up to 0.3 radii": (
+            "clean",
+            lambda: _crowded(val(), 0.5, (0.0, 0.3), 24),
         ),
         # camera and contrast
         "camera: uint8, 30 photons": (

@@ -25,7 +25,8 @@ validation set in the wide style, seeds apart from the training pool); the best 
 With `--init`, the starting weights are scored first as step 0, so a fine-tune that never beats them
 on the selection sets writes them back. `--outliers` adds condensed nuclei up to 30x, dim nuclei and
 bright debris to the hard-case renderings (the fine-tunes of 2026-12-05 in benchmarks/RESULTS.md);
-`--defocus P` blurs a share P of them as a defocused widefield image does.
+`--defocus P` blurs a share P of them as a defocused widefield image does; `--crowd P` first packs a
+share P of them with copies of their own nuclei (`appearance.crowd`).
 `--seam LOW,HIGH` parts touching synthetic nuclei by a dark seam, as `synth.WIDE` has done since v2.1;
 the default (no seam) keeps the synthetic images v2 trained on.
 The hard-case suite (`benchmarks/hard_cases.py`) is never used for selection. `--no-real` trains on
@@ -157,7 +158,13 @@ def wide_synth(i: int, seam: tuple[float, float] = (1.0, 1.0)):
 
 
 def real_variants(
-    split_dir: Path, n: int, seed: int, outliers: bool = False, dim_max: float = 12.0, defocus_p: float = 0.0
+    split_dir: Path,
+    n: int,
+    seed: int,
+    outliers: bool = False,
+    dim_max: float = 12.0,
+    defocus_p: float = 0.0,
+    crowd_p: float = 0.0,
 ):
     """`n` hard-case renderings (`appearance.perturb`) of every real image of a split."""
     items = []
@@ -167,9 +174,12 @@ def real_variants(
         mn = tifffile.imread(split_dir / "micronuclei" / f.name) > 0
         for v in range(n):
             out, lab_v = perturb(
-                img, lab, np.random.default_rng([seed, k, v]), outliers=outliers, dim_max=dim_max, defocus_p=defocus_p
-            )
+                img, lab, np.random.default_rng([seed, k, v]), outliers=outliers, dim_max=dim_max,
+                defocus_p=defocus_p, crowd_p=crowd_p,
+            )  # fmt: skip
             mn_v = mn if lab_v.shape == mn.shape else resize(mn, lab_v.shape, order=0, anti_aliasing=False) > 0
+            if crowd_p > 0:  # a nucleus copied over a micronucleus is taught, not masked out
+                mn_v = mn_v & (lab_v == 0)
             items.append(prepare(out, lab_v, mn_v))
     return items
 
@@ -241,6 +251,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         metavar="P",
         help="share of the hard-case renderings defocused (appearance.defocus: the field or some nuclei blurred)",
     )
+    p.add_argument(
+        "--crowd",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="share of the hard-case renderings crowded first (appearance.crowd: the image's own nuclei packed "
+        "against each other, touching and overlapping)",
+    )
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate, the same for any number of processes")
     p.add_argument("--eval-every", type=int, default=150)
     p.add_argument("--seed", type=int, default=0)
@@ -287,8 +305,9 @@ def load_data(args):
     else:
         if real:
             real += real_variants(
-                args.data / "mnfinder" / "train", args.variants, args.seed, args.outliers, args.dim_max, args.defocus
-            )
+                args.data / "mnfinder" / "train", args.variants, args.seed, args.outliers, args.dim_max, args.defocus,
+                args.crowd,
+            )  # fmt: skip
         synth = [prepare(*wide_synth(100_000 + i, args.seam)) for i in range(args.synth)]
         vals = (wide_synth(900_000 + i, args.seam) for i in range(args.synth_val))
         synth_val = [(im, lab, None, median_diameter(lab)) for im, lab in vals]
@@ -492,6 +511,7 @@ def describe_data(args) -> tuple[list[str], str]:
         if not args.no_real:
             extra = f", with outliers, dim nuclei up to {args.dim_max:g}x" if args.outliers else ""
             extra += f", {args.defocus:g} of them defocused" if args.defocus else ""
+            extra += f", {args.crowd:g} of them crowded" if args.crowd else ""
             data.append(
                 f"mnfinder/train x{args.variants} hard-case renderings (napari_unet.core.appearance.perturb{extra})"
             )

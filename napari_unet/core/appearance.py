@@ -16,6 +16,8 @@ stay true by construction (nuclei keep their outline, everything added outside t
 * `uneven_illumination`: widefield vignetting and a background ramp.
 * `bright_debris`: one bright out-of-focus blob (dust, debris) on the background.
 * `defocus`: widefield blur of the whole field, or of some nuclei only (cells at other heights).
+* `crowd`: the field's own nuclei copied against each other until they cover much of it (a confluent culture,
+  a tissue section: touching and overlapping nuclei with no dark line between them). It changes the labels too.
 
 `perturb` draws a random mix of these; the training recipe applies it to real and synthetic images,
 and `benchmarks/hard_cases.py` applies each one alone, at fixed strengths, to score the model.
@@ -38,6 +40,7 @@ __all__ = [
     "bright_debris",
     "camera",
     "condense",
+    "crowd",
     "defocus",
     "dim_nuclei",
     "hot_pixels",
@@ -224,6 +227,81 @@ def defocus(
     return np.where(sharp, fresh, img + glow).astype(np.float32)
 
 
+def crowd(
+    image: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    fill: float = 0.35,
+    overlap: tuple[float, float] = (0.0, 0.15),
+    tries: int = 4000,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Copies of the field's own nuclei packed against its nuclei until they cover `fill` of the field.
+
+    Each copy (a whole nucleus not cut by the field's edge, its signal above the background with a soft 1 px
+    rim, turned by a multiple of 90 degrees and maybe mirrored) is placed against a nucleus drawn at random,
+    its centre (1 - o) x the sum of their equivalent radii away, o drawn from `overlap`: 0 touches, 0.15
+    overlaps by about a third of a radius. The signal adds where they overlap, as nuclei above one another do
+    in a widefield image or a thick section; the copy is on top, so it takes the labels there. A placement is
+    refused when it leaves the field, lies more than a third on other nuclei, or covers more than 40 % of one.
+
+    Returns:
+        (float32 image, int32 labels 1..N): the labels change with the image.
+    """
+    img = np.array(image, np.float32)
+    lab = np.array(labels, np.int32)
+    H, W = lab.shape
+    bg, _ = _levels(img, lab)
+    sources = []
+    for i, box in enumerate(ndi.find_objects(lab), start=1):
+        if box is None or box[0].start == 0 or box[1].start == 0 or box[0].stop == H or box[1].stop == W:
+            continue
+        ys = slice(max(0, box[0].start - 2), min(H, box[0].stop + 2))
+        xs = slice(max(0, box[1].start - 2), min(W, box[1].stop + 2))
+        mask = lab[ys, xs] == i
+        if mask.sum() < 30:
+            continue
+        rim = ndi.gaussian_filter(ndi.binary_dilation(mask).astype(np.float32), 1.0)
+        rim[rim < 0.01] = 0  # no faint square around the copy
+        sources.append((np.clip(img[ys, xs] - bg, 0, None) * np.maximum(rim, mask), mask))
+    if not sources:
+        return img, lab
+    areas = np.bincount(lab.ravel()).astype(np.int64)
+    present = [int(i) for i in np.flatnonzero(areas[1:]) + 1]
+    centres = dict(zip(present, ndi.center_of_mass(np.ones_like(lab), lab, present)))
+    covered, target = int((lab > 0).sum()), fill * lab.size
+    for _ in range(tries):
+        if covered >= target:
+            break
+        signal, mask = sources[int(rng.integers(len(sources)))]
+        k = int(rng.integers(4))
+        signal, mask = np.rot90(signal, k), np.rot90(mask, k)
+        if rng.random() < 0.5:
+            signal, mask = signal[:, ::-1], mask[:, ::-1]
+        t = present[int(rng.integers(len(present)))]
+        angle = rng.uniform(0, 2 * np.pi)
+        dist = (1 - rng.uniform(*overlap)) * (math.sqrt(areas[t] / np.pi) + math.sqrt(mask.sum() / np.pi))
+        (ty, tx), (h, w) = centres[t], mask.shape
+        y0, x0 = round(ty + dist * math.sin(angle) - h / 2), round(tx + dist * math.cos(angle) - w / 2)
+        if y0 < 0 or x0 < 0 or y0 + h > H or x0 + w > W:
+            continue
+        region = lab[y0 : y0 + h, x0 : x0 + w]
+        under = np.bincount(region[mask], minlength=areas.size)
+        if under[1:].sum() > mask.sum() / 3 or np.any(under[1:] > 0.4 * np.maximum(areas[1:], 1)):
+            continue
+        new = areas.size
+        img[y0 : y0 + h, x0 : x0 + w] += signal
+        region[mask] = new
+        areas -= under
+        areas = np.append(areas, int(mask.sum()))
+        covered += int(mask.sum()) - int(under[1:].sum())
+        present.append(new)
+        centres[new] = (y0 + h / 2, x0 + w / 2)
+    kept = np.flatnonzero(areas[1:]) + 1
+    lut = np.zeros(areas.size, np.int32)
+    lut[kept] = np.arange(1, kept.size + 1, dtype=np.int32)
+    return img, lut[lab]
+
+
 def rescale(image: np.ndarray, labels: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
     """The field at `factor` x the magnification (anti-aliased image, nearest-neighbour labels)."""
     shape = tuple(max(8, round(s * factor)) for s in labels.shape)
@@ -312,6 +390,7 @@ def perturb(
     outliers: bool = False,
     dim_max: float = 12.0,
     defocus_p: float = 0.0,
+    crowd_p: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A random mix of the hard cases above, for training (each with its own probability).
 
@@ -319,9 +398,13 @@ def perturb(
     (the fine-tunes of 2026-12-05, not shipped); without it the draws are v2's, so v2's recipe stays
     reproducible. The same random numbers are drawn for any `dim_max`. With probability `defocus_p` the field
     is defocused before the camera (`defocus`: the whole field by 0.04-0.2 diameters, or a tenth to a half of
-    the nuclei by 0.1-0.3); at 0, no number is drawn for it, so the other draws stay v2's.
+    the nuclei by 0.1-0.3); at 0, no number is drawn for it, so the other draws stay v2's. With probability
+    `crowd_p` the field is first crowded (`crowd`: 25-55 % of it nuclei, overlapping by up to 0-0.3 of their
+    radii); at 0 nothing is drawn either.
     """
     img, lab = np.asarray(image, np.float32), labels
+    if crowd_p > 0 and rng.random() < crowd_p:
+        img, lab = crowd(img, lab, rng, fill=rng.uniform(0.25, 0.55), overlap=(0.0, rng.uniform(0.0, 0.3)))
     if rng.random() < 0.25:  # lower magnification: small nuclei, later upscaled to the model's size
         img, lab = rescale(img, lab, float(np.exp(rng.uniform(np.log(0.35), np.log(0.8)))))
     if rng.random() < 0.35:

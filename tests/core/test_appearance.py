@@ -115,6 +115,38 @@ def test_perturb_defocus_is_off_by_default_and_draws_nothing_then(field):
     assert any(not np.array_equal(b, A.perturb(img, lab, np.random.default_rng(s))[0]) for s, b in enumerate(blurred))
 
 
+def test_crowd_packs_copies_of_the_nuclei_with_true_labels(field):
+    img, lab = field
+    img = img.astype(np.float32)
+    dense, dlab = A.crowd(img, lab, np.random.default_rng(0), fill=0.5, overlap=(0.0, 0.2))
+    assert dense.shape == img.shape and dense.dtype == np.float32 and dlab.dtype == np.int32
+    assert (lab > 0).mean() < 0.35 and 0.45 <= (dlab > 0).mean() < 0.6
+    ids = np.unique(dlab[dlab > 0])
+    np.testing.assert_array_equal(ids, np.arange(1, dlab.max() + 1))  # 1..N, none lost to a copy
+    assert dlab.max() > 1.4 * lab.max()
+    bg = float(np.median(img[lab == 0]))
+    # Where nothing was pasted the image is untouched; a pasted nucleus is bright over the background.
+    untouched = (dlab == lab) & (ndi.binary_dilation(dlab > lab.max(), iterations=6) == 0)
+    np.testing.assert_array_equal(dense[untouched], img[untouched])
+    for i in ids[ids > lab.max()][:10]:
+        assert np.median(dense[dlab == i]) > bg + 0.5 * (np.median(img[lab > 0]) - bg)
+    # Copies touch the nuclei they were placed against: (almost) every copy has a labelled neighbour.
+    copies = ids[ids > lab.max()]
+    touching = [np.any(~np.isin(dlab[ndi.binary_dilation(dlab == i, iterations=2)], [0, i])) for i in copies]
+    assert np.mean(touching) > 0.9
+    again = A.crowd(img, lab, np.random.default_rng(0), fill=0.5, overlap=(0.0, 0.2))
+    np.testing.assert_array_equal(again[1], dlab)
+
+
+def test_perturb_crowd_is_off_by_default_and_draws_nothing_then(field):
+    img, lab = field
+    plain = A.perturb(img, lab, np.random.default_rng(3))
+    same = A.perturb(img, lab, np.random.default_rng(3), crowd_p=0.0)
+    np.testing.assert_array_equal(plain[0], same[0])
+    crowded = A.perturb(img, lab, np.random.default_rng(3), crowd_p=1.0)
+    assert crowded[1].max() > lab.max()
+
+
 def test_perturb_is_deterministic(field):
     img, lab = field
     a = A.perturb(img, lab, np.random.default_rng(5))
