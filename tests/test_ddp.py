@@ -170,3 +170,13 @@ def test_the_recipe_defocuses_renders_only_when_asked_and_says_so(monkeypatch):
     assert plain.defocus == 0.0 and blurred.defocus == 0.3
     assert not any("defocused" in d for d in T.describe_data(plain)[0])  # v2's command draws v2's renders
     assert any("0.3 of them defocused" in d for d in T.describe_data(blurred)[0])
+
+
+def test_the_recipe_crowds_renders_only_when_asked_and_says_so(monkeypatch):
+    monkeypatch.syspath_prepend(str(RECIPES))
+    import train_bundled as T
+
+    plain, crowded = T.parse_args([]), T.parse_args(["--crowd", "0.4"])
+    assert plain.crowd == 0.0 and crowded.crowd == 0.4
+    assert not any("crowded" in d for d in T.describe_data(plain)[0])
+    assert any("0.4 of them crowded" in d for d in T.describe_data(crowded)[0])
