@@ -98,3 +98,20 @@ def test_a_sparse_field_is_measured_on_more_than_one_crop(bundled):
     est = _estimate(bundled, img)
     assert 0.8 * true <= est <= 1.3 * true, f"estimate {est:.1f} px, truth {true:.1f} px"
     assert match_instances(lab, segment(img, load_model("bundled")), 0.5).ap > 0.9
+
+
+def test_a_crowded_field_is_not_taken_for_a_few_clumps(bundled):
+    """mnfinder val's third image with copies of its own nuclei packed to half the field, overlapping: at a
+    far too coarse candidate the clumps shrink into a few objects of about its size, consistent but alone
+    (estimated 159 px for 37 px nuclei); whole nuclei measure the same at two neighbouring candidates."""
+    from napari_unet.core.appearance import crowd
+
+    if not DATA.is_dir():
+        pytest.skip(f"no shared data at {DATA}")
+    val = DATA / "mnfinder" / "val"
+    name = sorted((val / "images").glob("*.tif"))[2].name
+    image, labels = tifffile.imread(val / "images" / name), tifffile.imread(val / "nuclei" / name).astype(np.int32)
+    img, lab = crowd(image, labels, np.random.default_rng([24, 2]), fill=0.5, overlap=(0.0, 0.3))
+    true = median_diameter(lab)
+    est = _estimate(bundled, img)
+    assert 0.8 * true <= est <= 1.2 * true, f"estimate {est:.1f} px, truth {true:.1f} px"
