@@ -180,6 +180,7 @@ def estimate_diameter(infer: InferenceModel, plane: np.ndarray, info: ModelInfo)
         CANDIDATE_DIAMETERS,
         at_once,
     )
+
     def agrees(j: int, found: float) -> bool:  # candidate j measures the same objects (within 1.25x)
         other = measured[j][0] if 0 <= j < len(measured) else None
         return other is not None and abs(np.log(other / found)) < np.log(1.25)
