@@ -143,11 +143,11 @@ def cases() -> dict[str, tuple[str, Callable[[], list[Sample]]]]:
             lambda: _each(val(), lambda im, lab, r: A.dim_nuclei(im, lab, r, 0.33, 10.0), 19),
         ),
         # 5. touching nuclei: the field's own nuclei packed against each other (a confluent culture, a section)
-        "crowded: real nuclei copied to 35 % of the field, touching": (
+        "crowded: real nuclei copied to 35 % of the field, touching (centres up to 15 % closer)": (
             "clean",
             lambda: _crowded(val(), 0.35, (0.0, 0.15), 23),
         ),
-        "crowded: 50 % of the field, overlapping by up to 0.3 radii": (
+        "crowded: 50 % of the field, overlapping (centres up to 30 % closer than touching)": (
             "clean",
             lambda: _crowded(val(), 0.5, (0.0, 0.3), 24),
         ),

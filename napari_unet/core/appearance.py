@@ -242,7 +242,8 @@ def crowd(
     its centre (1 - o) x the sum of their equivalent radii away, o drawn from `overlap`: 0 touches, 0.15
     overlaps by about a third of a radius. The signal adds where they overlap, as nuclei above one another do
     in a widefield image or a thick section; the copy is on top, so it takes the labels there. A placement is
-    refused when it leaves the field, lies more than a third on other nuclei, or covers more than 40 % of one.
+    refused when it leaves the field, lies more than a third on other nuclei, or covers more than 40 % of one
+    (what a copy leaves of a nucleus may be in two parts, under one label).
 
     Returns:
         (float32 image, int32 labels 1..N): the labels change with the image.
@@ -399,8 +400,8 @@ def perturb(
     reproducible. The same random numbers are drawn for any `dim_max`. With probability `defocus_p` the field
     is defocused before the camera (`defocus`: the whole field by 0.04-0.2 diameters, or a tenth to a half of
     the nuclei by 0.1-0.3); at 0, no number is drawn for it, so the other draws stay v2's. With probability
-    `crowd_p` the field is first crowded (`crowd`: 25-55 % of it nuclei, overlapping by up to 0-0.3 of their
-    radii); at 0 nothing is drawn either.
+    `crowd_p` the field is first crowded (`crowd`: 25-55 % of it nuclei, centres up to 0-30 % closer than
+    touching); at 0 nothing is drawn either.
     """
     img, lab = np.asarray(image, np.float32), labels
     if crowd_p > 0 and rng.random() < crowd_p:
