@@ -235,12 +235,17 @@ def jittered(
     """
     out = {}
     for name, samples in datasets.items():
-        estimates = [segment_at(s.image, None).diameter for s in samples]
+        first = [segment_at(s.image, None) for s in samples]  # at the estimate: the factor 1's labels too
         out[name] = [
             aggregate(
                 [
-                    match_instances(s.labels, segment_at(s.image, d * f).labels, 0.5, ignore=getattr(s, "ignore", None))
-                    for s, d in zip(samples, estimates)
+                    match_instances(
+                        s.labels,
+                        (r if f == 1 else segment_at(s.image, r.diameter * f)).labels,
+                        0.5,
+                        ignore=getattr(s, "ignore", None),
+                    )
+                    for s, r in zip(samples, first)
                 ]
             ).ap
             for f in factors
