@@ -295,26 +295,25 @@ def format_table(results: Mapping[str, Mapping[str, Any]], method: str = "") -> 
     return "\n".join(lines)
 
 
-def _make_segment_fn(
-    method: str, model: str | None, merge_cuts: bool = True, min_score: float | None = None, jitter: bool = False
-) -> SegmentFn:
-    if method in ("classical", "classical_log"):
-        from napari_unet.core.classical import classical_segment
+def _classical_fn(method: str) -> SegmentFn:
+    from napari_unet.core.classical import classical_segment
 
-        if method == "classical_log":
-            return partial(classical_segment, log_threshold=True)
-        return classical_segment
-    if method == "unet":
-        import napari_unet  # lazy: heavy, and written separately
+    if method == "classical_log":
+        return partial(classical_segment, log_threshold=True)
+    return classical_segment
 
-        net = napari_unet.load_model(model or "bundled")
-        extra = {} if min_score is None else {"min_score": min_score}
-        if jitter:  # segment_at(image, diameter) for `jittered`
-            return lambda image, d: napari_unet.segment(
-                image, net, diameter=d, merge_cuts=merge_cuts, return_result=True, **extra
-            )
-        return lambda image: napari_unet.segment(image, net, merge_cuts=merge_cuts, **extra)
-    raise ValueError(f"unknown method {method!r}")
+
+def _unet_segment_at(model: str | None, merge_cuts: bool = True, min_score: float | None = None):
+    """``segment_at(image, diameter)`` -> `SegmentResult` with the U-Net, loaded once; diameter None: estimated."""
+    import napari_unet  # lazy: heavy, and written separately
+
+    net = napari_unet.load_model(model or "bundled")
+    extra = {} if min_score is None else {"min_score": min_score}
+
+    def segment_at(image, diameter):
+        return napari_unet.segment(image, net, diameter=diameter, merge_cuts=merge_cuts, return_result=True, **extra)
+
+    return segment_at
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -365,8 +364,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             datasets[name] = load_dataset(name)
         except (ImportError, FileNotFoundError) as exc:
             print(f"skipping {name}: {exc}", file=sys.stderr)
-    segment_fn = _make_segment_fn(args.method, args.model, not args.no_merge_cuts, args.min_score)
-    results = evaluate(segment_fn, datasets)
+    if args.method == "unet":
+        segment_at = _unet_segment_at(args.model, not args.no_merge_cuts, args.min_score)
+        results = evaluate(lambda image: segment_at(image, None).labels, datasets)
+    else:
+        results = evaluate(_classical_fn(args.method), datasets)
     label = args.method + (f" ({args.model})" if args.method == "unet" and args.model else "")
     print(format_table(results, label))
     if args.per_image:
@@ -378,7 +380,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"AP50={row['ap50']:.3f} AP75={row['ap75']:.3f} {row['seconds']:.2f}s"
                 )
     if args.jitter:
-        segment_at = _make_segment_fn(args.method, args.model, not args.no_merge_cuts, args.min_score, jitter=True)
         print("\n| dataset | " + " | ".join(f"x{f}" for f in JITTER) + " | mean | sd |")
         print("|---|" + "---:|" * (len(JITTER) + 2))
         for name, aps in jittered(segment_at, datasets).items():
