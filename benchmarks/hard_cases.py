@@ -3,10 +3,11 @@
 Usage::
 
     python benchmarks/hard_cases.py [--models bundled,recipes/bundled_v1.safetensors] [--cases "a;b"]
-                                    [--tta] [--no-classical]
+                                    [--tta] [--no-classical] [--images bbbc007]
 
-Every case takes real gold-labelled images (mnfinder val: 3 images, 232 nuclei) or synthetic ones
-with exact labels, and renders one failure class seen on other labs' images onto them
+Every case takes real gold-labelled images (mnfinder val: 3 images, 232 nuclei; `--images bbbc007`:
+another lab's 14 images, 1,249 nuclei, silver labels that classical reproduces) or synthetic ones with
+exact labels, and renders one failure class seen on other labs' images onto them
 (`napari_unet.core.appearance`, `napari_unet.core.synth`); the labels stay true. Each row gives
 AP@0.5 (summed over the set, diameter estimated automatically) for every model, the classical
 pipeline (Otsu + watershed, linear and log thresholds), and the drop from the same images without
@@ -96,9 +97,10 @@ def _synth(n: int, seed: int, **style) -> list[Sample]:
     return [Sample(f"synth_{i}", img, lab) for i, (img, lab) in enumerate(pairs)]
 
 
-def cases() -> dict[str, tuple[str, Callable[[], list[Sample]]]]:
-    """name -> (clean reference case, builder of the samples)."""
-    val = partial(load_dataset, "mnfinder_val")
+def cases(images: str = "mnfinder_val") -> dict[str, tuple[str, Callable[[], list[Sample]]]]:
+    """name -> (clean reference case, builder of the samples); the real rows render `images` (an
+    `eval_accuracy` set)."""
+    val = partial(load_dataset, images)
     cyto = A.add_cytoplasm
     return {
         "clean": ("clean", val),
@@ -230,6 +232,12 @@ def main(argv=None) -> int:
     p.add_argument("--no-merge-cuts", action="store_true", help="the models keep objects cut in two apart")
     p.add_argument("--min-score", type=float, default=MIN_SCORE, help="drop objects scored below (0: keep all)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--images",
+        default="mnfinder_val",
+        choices=["mnfinder_val", "bbbc007"],
+        help="the real images the real rows render (bbbc007: another lab's, silver labels, never selected on)",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     import napari_unet
@@ -245,7 +253,7 @@ def main(argv=None) -> int:
     if not args.no_classical:
         methods["classical"] = _flat(classical_segment)
         methods["classical (log)"] = _flat(partial(classical_segment, log_threshold=True))
-    table = cases()
+    table = cases(args.images)
     names = [c.strip() for c in args.cases.split(";") if c.strip()] or list(table)
     if unknown := [n for n in names if n not in table]:
         p.error(f"unknown case(s): {'; '.join(unknown)} (known: {'; '.join(table)})")

@@ -26,7 +26,9 @@ With `--init`, the starting weights are scored first as step 0, so a fine-tune t
 on the selection sets writes them back. `--outliers` adds condensed nuclei up to 30x, dim nuclei and
 bright debris to the hard-case renderings (the fine-tunes of 2026-12-05 in benchmarks/RESULTS.md);
 `--defocus P` blurs a share P of them as a defocused widefield image does; `--crowd P` first packs a
-share P of them with copies of their own nuclei (`appearance.crowd`).
+share P of them with copies of their own nuclei (`appearance.crowd`); `--distill W` (with `--init`) adds W x
+the KL divergence from the starting model's probabilities on every crop but the crowded renders, so a
+fine-tune learns those and keeps the starting model's answers elsewhere (learning without forgetting).
 `--seam LOW,HIGH` parts touching synthetic nuclei by a dark seam, as `synth.WIDE` has done since v2.1;
 the default (no seam) keeps the synthetic images v2 trained on.
 The hard-case suite (`benchmarks/hard_cases.py`) is never used for selection. `--no-real` trains on
@@ -119,9 +121,11 @@ def load_real(split_dir: Path):
 
 
 def crop_batch(pool, n, size, rng):
-    imgs, tgts, wts, msks = [], [], [], []
+    """`n` random crops of `size` from `pool`: image, targets, weights and mask tensors, and the pool's indices."""
+    imgs, tgts, wts, msks, picks = [], [], [], [], []
     for _ in range(n):
-        img, tgt, wt, msk = pool[rng.integers(len(pool))]
+        picks.append(int(rng.integers(len(pool))))
+        img, tgt, wt, msk = pool[picks[-1]]
         H, W = img.shape
         if H < size or W < size:  # mirror-pad small images up to the crop size
             py, px = max(0, size - H), max(0, size - W)
@@ -132,7 +136,7 @@ def crop_batch(pool, n, size, rng):
         sl = (slice(y, y + size), slice(x, x + size))
         imgs.append(img[sl]), tgts.append(tgt[sl]), wts.append(wt[sl]), msks.append(msk[sl])
     t = torch.from_numpy
-    return t(np.stack(imgs))[:, None], t(np.stack(tgts)), t(np.stack(wts)), t(np.stack(msks))
+    return t(np.stack(imgs))[:, None], t(np.stack(tgts)), t(np.stack(wts)), t(np.stack(msks)), picks
 
 
 def evaluate(model, val_sets):
@@ -166,13 +170,15 @@ def real_variants(
     defocus_p: float = 0.0,
     crowd_p: float = 0.0,
 ):
-    """`n` hard-case renderings (`appearance.perturb`) of every real image of a split."""
-    items = []
+    """`n` hard-case renderings (`appearance.perturb`) of every real image of a split, and whether each was
+    crowded (`perturb`'s first draw, read from a copy of its generator)."""
+    items, crowded = [], []
     for k, f in enumerate(sorted((split_dir / "images").glob("*.tif"))):
         img = tifffile.imread(f)
         lab = tifffile.imread(split_dir / "nuclei" / f.name).astype(np.int32)
         mn = tifffile.imread(split_dir / "micronuclei" / f.name) > 0
         for v in range(n):
+            crowded.append(crowd_p > 0 and np.random.default_rng([seed, k, v]).random() < crowd_p)
             out, lab_v = perturb(
                 img, lab, np.random.default_rng([seed, k, v]), outliers=outliers, dim_max=dim_max,
                 defocus_p=defocus_p, crowd_p=crowd_p,
@@ -181,7 +187,7 @@ def real_variants(
             if crowd_p > 0:  # a nucleus copied over a micronucleus is taught, not masked out
                 mn_v = mn_v & (lab_v == 0)
             items.append(prepare(out, lab_v, mn_v))
-    return items
+    return items, crowded
 
 
 def _fractions(text: str) -> tuple[float, float]:
@@ -259,6 +265,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="share of the hard-case renderings crowded first (appearance.crowd: the image's own nuclei packed "
         "against each other, touching and overlapping)",
     )
+    p.add_argument(
+        "--distill",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help="with --init: add W x the KL divergence from the starting model's class probabilities (frozen, eval "
+        "mode) on every crop but the crowded renders, so that a fine-tune learns the crowded fields and keeps "
+        "its behaviour elsewhere (learning without forgetting)",
+    )
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate, the same for any number of processes")
     p.add_argument("--eval-every", type=int, default=150)
     p.add_argument("--seed", type=int, default=0)
@@ -276,14 +291,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         p.error("--steps must be at least 1")
+    if args.distill < 0 or (args.distill and not args.init):
+        p.error("--distill W needs --init (the starting model teaches) and W >= 0")
     if args.no_real and args.synth_val < 1:
         p.error("--no-real selects on synthetic validation images: --synth-val must be at least 1")
     return args
 
 
 def load_data(args):
-    """(real pool, its first n_orig unperturbed, real val sets, synthetic pool, synthetic val sets, augmentation)."""
-    real, val_sets = [], []
+    """(real pool, its first n_orig unperturbed, which of the rest were crowded, real val sets, synthetic pool,
+    synthetic val sets, augmentation)."""
+    real, val_sets, crowded = [], [], []
     if not args.no_real:
         tdir, vdir = args.data / "mnfinder" / "train", args.data / "mnfinder" / "val"
         if not (tdir / "images").is_dir():
@@ -304,15 +322,16 @@ def load_data(args):
         aug = AugmentConfig()
     else:
         if real:
-            real += real_variants(
+            renders, crowded = real_variants(
                 args.data / "mnfinder" / "train", args.variants, args.seed, args.outliers, args.dim_max, args.defocus,
                 args.crowd,
             )  # fmt: skip
+            real += renders
         synth = [prepare(*wide_synth(100_000 + i, args.seam)) for i in range(args.synth)]
         vals = (wide_synth(900_000 + i, args.seam) for i in range(args.synth_val))
         synth_val = [(im, lab, None, median_diameter(lab)) for im, lab in vals]
         aug = AugmentConfig(scale=(0.6, 1.6))  # the size estimate may miss by 20 %; cover it twice over
-    return real, n_orig, val_sets, synth, synth_val, aug
+    return real, n_orig, crowded, val_sets, synth, synth_val, aug
 
 
 def dump_state(model, path: Path) -> None:
@@ -334,7 +353,7 @@ def main():
     rng = np.random.default_rng(ddp.rank_seed(args.seed, ctx.rank))  # each rank draws its own crops
     t0 = time.time()
 
-    real, n_orig, val_sets, synth, synth_val, aug = load_data(args)
+    real, n_orig, crowded, val_sets, synth, synth_val, aug = load_data(args)
     log(f"data ready: {len(real)} real, {len(synth)} synthetic, {time.time() - t0:.0f}s", flush=True)
 
     def score(model):
@@ -391,6 +410,9 @@ def main():
             g.set_state(ck["torch_rng"])
         log(f"resumed at step {step}, {done:.0f}s of {budget:.0f}s done", flush=True)
     net = ddp.wrap(model, ctx)  # forward and backward through `net`; everything else uses `model` itself
+    teacher, kl_ema = None, None  # kl_ema: the distillation term in the log (loss includes it)
+    if args.distill:  # the starting weights as they are used: eval mode (running BatchNorm statistics, no dropout)
+        teacher = read_model(args.init)[0].to(ctx.device).eval().requires_grad_(False)
     if args.dump_weights:
         dump_state(model, args.dump_weights / f"rank{ctx.rank}_start.safetensors")
     if args.init and not args.resume and ctx.main:
@@ -418,7 +440,7 @@ def main():
         k = n_real if args.v1 else int(rng.binomial(n_real, args.original_frac))
         draws = [(real[:n_orig], k), (real[n_orig:], n_real - k), (synth, n_synth)]
         parts = [crop_batch(pool, n, args.patch, rng) for pool, n in draws if n]
-        img, tgt, wt, msk = (torch.cat(z).to(ctx.device) for z in zip(*parts))
+        img, tgt, wt, msk = (torch.cat(z).to(ctx.device) for z in list(zip(*parts))[:4])
         img, tgt, wt, msk = augment_batch(img, tgt, wt, msk, aug, g)
         with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=args.bf16):
             logits = net(img)
@@ -426,6 +448,19 @@ def main():
             c = (tgt.shape[-1] - logits.shape[-1]) // 2
             tgt, wt, msk = (a[..., c : c + logits.shape[-2], c : c + logits.shape[-1]] for a in (tgt, wt, msk))
         loss = masked_loss(logits.float(), tgt, wt, msk)
+        if teacher is not None:
+            # every crop keeps the teacher's answer but those of crowded renders (draws[1]: the renders)
+            drawn = [i for i, (_, n) in enumerate(draws) if n]
+            keep = torch.tensor([not (i == 1 and crowded[j]) for i, part in zip(drawn, parts) for j in part[4]])
+            if keep.any():
+                with torch.no_grad(), torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=args.bf16):
+                    target = torch.softmax(teacher(img[keep]).float(), 1)
+                log_student = torch.log_softmax(logits[keep].float(), 1)
+                kl = (target * (target.clamp_min(1e-8).log() - log_student)).sum(1)
+                m = msk[keep].float()  # where the labels teach (micronuclei masked out), so does the teacher
+                kl = (kl * m).sum() / m.sum().clamp_min(1.0)
+                loss = loss + args.distill * kl
+                kl_ema = kl.item() if kl_ema is None else 0.95 * kl_ema + 0.05 * kl.item()
         opt.zero_grad(set_to_none=True)
         loss.backward()  # under DDP the gradients are averaged over the ranks here
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -434,7 +469,8 @@ def main():
         ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()  # rank 0's batches in the log
         if step % 25 == 0:
             log(
-                f"step {step} t={elapsed:.0f}s loss={ema:.4f} lr={lr:.2e} {step / max(elapsed, 1e-9):.2f} it/s",
+                f"step {step} t={elapsed:.0f}s loss={ema:.4f} lr={lr:.2e} {step / max(elapsed, 1e-9):.2f} it/s"
+                + ("" if kl_ema is None else f" kl={kl_ema:.4f}"),
                 flush=True,
             )
         if step % args.eval_every == 0:

@@ -180,3 +180,73 @@ def test_the_recipe_crowds_renders_only_when_asked_and_says_so(monkeypatch):
     assert plain.crowd == 0.0 and crowded.crowd == 0.4
     assert not any("crowded" in d for d in T.describe_data(plain)[0])
     assert any("0.4 of them crowded" in d for d in T.describe_data(crowded)[0])
+
+
+def test_the_recipe_knows_which_renders_it_crowded(monkeypatch, tmp_path):
+    """`--distill` spares the crowded renders; `real_variants` must flag exactly those (the flag is
+    `perturb`'s first draw, read from a copy of its generator, so a change of draw order breaks it)."""
+    import numpy as np
+    import tifffile
+
+    from napari_unet.core.synth import synth_nuclei
+
+    monkeypatch.syspath_prepend(str(RECIPES))
+    import train_bundled as T
+
+    for sub in ("images", "nuclei", "micronuclei"):
+        (tmp_path / sub).mkdir()
+    for i in range(2):
+        img, lab = synth_nuclei((160, 160), rng=i)
+        tifffile.imwrite(tmp_path / "images" / f"{i}.tif", img)
+        tifffile.imwrite(tmp_path / "nuclei" / f"{i}.tif", lab.astype(np.uint16))
+        tifffile.imwrite(tmp_path / "micronuclei" / f"{i}.tif", np.zeros_like(lab, np.uint16))
+    plain_items, plain_flags = T.real_variants(tmp_path, 3, seed=0)
+    items, flags = T.real_variants(tmp_path, 3, seed=0, crowd_p=0.5)
+    assert len(items) == len(flags) == 6 and not any(plain_flags)
+    assert 0 < sum(flags) < 6  # both kinds among these seeds
+    for (_, tgt, _, _), (_, tgt0, _, _), f in zip(items, plain_items, flags):
+        # crowded renders pack copies of the nuclei into the field: far more foreground than before
+        grew = (tgt > 0).mean() > 1.3 * (tgt0 > 0).mean() if tgt.shape == tgt0.shape else None
+        assert grew in (f, None)
+
+
+def test_distilling_from_the_init_model_keeps_the_fine_tune_near_it(tmp_path):
+    """`--distill W`: the starting model's probabilities pull the fine-tune back; without it the same
+    steps move the outputs further from the starting model's."""
+    from safetensors.torch import load_file
+
+    from napari_unet.core.model import UNet, UNetConfig
+    from napari_unet.core.modelfile import ModelInfo, read_model, save_model
+    from napari_unet.core.synth import synth_nuclei
+
+    cfg = UNetConfig(base=4, depth=2)
+    torch.manual_seed(0)
+    init = tmp_path / "init.safetensors"
+    save_model(UNet(cfg), ModelInfo(config=cfg, diameter=24.0, name="init"), init)
+    with pytest.raises(subprocess.CalledProcessError):  # a teacher is needed
+        subprocess.run([sys.executable, str(RECIPES / "train_bundled.py"), "--distill", "1"], check=True, cwd=ROOT)
+
+    def run(*extra):
+        dump = tmp_path / f"dump{len(extra)}"
+        res = subprocess.run(
+            [sys.executable, str(RECIPES / "train_bundled.py"), *TINY, "--init", str(init), "--steps", "20"]
+            + ["--lr", "0.01", "--dump-weights", str(dump), "--out", str(dump / "m.safetensors"), *extra],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        assert res.returncode == 0, res.stderr[-4000:]
+        net = UNet(cfg)
+        net.load_state_dict(load_file(str(dump / "rank0.safetensors")))
+        return net.eval()
+
+    img = torch.from_numpy(synth_nuclei((64, 64), rng=5)[0].astype("float32"))[None, None]
+    img = (img - img.mean()) / img.std()
+    teacher = read_model(init)[0].eval()
+
+    def gap(net):
+        with torch.no_grad():
+            return float((torch.softmax(net(img), 1) - torch.softmax(teacher(img), 1)).abs().mean())
+
+    plain, distilled = gap(run()), gap(run("--distill", "100"))
+    assert distilled < 0.6 * plain, (distilled, plain)
