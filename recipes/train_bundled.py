@@ -451,7 +451,8 @@ def main():
         if teacher is not None:
             # every crop keeps the teacher's answer but those of crowded renders (draws[1]: the renders)
             drawn = [i for i, (_, n) in enumerate(draws) if n]
-            keep = torch.tensor([not (i == 1 and crowded[j]) for i, part in zip(drawn, parts) for j in part[4]])
+            keep = [not (i == 1 and crowded[j]) for i, part in zip(drawn, parts) for j in part[4]]
+            keep = torch.tensor(keep, device=ctx.device)
             if keep.any():
                 with torch.no_grad(), torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=args.bf16):
                     target = torch.softmax(teacher(img[keep]).float(), 1)
