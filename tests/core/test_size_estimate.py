@@ -115,3 +115,19 @@ def test_a_crowded_field_is_not_taken_for_a_few_clumps(bundled):
     true = median_diameter(lab)
     est = _estimate(bundled, img)
     assert 0.8 * true <= est <= 1.2 * true, f"estimate {est:.1f} px, truth {true:.1f} px"
+
+
+def test_a_bright_blob_of_debris_is_not_taken_for_the_nuclei(bundled):
+    """A BBBC007 field with a blurred disc of debris over 5 % of it, 30x the nuclei's contrast: the disc
+    measures the same at the coarsest candidates, a plateau of one object, and was taken for the nuclei
+    (109 px for 20 px nuclei). The nuclei beside it are the finer plateau's many objects."""
+    from napari_unet.core.appearance import bright_debris
+
+    if not DATA.is_dir():
+        pytest.skip(f"no shared data at {DATA}")
+    image = tifffile.imread(DATA / "bbbc007" / "17P1_POS0011_D_1UL.tif")
+    labels = tifffile.imread(DATA / "bbbc007" / "17P1_POS0011_D_1UL_labels.tif").astype(np.int32)
+    img = bright_debris(image, labels, np.random.default_rng([16, 2]), area=0.05, level=30.0)
+    true = median_diameter(labels)
+    est = _estimate(bundled, img)
+    assert 0.8 * true <= est <= 1.3 * true, f"estimate {est:.1f} px, truth {true:.1f} px"
