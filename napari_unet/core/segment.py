@@ -210,9 +210,6 @@ def estimate_diameter(infer: InferenceModel, plane: np.ndarray, info: ModelInfo)
     a bright blob of debris over 5 % of a BBBC007 field, alone at the coarsest candidates, was taken for
     the nuclei (84-132 px for 20 px nuclei on 10 of 14 images). A coarser plateau of many objects stays:
     nuclei in a bright textured cytoplasm have a finer plateau of the cytoplasm's grains beside them.
-    The estimate must measure itself: where the refining pass at the guess finds objects more than 1.3x
-    off it, the next plateau, coarsest first, is tried (a BBBC007 field packed with copies of its
-    nuclei: clumps measured 90 and 108 px at the two coarsest candidates, and 58 px at 90 px).
     Falls back to the model's training diameter (no rescaling) when nothing is found.
     """
     # Objects are measured untrimmed (no `refine_outlines`): the model's diameter is that of its training labels,
@@ -252,15 +249,9 @@ def estimate_diameter(infer: InferenceModel, plane: np.ndarray, info: ModelInfo)
         inside = measured[chosen[-1]].share_inside(measured[finer].centres)
         if inside is not None and inside < 0.5:
             chosen = run
-    first = None
-    for run in [chosen] + [r for r in reversed(runs) if r is not chosen]:
-        guess = float(measured[run[-1]].diameter)
-        found = measure_at(infer, plane, model_diameter, guess, mask_threshold=mask_threshold).diameter
-        found = guess if found is None else found
-        first = found if first is None else first
-        if abs(np.log(found / guess)) < np.log(1.3):
-            return float(np.clip(found, 4, 400))
-    return float(np.clip(first, 4, 400))
+    guess = float(measured[chosen[-1]].diameter)
+    found = measure_at(infer, plane, model_diameter, guess, mask_threshold=mask_threshold).diameter
+    return float(np.clip(found if found is not None else guess, 4, 400))
 
 
 def estimate_on_planes(infer: InferenceModel, planes, info: ModelInfo) -> float:
