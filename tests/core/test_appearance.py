@@ -1,6 +1,7 @@
 """Hard-case renderings (napari_unet.core.appearance) and the wide synthetic style."""
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -225,7 +226,7 @@ def test_default_channel_passes_over_noise_and_dark_channels(field):
 
     from napari_unet.core.normalize import nuclear_channel
 
-    img, _ = field
+    img, lab = field
     rng = np.random.default_rng(0)
     dark = (100 + rng.poisson(0.3, img.shape)).astype(np.uint16)  # a camera's dark frame
     assert nuclear_channel(np.stack([dark, img]), 0, 2) == 1
@@ -240,3 +241,33 @@ def test_default_channel_passes_over_noise_and_dark_channels(field):
     assert nuclear_channel(jpeg, 0, 3) == 2
     mask = (img > np.percentile(img, 70)).astype(np.uint16)  # a binary channel is not a stain either
     assert nuclear_channel(np.stack([mask, img]), 0, 2) == 1
+    # A camera's hot pixels at 50x the nuclei held most of the stain's variance, which a light smoothing takes
+    # away: the stain was passed over as noise, and a cytoplasmic channel beside it was chosen.
+    hot = img.astype(np.float32)
+    hot.flat[rng.choice(hot.size, hot.size // 3000, replace=False)] = 50 * hot.max()
+    cyto = A.add_cytoplasm(np.zeros_like(hot), lab, rng, level=1.0, exclude_nuclei=1.0, reach=1.2) * img.max()
+    assert nuclear_channel(np.stack([cyto, hot]), 0, 2) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "index"), [("2022-04-14_RPE1_2", 3), ("2022-05-26_RPE1_1", 9), ("2022-05-26_RPE1_2", 10)]
+)
+def test_default_channel_is_not_a_cytoplasm_with_holes_at_the_nuclei(name, index):
+    """The hard-case suite's colour composite of three mnfinder train images (their nuclear stain, a flat
+    cytoplasmic stain dark in the nuclei, an empty channel): the cytoplasm was the more two-level channel and
+    was segmented (AP@0.5 0). It leaves a hole at every nucleus, which a nuclear stain does not."""
+    import tifffile
+
+    from napari_unet.core.normalize import hole_share, nuclear_channel
+
+    root = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnfinder" / "train"
+    if not root.is_dir():
+        pytest.skip(f"no shared data at {root}")
+    img = tifffile.imread(root / "images" / f"{name}.tif").astype(np.float32)
+    lab = tifffile.imread(root / "nuclei" / f"{name}.tif").astype(np.int32)
+    cyto = A.add_cytoplasm(
+        np.zeros_like(img), lab, np.random.default_rng([10, index]), level=1.0, exclude_nuclei=1.0, reach=1.0
+    )
+    cyto *= np.percentile(img, 99.8) / cyto.max()
+    assert hole_share(cyto) > 0.05 > hole_share(img)
+    assert nuclear_channel(np.stack([img, cyto, np.zeros_like(img)]), 0, 3) == 0
