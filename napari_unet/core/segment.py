@@ -111,16 +111,16 @@ class Measured:
     diameter: float | None  # median diameter of the objects measured, plane px (None: nothing found)
     n: int  # objects measured
     centres: np.ndarray  # (n, 2) their centres, plane px
-    #: (y0, x0, scale, foreground of every object found) per crop: the crop's px are plane px x scale
-    views: list[tuple[int, int, float, np.ndarray]] = field(default_factory=list)
+    #: (y0, x0, sy, sx, foreground of every object found) per crop: its px are plane px x (sy, sx)
+    views: list[tuple[int, int, float, float, np.ndarray]] = field(default_factory=list)
 
     def share_inside(self, points: np.ndarray) -> float | None:
         """The share of `points` (plane px) that fall on an object found here, among those inside its crops;
         None when no point is inside a crop."""
         inside = seen = 0
-        for y0, x0, scale, fg in self.views:
-            yy = np.floor((points[:, 0] - y0) * scale).astype(int)
-            xx = np.floor((points[:, 1] - x0) * scale).astype(int)
+        for y0, x0, sy, sx, fg in self.views:
+            yy = np.floor((points[:, 0] - y0) * sy).astype(int)
+            xx = np.floor((points[:, 1] - x0) * sx).astype(int)
             ok = (yy >= 0) & (yy < fg.shape[0]) & (xx >= 0) & (xx < fg.shape[1])
             seen += int(ok.sum())
             inside += int(fg[yy[ok], xx[ok]].sum())
@@ -147,17 +147,18 @@ def measure_at(
     inner_areas, all_areas, inner_centres, all_centres, views = [], [], [], [], []
     for y0, x0 in _busiest_windows(plane, crop, MAX_WINDOWS):
         sub = plane[y0 : y0 + crop, x0 : x0 + crop]
+        h, w = sub.shape
         if abs(scale - 1.0) > 0.02:
-            size = (max(8, round(sub.shape[0] * scale)), max(8, round(sub.shape[1] * scale)))
+            size = (max(8, round(h * scale)), max(8, round(w * scale)))
             sub = resize(sub, size, order=1, anti_aliasing=scale < 1, preserve_range=True).astype(np.float32)
-        sy, sx = sub.shape[0] / min(crop, plane.shape[0] - y0), sub.shape[1] / min(crop, plane.shape[1] - x0)
+        sy, sx = sub.shape[0] / h, sub.shape[1] / w
         probs = drain(predict_plane(infer, sub))
         # No rejoining here: at a far too small candidate scale it glues clumps of tiny nuclei into whole-looking
         # objects, and one mnfinder image at 0.33x was estimated at 6.3x its size (without: 0.98x).
         labels = labels_from_probabilities(
             probs, min_size=min_object_size(model_diameter), mask_threshold=mask_threshold, merge_cuts=False
         )
-        views.append((y0, x0, float(np.sqrt(sy * sx)), labels > 0))
+        views.append((y0, x0, sy, sx, labels > 0))
         areas = np.bincount(labels.ravel())
         ids = np.flatnonzero(areas[1:]) + 1
         centres = np.array(ndi.center_of_mass(labels > 0, labels, ids)).reshape(-1, 2) / (sy, sx) + (y0, x0)
