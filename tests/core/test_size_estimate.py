@@ -12,6 +12,7 @@ import tifffile
 import torch
 
 from napari_unet.api import load_model
+from napari_unet.core import appearance
 from napari_unet.core.appearance import add_chromatin, rescale
 from napari_unet.core.instances import median_diameter
 from napari_unet.core.normalize import normalize_plane, percentile_range
@@ -131,3 +132,48 @@ def test_a_bright_blob_of_debris_is_not_taken_for_the_nuclei(bundled):
     true = median_diameter(labels)
     est = _estimate(bundled, img)
     assert 0.8 * true <= est <= 1.3 * true, f"estimate {est:.1f} px, truth {true:.1f} px"
+
+
+def _field(path: Path, labels_path: Path, render):
+    if not DATA.is_dir():
+        pytest.skip(f"no shared data at {DATA}")
+    image, labels = tifffile.imread(path), tifffile.imread(labels_path).astype(np.int32)
+    return render(image, labels)
+
+
+_TRAIN = DATA / "mnfinder" / "train"
+_REFINED = {
+    # Copies of a BBBC007 field's nuclei packed to half of it: the clumps made the coarsest plateau (90 px), and
+    # one refining pass stopped at 58 px for 17 px nuclei.
+    "crowded": lambda: _field(
+        DATA / "bbbc007" / "17P1_POS0006_D_1UL.tif",
+        DATA / "bbbc007" / "17P1_POS0006_D_1UL_labels.tif",
+        lambda im, lab: appearance.crowd(im, lab, np.random.default_rng([24, 0]), fill=0.5, overlap=(0.0, 0.3)),
+    ),
+    # A cytoplasm at a quarter of the nuclei's level: whole cells made the coarsest plateau (98 px), and one
+    # refining pass stopped at 65 px for 38 px nuclei.
+    "cytoplasm": lambda: _field(
+        _TRAIN / "images" / "2023-05-31_misc_9.tif",
+        _TRAIN / "nuclei" / "2023-05-31_misc_9.tif",
+        lambda im, lab: (appearance.add_cytoplasm(im, lab, np.random.default_rng([11, 29]), level=0.25), lab),
+    ),
+    # Bright debris over 5 % of the field: the guess was right (41 px for 38 px nuclei), and the refining pass
+    # swung to the debris (115 px), then back (42 px), and again (89 px).
+    "debris": lambda: _field(
+        _TRAIN / "images" / "2023-05-31_misc_7.tif",
+        _TRAIN / "nuclei" / "2023-05-31_misc_7.tif",
+        lambda im, lab: (
+            appearance.bright_debris(im, lab, np.random.default_rng([16, 27]), area=0.05, level=30.0),
+            lab,
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_REFINED))
+def test_the_refining_pass_measures_until_it_finds_what_it_measured_at(bundled, case):
+    """The refining pass measures the guess again on the whole plane; where that lands more than 1.3x from the
+    guess, it measures again at what it found, and where no pass agrees with itself the guess stays."""
+    img, lab = _REFINED[case]()
+    true, est = median_diameter(lab), _estimate(bundled, img)
+    assert 0.8 * true <= est <= 1.2 * true, f"estimate {est:.1f} px, truth {true:.1f} px"
