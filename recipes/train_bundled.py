@@ -82,7 +82,7 @@ from napari_unet.core.instances import (  # noqa: E402
 )
 from napari_unet.core.losses import masked_loss  # noqa: E402
 from napari_unet.core.metrics import aggregate, match_instances  # noqa: E402
-from napari_unet.core.model import UNet, UNetConfig, count_parameters  # noqa: E402
+from napari_unet.core.model import UNet, UNetConfig, count_parameters, widen  # noqa: E402
 from napari_unet.core.modelfile import (  # noqa: E402
     ModelInfo,
     read_model,  # noqa: E402
@@ -216,6 +216,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoint", type=Path, help="write the run's state here every --eval-every steps")
     p.add_argument("--resume", action="store_true", help="carry on from --checkpoint (with as many processes)")
     p.add_argument("--base", type=int, default=16)
+    p.add_argument(
+        "--widen",
+        type=int,
+        metavar="BASE",
+        help="with --init: widen the starting model to BASE channels in its first stage, computing the same "
+        "function at step 0 (`model.widen`: the new channels are read with zero weights)",
+    )
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--mode", default="same", choices=["same", "valid"])
     p.add_argument("--norm", default="batch", choices=["batch", "none"])
@@ -293,6 +300,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--steps must be at least 1")
     if args.distill < 0 or (args.distill and not args.init):
         p.error("--distill W needs --init (the starting model teaches) and W >= 0")
+    if args.widen is not None and not args.init:
+        p.error("--widen BASE needs --init (the model to widen)")
     if args.no_real and args.synth_val < 1:
         p.error("--no-real selects on synthetic validation images: --synth-val must be at least 1")
     return args
@@ -381,7 +390,9 @@ def main():
     config = UNetConfig(base=args.base, depth=args.depth, mode=args.mode, norm=args.norm)
     if args.init:
         model, init_info = read_model(args.init)
-        config = init_info.config
+        if args.widen:
+            model = widen(model, args.widen)
+        config = model.config
         model.train()
     else:
         model = UNet(config)

@@ -12,7 +12,7 @@ why, instead of letting a skip concatenation fail deep inside `forward`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 from torch import nn
@@ -176,6 +176,45 @@ class UNet(nn.Module):
                 skip = _center_crop(skip, x.shape[-2], x.shape[-1])
             x = block(torch.cat([skip, x], dim=1))
         return self.head(x)
+
+
+def widen(model: UNet, base: int) -> UNet:
+    """A copy of `model` with `base` channels in its first stage (more than its own), computing the same function.
+
+    Every layer keeps its trained weights; the channels it gains start with PyTorch's default initialisation
+    (BatchNorm: identity) and the layers after them read them with zero weights, so the wider network's
+    output is the narrower one's (up to float rounding) until training moves those weights. Zero-read new
+    channels rather than copies of old ones (Net2WiderNet): with Adam a copy gets the same update as its
+    original and the two stay one channel, so that needs noise, which changes the function.
+    """
+    old = model.config
+    if base <= old.base:
+        raise ValueError(f"widen needs a base above the model's own ({old.base}), got {base}")
+    wide = UNet(replace(old, base=base))
+    # The first convolution of each decoder stage reads [skip, up-convolution]: two runs of old channels.
+    split = {f"up.{k}.0.weight": old.base * 2 ** (old.depth - 1 - k) for k in range(old.depth)}
+    state = wide.state_dict()
+    with torch.no_grad():
+        for key, w_old in model.state_dict().items():
+            w_new = state[key]
+            if w_old.shape == w_new.shape:
+                w_new.copy_(w_old)
+                continue
+            index = [torch.arange(n) for n in w_old.shape]
+            fresh = [torch.ones(n, dtype=torch.bool) for n in w_new.shape]
+            for dim, n in enumerate(w_old.shape):
+                if dim == 1 and key in split:  # the second run starts where the wide skip ends
+                    half = split[key]
+                    index[1] = torch.cat([torch.arange(half), half * base // old.base + torch.arange(half)])
+                fresh[dim][index[dim]] = False
+            w_new[torch.meshgrid(*index, indexing="ij")] = w_old
+            if w_new.ndim == 4:  # silence the new input channels of the old output channels
+                out_dim, in_dim = (1, 0) if key.startswith("upconv") else (0, 1)
+                old_out = ~fresh[out_dim].view([-1 if d == out_dim else 1 for d in range(4)])
+                new_in = fresh[in_dim].view([-1 if d == in_dim else 1 for d in range(4)])
+                w_new.masked_fill_(old_out & new_in, 0.0)
+    wide.load_state_dict(state)
+    return wide.train(model.training)
 
 
 def fuse_batchnorm(model: UNet) -> UNet:

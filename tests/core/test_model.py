@@ -9,6 +9,7 @@ from napari_unet.core.model import (
     flops_per_pixel,
     fuse_batchnorm,
     fused_cpu_net,
+    widen,
 )
 
 
@@ -70,6 +71,27 @@ def test_fused_batchnorm_gives_same_output():
         ref = m(x)
         fused = fuse_batchnorm(m)(x)
     assert torch.allclose(ref, fused, atol=1e-5)
+
+
+@pytest.mark.parametrize("cfg", [UNetConfig(base=4, depth=3), UNetConfig(base=4, depth=2, mode="valid", norm="none")])
+def test_widen_keeps_the_function_and_the_new_channels_learn(cfg):
+    torch.manual_seed(0)
+    m = UNet(cfg)
+    m.train()
+    m(torch.randn(4, 1, 64, 64))  # running statistics off their defaults
+    for p in m.parameters():  # and no weight at its default either
+        p.data.add_(0.1 * torch.randn_like(p))
+    wide = widen(m.eval(), 6)
+    assert wide.config.base == 6 and count_parameters(wide) > count_parameters(m)
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(wide(x), m(x), atol=1e-5)
+    wide.train()
+    wide.dropout = torch.nn.Identity()
+    wide(x).square().mean().backward()
+    assert wide.head.weight.grad[:, 4:].abs().sum() > 0  # the new channels are read from the first step on
+    with pytest.raises(ValueError, match="base above"):
+        widen(m, 4)
 
 
 @pytest.mark.parametrize("cfg", [UNetConfig(base=4, depth=2), UNetConfig(base=4, depth=2, mode="valid", norm="none")])
