@@ -202,7 +202,7 @@ def widen(model: UNet, base: int) -> UNet:
                 continue
             index = [torch.arange(n) for n in w_old.shape]
             fresh = [torch.ones(n, dtype=torch.bool) for n in w_new.shape]
-            for dim, n in enumerate(w_old.shape):
+            for dim in range(w_old.ndim):
                 if dim == 1 and key in split:  # the second run starts where the wide skip ends
                     half = split[key]
                     index[1] = torch.cat([torch.arange(half), half * base // old.base + torch.arange(half)])
