@@ -29,6 +29,8 @@ bright debris to the hard-case renderings (the fine-tunes of 2026-12-05 in bench
 share P of them with copies of their own nuclei (`appearance.crowd`); `--distill W` (with `--init`) adds W x
 the KL divergence from the starting model's probabilities on every crop but the crowded renders, so a
 fine-tune learns those and keeps the starting model's answers elsewhere (learning without forgetting).
+`--widen BASE` (with `--init`) starts from a wider copy of the starting model that computes the same function
+(`model.widen`; base 24 from the bundled model: benchmarks/RESULTS.md, "A wider network, fine-tuned").
 `--seam LOW,HIGH` parts touching synthetic nuclei by a dark seam, as `synth.WIDE` has done since v2.1;
 the default (no seam) keeps the synthetic images v2 trained on.
 The hard-case suite (`benchmarks/hard_cases.py`) is never used for selection. `--no-real` trains on

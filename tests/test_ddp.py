@@ -250,3 +250,32 @@ def test_distilling_from_the_init_model_keeps_the_fine_tune_near_it(tmp_path):
 
     plain, distilled = gap(run()), gap(run("--distill", "100"))
     assert distilled < 0.6 * plain, (distilled, plain)
+
+
+def test_a_widened_fine_tune_starts_from_the_init_function_and_resumes(tmp_path):
+    from napari_unet.core.model import UNet, UNetConfig
+    from napari_unet.core.modelfile import ModelInfo, read_model, save_model
+
+    cfg = UNetConfig(base=4, depth=2)
+    torch.manual_seed(0)
+    init = tmp_path / "init.safetensors"
+    save_model(UNet(cfg), ModelInfo(config=cfg, diameter=24.0, name="init"), init)
+    ck = tmp_path / "run.ckpt"
+
+    def run(*extra):
+        cmd = [sys.executable, str(RECIPES / "train_bundled.py"), *TINY, "--init", str(init), "--checkpoint", str(ck)]
+        return subprocess.run([*cmd, *extra], cwd=ROOT, capture_output=True, text=True)
+
+    plain = run("--steps", "3", "--out", str(tmp_path / "plain.safetensors"))
+    wide = run("--steps", "3", "--widen", "6", "--out", str(tmp_path / "wide.safetensors"))
+    assert plain.returncode == 0 and wide.returncode == 0, (plain.stderr + wide.stderr)[-4000:]
+    step0 = [ln for res in (plain, wide) for ln in res.stdout.splitlines() if "eval step 0" in ln]
+    assert len(step0) == 2 and step0[0] == step0[1]  # the same function, so the same score
+    resumed = run("--steps", "5", "--widen", "6", "--resume", "--out", str(tmp_path / "resumed.safetensors"))
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "resumed at step 3" in resumed.stdout
+    assert read_model(tmp_path / "resumed.safetensors")[0].config.base == 6
+    bad = subprocess.run(
+        [sys.executable, str(RECIPES / "train_bundled.py"), "--widen", "6"], cwd=ROOT, capture_output=True
+    )
+    assert bad.returncode != 0 and b"--widen BASE needs --init" in bad.stderr
