@@ -148,7 +148,7 @@ def test_our_local_cluster_hands_out_tasks_only_to_free_workers_samples_no_stack
     assert workers and not any(psutil.pid_exists(p) for p in workers)  # the worker processes are gone
 
 
-def test_cluster_tasks_are_runs_of_consecutive_blocks_of_a_plane_largest_first():
+def test_cluster_tasks_are_runs_of_consecutive_blocks_of_a_plane_largest_first_or_even_shares():
     from napari_unet.core.bigrun import task_groups
     from napari_unet.core.blockwise import BlockPlan
 
@@ -158,6 +158,9 @@ def test_cluster_tasks_are_runs_of_consecutive_blocks_of_a_plane_largest_first()
     assert groups == [[0, 1, 2, 3, 4], list(range(6, 16))]  # across block rows, not across a gap
     whole = [((), i) for i in range(16)]
     assert [len(g) for g in task_groups(whole, plan, workers=2)] == [8, 4, 2, 1, 1]  # guided: halves first
+    assert [len(g) for g in task_groups(whole, plan, workers=3, even=True)] == [6, 6, 4]  # identical workers
+    assert [[i for _, i in g] for g in task_groups(todo, plan, workers=2, even=True)] == [
+        [0, 1, 2, 3, 4], [6, 7, 8, 9, 10, 11, 12, 13], [14, 15]]  # fmt: skip
     two_planes = [((t,), i) for t in range(2) for i in range(16)]
     assert all(len({p for p, _ in g}) == 1 for g in task_groups(two_planes, plan, workers=1))
 

@@ -234,22 +234,28 @@ def _worker_blocks(planes, plane, plan, indices, model, device, precision, tta, 
     return done
 
 
-def task_groups(todo: list, plan, workers: int) -> list[list]:
+def task_groups(todo: list, plan, workers: int, even: bool = False) -> list[list]:
     """The (plane, block) pairs of each dask task: runs of consecutive blocks of a plane in row order, across
-    block rows, so that a worker predicts the seam tiles they share once, as one process does. Guided
-    self-scheduling, for balance: each run is at most the blocks left over the workers, so large runs come
-    first and single blocks last, and no worker waits long at the end for another's last task. (Runs within
+    block rows, so that a worker predicts the seam tiles they share once, as one process does. (Runs within
     one block row predicted the tiles along every row seam twice: one worker ran 1.37x slower per block than
-    the same blocks in one process; benchmarks/RESULTS.md.) 3D blocks run one a task."""
+    the same blocks in one process; benchmarks/RESULTS.md.) 3D blocks run one a task.
+
+    Each run's first blocks predict again the seam tiles of the run before it. With `even` (identical workers:
+    our own LocalCluster), each worker gets one run of an equal share. Otherwise guided self-scheduling, for
+    balance between workers of different speeds: each run is at most the blocks left over the workers, so
+    large runs come first and single blocks last, and no worker waits long at the end for another's last task.
+    On 2 local workers, 8192^2 in 1024 px blocks: even shares 1.52-1.55x one worker, guided 1.38-1.41x; with
+    the lower half of the plane empty both 1.36x (benchmarks/RESULTS.md, "Contiguous halves")."""
     if not isinstance(plan, BlockPlan):
         return [[t] for t in todo]
     groups: list[list] = []
+    share = -(-len(todo) // max(1, workers))
     for k, (p, i) in enumerate(todo):
         g = groups[-1] if groups else None
         if g and len(g) < g[0][2] and g[-1][0] == p and g[-1][1] + 1 == i:
             g.append((p, i))
         else:
-            size = max(1, (len(todo) - k) // max(1, workers))
+            size = share if even else max(1, (len(todo) - k) // max(1, workers))
             groups.append([(p, i, size)])
     return [[(p, i) for p, i, *_ in g] for g in groups]
 
@@ -627,7 +633,7 @@ def _run_on_cluster(client, planes, plan, todo, model, device, precision, tta, p
     import pickle
     from concurrent.futures import CancelledError
 
-    from distributed import Event, KilledWorker, as_completed
+    from distributed import Event, KilledWorker, LocalCluster, as_completed
 
     from .segment import Progress
 
@@ -642,12 +648,14 @@ def _run_on_cluster(client, planes, plan, todo, model, device, precision, tta, p
     net = client.scatter(model, broadcast=True)
     planes_f = client.scatter(planes, broadcast=True)
     stop = Event(f"napari-unet-stop-{mid}-{uuid.uuid4().hex}")
-    workers = sum(client.nthreads().values())  # tasks that run at once
+    threads = client.nthreads()
+    workers = sum(threads.values())  # tasks that run at once
+    even = isinstance(client.cluster, LocalCluster) and len(set(threads.values())) == 1  # identical workers
     futures = {
         client.submit(_worker_blocks, planes_f, g[0][0], plan, [i for _, i in g], net, device, precision, tta,
                       str(part), params, stop, pure=False,
                       key=f"napari-unet-blocks-{'_'.join(map(str, (*g[0][0], g[0][1], g[-1][1])))}-{mid}"): g
-        for g in task_groups(todo, plan, workers)
+        for g in task_groups(todo, plan, workers, even)
     }  # fmt: skip
     # The client is idle while the workers run: import what the stitch needs now (1 s, dask.array among it).
     threading.Thread(target=importlib.import_module, args=("ome_zarr.writer",), daemon=True).start()
