@@ -163,6 +163,8 @@ def test_cluster_tasks_are_runs_of_consecutive_blocks_of_a_plane_largest_first_o
         [0, 1, 2, 3, 4], [6, 7, 8, 9, 10, 11, 12, 13], [14, 15]]  # fmt: skip
     two_planes = [((t,), i) for t in range(2) for i in range(16)]
     assert all(len({p for p, _ in g}) == 1 for g in task_groups(two_planes, plan, workers=1))
+    # runs end at a plane's end: equal shares of two planes would be three runs for two workers; guided instead
+    assert [len(g) for g in task_groups(two_planes[8:], plan, workers=2, even=True)] == [8, 8, 4, 2, 1, 1]
 
 
 def test_a_cluster_task_stops_after_its_block_and_run_again_skips_what_it_recorded(net, image, tmp_path, monkeypatch):
