@@ -12,8 +12,7 @@ import tifffile
 import torch
 
 from napari_unet.api import load_model
-from napari_unet.core import appearance
-from napari_unet.core.appearance import add_chromatin, rescale
+from napari_unet.core.appearance import add_chromatin, add_cytoplasm, bright_debris, crowd, rescale
 from napari_unet.core.instances import median_diameter
 from napari_unet.core.normalize import normalize_plane, percentile_range
 from napari_unet.core.predict import InferenceModel
@@ -33,6 +32,13 @@ def _estimate(bundled, image):
     infer, info = bundled
     lo, hi = percentile_range(image)
     return estimate_diameter(infer, normalize_plane(image, lo, hi), info)
+
+
+def _field(path: Path, labels_path: Path, render):
+    if not DATA.is_dir():
+        pytest.skip(f"no shared data at {DATA}")
+    image, labels = tifffile.imread(path), tifffile.imread(labels_path).astype(np.int32)
+    return render(image, labels)
 
 
 def _real():
@@ -105,14 +111,12 @@ def test_a_crowded_field_is_not_taken_for_a_few_clumps(bundled):
     """mnfinder val's third image with copies of its own nuclei packed to half the field, overlapping: at a
     far too coarse candidate the clumps shrink into a few objects of about its size, consistent but alone
     (estimated 159 px for 37 px nuclei); whole nuclei measure the same at two neighbouring candidates."""
-    from napari_unet.core.appearance import crowd
-
-    if not DATA.is_dir():
-        pytest.skip(f"no shared data at {DATA}")
     val = DATA / "mnfinder" / "val"
-    name = sorted((val / "images").glob("*.tif"))[2].name
-    image, labels = tifffile.imread(val / "images" / name), tifffile.imread(val / "nuclei" / name).astype(np.int32)
-    img, lab = crowd(image, labels, np.random.default_rng([24, 2]), fill=0.5, overlap=(0.0, 0.3))
+    img, lab = _field(
+        val / "images" / "2023-05-31_misc_4.tif",
+        val / "nuclei" / "2023-05-31_misc_4.tif",
+        lambda im, lab: crowd(im, lab, np.random.default_rng([24, 2]), fill=0.5, overlap=(0.0, 0.3)),
+    )
     true = median_diameter(lab)
     est = _estimate(bundled, img)
     assert 0.8 * true <= est <= 1.2 * true, f"estimate {est:.1f} px, truth {true:.1f} px"
@@ -122,23 +126,14 @@ def test_a_bright_blob_of_debris_is_not_taken_for_the_nuclei(bundled):
     """A BBBC007 field with a blurred disc of debris over 5 % of it, 30x the nuclei's contrast: the disc
     measures the same at the coarsest candidates, a plateau of one object, and was taken for the nuclei
     (109 px for 20 px nuclei). The nuclei beside it are the finer plateau's many objects."""
-    from napari_unet.core.appearance import bright_debris
-
-    if not DATA.is_dir():
-        pytest.skip(f"no shared data at {DATA}")
-    image = tifffile.imread(DATA / "bbbc007" / "17P1_POS0011_D_1UL.tif")
-    labels = tifffile.imread(DATA / "bbbc007" / "17P1_POS0011_D_1UL_labels.tif").astype(np.int32)
-    img = bright_debris(image, labels, np.random.default_rng([16, 2]), area=0.05, level=30.0)
+    img, labels = _field(
+        DATA / "bbbc007" / "17P1_POS0011_D_1UL.tif",
+        DATA / "bbbc007" / "17P1_POS0011_D_1UL_labels.tif",
+        lambda im, lab: (bright_debris(im, lab, np.random.default_rng([16, 2]), area=0.05, level=30.0), lab),
+    )
     true = median_diameter(labels)
     est = _estimate(bundled, img)
     assert 0.8 * true <= est <= 1.3 * true, f"estimate {est:.1f} px, truth {true:.1f} px"
-
-
-def _field(path: Path, labels_path: Path, render):
-    if not DATA.is_dir():
-        pytest.skip(f"no shared data at {DATA}")
-    image, labels = tifffile.imread(path), tifffile.imread(labels_path).astype(np.int32)
-    return render(image, labels)
 
 
 _TRAIN = DATA / "mnfinder" / "train"
@@ -148,14 +143,14 @@ _REFINED = {
     "crowded": lambda: _field(
         DATA / "bbbc007" / "17P1_POS0006_D_1UL.tif",
         DATA / "bbbc007" / "17P1_POS0006_D_1UL_labels.tif",
-        lambda im, lab: appearance.crowd(im, lab, np.random.default_rng([24, 0]), fill=0.5, overlap=(0.0, 0.3)),
+        lambda im, lab: crowd(im, lab, np.random.default_rng([24, 0]), fill=0.5, overlap=(0.0, 0.3)),
     ),
     # A cytoplasm at a quarter of the nuclei's level: whole cells made the coarsest plateau (98 px), and one
     # refining pass stopped at 65 px for 38 px nuclei.
     "cytoplasm": lambda: _field(
         _TRAIN / "images" / "2023-05-31_misc_9.tif",
         _TRAIN / "nuclei" / "2023-05-31_misc_9.tif",
-        lambda im, lab: (appearance.add_cytoplasm(im, lab, np.random.default_rng([11, 29]), level=0.25), lab),
+        lambda im, lab: (add_cytoplasm(im, lab, np.random.default_rng([11, 29]), level=0.25), lab),
     ),
     # Bright debris over 5 % of the field: the guess was right (41 px for 38 px nuclei), and the refining pass
     # swung to the debris (115 px), then back (42 px), and again (89 px).
@@ -163,7 +158,7 @@ _REFINED = {
         _TRAIN / "images" / "2023-05-31_misc_7.tif",
         _TRAIN / "nuclei" / "2023-05-31_misc_7.tif",
         lambda im, lab: (
-            appearance.bright_debris(im, lab, np.random.default_rng([16, 27]), area=0.05, level=30.0),
+            bright_debris(im, lab, np.random.default_rng([16, 27]), area=0.05, level=30.0),
             lab,
         ),
     ),
