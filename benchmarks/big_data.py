@@ -39,7 +39,7 @@ res = api.segment(img, model, diameter=30.0, output=out, cluster=cluster, block=
 dt = time.perf_counter() - t
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-print(json.dumps(dict(seconds=dt, run_seconds=res.extra['seconds'], objects=res.n_objects, peak_mb=peak / 1024,
+print(json.dumps(dict(seconds=dt, run_seconds=res.extra['seconds'], stitch_seconds=res.extra['stitch_seconds'], objects=res.n_objects, peak_mb=peak / 1024,
                       workers_peak_mb=kids / 1024, cpu_s=cpu(resource.RUSAGE_SELF) - c0)))
 """
 
@@ -85,9 +85,9 @@ def main() -> None:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.machine())  # fmt: skip
     print(f"CPU: {cpu}; block {args.block}; bundled model, diameter 30 px\n")
-    print("| run | plane | block | seconds (with start-up) | seconds of the run | Mpx/s of the run | objects | "
-          "peak RSS of the process (MB) | workers' peak (MB) | CPU s of the process |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| run | plane | block | seconds (with start-up) | seconds of the run | of which stitching | Mpx/s of the run | "
+          "objects | peak RSS of the process (MB) | workers' peak (MB) | CPU s of the process |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         sizes = sorted({int(v) for v in [*args.sizes.split(","), args.workers_size] if int(v) > 0})
@@ -110,7 +110,7 @@ def main() -> None:
                 outs[name, block] = out
                 mpx = size * size / 1e6
                 print(
-                    f"| {name} | {size}^2 | {block} | {r['seconds']:.1f} | {r['run_seconds']:.1f} | "
+                    f"| {name} | {size}^2 | {block} | {r['seconds']:.1f} | {r['run_seconds']:.1f} | {r['stitch_seconds']:.2f} | "
                     f"{mpx / r['run_seconds']:.2f} | {r['objects']} | {r['peak_mb']:.0f} | {r['workers_peak_mb']:.0f} | "
                     f"{r['cpu_s']:.1f} |",
                     flush=True,

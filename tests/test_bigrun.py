@@ -125,6 +125,49 @@ def test_two_local_workers_give_the_same_labels_and_doubt(net, image, tmp_path):
     assert len(res.plane_scores) == len(np.unique(here.labels)) - 1
 
 
+def test_two_local_workers_write_the_final_labels_and_their_coarser_levels(net, image, tmp_path, monkeypatch):
+    """Cores of 256 px: each chunk of every coarser level is one block's, so the workers write them too."""
+    pytest.importorskip("distributed")
+    from napari_unet.core import bigrun
+
+    monkeypatch.setattr(bigrun, "LEVEL_SIDE", 100)  # 768 px wide: levels of 384, 192 and 96 px
+    crop = image[:512, :768]
+    writes = []
+    monkeypatch.setattr(bigrun, "_write_final", lambda *a, real=bigrun._write_final: writes.append(a) or real(*a))
+    here = drain(api.segment_iter(crop, net, diameter=20, block=256, output=tmp_path / "h.zarr"))
+    assert [(len(jobs), levels) for _, jobs, levels in writes] == [(6, 3)]  # in this process: all at once
+    res = drain(api.segment_iter(crop, net, diameter=20, block=256, output=tmp_path / "c.zarr", cluster="local:2"))
+    assert len(writes) == 1  # the client wrote no block (the workers' module is not patched)
+    for path in (here.path, res.path):
+        group = zarr.open_group(str(path / "labels" / "nuclei"), mode="r")
+        lab = group["0"][:]
+        np.testing.assert_array_equal(lab, api.segment(crop, net, diameter=20, block=256))
+        for k in range(1, 4):
+            np.testing.assert_array_equal(group[str(k)][:], lab[:: 2**k, :: 2**k])
+
+
+def test_coarser_levels_go_to_the_blocks_only_where_each_chunk_is_one_blocks():
+    from napari_unet.core.bigrun import _owned_levels
+    from napari_unet.core.blockwise import BlockPlan
+
+    class Level:
+        def __init__(self, shape, chunks):
+            self.shape, self.chunks = shape, chunks
+
+    def owned(shape, core, n_levels):
+        plan = BlockPlan(shape, core, halo=32, strip=4)
+        levels = [
+            Level(tuple(-(-n // 2**k) for n in shape), tuple(-(-c // 2**k) for c in core))
+            for k in range(1, n_levels + 1)
+        ]
+        return _owned_levels([plan.core(i) for i in range(len(plan))], levels)
+
+    assert owned((4096, 8192), (1024, 1024), 4) == 4
+    assert owned((700, 900), (234, 225), 3) == 0  # odd cores: level 1's chunks straddle two blocks
+    assert owned((3000, 3000), (1000, 1000), 5) == 3  # 1000 = 8 x 125; a 16th of it is not whole
+    assert owned((1000, 1000), (1000, 1000), 5) == 5  # one block owns everything
+
+
 def _worker_settings():
     import dask
 

@@ -12,7 +12,8 @@ image that napari and other OME-Zarr viewers open.
 Blocks run in this process, or as tasks on dask.distributed (`cluster`): ``"local:N"`` starts a
 LocalCluster of N single-threaded workers, an address or a `distributed.Client` uses an existing
 cluster. The network is sent once to every worker; each worker writes its blocks' provisional
-labels itself (the output must be on storage the workers share, as on any cluster).
+labels itself, and then a share of the final labels, so the client reads and writes none of the labels'
+pixels (the output must be on storage the workers share, as on any cluster).
 """
 
 from __future__ import annotations
@@ -439,9 +440,10 @@ def segment_to_zarr_iter(
             yield from _run_on_cluster(client, planes, plan, todo, model, device, precision, tta, params, part, mid,
                                        done_before, n_all)  # fmt: skip
         yield Progress(0, 1, 0, 1, "stitching")
+        t_stitch = time.perf_counter()
         linking = link_iou is not None and len(indices) > 1
         coarse = [] if linking else _open_levels(part / LABELS_PATH, output)  # linking rewrites level 0 first
-        offset, plane_scores = _stitch(indices, plan, part, prov, output, min_score, coarse)
+        offset, plane_scores = _stitch(indices, plan, part, output, min_score, coarse, client)
         n_objects, levels = offset, len(coarse) + 1
         if linking:
             yield Progress(0, 1, 0, 1, "linking planes")
@@ -454,6 +456,7 @@ def segment_to_zarr_iter(
             _write_ngff(part, out_axes, spatial, pixel_size, levels, DOUBT_PATH, z_step=z_step)
         shutil.rmtree(part / WORK)
         _replace(part, out, overwrite)
+        t_stitch = time.perf_counter() - t_stitch
     except RunStopped:  # already one line (an OSError too)
         raise
     except OSError as exc:  # a full disk, a storage error: the finished blocks stay, the run resumes
@@ -466,7 +469,7 @@ def segment_to_zarr_iter(
             release(client)
     return BigResult(
         out, n_objects, float(diameter), describe(dev), out_axes, n_all, done_before, plane_scores,
-        {"channel": planes.channel, "seconds": time.perf_counter() - t0,
+        {"channel": planes.channel, "seconds": time.perf_counter() - t0, "stitch_seconds": t_stitch,
          **({"anisotropy": anisotropy, "slabs": plan.slabs} if mode == "3d" else {})}, DOUBT_PATH if doubt else None,
     )  # fmt: skip
 
@@ -508,10 +511,31 @@ def _write_levels(group_path: Path, level0) -> int:
     """Write levels 1, 2, ... of an image beside its level 0 in `group_path` (`_open_levels`), block by block
     of level 0's chunks; returns the number of levels in all."""
     levels = _open_levels(group_path, level0)
-    if levels:
-        for key in _chunk_keys(level0):
-            _write_coarse(levels, key, level0[key])
+    _fill_levels(level0, levels)
     return len(levels) + 1
+
+
+def _fill_levels(source, levels: list) -> None:
+    """Write the coarser `levels` (each half the one before) from `source`, the level before the first of
+    them, chunk by chunk of `source`."""
+    if levels:
+        for key in _chunk_keys(source):
+            _write_coarse(levels, key, source[key])
+
+
+def _owned_levels(keys: list, levels: list) -> int:
+    """How many of the first `levels` (level k samples every 2^k-th pixel of level 0) have chunks that each
+    take pixels from one block only, given the blocks' level-0 `keys`: those levels can be written by blocks in
+    parallel. A block's part of level k is whole chunks where its core's Y and X starts are multiples of 2^k
+    times the chunk (cores of 1024 or 2048 px: every level of a plane up to 2^20 px a side)."""
+    for k, level in enumerate(levels, 1):
+        f = 2**k
+        for key in keys:
+            for sl, ch, n in zip(key[-2:], level.chunks[-2:], level.shape[-2:]):
+                a, b = -(-sl.start // f), -(-sl.stop // f)
+                if a % ch or (b % ch and b != n):
+                    return k - 1
+    return len(levels)
 
 
 def _chunk_keys(array):
@@ -691,10 +715,11 @@ def _run_on_cluster(client, planes, plan, todo, model, device, precision, tta, p
             fut.cancel()
 
 
-def _stitch(indices, plan, part, prov, output, min_score, levels=()):
-    """Stitch plane by plane (a stack of 3D objects: as one) from the recorded summaries; write the final
-    labels block by block, into level 0 and the coarser `levels` (`_open_levels`)."""
-    offset, plane_scores = 0, []
+def _stitch(indices, plan, part, output, min_score, levels=(), client=None):
+    """Stitch plane by plane (a stack of 3D objects: as one) from the recorded summaries, then write the final
+    labels block by block into level 0 and the coarser `levels` (`_open_levels`): on the cluster's workers
+    when there is a `client` (the client then neither reads nor writes the labels' pixels), else here."""
+    offset, plane_scores, jobs = 0, [], []
     for p in indices:
         outputs = {i: _load_summary(_summary_path(part, p, i), i) for i in range(len(plan))}
         # Two block rows (slabs) of strips in memory at a time, however many blocks there are.
@@ -702,13 +727,49 @@ def _stitch(indices, plan, part, prov, output, min_score, levels=()):
             lambda i, p=p: _load_strips(_summary_path(part, p, i))
         )
         st = stitch_blocks(plan, outputs, first_id=offset + 1, strips=strips, min_score=min_score)
-        for i, lut in st.luts.items():
-            key = p + plan.core(i)
-            output[key] = block = lut[prov[key]].astype(np.int32)
-            _write_coarse(levels, key, block)
+        jobs += [(p + plan.core(i), lut) for i, lut in st.luts.items()]
         plane_scores += [(tuple(int(v) for v in p), i, s) for i, s in st.scores.items()]
         offset += st.n_objects
+    owned = _owned_levels([key for key, _ in jobs], levels)
+    if client is None:
+        _write_final(str(part), jobs, owned)
+    else:
+        _write_final_on(client, part, jobs, owned)
+    _fill_levels(levels[owned - 1] if owned else output, levels[owned:])  # small levels whose chunks blocks share
     return offset, plane_scores
+
+
+def _write_final(part: str, jobs: list, levels: int) -> None:
+    """Write each job's block (level-0 `key`, `lut`: provisional id -> final id) of the unfinished folder `part`
+    into level 0 of its labels and the first `levels` coarser levels (`_owned_levels`)."""
+    import zarr
+
+    group = zarr.open_group(str(Path(part) / LABELS_PATH), mode="r+")
+    output, coarse = group["0"], [group[str(k)] for k in range(1, levels + 1)]
+    prov = zarr.open_array(str(Path(part) / WORK / "provisional.zarr"), mode="r")
+    for key, lut in jobs:
+        output[key] = block = lut[prov[key]].astype(np.int32)
+        _write_coarse(coarse, key, block)
+
+
+def _write_final_on(client, part: Path, jobs: list, levels: int) -> None:
+    """`_write_final` as dask tasks of a few blocks each, about four a worker."""
+    from distributed import KilledWorker
+
+    size = -(-len(jobs) // (4 * max(1, sum(client.nthreads().values()))))
+    futures = [
+        client.submit(_write_final, str(part), jobs[k : k + size], levels, pure=False)
+        for k in range(0, len(jobs), size)
+    ]
+    try:
+        client.gather(futures)
+    except KilledWorker:
+        raise RunStopped(
+            f"dask workers died while writing the labels; the finished blocks are kept in '{part}': "
+            "run the same command to resume"
+        ) from None
+    finally:
+        client.cancel(futures)
 
 
 def _link(indices, plan, output, iou: float, plane_scores):
