@@ -12,8 +12,8 @@ image that napari and other OME-Zarr viewers open.
 Blocks run in this process, or as tasks on dask.distributed (`cluster`): ``"local:N"`` starts a
 LocalCluster of N single-threaded workers, an address or a `distributed.Client` uses an existing
 cluster. The network is sent once to every worker; each worker writes its blocks' provisional
-labels itself, and then a share of the final labels, so the client reads and writes none of the labels'
-pixels (the output must be on storage the workers share, as on any cluster).
+labels itself, and then a share of the final labels, so the client reads and writes none of the full-size
+labels (the output must be on storage the workers share, as on any cluster).
 """
 
 from __future__ import annotations
@@ -718,7 +718,8 @@ def _run_on_cluster(client, planes, plan, todo, model, device, precision, tta, p
 def _stitch(indices, plan, part, output, min_score, levels=(), client=None):
     """Stitch plane by plane (a stack of 3D objects: as one) from the recorded summaries, then write the final
     labels block by block into level 0 and the coarser `levels` (`_open_levels`): on the cluster's workers
-    when there is a `client` (the client then neither reads nor writes the labels' pixels), else here."""
+    when there is a `client`, else here. Levels whose chunks straddle blocks are written here afterwards, from
+    the last level the blocks wrote."""
     offset, plane_scores, jobs = 0, [], []
     for p in indices:
         outputs = {i: _load_summary(_summary_path(part, p, i), i) for i in range(len(plan))}
