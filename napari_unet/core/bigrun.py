@@ -757,7 +757,7 @@ def _write_final_on(client, part: Path, jobs: list, levels: int) -> None:
     """`_write_final` as dask tasks of a few blocks each, about four a worker."""
     from distributed import KilledWorker
 
-    size = -(-len(jobs) // (4 * max(1, sum(client.nthreads().values()))))
+    size = max(1, -(-len(jobs) // (4 * max(1, sum(client.nthreads().values())))))
     futures = [
         client.submit(_write_final, str(part), jobs[k : k + size], levels, pure=False)
         for k in range(0, len(jobs), size)
