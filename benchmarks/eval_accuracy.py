@@ -4,12 +4,15 @@ Usage::
 
     python benchmarks/eval_accuracy.py [--method classical|classical_log|unet] [--model PATH]
                                        [--sets mnfinder_val,bbbc007,synthetic] [--per-image] [--jitter]
+                                       [--errors]
 
 Prints a markdown table (one row per data set) with AP@0.5 aggregated over the data set (sum of
 TP, FP and FN over its images), the mean of the per-image AP@0.5, AP@0.75 and F1@0.5 (both
 aggregated) and the segmentation time. ``evaluate`` can also be imported and called with any
 ``segment_fn(image) -> labels``. ``--jitter`` (unet) adds AP@0.5 at each image's estimated diameter x
-0.96-1.04 and their mean (`jittered`), the figure to compare two models by.
+0.96-1.04 and their mean (`jittered`), the figure to compare two models by. ``--errors`` adds what happened
+to the true objects that were not matched (merged, split, missed, outline) and the false objects
+(`napari_unet.core.metrics.error_kinds`), summed over each set.
 
 Data sets (``NAPARI_UNET_DATA`` overrides the data folder, by default ``<repo>/../shared/data``):
 
@@ -38,7 +41,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # allow `python benchmarks/eval_accuracy.py` from a checkout
     sys.path.insert(0, str(REPO_ROOT))
 
-from napari_unet.core.metrics import Matching, aggregate, match_instances  # noqa: E402
+from napari_unet.core.metrics import ERROR_KINDS, Matching, aggregate, error_kinds, match_instances  # noqa: E402
 
 DEFAULT_SETS = ("mnfinder_val", "bbbc007", "synthetic")
 ALL_SETS = ("mnfinder_val", "mnfinder_train", "bbbc007", "synthetic")
@@ -161,8 +164,9 @@ def evaluate(
         ``ap50`` (aggregate: sum TP / sum (TP + FP + FN) over images), ``mean_ap50`` (mean of
         per-image AP@0.5), ``ap75`` and ``f1_50`` (aggregate), ``n_ignored`` (predictions dropped
         by the ignore mask), ``seconds`` (total time in ``segment_fn``), ``match50`` and
-        ``match75`` (the aggregate :class:`Matching`) and ``per_image`` (a list of dicts with
-        ``name``, ``n_objects``, ``n_pred``, ``ap50``, ``ap75``, ``seconds``).
+        ``match75`` (the aggregate :class:`Matching`), ``errors`` (`error_kinds` summed over the images)
+        and ``per_image`` (a list of dicts with ``name``, ``n_objects``, ``n_pred``, ``ap50``, ``ap75``,
+        ``errors``, ``seconds``).
     """
     if isinstance(datasets, Mapping):
         sets: dict[str, Sequence[Any]] = dict(datasets)
@@ -174,6 +178,7 @@ def evaluate(
         m50: list[Matching] = []
         m75: list[Matching] = []
         per_image = []
+        errors = dict.fromkeys(ERROR_KINDS, 0)
         total = 0.0
         for i, s in enumerate(samples):
             t0 = time.perf_counter()
@@ -185,6 +190,8 @@ def evaluate(
             b = match_instances(s.labels, pred, 0.75, ignore=ignore)
             m50.append(a)
             m75.append(b)
+            kinds = error_kinds(s.labels, pred, ignore=ignore)
+            errors = {k: errors[k] + kinds[k] for k in ERROR_KINDS}
             per_image.append(
                 {
                     "name": getattr(s, "name", str(i)),
@@ -192,6 +199,7 @@ def evaluate(
                     "n_pred": a.n_pred,
                     "ap50": a.ap,
                     "ap75": b.ap,
+                    "errors": kinds,
                     "seconds": dt,
                 }
             )
@@ -209,6 +217,7 @@ def evaluate(
             "seconds": total,
             "match50": agg50,
             "match75": agg75,
+            "errors": errors,
             "per_image": per_image,
         }
     return results
@@ -340,6 +349,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"comma-separated, from {','.join(ALL_SETS)} (default: %(default)s)",
     )
     parser.add_argument("--per-image", action="store_true", help="also print per-image AP")
+    parser.add_argument(
+        "--errors", action="store_true", help="also print what became of the unmatched objects (`error_kinds`)"
+    )
     parser.add_argument("--no-merge-cuts", action="store_true", help="unet: keep objects cut in two apart")
     parser.add_argument(
         "--min-score", type=float, help="unet: drop objects scored below (default: segment's; 0 keeps all)"
@@ -379,6 +391,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"  {row['name']}: n={row['n_objects']} pred={row['n_pred']} "
                     f"AP50={row['ap50']:.3f} AP75={row['ap75']:.3f} {row['seconds']:.2f}s"
                 )
+    if args.errors:
+        print("\n| dataset | " + " | ".join(ERROR_KINDS) + " |")
+        print("|---|" + "---:|" * len(ERROR_KINDS))
+        for name, r in results.items():
+            print(f"| {name} | " + " | ".join(str(r["errors"][k]) for k in ERROR_KINDS) + " |")
+            if args.per_image:
+                for row in r["per_image"]:
+                    print(f"| {name}: {row['name']} | " + " | ".join(str(row["errors"][k]) for k in ERROR_KINDS) + " |")
+        print(
+            "True objects, each in one kind: matched at IoU > 0.5; merged (an object covers half of it and half of "
+            "another); split (two objects cover a fifth of it or more each); missed (objects cover under half of it); "
+            "outline (one object on it, IoU <= 0.5). false: objects covering under a fifth of every true object."
+        )
     if args.jitter:
         print("\n| dataset | " + " | ".join(f"x{f}" for f in JITTER) + " | mean | sd |")
         print("|---|" + "---:|" * (len(JITTER) + 2))

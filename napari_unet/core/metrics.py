@@ -37,9 +37,11 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 __all__ = [
+    "ERROR_KINDS",
     "Matching",
     "aggregate",
     "average_precision",
+    "error_kinds",
     "match_instances",
     "object_ids",
     "per_object_iou",
@@ -227,6 +229,7 @@ class _Overlap:
                 self.col = new_index[self.col[pair_keep]]
                 self.pred_ids, self.pred_area = self.pred_ids[keep], self.pred_area[keep]
 
+        self.inter = inter
         union = self.true_area[self.row] + self.pred_area[self.col] - inter
         self.iou = inter / union
 
@@ -329,6 +332,51 @@ def match_instances(
         TypeError: If a label image is not of integer or bool dtype.
     """
     return _Overlap(true, pred, ignore).match(iou_threshold)
+
+
+#: What happened to each ground-truth object (`error_kinds`), then the predicted objects on background.
+ERROR_KINDS = ("matched", "merged", "split", "missed", "outline", "false")
+
+
+def error_kinds(true: np.ndarray, pred: np.ndarray, *, ignore: np.ndarray | None = None) -> dict[str, int]:
+    """Why AP@0.5 is what it is: every ground-truth object sorted into one kind, and the false objects counted.
+
+    A true object is, in this order:
+        * ``matched``: matched at IoU > 0.5 (the TP of :func:`match_instances` at 0.5);
+        * ``merged``: a predicted object covers at least half of it and half of another true object;
+        * ``split``: two or more predicted objects each cover at least a fifth of it;
+        * ``missed``: predicted objects cover less than half of it in all;
+        * ``outline``: the rest, one predicted object over most of it with IoU <= 0.5 (far too large or small).
+    ``false`` counts the unmatched predicted objects that cover less than a fifth of every true object (the
+    other unmatched ones are the parts of the splits, merges and outlines above). Ignored predictions (see
+    :func:`match_instances`) take no part.
+
+    Returns:
+        ``{kind: count}`` for every kind of `ERROR_KINDS`; the first five sum to the number of true objects.
+    """
+    ov = _Overlap(true, pred, ignore)
+    nt, npred = ov.n_true, ov.n_pred
+    cover = ov.inter / ov.true_area[ov.row]  # share of the true object under the predicted one
+    matched = ov.iou > 0.5
+    is_matched = np.zeros(nt, bool)
+    is_matched[ov.row[matched]] = True
+    # A predicted object that covers half of two or more true objects holds merged nuclei.
+    halves = cover >= 0.5
+    holds = np.bincount(ov.col[halves], minlength=npred)
+    merged = np.zeros(nt, bool)
+    merged[ov.row[halves & (holds[ov.col] >= 2)]] = True
+    pieces = np.bincount(ov.row[cover >= 0.2], minlength=nt)
+    covered = np.bincount(ov.row, weights=cover, minlength=nt)
+    kinds = np.full(nt, "outline", dtype=object)
+    kinds[covered < 0.5] = "missed"
+    kinds[pieces >= 2] = "split"
+    kinds[merged] = "merged"
+    kinds[is_matched] = "matched"
+    part_of = np.zeros(npred, bool)  # matched, or a fifth or more of some true object
+    part_of[ov.col[matched | (cover >= 0.2)]] = True
+    out = {k: int(np.sum(kinds == k)) for k in ERROR_KINDS[:-1]}
+    out["false"] = int(np.sum(~part_of))
+    return out
 
 
 def average_precision(

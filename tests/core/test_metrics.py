@@ -10,6 +10,7 @@ from napari_unet.core.metrics import (
     Matching,
     aggregate,
     average_precision,
+    error_kinds,
     match_instances,
     object_ids,
     per_object_iou,
@@ -179,6 +180,27 @@ def test_bool_and_3d_labels() -> None:
     vol[1:3, 2:6, 2:6] = True
     m = match_instances(vol, vol.astype(np.uint8) * 9)
     assert (m.tp, m.fp, m.fn) == (1, 0, 0)
+
+
+def test_error_kinds_sort_every_true_object_once() -> None:
+    true = np.zeros((60, 120), np.int32)
+    pred = np.zeros_like(true)
+    true[2:12, 2:12] = pred[2:12, 2:12] = 1  # matched
+    true[20:30, 2:12], true[20:30, 12:22], pred[20:30, 2:22] = 2, 3, 2  # two nuclei in one object
+    true[40:50, 2:12], pred[40:50, 2:7], pred[40:50, 7:12] = 4, 3, 4  # one nucleus in two halves
+    true[2:12, 30:40] = 5  # nothing on it
+    true[20:26, 30:36], pred[18:34, 28:44] = 6, 5  # one object 7x its size: IoU 0.14
+    pred[45:55, 60:70] = 6  # on the background
+    pred[2:6, 80:84] = 7  # on the background, inside the ignore mask
+    ignore = np.zeros(true.shape, bool)
+    ignore[0:8, 78:86] = True
+    kinds = error_kinds(true, pred, ignore=ignore)
+    assert kinds == {"matched": 1, "merged": 2, "split": 1, "missed": 1, "outline": 1, "false": 1}
+    m = match_instances(true, pred, 0.5, ignore=ignore)
+    assert kinds["matched"] == m.tp and sum(kinds[k] for k in ("merged", "split", "missed", "outline")) == m.fn
+    assert error_kinds(true, pred)["false"] == 2  # the ignored object counts when nothing is ignored
+    assert error_kinds(true, np.zeros_like(true)) == dict(error_kinds(true, true), matched=0, missed=6)
+    assert error_kinds(np.zeros_like(true), pred)["false"] == 7
 
 
 def test_classical_segment_splits_two_touching_discs() -> None:
