@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/hard_cases.py [--models bundled,recipes/bundled_v1.safetensors] [--cases "a;b"]
-                                    [--tta] [--no-classical] [--images bbbc007]
+                                    [--tta] [--no-classical] [--images bbbc007] [--errors]
 
 Every case takes real gold-labelled images (mnfinder val: 3 images, 232 nuclei; `--images bbbc007`:
 another lab's 14 images, 1,249 nuclei, silver labels that classical reproduces) or synthetic ones with
@@ -11,7 +11,8 @@ exact labels, and renders one failure class seen on other labs' images onto them
 (`napari_unet.core.appearance`, `napari_unet.core.synth`); the labels stay true. Each row gives
 AP@0.5 (summed over the set, diameter estimated automatically) for every model, the classical
 pipeline (Otsu + watershed, linear and log thresholds), and the drop from the same images without
-the perturbation (`clean` for real cases, `synth clean` for synthetic ones). Targets (issue 9):
+the perturbation (`clean` for real cases, `synth clean` for synthetic ones); `--errors` adds what became of
+the unmatched nuclei of each row (`napari_unet.core.metrics.error_kinds`). Targets (issue 9):
 each case within 0.05 of its clean images and above the classical pipeline.
 
 These images are never used to select a checkpoint (the recipe selects on mnfinder val and
@@ -232,6 +233,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-merge-cuts", action="store_true", help="the models keep objects cut in two apart")
     p.add_argument("--min-score", type=float, default=MIN_SCORE, help="drop objects scored below (0: keep all)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--errors", action="store_true", help="also print what became of the unmatched nuclei per row")
     p.add_argument(
         "--images",
         default="mnfinder_val",
@@ -261,6 +263,7 @@ def main(argv=None) -> int:
         if ref not in names:
             names.insert(0, ref)
     scores: dict[str, dict[str, float]] = {}
+    errors: dict[str, dict[str, dict[str, int]]] = {}
     seconds: dict[str, float] = dict.fromkeys(methods, 0.0)
     for name in names:
         samples = table[name][1]()
@@ -268,7 +271,9 @@ def main(argv=None) -> int:
         scores[name] = {"_n": n_obj}
         for m, fn in methods.items():
             t = time.perf_counter()
-            scores[name][m] = evaluate(fn, {name: samples})[name]["ap50"]
+            result = evaluate(fn, {name: samples})[name]
+            scores[name][m] = result["ap50"]
+            errors.setdefault(name, {})[m] = result["errors"]
             seconds[m] += time.perf_counter() - t
         print(f"  {name}: " + ", ".join(f"{m} {v:.3f}" for m, v in scores[name].items() if m != "_n"), flush=True)
     first = next(iter(methods))
@@ -281,6 +286,15 @@ def main(argv=None) -> int:
         drop = scores[ref][first] - scores[name][first]
         row = " | ".join(f"{scores[name][m]:.3f}" for m in cols)
         print(f"| {name} | {scores[name]['_n']} | {row} | {drop:+.3f} |")
+    if args.errors:
+        print(
+            "\nmatched / merged / split / missed / outline / false (`core.metrics.error_kinds`, summed over the row)\n"
+        )
+        print("| case | " + " | ".join(cols) + " |")
+        print("|---|" + "---:|" * len(cols))
+        for name in names:
+            cells = " | ".join(" / ".join(str(v) for v in errors[name][m].values()) for m in cols)
+            print(f"| {name} | {cells} |")
     print("\nseconds in all: " + ", ".join(f"{m} {s:.0f}" for m, s in seconds.items()))
     return 0
 
