@@ -154,10 +154,12 @@ def measure_at(
         sy, sx = sub.shape[0] / h, sub.shape[1] / w
         probs = drain(predict_plane(infer, sub))
         # No rejoining here: at a far too small candidate scale it glues clumps of tiny nuclei into whole-looking
-        # objects, and one mnfinder image at 0.33x was estimated at 6.3x its size (without: 0.98x).
+        # objects, and one mnfinder image at 0.33x was estimated at 6.3x its size (without: 0.98x). Joined seeds
+        # are not split here either: the size contract was measured without that.
         labels = labels_from_probabilities(
-            probs, min_size=min_object_size(model_diameter), mask_threshold=mask_threshold, merge_cuts=False
-        )
+            probs, min_size=min_object_size(model_diameter), mask_threshold=mask_threshold, merge_cuts=False,
+            split_seeds=False,
+        )  # fmt: skip
         views.append((y0, x0, sy, sx, labels > 0))
         areas = np.bincount(labels.ravel())
         ids = np.flatnonzero(areas[1:]) + 1

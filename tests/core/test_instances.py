@@ -9,6 +9,7 @@ from napari_unet.core.instances import (
     labels_from_probabilities,
     link_planes,
     merge_cut_objects,
+    split_joined_seeds,
 )
 
 
@@ -107,6 +108,40 @@ def test_two_nuclei_pressed_together_are_not_rejoined():
     assert out[60, 30] != out[60, 45] and len(np.unique(out[disc])) == 1
     joined = merge_cut_objects(lab.copy(), max_union=np.inf)  # without the size guard, both pairs are joined
     assert joined[60, 30] == joined[60, 45]
+
+
+def test_seeds_of_two_touching_nuclei_are_split_and_a_large_round_one_is_not():
+    yy, xx = np.mgrid[:120, :200]
+    probs = np.zeros((3, 120, 200), np.float32)
+    probs[0] = 1.0
+    interior = probs[1]
+
+    def nucleus(cy, cx, r, level=0.9):
+        d = (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
+        interior[d] = np.maximum(interior[d], level)
+        probs[0][d] = 0.0
+
+    for cx in (20, 50, 80, 110):  # typical nuclei: the median seed
+        nucleus(20, cx, 9)
+    nucleus(70, 28, 10)  # two nuclei whose interiors a bridge of 0.55 joins into one seed, in a waist
+    nucleus(70, 54, 10)
+    bridge = (np.abs(yy - 70) <= 2) & (xx >= 36) & (xx <= 46)
+    interior[bridge & (interior < 0.55)] = 0.55
+    probs[0][bridge] = 0.0
+    nucleus(70, 150, 16)  # one large round nucleus, 2.8x the median seed: solid, so never tried
+    probs[2] = np.clip(1.0 - probs[0] - probs[1], 0, 1)
+    probs[0] = 1.0 - probs[1] - probs[2]
+    joined = labels_from_probabilities(probs, min_size=10, split_seeds=False, merge_cuts=False)
+    assert joined[70, 28] == joined[70, 54]
+    out = labels_from_probabilities(probs, min_size=10, merge_cuts=False)
+    assert out[70, 28] != out[70, 54] and out[70, 28] > 0 and out[70, 54] > 0
+    assert len(np.unique(out[(yy - 70) ** 2 + (xx - 150) ** 2 <= 15**2])) == 1
+    assert out.max() == 7
+    # In place, and only the joined seed gains a part.
+    from scipy import ndimage as ndi
+
+    seeds, n = ndi.label(interior > 0.5)
+    assert split_joined_seeds(seeds, n, interior) == n + 1
 
 
 def _disc(shape, cy, cx, r):
