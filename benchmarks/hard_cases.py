@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 from eval_accuracy import Sample, evaluate, load_dataset  # noqa: E402
 
 from napari_unet.core import appearance as A  # noqa: E402
+from napari_unet.core.metrics import ERROR_KINDS  # noqa: E402
 from napari_unet.core.scores import MIN_SCORE  # noqa: E402
 from napari_unet.core.synth import WIDE, SynthStyle, synth_dataset  # noqa: E402
 
@@ -287,13 +288,11 @@ def main(argv=None) -> int:
         row = " | ".join(f"{scores[name][m]:.3f}" for m in cols)
         print(f"| {name} | {scores[name]['_n']} | {row} | {drop:+.3f} |")
     if args.errors:
-        print(
-            "\nmatched / merged / split / missed / outline / false (`core.metrics.error_kinds`, summed over the row)\n"
-        )
+        print(f"\n{' / '.join(ERROR_KINDS)} (`core.metrics.error_kinds`, summed over the row)\n")
         print("| case | " + " | ".join(cols) + " |")
         print("|---|" + "---:|" * len(cols))
         for name in names:
-            cells = " | ".join(" / ".join(str(v) for v in errors[name][m].values()) for m in cols)
+            cells = " | ".join(" / ".join(str(errors[name][m][k]) for k in ERROR_KINDS) for m in cols)
             print(f"| {name} | {cells} |")
     print("\nseconds in all: " + ", ".join(f"{m} {s:.0f}" for m, s in seconds.items()))
     return 0
