@@ -9,6 +9,8 @@ resembles real use) it times:
   * ours, probabilities only: normalisation and tiled prediction (`predict_plane`), no instance step;
   * naive: one full-frame fp32 forward pass of the unprepared network per plane (forward only, no
     post-processing): what a user writing `model(image)` would get;
+  * of our end to end, the seconds inside the network's forward passes, and the network's GFLOP/s there
+    (over the tiles' pixels, margins and overlaps included): what the tiling and instance steps leave to it;
   * MONAI `sliding_window_inference`, made a fair comparison: the same prepared network (BatchNorm
     folded, channels-last), the same precision (autocast as ours), tile, overlap and batch as ours
     (`--tile`, default our 512 px), Gaussian blending, softmax; forward only.
@@ -100,6 +102,27 @@ def ours_probabilities(infer: InferenceModel, planes: np.ndarray, tile: int, ove
     for p in planes:
         lo, hi = percentile_range(p)
         drain(predict_plane(infer, normalize_plane(p, lo, hi), tile=tile, overlap=overlap))
+
+
+def network_seconds(fn) -> tuple[float, int]:
+    """Run `fn` once with every call of the prepared network timed: (seconds inside it, input pixels it saw)."""
+    spent, pixels = [0.0], [0]
+    call = InferenceModel.__call__
+
+    def timed_call(self, batch):
+        t = time.perf_counter()
+        try:
+            return call(self, batch)
+        finally:
+            spent[0] += time.perf_counter() - t
+            pixels[0] += int(np.prod(batch.shape[-2:])) * batch.shape[0] * (4 if self.tta else 1)
+
+    InferenceModel.__call__ = timed_call
+    try:
+        fn()
+    finally:
+        InferenceModel.__call__ = call
+    return spent[0], pixels[0]
 
 
 def monai_forward(infer: InferenceModel, planes: np.ndarray, tile: int, overlap: int, batch: int) -> None:
@@ -201,18 +224,21 @@ def main() -> None:
         t_prob = timed(partial(ours_probabilities, infer, planes, tile, args.overlap), args.repeats)
         t_naive = timed(partial(naive_forward, model, planes, dev), args.repeats)
         t_monai = timed(partial(monai_forward, infer, planes, tile, args.overlap, batch), args.repeats)
-        rows.append((name, mpx, t_ours, t_prob, t_naive, t_monai))
+        t_net, px = network_seconds(partial(segment, image, model, device=dev, diameter=24.0, tile=args.tile,
+                                            overlap=args.overlap))  # fmt: skip
+        rows.append((name, mpx, t_ours, t_prob, t_naive, t_monai, t_net, px))
     print(
         f"| input | Mpx | ours end to end s | Mpx/s | GFLOP/s (share of {prec} matmul) | ours, probabilities only s | "
         f"naive full-frame fp32 forward s | MONAI, same network/precision/tile s | ours end to end vs naive | "
-        f"ours probabilities vs MONAI |"
+        f"ours probabilities vs MONAI | of end to end: in the network s | the network's GFLOP/s (share) |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, mpx, t_o, t_p, t_n, t_m in rows:
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, mpx, t_o, t_p, t_n, t_m, t_net, px in rows:
         gfs = gflop_per_mpx * mpx / t_o
+        net_gfs = gflop_per_mpx * px / 1e6 / t_net  # the tiles' pixels, margins and overlaps included
         print(
             f"| {name} | {mpx:.1f} | {t_o:.2f} | {mpx / t_o:.2f} | {gfs:.0f} ({gfs / roof:.0%}) | {t_p:.2f} | {t_n:.2f} | "
-            f"{t_m:.2f} | {t_n / t_o:.2f}x | {t_m / t_p:.2f}x |"
+            f"{t_m:.2f} | {t_n / t_o:.2f}x | {t_m / t_p:.2f}x | {t_net:.2f} | {net_gfs:.0f} ({net_gfs / roof:.0%}) |"
         )
     if args.memory_size:
         n = args.memory_size
