@@ -42,6 +42,29 @@ def test_touching_spheres_in_3d_get_one_label_each():
         assert found > 0 and (labels[truth == i] == found).mean() > 0.9
 
 
+def test_an_island_of_confident_interior_at_a_nucleus_edge_is_no_object_of_its_own():
+    # a sphere whose outer half (x > 20) the side views call less certain, with a small island of very confident
+    # interior in it: that island seeded a second object, which the score floor then cut out of the nucleus
+    zz, yy, xx = np.mgrid[:30, :40, :40]
+    ball = (zz - 15) ** 2 + (yy - 20) ** 2 + (xx - 20) ** 2 <= 121
+    island = (abs(zz - 15) <= 1) & (abs(yy - 20) <= 1) & (abs(xx - 28) <= 1)  # 27 voxels
+    probs = np.zeros((3, *ball.shape), np.uint8)
+    probs[1][ball] = np.where(xx[ball] > 20, 200, 245)
+    probs[1][island] = 245
+    probs[0] = 255 - probs[1]
+    labels = labels_from_probabilities_3d(probs, min_size=100)
+    assert labels.max() == 1 and (labels[ball] == 1).all()
+    # two nuclei joined by a bridge of confident interior (one region) keep a seed each
+    dist2 = (zz - 15) ** 2 + (yy - 20) ** 2
+    two = (dist2 + (xx - 12) ** 2 <= 49) | (dist2 + (xx - 28) ** 2 <= 49)
+    bridge = (abs(zz - 15) <= 2) & (abs(yy - 20) <= 2) & (xx >= 12) & (xx <= 28)
+    probs = np.zeros((3, *ball.shape), np.uint8)
+    probs[1][two] = 245
+    probs[1][bridge & ~two] = 200
+    probs[0] = 255 - probs[1]
+    assert labels_from_probabilities_3d(probs, min_size=100).max() == 2
+
+
 def test_a_dark_nucleolus_leaves_no_hole_in_its_3d_object():
     # a sphere whose dark nucleolus (a ball of radius 3 inside) the fused views call background
     zz, yy, xx = np.mgrid[:30, :40, :40]
