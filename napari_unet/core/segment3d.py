@@ -149,10 +149,8 @@ def labels_from_probabilities_3d(
         largest = np.zeros(m + 1, np.int64)
         np.maximum.at(largest, region, size)
         island = (size < MIN_SEED * min_size) & (size < largest[region])
-        if island.any():
-            keep = np.arange(n + 1, dtype=seeds.dtype)
-            keep[1:][island] = 0
-            seeds = keep[seeds]
+        if island.any():  # in place: a byte a voxel for the mask, not a second int32 volume
+            seeds[np.isin(seeds, np.flatnonzero(island) + 1)] = 0
     missing = np.setdiff1d(np.arange(1, m + 1), np.unique(regions[seeds > 0]))
     if missing.size:
         extra = np.isin(regions, missing)
