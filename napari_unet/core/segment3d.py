@@ -143,6 +143,7 @@ def labels_from_probabilities_3d(
     seeds, n = ndi.label(interior > seed_threshold * 255)
     core = interior > 127
     regions, m = ndi.label(core)
+    seeded = np.empty(0, np.int64)  # the regions that keep a seed
     if n:
         size = np.bincount(seeds.ravel(), minlength=n + 1)[1:]
         region = np.asarray(ndi.maximum(regions, seeds, np.arange(1, n + 1)), np.int64)  # each seed's region
@@ -151,7 +152,8 @@ def labels_from_probabilities_3d(
         island = (size < MIN_SEED * min_size) & (size < largest[region])
         if island.any():  # in place: a byte a voxel for the mask, not a second int32 volume
             seeds[np.isin(seeds, np.flatnonzero(island) + 1)] = 0
-    missing = np.setdiff1d(np.arange(1, m + 1), np.unique(regions[seeds > 0]))
+        seeded = region[~island]
+    missing = np.setdiff1d(np.arange(1, m + 1), seeded)
     if missing.size:
         extra = np.isin(regions, missing)
         seeds[extra] = regions[extra] + n
