@@ -26,7 +26,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from .instances import labels_from_probabilities, refine_outlines
+from .instances import label_areas, labels_from_probabilities, refine_outlines
 from .scores import certainty_map, score_floor
 
 #: Default block core, px: ~4.8 Mpx a block with its halo (about 150 MB of working memory, and
@@ -268,7 +268,7 @@ def block_output(
     yx = (slice(y0 - ry0, y1 - ry0), slice(x0 - rx0, x1 - rx0))
     core = (Ellipsis if z_core is None else z_core, *yx)
     # Keep the objects with pixels in the core, renumbered 1..n in raster order of the region.
-    present = np.bincount(lab[core].ravel(), minlength=int(lab.max()) + 1) > 0
+    present = label_areas(lab[core], int(lab.max())) > 0
     present[0] = False
     local = np.zeros(present.size, np.int32)
     local[present] = np.arange(1, int(present.sum()) + 1, dtype=np.int32)
@@ -281,7 +281,7 @@ def block_output(
     }
     strips.update({face: local[lab[(zs, *yx)]] for face, zs in (z_strips or {}).items()})
     core_probs = probs[(slice(None), *core)]
-    area = np.bincount(core_labels.ravel(), minlength=n + 1)
+    area = label_areas(core_labels, n)
     cert = np.bincount(core_labels.ravel(), weights=certainty_map(core_probs).ravel(), minlength=n + 1)
     return BlockOutput(
         b.index, core_labels, n, strips, area, cert, np.ascontiguousarray(core_probs) if probabilities else None

@@ -45,6 +45,16 @@ def inner_boundaries(labels: np.ndarray) -> np.ndarray:
     return out
 
 
+def label_areas(labels: np.ndarray, n: int | None = None) -> np.ndarray:
+    """Pixels (voxels) of each id 0..max (at least 0..`n`): `np.bincount` of the labels, counted from a sort
+    (`np.unique`), which numpy's SIMD sort makes 3x faster on an int32 plane of 2048^2 (0.016 -> 0.005 s,
+    benchmarks/RESULTS.md) than bincount's cast to int64."""
+    ids, counts = np.unique(labels, return_counts=True)
+    out = np.zeros(max(int(ids[-1]) + 1 if ids.size else 1, 0 if n is None else n + 1), np.int64)
+    out[ids] = counts
+    return out
+
+
 def min_object_size(diameter: float) -> int:
     """Smallest object kept, px: 10 % of the area of a typical object, at least 8."""
     return max(8, int(0.1 * np.pi / 4 * diameter**2))
@@ -57,7 +67,7 @@ def equivalent_diameter(area):
 
 def median_diameter(labels: np.ndarray) -> float | None:
     """Equivalent diameter of the median object of `labels`, px (None when there is none)."""
-    areas = np.bincount(labels.ravel())[1:]
+    areas = label_areas(labels)[1:]
     areas = areas[areas > 0]
     return float(equivalent_diameter(np.median(areas))) if areas.size else None
 
@@ -131,7 +141,7 @@ def split_joined_seeds(seeds: np.ndarray, n: int, interior: np.ndarray, scale: f
     """
     if n < 3:
         return n
-    area = np.bincount(seeds.ravel(), minlength=n + 1)
+    area = label_areas(seeds, n)
     typical = float(np.median(area[1:]))
     boxes = ndi.find_objects(seeds)
     for i in np.flatnonzero(area[1:] >= JOIN_AREA * typical) + 1:
@@ -203,7 +213,7 @@ def merge_cut_objects(
     if not len(edges):
         return labels
     pairs, contacts = np.unique(edges, axis=0, return_counts=True)
-    area = np.bincount(labels.ravel())
+    area = label_areas(labels)
     dmin = equivalent_diameter(np.minimum(area[pairs[:, 0]], area[pairs[:, 1]]))
     keep = contacts >= 0.5 * min_interface * dmin  # cheap filter: each border pixel gives 1-2 contacts
     typical = np.median(area[1:][area[1:] > 0])
@@ -344,21 +354,23 @@ def refine_outlines(
     keep_part = size >= min_part * largest[owner]
     keep_part[0] = False
     kept = np.where(keep_part[parts], labels, 0)
-    # What was dropped but does not reach the object's edge is a dark hole (a nucleolus): give it back.
-    dropped = connected_parts(np.where(inside & (kept == 0), labels, 0), connectivity=1)
-    reaches_edge = np.zeros(int(dropped.max()) + 1, bool)
+    # What was dropped but does not reach the object's edge is a dark hole (a nucleolus): give it back. Parts of
+    # one mask, not of each object: dropped pixels of two objects touch only on both objects' edges, so joining
+    # them changes no part's answer (and a binary labelling is 3x faster than skimage's of the ids).
+    dropped, m = ndi.label(inside & (kept == 0))
+    reaches_edge = np.zeros(m + 1, bool)
     reaches_edge[dropped[inner_boundaries(labels) & (dropped > 0)]] = True
     reaches_edge[0] = True
     kept = np.where(reaches_edge[dropped], kept, labels)
     lost = np.bincount(labels[(kept == 0) & inside], minlength=n + 1)
-    too_much = lost > 0.5 * np.bincount(labels.ravel(), minlength=n + 1)
+    too_much = lost > 0.5 * label_areas(labels, n)
     too_much[0] = False
     return np.where(too_much[labels], labels, kept).astype(np.int32)
 
 
 def remove_small(labels: np.ndarray, min_size: int, band: int = 1024) -> np.ndarray:
     """Drop objects under `min_size` px and renumber the rest 1..N, in place, band by band."""
-    counts = np.bincount(labels.ravel())
+    counts = label_areas(labels)
     keep = counts >= min_size
     keep[0] = False
     lut = np.zeros(counts.size, labels.dtype)

@@ -33,7 +33,7 @@ from skimage.segmentation import watershed
 from .blockwise import MIN_HALO_NET_PX, BlockOutput, BlockPlan, block_output, plan_blocks, stitch_blocks
 from .device import describe, select_device
 from .errors import InputError, ThinStackError
-from .instances import BACKGROUND, INTERIOR
+from .instances import BACKGROUND, INTERIOR, remove_small
 from .io import ANISOTROPY_RANGE
 from .jobs import drain, relay
 from .normalize import iter_planes
@@ -160,12 +160,7 @@ def labels_from_probabilities_3d(
     del regions
     mask = (probs[BACKGROUND] < (1.0 - mask_threshold) * 255) | core
     labels = watershed((255 - interior).astype(np.int16), seeds, mask=mask)
-    counts = np.bincount(labels.ravel())
-    keep = counts >= min_size
-    keep[0] = False
-    lut = np.zeros(counts.size, np.int32)
-    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return fill_plane_holes(lut[labels])
+    return fill_plane_holes(remove_small(labels.astype(np.int32, copy=False), min_size))
 
 
 #: Connectivity within an XY plane only: `fill_plane_holes` fills each plane's holes, which include
