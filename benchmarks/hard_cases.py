@@ -168,6 +168,10 @@ def cases(images: str = "mnfinder_val") -> dict[str, tuple[str, Callable[[], lis
             "clean",
             lambda: _each(val(), lambda im, lab, r: A.hot_pixels(im, r), 13),
         ),
+        "hot pixels (1 % at 1.5-50x the maximum, a tenth in 2x2 squares)": (
+            "clean",
+            lambda: _each(val(), lambda im, lab, r: A.hot_pixels(im, r, 0.01, (1.5, 50.0), clusters=0.1), 25),
+        ),
         "uneven illumination (vignetting to 0.3, background ramp)": (
             "clean",
             lambda: _each(val(), lambda im, lab, r: A.uneven_illumination(im, lab), 14),

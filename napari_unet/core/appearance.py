@@ -342,11 +342,28 @@ def camera(
     return np.clip(np.rint(out), 0, top).astype(np.uint8 if dtype == "uint8" else np.uint16)
 
 
-def hot_pixels(image: np.ndarray, rng: np.random.Generator, fraction: float = 3e-4, level: float = 50.0) -> np.ndarray:
-    """Set a `fraction` of the pixels, at random, to `level` x the image's maximum."""
+def hot_pixels(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    fraction: float = 3e-4,
+    level: float | tuple[float, float] = 50.0,
+    clusters: float = 0.0,
+) -> np.ndarray:
+    """Set a `fraction` of the pixels, at random, to `level` x the image's maximum (a (low, high) range: each
+    pixel its own level, log-uniform); `clusters` of them in 2x2 squares (cosmic-ray hits)."""
     img = np.asarray(image, np.float32).copy()
     n = max(1, int(fraction * img.size))
-    img[rng.integers(0, img.shape[0], n), rng.integers(0, img.shape[1], n)] = level * float(img.max())
+    top = float(img.max())
+    squares = int(clusters * n) // 4
+    ys, xs = rng.integers(0, img.shape[0], n - 4 * squares), rng.integers(0, img.shape[1], n - 4 * squares)
+    if squares:
+        y0, x0 = rng.integers(0, img.shape[0] - 1, squares), rng.integers(0, img.shape[1] - 1, squares)
+        ys = np.concatenate([ys, y0, y0, y0 + 1, y0 + 1])
+        xs = np.concatenate([xs, x0, x0 + 1, x0, x0 + 1])
+    if np.ndim(level):
+        img[ys, xs] = top * np.exp(rng.uniform(np.log(level[0]), np.log(level[1]), ys.size))
+    else:
+        img[ys, xs] = level * top
     return img
 
 

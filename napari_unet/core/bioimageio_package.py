@@ -239,7 +239,7 @@ def _describe(model: UNet, info: ModelInfo, d: Path):
     ]  # fmt: skip
     inputs = bio.InputTensorDescr(
         id=bio.TensorId("raw"),
-        description="one fluorescence channel (nuclei), unnormalised",
+        description="one fluorescence channel (nuclei), unnormalised, hot pixels removed (no bioimage.io step does that)",
         axes=[bio.BatchAxis(), bio.ChannelAxis(channel_names=[bio.Identifier("nuclei")]), *spatial_in],
         test_tensor=bio.FileDescr(source=d / "test_input.npy"),
         sample_tensor=bio.FileDescr(source=d / "sample_input.tif"),
