@@ -331,6 +331,7 @@ def iter_planes(
     out_axes = std.replace("C", "")
     planes = Planes(image, plane_shape, ranges if has_c else None, ranges.get(None))
     planes.channel = (channels[0] if len(channels) == 1 else "mean") if has_c else None
+    planes.frame_axis = std.index("T") if "T" in std else None
     return spatial, out_axes, planes
 
 
@@ -349,28 +350,33 @@ class Planes:
         self.channel: int | str | None = None  # the channel used: an index, "mean", or None (no C axis)
         self.indices = list(np.ndindex(*plane_shape)) if plane_shape else [()]
         self.plane_shape = tuple(image.shape[-2:])
+        self.frame_axis: int | None = None  # where a time-lapse's T is in a plane's index
+        self.frame_high: dict[int, float] = {}  # time point -> its high level moved (`with_high`)
 
     def load(self, idx: tuple[int, ...], window: tuple[slice, slice] = (slice(None), slice(None))) -> np.ndarray:
         """Plane `idx` (or its `window`), normalised float32; reads only that window of a lazy image. Hot pixels
         are told from their neighbours, so a window read with a step keeps them (`normalize_plane`)."""
         spikes = all(w.step in (None, 1) for w in window)
-        if self.channel_ranges is None:
-            return normalize_plane(self.image[idx + window], *self.range, spikes=spikes)
+        ranges = self.channel_ranges if self.channel_ranges is not None else {None: self.range}
+        factor = self.frame_high.get(idx[self.frame_axis], 1.0) if self.frame_high else 1.0
         acc = None
-        for c, (lo, hi) in self.channel_ranges.items():
-            p = normalize_plane(self.image[idx + (c,) + window], lo, hi, spikes=spikes)
+        for c, (lo, hi) in ranges.items():
+            plane = self.image[idx + ((c,) if c is not None else ()) + window]
+            p = normalize_plane(plane, lo, hi if factor == 1.0 else lo + factor * (hi - lo), spikes=spikes)
             acc = p if acc is None else acc + p
-        return acc / len(self.channel_ranges) if len(self.channel_ranges) > 1 else acc
+        return acc / len(ranges) if len(ranges) > 1 else acc
 
-    def with_high(self, factor: float) -> Planes:
-        """The same planes with every high level moved to low + `factor` x (high - low)."""
+    def with_high(self, factor: float = 1.0, frames: dict[int, float] | None = None) -> Planes:
+        """The same planes with every high level moved to low + `factor` x (high - low), and a time-lapse's
+        frames `frames` (time point -> factor) moved by their own factor instead."""
 
         def moved(r):
             return (r[0], r[0] + factor * (r[1] - r[0]))
 
         ranges = None if self.channel_ranges is None else {c: moved(r) for c, r in self.channel_ranges.items()}
         out = Planes(self.image, (), ranges, None if self.range is None else moved(self.range))
-        out.indices, out.channel = self.indices, self.channel
+        out.indices, out.channel, out.frame_axis = self.indices, self.channel, self.frame_axis
+        out.frame_high = {t: f / factor for t, f in (frames or {}).items()}
         return out
 
     def __iter__(self) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:

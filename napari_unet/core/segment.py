@@ -305,6 +305,8 @@ def renormalised_note(result: SegmentResult) -> str:
     """What the CLI's summary and the Segment widget's status say when `segment` ran its second pass, else ""."""
     if result.extra.get("nucleus_level", LEVEL_FLOOR) < LEVEL_FLOOR:
         return "normalised again (nuclei far below the image's range)"
+    if frames := result.extra.get("frames_normalised_again"):
+        return f"{len(frames)} dim time point{'s' if len(frames) > 1 else ''} normalised again (from t={frames[0]})"
     return ""
 
 
@@ -385,7 +387,7 @@ def _segment_planes(
 ):  # fmt: skip
     """One pass of `segment_iter` over every plane. Returns (labels, probabilities, doubt, plane scores,
     measures, last probabilities, the median bright level of the objects of every plane: `NUCLEUS_LEVEL`
-    where there are fewer than `MIN_OBJECTS`)."""
+    where there are fewer than `MIN_OBJECTS`, and of a time-lapse's frames, {time point: level})."""
     # A single plane is returned as computed; stacks are assembled in one preallocated array.
     labels = np.zeros(spatial, np.int32) if n_planes > 1 else None
     probs_out = np.zeros(spatial, np.uint8) if probabilities else None
@@ -420,9 +422,19 @@ def _segment_planes(
         offset += plane.n_objects
     if labels is None:
         labels = done[0].labels
-    bright = np.concatenate([plane.bright for plane in done])
-    level = float(np.median(bright)) if bright.size >= MIN_OBJECTS else NUCLEUS_LEVEL
-    return labels, probs_out, doubt_out, plane_scores, all_measures, done[-1].probabilities, level
+    frames: dict[int, list[np.ndarray]] = {}
+    if planes.frame_axis is not None:
+        for idx, plane in zip(planes.indices, done):
+            frames.setdefault(idx[planes.frame_axis], []).append(plane.bright)
+    by_frame = {t: _median_level(b) for t, b in frames.items()}
+    level = _median_level([plane.bright for plane in done])
+    return labels, probs_out, doubt_out, plane_scores, all_measures, done[-1].probabilities, level, by_frame
+
+
+def _median_level(bright: list[np.ndarray]) -> float:
+    """The median of the objects' bright levels, `NUCLEUS_LEVEL` where there are fewer than `MIN_OBJECTS`."""
+    values = np.concatenate(bright)
+    return float(np.median(values)) if values.size >= MIN_OBJECTS else NUCLEUS_LEVEL
 
 
 def block_progress(
@@ -486,13 +498,15 @@ def segment_iter(
         tile=tile, overlap=overlap, batch_size=batch_size, probabilities=probabilities, doubt=doubt,
         measures=measures, block=block, merge_cuts=merge_cuts, min_score=min_score,
     )  # fmt: skip
-    labels, probs_out, doubt_out, plane_scores, all_measures, last_probs, level = yield from run(planes)
-    if level < LEVEL_FLOOR:
+    labels, probs_out, doubt_out, plane_scores, all_measures, last_probs, level, by_frame = yield from run(planes)
+    # A time-lapse's frames whose nuclei sit far below the rest (the stain bleaches over time): again on their own.
+    dim = {t: lv / NUCLEUS_LEVEL for t, lv in by_frame.items() if lv < LEVEL_FLOOR} if level >= LEVEL_FLOOR else {}
+    if level < LEVEL_FLOOR or dim:
         # The nuclei sit far below the normalised range (bright debris, a few very bright condensed nuclei
         # set the high percentile): normalise again so that they reach their usual level, and run again.
         yield Progress(0, n_planes, 0, 1, "the nuclei are far below the image's range: normalising again")
-        again = planes.with_high(level / NUCLEUS_LEVEL)
-        labels, probs_out, doubt_out, plane_scores, all_measures, last_probs, _ = yield from run(again)
+        again = planes.with_high(level / NUCLEUS_LEVEL) if not dim else planes.with_high(frames=dim)
+        labels, probs_out, doubt_out, plane_scores, all_measures, last_probs, *_ = yield from run(again)
     if link_iou is not None and labels.ndim > 2:
         flat = labels.reshape(-1, *labels.shape[-2:])
         linked = link_planes(flat, link_iou)
@@ -504,7 +518,7 @@ def segment_iter(
     scores: dict[int, float] = {}
     for _, i, v in plane_scores:
         scores[i] = min(v, scores.get(i, v))
-    extra = {"channel": planes.channel, "nucleus_level": level}
+    extra = {"channel": planes.channel, "nucleus_level": level, "frames_normalised_again": sorted(dim)}
     if measures:
         extra["measures"] = {k: np.asarray(v) for k, v in all_measures.items()}
         extra["class_probabilities"] = last_probs
