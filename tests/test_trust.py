@@ -358,3 +358,30 @@ def test_the_dim_frames_of_a_bleaching_time_lapse_are_normalised_again_and_a_bla
     blank = np.stack([frames[0], blotches.clip(0).astype(np.uint16), frames[0]])
     res = api.segment(blank, model, diameter=24, axes="TYX", return_result=True)
     assert res.extra["frames_normalised_again"] == [] and len(np.unique(res.labels[1])) <= 3
+
+
+def test_a_zero_filled_canvas_is_no_background():
+    """A stitched mosaic's empty corners, or an image padded to a square, hold a constant far below the real
+    background: it took the low percentile, and the network saw the fill as a dark band and made objects along
+    it (mnfinder val in a zero-filled canvas 0.930 -> 0.839). The fill is left out of the percentiles and taken
+    as background; a background clipped at zero, as 8-bit images have it, is no fill."""
+    from napari_unet.core.metrics import match_instances
+    from napari_unet.core.normalize import normalize_plane, percentile_range
+    from napari_unet.core.synth import SynthStyle
+
+    img, _ = synth_nuclei((192, 192), rng=4, style=SynthStyle(diameter=(22, 26), dtype="uint16"))
+    img = img.astype(np.float32) + 500  # a camera offset
+    canvas = np.zeros((320, 320), np.float32)
+    canvas[:192, :192] = img
+    lo, hi = percentile_range(img)
+    c_lo, c_hi = percentile_range(canvas)
+    assert abs(c_lo - lo) < 0.05 * (hi - lo) and abs(c_hi - hi) < 0.1 * (hi - lo)
+    assert np.all(normalize_plane(canvas, c_lo, c_hi)[192:] == 0)
+    model = api.load_model("bundled")
+    alone = api.segment(img, model, diameter=24)
+    padded = api.segment(canvas, model, diameter=24)
+    assert padded[192:].max() == 0 and padded[:, 192:].max() == 0
+    assert match_instances(alone, padded[:192, :192], 0.5).ap >= 0.9
+    # an 8-bit image whose background is clipped at 0 keeps its percentiles
+    u8 = np.clip((img - np.percentile(img, 60)) / (img.max() - np.percentile(img, 60)) * 255, 0, 255).astype(np.uint8)
+    assert percentile_range(u8) == tuple(float(v) for v in np.percentile(u8, [1.0, 99.8]))
