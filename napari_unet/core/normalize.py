@@ -109,15 +109,10 @@ def percentile_range(array, low: float = 1.0, high: float = 99.8, max_samples: i
         raise InputError("the image holds no finite values (all NaN or infinite)")
     finite &= ~_fill(sample, finite, low, high)
     lo, top, hi = np.percentile(sample[finite], [low, SPIKE_CANDIDATES, high])
-    # Hot pixels are told by their neighbours: an image in memory's own, a lazy one's (zarr, a big TIFF) those
-    # of the sample while they are at most 2 px apart (up to 8 Mpx a plane); beyond, none are looked for.
+    # Hot pixels are told by their full-resolution neighbours: for a lazy image (zarr, a big TIFF) one more read,
+    # of the chunks that hold the brightest 1 % of the sample.
     step = _sample_step(array, max_samples)
-    if isinstance(array, np.ndarray) and step > 1:
-        where, _ = isolated_spikes(sample, lo, top, array, step)
-    elif step <= 2:
-        where, _ = isolated_spikes(sample, lo, top)
-    else:
-        where = (np.empty(0, np.intp),)
+    where, _ = isolated_spikes(sample, lo, top, array if step > 1 else None, step)
     if where[0].size >= SPIKES_MIN * sample.size:
         finite[where] = False
         lo, hi = np.percentile(sample[finite], [low, high])
@@ -189,6 +184,22 @@ SPIKE_RATIO, SPIKE_RANK = 2.5, 4
 SPIKE_CANDIDATES, SPIKES_MIN = 99.0, 2e-4
 
 
+def _points(array, coords: tuple[np.ndarray, ...]) -> np.ndarray:
+    """The values of `array` at integer coordinates (one array per axis), in one read: an array in memory's
+    fancy indexing, a zarr array's coordinate selection, a dask array's vindex, an `io.FileArray`'s file's."""
+    if isinstance(array, np.ndarray):
+        return array[coords]
+    if hasattr(array, "perm") and hasattr(array, "data"):  # io.FileArray: axes reordered lazily
+        source = [None] * len(coords)
+        for c, axis in zip(coords, array.perm):
+            source[axis] = c
+        return _points(array.data, tuple(source))
+    if hasattr(array, "get_coordinate_selection"):
+        return np.asarray(array.get_coordinate_selection(coords))
+    out = array.vindex[coords]
+    return np.asarray(out.compute() if hasattr(out, "compute") else out)
+
+
 def isolated_spikes(
     x: np.ndarray, background: float, level: float, full: np.ndarray | None = None, step: int = 1
 ) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
@@ -208,14 +219,11 @@ def isolated_spikes(
         return tuple(np.empty(0, np.intp) for _ in range(x.ndim)), np.empty(0, x.dtype)
     where = np.unravel_index(flat, x.shape)
     *lead, ys, xs = (w * step for w in where)
-    around = []
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            if dy or dx:
-                yy, xx = np.abs(ys + dy), np.abs(xs + dx)  # mirrored at the edges, the edge pixel not repeated
-                yy, xx = np.where(yy >= H, 2 * H - 2 - yy, yy), np.where(xx >= W, 2 * W - 2 - xx, xx)
-                around.append(full[(*lead, yy, xx)])
-    around = np.sort(np.stack(around, 1).astype(x.dtype, copy=False), 1)
+    dy, dx = (np.array([d for d in np.ndindex(3, 3) if d != (1, 1)]) - 1).T[:, :, None]  # the 8 neighbours
+    yy, xx = np.abs(ys + dy), np.abs(xs + dx)  # mirrored at the edges, the edge pixel not repeated
+    yy, xx = np.where(yy >= H, 2 * H - 2 - yy, yy), np.where(xx >= W, 2 * W - 2 - xx, xx)
+    values = _points(full, (*(np.broadcast_to(i, yy.shape).ravel() for i in lead), yy.ravel(), xx.ravel()))
+    around = np.sort(values.reshape(8, -1).T.astype(x.dtype, copy=False), 1)
     spike = x[where] - background > SPIKE_RATIO * np.maximum(around[:, -SPIKE_RANK] - background, 0)
     return tuple(w[spike] for w in where), (0.5 * (around[spike, 3] + around[spike, 4])).astype(x.dtype)
 
