@@ -153,8 +153,9 @@ CLIP = 10.0
 
 
 def normalize_plane(plane, lo: float, hi: float, spikes: bool = True) -> np.ndarray:
-    """Map [lo, hi] to [0, 1], clipped to +-`CLIP`; NaN/inf -> 0; with `spikes`, pixels above `hi` that stand
-    far over their neighbours (`isolated_spikes`: hot camera pixels) take their neighbours' median.
+    """Map [lo, hi] to [0, 1], clipped to `CLIP` above; NaN/inf and values more than `FILL_GAP` under 0 (a fill:
+    no data, `_fill`) -> 0; with `spikes`, pixels above `hi` that stand far over their neighbours
+    (`isolated_spikes`: hot camera pixels) take their neighbours' median.
 
     A constant image (hi <= lo) maps to zeros rather than amplifying nothing into noise.
     """
