@@ -112,7 +112,15 @@ def percentile_range(array, low: float = 1.0, high: float = 99.8, max_samples: i
     # Hot pixels are told by their full-resolution neighbours: for a lazy image (zarr, a big TIFF) one more read,
     # of the chunks that hold the brightest 1 % of the sample.
     step = _sample_step(array, max_samples)
-    where, _ = isolated_spikes(sample, lo, top, array if step > 1 else None, step)
+    where, median = isolated_spikes(sample, lo, top, array if step > 1 else None, step)
+    if where[0].size:  # a second round without the first one's spikes: dimmer ones, and where hot lines cross
+        rest = finite.copy()
+        rest[where] = False
+        again = sample.copy()
+        again[where] = median
+        lo, top = np.percentile(sample[rest], [low, SPIKE_CANDIDATES])
+        more, _ = isolated_spikes(again, lo, top, array if step > 1 else None, step)
+        where = tuple(np.concatenate([w, m]) for w, m in zip(where, more))
     if where[0].size >= SPIKES_MIN * sample.size:
         finite[where] = False
         lo, hi = np.percentile(sample[finite], [low, high])
@@ -168,9 +176,12 @@ def normalize_plane(plane, lo: float, hi: float, spikes: bool = True) -> np.ndar
     if not np.isfinite(x).all():
         x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
     x[x < -FILL_GAP] = 0.0  # far under the background: a fill, no data (`_fill`); taken as background
-    if spikes:
-        where, median = isolated_spikes(x, 0.0, 1.0)
-        x[where] = median
+    if spikes:  # in rounds: where a hot row and a hot column cross, a pixel's neighbours are hot until replaced
+        for _ in range(SPIKE_ROUNDS):
+            where, median = isolated_spikes(x, 0.0, 1.0)
+            if not where[0].size:
+                break
+            x[where] = median
     return np.clip(x, -CLIP, CLIP, out=x)
 
 
@@ -183,6 +194,9 @@ SPIKE_RATIO, SPIKE_RANK = 2.5, 4
 #: `percentile_range` looks for spikes among the pixels above this percentile, and leaves them out of the
 #: percentiles when they are at least `SPIKES_MIN` of the sample (fewer cannot move the high percentile much).
 SPIKE_CANDIDATES, SPIKES_MIN = 99.0, 2e-4
+#: `normalize_plane` replaces spikes in up to this many rounds, each with the last one's replaced (a crossing of
+#: a hot row and a hot column falls in three).
+SPIKE_ROUNDS = 3
 
 
 def _points(array, coords: tuple[np.ndarray, ...]) -> np.ndarray:
