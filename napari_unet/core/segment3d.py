@@ -33,7 +33,7 @@ from skimage.segmentation import watershed
 from .blockwise import MIN_HALO_NET_PX, BlockOutput, BlockPlan, block_output, plan_blocks, stitch_blocks
 from .device import describe, select_device
 from .errors import InputError, ThinStackError
-from .instances import BACKGROUND, INTERIOR, remove_small
+from .instances import BACKGROUND, INTERIOR, label_areas, remove_small
 from .io import ANISOTROPY_RANGE
 from .jobs import drain, relay
 from .normalize import iter_planes
@@ -145,7 +145,7 @@ def labels_from_probabilities_3d(
     regions, m = ndi.label(core)
     seeded = np.empty(0, np.int64)  # the regions that keep a seed
     if n:
-        size = np.bincount(seeds.ravel(), minlength=n + 1)[1:]
+        size = label_areas(seeds, n)[1:]
         region = np.asarray(ndi.maximum(regions, seeds, np.arange(1, n + 1)), np.int64)  # each seed's region
         largest = np.zeros(m + 1, np.int64)
         np.maximum.at(largest, region, size)
