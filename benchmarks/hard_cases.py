@@ -61,6 +61,13 @@ def _rgb(im, lab, rng):
     return np.stack([im, cyto, np.zeros_like(im)], -1)
 
 
+def _markers(im, lab, rng):
+    """A colour composite as many labs save one: a marker of a third of the nuclei (EdU, Ki67) in red, FISH spots in
+    green, the nuclear stain in blue."""
+    im = np.asarray(im, np.float32)
+    return np.stack([A.marker_stain(im, lab, rng, 0.3, 2.0), A.spot_stain(im, lab, rng, sigma=1.2), im], -1)
+
+
 def _flat(fn):
     """A single-channel method on a colour composite: the mean of the channels."""
     return lambda image: fn(image.mean(-1) if image.ndim == 3 else image)
@@ -122,6 +129,10 @@ def cases(images: str = "mnfinder_val") -> dict[str, tuple[str, Callable[[], lis
             lambda: _each(val(), lambda im, lab, r: cyto(im, lab, r, level=0.5, exclude_nuclei=1.0), 4),
         ),
         "RGB: nuclear + cytoplasmic + empty channel (default channel)": ("clean", lambda: _each(val(), _rgb, 10)),
+        "RGB: marker of a third of the nuclei + FISH spots + nuclear (default channel)": (
+            "clean",
+            lambda: _each(val(), _markers, 26),
+        ),
         # 2. size: every magnification, and large textured nuclei
         "rescaled 0.25x": ("clean", lambda: _scaled(val(), 0.25)),
         "rescaled 0.5x": ("clean", lambda: _scaled(val(), 0.5)),

@@ -19,6 +19,9 @@ stay true by construction (nuclei keep their outline, everything added outside t
 * `crowd`: the field's own nuclei copied against each other until they cover much of it (a confluent culture,
   a tissue section: touching and overlapping nuclei with no dark line between them). It changes the labels too.
 
+Three more render a second channel beside the nuclear stain, for the default channel's choice: `marker_stain`
+(a marker of some of the nuclei: EdU, Ki67), `spot_stain` (FISH spots, DNA-damage foci) and `membrane_stain`.
+
 `perturb` draws a random mix of these; the training recipe applies it to real and synthetic images,
 and `benchmarks/hard_cases.py` applies each one alone, at fixed strengths, to score the model.
 """
@@ -44,9 +47,12 @@ __all__ = [
     "defocus",
     "dim_nuclei",
     "hot_pixels",
+    "marker_stain",
+    "membrane_stain",
     "perturb",
     "random_cytoplasm",
     "rescale",
+    "spot_stain",
     "uneven_illumination",
 ]
 
@@ -301,6 +307,60 @@ def crowd(
     lut = np.zeros(areas.size, np.int32)
     lut[kept] = np.arange(1, kept.size + 1, dtype=np.int32)
     return img, lut[lab]
+
+
+def _second_channel(image: np.ndarray, signal: np.ndarray, rng: np.random.Generator, peak: float) -> np.ndarray:
+    """`signal` (0-1) scaled to `peak` x the image's 99.8th percentile over its background, on that background,
+    with read noise of 2 % of the range."""
+    img = np.asarray(image, np.float32)
+    bg, top = np.percentile(img, [5.0, 99.8])
+    rng_ = max(float(top - bg), 1e-6)
+    out = bg + peak * rng_ * signal / max(float(signal.max()), 1e-6)
+    return (out + rng.normal(0.0, 0.02 * rng_, img.shape)).astype(np.float32)
+
+
+def marker_stain(
+    image: np.ndarray, labels: np.ndarray, rng: np.random.Generator, share: float = 0.3, gain: float = 2.0
+) -> np.ndarray:
+    """A second channel that marks a `share` of the nuclei (EdU, Ki67, a transfected nuclear protein): their own
+    pattern, `gain` x as bright as the nuclear stain, 2 px wider, on a dark background."""
+    img = np.asarray(image, np.float32)
+    bg, _ = _levels(img, labels)
+    ids = np.unique(labels)[1:]
+    marked = expand_labels(np.where(np.isin(labels, ids[rng.random(ids.size) < share]), labels, 0), 2) > 0
+    signal = ndi.gaussian_filter(np.where(marked, np.maximum(img - bg, 0.0), 0.0), 0.7)
+    return _second_channel(img, signal, rng, gain)
+
+
+def spot_stain(
+    image: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    per_nucleus: float = 4.0,
+    sigma: float = 1.2,
+    inside: bool = False,
+    gain: float = 3.0,
+) -> np.ndarray:
+    """A second channel of diffraction-limited spots (`sigma` px), `per_nucleus` x as many as there are nuclei:
+    over the whole field (mRNA FISH), or `inside` the nuclei only (DNA-damage foci, DNA FISH); their peaks `gain` x
+    the nuclear stain's range."""
+    img = np.asarray(image, np.float32)
+    n = max(1, int(per_nucleus * max(int(labels.max()), 1)))
+    where = np.flatnonzero((labels > 0).ravel()) if inside and (labels > 0).any() else np.arange(img.size)
+    points = np.zeros(img.size, np.float32)
+    points[rng.choice(where, min(n, where.size), replace=False)] = rng.uniform(0.5, 1.0, min(n, where.size))
+    return _second_channel(img, ndi.gaussian_filter(points.reshape(img.shape), sigma), rng, gain)
+
+
+def membrane_stain(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator, reach: float = 0.5) -> np.ndarray:
+    """A second channel of cell membranes: the outlines of cells grown `reach` nucleus diameters from their
+    nuclei, about 2 px wide."""
+    from skimage.segmentation import find_boundaries
+
+    img = np.asarray(image, np.float32)
+    cells = expand_labels(labels.astype(np.int32), reach * (median_diameter(labels) or 20.0))
+    signal = ndi.gaussian_filter(find_boundaries(cells, mode="inner").astype(np.float32), 0.8)
+    return _second_channel(img, signal, rng, 1.0)
 
 
 def rescale(image: np.ndarray, labels: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:

@@ -261,43 +261,76 @@ def _middle_window(image, n_plane_axes: int, c: int, side: int = 1024) -> np.nda
     return np.where(np.isfinite(x), x, np.nanmedian(x) if np.isfinite(x).any() else 0.0)
 
 
-def _has_signal(x: np.ndarray, integer: bool) -> bool:
-    """Whether a channel's window `x` (`_middle_window`; `integer`: of an integer image) shows spatial
-    structure above noise."""
+def _cleaned(x: np.ndarray) -> np.ndarray:
+    """A channel's window (`_middle_window`) normalised as it would be segmented (`percentile_range`,
+    `normalize_plane`: hot pixels replaced), clipped to [0, 1]. Hot pixels at 50x the nuclei held most of a
+    nuclear stain's variance, so that a smoothing took it away and the stain was passed over as noise; with 1 % of
+    the pixels hot they held its high percentile too."""
+    return np.clip(normalize_plane(x, *percentile_range(x)), 0.0, 1.0)
+
+
+def _has_signal(x: np.ndarray, clean: np.ndarray, integer: bool) -> bool:
+    """Whether a channel's window `x` (`_middle_window`; `clean`: `_cleaned`; `integer`: of an integer image)
+    shows spatial structure above noise."""
     import scipy.ndimage as ndi
 
     lo, hi = np.percentile(x, [1.0, 99.8])
     if integer and hi - lo < LEVELS_MIN:
         return False
-    # Within the normalised range: hot pixels at 50x the nuclei held most of a nuclear stain's variance, and
-    # a smoothing takes them away, so the stain was passed over as noise.
-    x = np.clip(x, lo, hi)
-    var = float(x.var())
-    return var > 0 and float(ndi.gaussian_filter(x, 1.0).var()) >= STRUCTURE_MIN * var
+    var = float(clean.var())
+    return var > 0 and float(ndi.gaussian_filter(clean, 1.0).var()) >= STRUCTURE_MIN * var
 
 
 #: `hole_share` counts holes of at least this many px (a nucleus-sized gap, not noise in a nuclear stain).
 HOLE_MIN = 16
 
 
-def hole_share(x: np.ndarray) -> float:
-    """The share of a plane's filled foreground (Otsu on the plane lightly smoothed) that is holes of at least
+def _foreground(clean: np.ndarray) -> np.ndarray:
+    """A channel's foreground: Otsu on its `_cleaned` window lightly smoothed; all False on a flat window."""
+    import scipy.ndimage as ndi
+    from skimage.filters import threshold_otsu
+
+    sm = ndi.gaussian_filter(clean, 1.0)
+    return sm > threshold_otsu(sm) if np.ptp(sm) > 0 else np.zeros(sm.shape, bool)
+
+
+def hole_share(x: np.ndarray, fg: np.ndarray | None = None) -> float:
+    """The share of a plane's filled foreground (`_foreground` of `x`, or `fg`) that is holes of at least
     `HOLE_MIN` px. A cytoplasmic stain that spares the nuclei leaves a hole at each one; a nuclear stain's
     objects are solid. With mnfinder (33 images) and BBBC007 (14) as the nuclear channel and a cytoplasm
     rendered around their nuclei as the other: 0-0.011 against 0.067-0.246 (benchmarks/RESULTS.md)."""
     import scipy.ndimage as ndi
-    from skimage.filters import threshold_otsu
 
-    sm = ndi.gaussian_filter(np.asarray(x, np.float32), 1.0)
-    if np.ptp(sm) <= 0:
-        return 0.0
-    fg = sm > threshold_otsu(sm)
+    fg = _foreground(_cleaned(np.asarray(x, np.float32))) if fg is None else fg
     filled = ndi.binary_fill_holes(fg)
     sizes = np.bincount(ndi.label(filled & ~fg)[0].ravel())[1:]
     return float(sizes[sizes >= HOLE_MIN].sum() / max(int(filled.sum()), 1))
 
 
-def nuclear_channel(image, n_plane_axes: int, n_c: int, max_samples: int = 500_000) -> int:
+def typical_area(fg: np.ndarray) -> int:
+    """The area of a foreground's typical part: half of the foreground lies in parts at least this large (the
+    area-weighted median, so that specks of noise do not count)."""
+    import scipy.ndimage as ndi
+
+    areas = np.sort(np.bincount(ndi.label(fg)[0].ravel())[1:])
+    if areas.size == 0:
+        return 0
+    cum = np.cumsum(areas)
+    return int(areas[np.searchsorted(cum, cum[-1] / 2)])
+
+
+#: `nuclear_channel`: a channel whose typical object (`typical_area`) is smaller than this many px is a spot stain
+#: (FISH, foci): diffraction-limited spots of 0.8-1.2 px sigma measure 9-21 px. Nuclei measure more down to 5 px
+#: across, which the model still segments (BBBC007 at 0.25x: 22-26 px, AP@0.5 0.679); at 30, 8 of its 14 images
+#: beside a cytoplasm were passed over, at 24 2 (benchmarks/RESULTS.md, "The default channel beside spots").
+SPOT_AREA = 24
+#: ... and a chosen channel whose foreground lies at least `SUBSET_SHARE` inside another channel's, which is
+#: `SUBSET_GROWTH` x larger with objects of the same size (typical area at most `SUBSET_SIZE` x), marks a subset of
+#: the nuclei (EdU, Ki67, a transfected protein): the other channel, the one that marks them all, is taken.
+SUBSET_SHARE, SUBSET_GROWTH, SUBSET_SIZE = 0.75, 1.2, 2.0
+
+
+def nuclear_channel(image, n_plane_axes: int, n_c: int) -> int:
     """The channel of a (planes..., C, Y, X) image that looks most like a nuclear stain.
 
     A nuclear stain is strongly two-level: compact bright nuclei on a dark background, so Otsu's
@@ -307,26 +340,49 @@ def nuclear_channel(image, n_plane_axes: int, n_c: int, max_samples: int = 500_0
     grey levels of a dark channel, can look two-level too. A flat cytoplasm with dark holes at the nuclei
     is two-level as well, and beat the nuclear stain on 3 of 30 mnfinder train composites (AP@0.5 0): the
     share of a channel's foreground in holes (`hole_share`) is taken off its separability.
-    """
+
+    Two kinds of stain are more two-level than the nuclear one and are passed over: spots (`SPOT_AREA`: FISH,
+    DNA-damage foci), and a marker of some of the nuclei (`SUBSET_SHARE`: EdU, Ki67). Beside the 47 clean real
+    images of `../shared/data` they were chosen on 15-24 and 10-44 composites, now on 0-12 and 0-4
+    (`benchmarks/default_channel.py`; benchmarks/RESULTS.md, "The default channel beside spots and markers")."""
+    stats = channel_stats(image, n_plane_axes, n_c)
+    candidates = [c for c in stats if stats[c]["area"] >= SPOT_AREA] or list(stats)
+    best = max(candidates, key=lambda c: stats[c]["score"])
+    while True:  # from a marker of some nuclei to the stain of all of them (a superset of a superset: the largest)
+        fg, size = stats[best]["fg"], int(stats[best]["fg"].sum())
+        wider = [
+            c
+            for c in candidates
+            if int(stats[c]["fg"].sum()) >= SUBSET_GROWTH * size
+            and int((stats[c]["fg"] & fg).sum()) >= SUBSET_SHARE * size > 0
+            and stats[c]["area"] <= SUBSET_SIZE * stats[best]["area"]
+        ]
+        if not wider:
+            return best
+        best = max(wider, key=lambda c: int(stats[c]["fg"].sum()))
+
+
+def channel_stats(image, n_plane_axes: int, n_c: int) -> dict[int, dict]:
+    """What `nuclear_channel` weighs, for each channel that holds a stain (`_has_signal`; all when none does), on
+    the central window of its middle plane (`_middle_window`, `_cleaned`): ``score`` (Otsu's separability less
+    `hole_share`), ``fg`` (`_foreground`) and ``area`` (its `typical_area`)."""
     from skimage.filters import threshold_otsu
 
     windows = [_middle_window(image, n_plane_axes, c) for c in range(n_c)]
+    clean = [_cleaned(w) for w in windows]
     integer = np.issubdtype(image.dtype, np.integer)
-    candidates = [c for c in range(n_c) if _has_signal(windows[c], integer)] or list(range(n_c))
-    scores = []
+    candidates = [c for c in range(n_c) if _has_signal(windows[c], clean[c], integer)] or list(range(n_c))
+    stats = {}
     for c in candidates:
-        x = _sample(image[(slice(None),) * n_plane_axes + (c,)], max_samples // n_c).ravel()
-        x = x[np.isfinite(x)]
-        lo, hi = np.percentile(x, [1.0, 99.8]) if x.size else (0.0, 0.0)
-        if hi <= lo:
-            scores.append(-1.0)
-            continue
-        x = np.clip((x - lo) / (hi - lo), 0, 1)
-        fg = x > threshold_otsu(x)
-        w = fg.mean()
-        between = w * (1 - w) * (x[fg].mean() - x[~fg].mean()) ** 2 if 0 < w < 1 else 0.0
-        scores.append(float(between / max(float(x.var()), 1e-12)) - hole_share(windows[c]))
-    return candidates[int(np.argmax(scores))]
+        x, fg = clean[c], _foreground(clean[c])
+        score = -1.0
+        if np.ptp(x) > 0:
+            above = x > threshold_otsu(x)
+            w = above.mean()
+            between = w * (1 - w) * (x[above].mean() - x[~above].mean()) ** 2 if 0 < w < 1 else 0.0
+            score = float(between / max(float(x.var()), 1e-12)) - hole_share(x, fg)
+        stats[c] = {"score": score, "fg": fg, "area": typical_area(fg)}
+    return stats
 
 
 def iter_planes(

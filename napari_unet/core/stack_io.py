@@ -14,7 +14,7 @@ import numpy as np
 from .autosave import META_KEY, corrections_layers
 from .errors import InputError
 from .io import LAZY_BYTES, PICTURE_SUFFIXES, ImageData, read_image
-from .normalize import resolve_axes, to_standard
+from .normalize import nuclear_channel, resolve_axes, to_standard
 
 FOLDER_SUFFIXES = (".tif", ".tiff", ".npy", *PICTURE_SUFFIXES)
 CHANNEL_COLORMAPS = ("green", "magenta", "cyan", "yellow", "red", "blue")
@@ -132,6 +132,10 @@ def image_layers(
 ) -> list[LayerData]:
     """Layer data for an image: one Image layer per channel, with scale and axes metadata.
 
+    Of several channels, the one that looks most like a nuclear stain (`normalize.nuclear_channel`, as Segment's
+    "auto" takes it) comes last: napari makes the last layer added the active one, and the Segment and Retrain
+    widgets follow the active layer, so Segment runs on the nuclei, not on a marker beside them.
+
     Args:
         img: What the reader returned.
         name: Base layer name (channels get `` [c0]``, `` [c1]``...).
@@ -167,6 +171,10 @@ def image_layers(
     if channel is not None and not -n_c <= channel < n_c:
         raise InputError(f"channel {channel} does not exist: the image has {n_c} channels")
     channels = [channel % n_c] if channel is not None else list(range(n_c))
+    n_intensity = 3 if n_c == 4 and axes.endswith("YXC") else n_c  # RGBA: the alpha channel is no stain
+    if len(channels) > 1 and n_intensity > 1:
+        nuclear = nuclear_channel(data, c_axis, n_intensity)
+        channels = [c for c in channels if c != nuclear] + [nuclear]
     out = []
     for c in channels:
         sub = data[(slice(None),) * c_axis + (c,)]

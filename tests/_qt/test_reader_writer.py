@@ -27,12 +27,31 @@ def test_ome_tiff_axes_pixel_size_and_channels(tmp_path):
         metadata={"axes": "ZCYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "PhysicalSizeZ": 2.0},
     )
     layers = _read(path)
-    assert [k["name"] for _, k, _ in layers] == ["cells [c0]", "cells [c1]"]
-    for c, (d, k, kind) in enumerate(layers):
+    assert sorted(k["name"] for _, k, _ in layers) == ["cells [c0]", "cells [c1]"]
+    for d, k, kind in layers:
+        c = k["metadata"]["napari_unet"]["channel"]
         assert kind == "image" and d.shape == (3, 16, 24)
         np.testing.assert_array_equal(np.asarray(d), data[:, c])
         np.testing.assert_allclose(k["scale"], (2.0, 0.5, 0.5))
         assert k["metadata"]["napari_unet"]["axes"] == "ZYX"
+
+
+def test_the_nuclear_channel_comes_last_so_that_segment_takes_it(tmp_path):
+    """napari makes the last layer a reader gives the active one, and Segment follows the active layer. A DAPI
+    channel beside a marker of a third of the nuclei (EdU) or beside FISH spots must be that layer, wherever it
+    is in the file."""
+    from napari_unet.core import appearance as A
+    from napari_unet.core.synth import SynthStyle, synth_nuclei
+
+    img, lab = synth_nuclei((192, 192), rng=3, style=SynthStyle(diameter=(22.0, 22.0), density=(0.3, 0.3)))
+    rng = np.random.default_rng(0)
+    marker, spots = A.marker_stain(img, lab, rng, 0.3, 2.0), A.spot_stain(img, lab, rng, sigma=1.2)
+    for order, nuclear in (((img, marker, spots), 0), ((marker, spots, img), 2), ((spots, img, marker), 1)):
+        path = tmp_path / f"dapi{nuclear}.ome.tif"
+        tifffile.imwrite(path, np.stack(order).astype(np.uint16), ome=True, metadata={"axes": "CYX"})
+        layers = _read(path)
+        assert [k["metadata"]["napari_unet"]["channel"] for _, k, _ in layers][-1] == nuclear
+        assert sorted(k["name"] for _, k, _ in layers) == [f"dapi{nuclear} [c{c}]" for c in range(3)]
 
 
 def test_plain_tiff_stack(tmp_path):

@@ -271,3 +271,24 @@ def test_default_channel_is_not_a_cytoplasm_with_holes_at_the_nuclei(name, index
     cyto *= np.percentile(img, 99.8) / cyto.max()
     assert hole_share(cyto) > 0.05 > hole_share(img)
     assert nuclear_channel(np.stack([img, cyto, np.zeros_like(img)]), 0, 3) == 0
+
+
+@pytest.mark.parametrize("stain", ["spots", "foci", "marker"])
+def test_default_channel_is_the_nuclear_stain_beside_spots_and_a_marker_of_some_nuclei(field, stain):
+    """DAPI beside a FISH or foci channel, or beside a marker of a third of the nuclei (EdU, Ki67): both are more
+    two-level than DAPI, and were chosen on 15-24 and 37 of the 47 clean real composites; segmented, the marker
+    held a third of the nuclei (benchmarks/RESULTS.md). Spots are finer than nuclei, and a marker's foreground
+    lies inside the nuclear stain's."""
+    from napari_unet.core.normalize import nuclear_channel
+
+    img, lab = field
+    render = {
+        "spots": lambda rng: A.spot_stain(img, lab, rng, sigma=1.2),
+        "foci": lambda rng: A.spot_stain(img, lab, rng, sigma=0.8, inside=True),
+        "marker": lambda rng: A.marker_stain(img, lab, rng, 0.3, 2.0),
+    }[stain]
+    found = []
+    for seed in range(4):
+        other = render(np.random.default_rng(seed))
+        found += [nuclear_channel(np.stack([other, img]), 0, 2), nuclear_channel(np.stack([img, other]), 0, 2)]
+    assert found == [1, 0] * 4
