@@ -156,6 +156,18 @@ def test_segment_refuses_bad_options_in_one_line(files, capsys, option, match):
     assert len(err.splitlines()) == 1 and match in err and not out.exists()
 
 
+def test_a_two_channel_array_is_taken_for_channels_not_for_planes_two_px_wide():
+    """A (Y, X, 2) array was guessed ZYX: Y planes of X x 2 px, segmented into hundreds of objects of noise."""
+    from napari_unet.core.normalize import iter_planes, resolve_axes
+
+    assert resolve_axes((768, 869, 2)) == resolve_axes((768, 869, 1)) == "YXC"
+    assert resolve_axes((2, 768, 869)) == "ZYX"  # a channel-first pair stays a stack, as napari shows it
+    img = np.zeros((64, 80), np.float32)
+    img[20:40, 20:40] = 1.0
+    spatial, axes, planes = iter_planes(np.stack([np.zeros_like(img), img], -1))
+    assert (spatial, axes, planes.channel) == ((64, 80), "YX", 1)
+
+
 def test_axes_yxz_is_refused_rather_than_transposed():
     with pytest.raises(InputError, match="end in YX"):
         api.segment(np.zeros((16, 16, 5), np.float32), "bundled", axes="YXZ")

@@ -42,7 +42,8 @@ def axes_from_names(names) -> str | None:
 def resolve_axes(shape: tuple[int, ...], axes: str | None = None) -> str:
     """Check or guess the axes of an array of `shape`.
 
-    Guessing: 2D -> YX; 3D -> YXC if the last axis has 3 or 4 entries (RGB), else ZYX;
+    Guessing: 2D -> YX; 3D -> YXC if the last axis has at most 4 entries (RGB, RGBA, or two channels: no image is
+    4 px wide; a (Y, X, 2) array was taken for Y planes of X x 2 px and segmented into noise), else ZYX;
     4D -> ZYXC if the last axis has <= 4 entries, else CZYX... is ambiguous, so 4D and more need
     explicit axes unless the last axis is a small channel axis.
     """
@@ -53,7 +54,7 @@ def resolve_axes(shape: tuple[int, ...], axes: str | None = None) -> str:
         if ndim == 2:
             return "YX"
         if ndim == 3:
-            return "YXC" if shape[-1] in (3, 4) else "ZYX"
+            return "YXC" if shape[-1] <= 4 else "ZYX"
         if ndim == 4 and shape[-1] <= 4:
             return "ZYXC"
         raise InputError(f"cannot guess the axes of a {ndim}-D image {tuple(shape)}: pass them (--axes), e.g. 'TZCYX'")
