@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -422,3 +423,21 @@ def test_hot_pixels_in_a_lazy_image_are_told_by_their_neighbours_too(tmp_path):
     for lazy in (z, da.from_zarr(z)):
         h_lo, h_hi = percentile_range(lazy)
         assert abs(h_lo - lo) < 0.05 * (hi - lo) and abs(h_hi - hi) < 0.05 * (hi - lo), (h_lo, h_hi, lo, hi)
+
+
+def test_an_inverted_image_is_segmented_with_a_warning_saying_so(tmp_path, capsys):
+    """Dark nuclei on a bright field (an inverted image, brightfield, H&E) were segmented into nonsense without a word
+    (mnfinder val inverted: AP@0.5 0.002). The CLI, the API's notices and the widget's notification now say so; an
+    image of bright nuclei says nothing."""
+    import napari_unet
+
+    img = tifffile.imread(Path(napari_unet.__file__).parent / "resources" / "samples" / "nuclei2d_u2os.tif")[:256, :256]
+    inverted = (img.max() - img).astype(img.dtype)
+    result = api.segment(inverted, "bundled", diameter=24, return_result=True, device="cpu")
+    (note,) = result.extra["notices"]
+    assert "background is brighter than the objects" in note and "invert" in note
+    assert api.segment(img, "bundled", diameter=24, return_result=True, device="cpu").extra["notices"] == []
+    tifffile.imwrite(tmp_path / "inv.tif", inverted)
+    assert main(["segment", str(tmp_path / "inv.tif"), "--diameter", "24", "-q", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert len([line for line in err.splitlines() if "invert the image" in line]) == 1

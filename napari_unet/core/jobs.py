@@ -263,7 +263,8 @@ def segment_job(
         `Progress` and `Notice`.
 
     Returns:
-        `SegmentResult`; ``result.extra["notices"]`` lists the fallbacks taken.
+        `SegmentResult`; ``result.extra["notices"]`` lists the fallbacks taken and the warnings given (an image
+        whose background is brighter than its objects).
     """
     from .device import select_device
     from .predict import default_tile
@@ -284,23 +285,26 @@ def segment_job(
             notices.append(why)
             yield Notice(why)
         try:
-            result = yield from segment_iter(
-                image,
-                net,
-                device=dev_name,
-                diameter=diameter,
-                channel=channel,
-                axes=axes,
-                tile=t,
-                overlap=overlap,
-                batch_size=b,
-                probabilities=probabilities,
-                link_iou=link_iou,
-                tta=tta,
-                doubt=doubt,
-                block=block,
-                merge_cuts=merge_cuts,
-                min_score=min_score,
+            result = yield from _noting(
+                segment_iter(
+                    image,
+                    net,
+                    device=dev_name,
+                    diameter=diameter,
+                    channel=channel,
+                    axes=axes,
+                    tile=t,
+                    overlap=overlap,
+                    batch_size=b,
+                    probabilities=probabilities,
+                    link_iou=link_iou,
+                    tta=tta,
+                    doubt=doubt,
+                    block=block,
+                    merge_cuts=merge_cuts,
+                    min_score=min_score,
+                ),
+                notices,
             )
         except Exception as exc:
             if not is_out_of_memory(exc):
@@ -310,6 +314,18 @@ def segment_job(
         result.extra["notices"] = notices
         return result
     raise MemoryError("out of memory even on the CPU")  # pragma: no cover - the CPU attempt raises first
+
+
+def _noting(gen: Generator, notices: list[str]):
+    """`yield from gen`, with the message of every `Notice` it yields added to `notices`."""
+    while True:
+        try:
+            item = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if isinstance(item, Notice):
+            notices.append(item.message)
+        yield item
 
 
 def estimate_job(

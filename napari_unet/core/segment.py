@@ -28,10 +28,10 @@ from .instances import (
     min_object_size,
     object_brightness,
 )
-from .jobs import drain, in_threads, map_in_threads, overlapped, relay
+from .jobs import Notice, drain, in_threads, map_in_threads, overlapped, relay
 from .model import UNet
 from .modelfile import ModelInfo
-from .normalize import iter_planes
+from .normalize import _sample, iter_planes
 from .predict import InferenceModel, predict_plane
 from .scores import MEASURES, doubt_map, object_measures
 
@@ -301,6 +301,25 @@ NUCLEUS_LEVEL = 0.48
 LEVEL_FLOOR = NUCLEUS_LEVEL / 4
 
 
+#: `segment_iter` tells the user when the image's median pixel sits above this in its normalised range: the
+#: background is brighter than the objects (dark nuclei on a bright field: an inverted image, brightfield, H&E),
+#: which the model does not segment (mnfinder val inverted: AP@0.5 0.002, without a word). Every real image of
+#: `../shared/data` and every hard-case row: 0.000-0.27, the synthetic rows up to 0.68; the same real images
+#: inverted: 0.83-1.0 (benchmarks/RESULTS.md, "An inverted image").
+BRIGHT_BACKGROUND = 0.75
+
+
+def bright_background_note(planes) -> str:
+    """A warning for an image whose background is brighter than its objects (`BRIGHT_BACKGROUND`), else ""."""
+    median = float(np.median(_sample(planes.view(planes.indices[len(planes.indices) // 2]), 250_000)))
+    if median <= BRIGHT_BACKGROUND:
+        return ""
+    return (
+        f"the background is brighter than the objects (median pixel at {median:.2f} of the range): the model "
+        "segments bright nuclei on a dark background (fluorescence); if the nuclei are dark, invert the image"
+    )
+
+
 def renormalised_note(result: SegmentResult) -> str:
     """What the CLI's summary and the Segment widget's status say when `segment` ran its second pass, else ""."""
     if result.extra.get("nucleus_level", LEVEL_FLOOR) < LEVEL_FLOOR:
@@ -488,6 +507,8 @@ def segment_iter(
     min_score = info.min_score if min_score is None else min_score
     spatial, out_axes, planes = iter_planes(image, axes, channel)
     n_planes = int(np.prod(spatial[:-2])) if len(spatial) > 2 else 1
+    if note := bright_background_note(planes):
+        yield Notice(note)
     infer = InferenceModel.prepare(model, dev, precision, tta=tta)
     used_diameter = diameter
     if used_diameter is None:  # once per stack, on the plane where objects are sharpest
