@@ -441,3 +441,12 @@ def test_an_inverted_image_is_segmented_with_a_warning_saying_so(tmp_path, capsy
     assert main(["segment", str(tmp_path / "inv.tif"), "--diameter", "24", "-q", "--device", "cpu"]) == 0
     err = capsys.readouterr().err
     assert len([line for line in err.splitlines() if "invert the image" in line]) == 1
+    # written block by block to OME-Zarr, and as 3D objects: the same warning
+    out = tmp_path / "inv.zarr"
+    assert (
+        main(["segment", str(tmp_path / "inv.tif"), "--diameter", "24", "-q", "--device", "cpu", "-o", str(out)]) == 0
+    )
+    assert "invert the image" in capsys.readouterr().err and out.is_dir()
+    stack = np.stack([inverted[:, :128]] * 4)
+    gen = api.segment_iter(stack, "bundled", diameter=24, device="cpu", mode="3d", axes="ZYX")
+    assert any(isinstance(item, api.Notice) and "invert the image" in item.message for item in gen)

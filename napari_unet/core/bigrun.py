@@ -359,7 +359,7 @@ def segment_to_zarr_iter(
     from .instances import min_object_size
     from .normalize import iter_planes
     from .predict import InferenceModel
-    from .segment import Progress, estimate_on_planes, model_info
+    from .segment import Progress, bright_background_note, estimate_on_planes, model_info
 
     out = Path(out)
     if out.suffix != ".zarr":
@@ -385,6 +385,8 @@ def segment_to_zarr_iter(
         check_anisotropy(anisotropy)
         if out_axes != "ZYX":
             raise InputError(f"3D objects need a ZYX stack, got axes '{out_axes}' (segment each time point on its own)")
+    if note := bright_background_note(planes):
+        yield Notice(note)
     dev = select_device(device)
     infer = InferenceModel.prepare(model, dev, precision, tta=tta)
     mid = model_id(model)

@@ -35,11 +35,11 @@ from .device import describe, select_device
 from .errors import InputError, ThinStackError
 from .instances import BACKGROUND, INTERIOR, label_areas, remove_small
 from .io import ANISOTROPY_RANGE
-from .jobs import drain, relay
+from .jobs import Notice, drain, relay
 from .normalize import iter_planes
 from .predict import InferenceModel, predict_plane
 from .scores import doubt_map
-from .segment import Progress, SegmentResult, estimate_on_planes, model_info
+from .segment import Progress, SegmentResult, bright_background_note, estimate_on_planes, model_info
 from .tiling import linear_taps
 
 FUSIONS = ("xy", "xyz")
@@ -249,6 +249,8 @@ def segment_3d_iter(
     if out_axes != "ZYX":
         raise InputError(f"3D objects need a ZYX stack, got axes '{out_axes}' (segment each time point on its own)")
     Z, Y, X = spatial
+    if note := bright_background_note(planes):
+        yield Notice(note)
     infer = InferenceModel.prepare(model, dev, precision, tta=tta)
     if diameter is None:
         yield Progress(0, 1, 0, 1, "estimating object size")
