@@ -50,10 +50,10 @@ def test_zarr_output_is_the_in_memory_result_as_ngff_labels(net, image, tmp_path
 
 def test_coarser_levels_are_written_and_read_as_a_multiscale_labels_layer(net, image, tmp_path, monkeypatch):
     from napari_unet._qt.reader import get_reader
-    from napari_unet.core import bigrun
+    from napari_unet.core import ngff
     from napari_unet.core.stack_io import image_layers
 
-    monkeypatch.setattr(bigrun, "LEVEL_SIDE", 200)  # 900 px wide: levels of 900, 450, 225 and 113 px
+    monkeypatch.setattr(ngff, "LEVEL_SIDE", 200)  # 900 px wide: levels of 900, 450, 225 and 113 px
     out = tmp_path / "out.zarr"
     drain(api.segment_iter(image, net, diameter=20, block=256, output=out, pixel_size=(0.5, 0.5)))
     lab = _zarr_labels(out)
@@ -128,9 +128,9 @@ def test_two_local_workers_give_the_same_labels_and_doubt(net, image, tmp_path):
 def test_two_local_workers_write_the_final_labels_and_their_coarser_levels(net, image, tmp_path, monkeypatch):
     """Cores of 256 px: each chunk of every coarser level is one block's, so the workers write them too."""
     pytest.importorskip("distributed")
-    from napari_unet.core import bigrun
+    from napari_unet.core import bigrun, ngff
 
-    monkeypatch.setattr(bigrun, "LEVEL_SIDE", 100)  # 768 px wide: levels of 384, 192 and 96 px
+    monkeypatch.setattr(ngff, "LEVEL_SIDE", 100)  # 768 px wide: levels of 384, 192 and 96 px
     crop = image[:512, :768]
     writes = []
     monkeypatch.setattr(bigrun, "_write_final", lambda *a, real=bigrun._write_final: writes.append(a) or real(*a))
@@ -148,8 +148,8 @@ def test_two_local_workers_write_the_final_labels_and_their_coarser_levels(net, 
 
 
 def test_coarser_levels_go_to_the_blocks_only_where_each_chunk_is_one_blocks():
-    from napari_unet.core.bigrun import _owned_levels
     from napari_unet.core.blockwise import BlockPlan
+    from napari_unet.core.ngff import owned_levels
 
     class Level:
         def __init__(self, shape, chunks):
@@ -161,7 +161,7 @@ def test_coarser_levels_go_to_the_blocks_only_where_each_chunk_is_one_blocks():
             Level(tuple(-(-n // 2**k) for n in shape), tuple(-(-c // 2**k) for c in core))
             for k in range(1, n_levels + 1)
         ]
-        return _owned_levels([plan.core(i) for i in range(len(plan))], levels)
+        return owned_levels([plan.core(i) for i in range(len(plan))], levels)
 
     assert owned((4096, 8192), (1024, 1024), 4) == 4
     assert owned((700, 900), (234, 225), 3) == 0  # odd cores: level 1's chunks straddle two blocks
@@ -285,9 +285,9 @@ def test_a_worker_that_dies_stops_in_one_line_and_the_run_resumes(net, image, tm
 
 def test_the_doubt_map_is_an_ome_zarr_image_beside_the_labels(net, image, tmp_path, monkeypatch):
     from napari_unet._qt.reader import get_reader
-    from napari_unet.core import bigrun
+    from napari_unet.core import ngff
 
-    monkeypatch.setattr(bigrun, "LEVEL_SIDE", 500)  # 900 px wide: two levels of each
+    monkeypatch.setattr(ngff, "LEVEL_SIDE", 500)  # 900 px wide: two levels of each
     ref = drain(api.segment_iter(image, net, diameter=20, block=256, doubt=True))
     assert ref.doubt.max() > 200 and ref.doubt.min() < 20  # a real map: doubtful borders, sure interiors
     out = tmp_path / "out.zarr"

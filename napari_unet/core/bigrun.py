@@ -6,7 +6,7 @@ run that did not finish. Inside it,
 ``napari-unet-run/`` records the run's settings and every finished block (its stitching summary: a
 few strips and sums), next to the blocks' provisional labels; running the same command again skips
 the finished blocks. Stitching (`core.blockwise`) then writes the final labels chunk by chunk, and
-the NGFF metadata (``labels/nuclei``, multiscales + image-label, via ome-zarr) makes it a labels
+the NGFF metadata (``labels/nuclei``, multiscales + image-label: `core.ngff`) makes it a labels
 image that napari and other OME-Zarr viewers open.
 
 Blocks run in this process, or as tasks on dask.distributed (`cluster`): ``"local:N"`` starts a
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import itertools
 import json
 import os
 import shutil
@@ -47,17 +46,22 @@ from .blockwise import (
 )
 from .errors import InputError, RunStopped
 from .jobs import Notice, drain, overlapped, relay
+from .ngff import (
+    LABELS_PATH,
+    fill_levels,
+    open_levels,
+    owned_levels,
+    write_coarse,
+    write_levels,
+    write_ngff,
+)
 from .scores import doubt_map
 
 WORK = "napari-unet-run"
-LABELS_PATH = "labels/nuclei"
 #: With `doubt`, the per-pixel doubt map (uint8, 255 = most doubtful; `scores.doubt_map`) is an OME-Zarr
 #: image of its own inside the output, beside the labels.
 DOUBT_PATH = "doubt"
 FORMAT = 1  # of the run record: a run recorded in another format is not resumed
-#: Coarser levels are added (each 2x smaller in Y and X, nearest-neighbour, as labels must be) until
-#: the plane fits in this many px per side, so that a viewer shows any size from the level it needs.
-LEVEL_SIDE = 1024
 
 
 @dataclass
@@ -444,18 +448,18 @@ def segment_to_zarr_iter(
         yield Progress(0, 1, 0, 1, "stitching")
         t_stitch = time.perf_counter()
         linking = link_iou is not None and len(indices) > 1
-        coarse = [] if linking else _open_levels(part / LABELS_PATH, output)  # linking rewrites level 0 first
+        coarse = [] if linking else open_levels(part / LABELS_PATH, output)  # linking rewrites level 0 first
         offset, plane_scores = _stitch(indices, plan, part, output, min_score, coarse, client)
         n_objects, levels = offset, len(coarse) + 1
         if linking:
             yield Progress(0, 1, 0, 1, "linking planes")
             n_objects, plane_scores = _link(planes.indices, plan, output, link_iou, plane_scores)
-            levels = _write_levels(part / LABELS_PATH, output)
+            levels = write_levels(part / LABELS_PATH, output)
         z_step = anisotropy if mode == "3d" else None
-        _write_ngff(part, out_axes, spatial, pixel_size, levels, z_step=z_step)
+        write_ngff(part, out_axes, spatial, pixel_size, levels, z_step=z_step)
         if dmap is not None:
-            levels = _write_levels(part / DOUBT_PATH, dmap)
-            _write_ngff(part, out_axes, spatial, pixel_size, levels, DOUBT_PATH, z_step=z_step)
+            levels = write_levels(part / DOUBT_PATH, dmap)
+            write_ngff(part, out_axes, spatial, pixel_size, levels, DOUBT_PATH, z_step=z_step)
         shutil.rmtree(part / WORK)
         _replace(part, out, overwrite)
         t_stitch = time.perf_counter() - t_stitch
@@ -474,103 +478,6 @@ def segment_to_zarr_iter(
         {"channel": planes.channel, "seconds": time.perf_counter() - t0, "stitch_seconds": t_stitch,
          **({"anisotropy": anisotropy, "slabs": plan.slabs} if mode == "3d" else {})}, DOUBT_PATH if doubt else None,
     )  # fmt: skip
-
-
-def _open_levels(group_path: Path, level0) -> list:
-    """Create (empty) levels 1, 2, ... of an image beside its level 0 in `group_path`: each half the one
-    before in Y and X, until the larger side is at most `LEVEL_SIDE`."""
-    import zarr
-
-    group = zarr.open_group(str(group_path), mode="a")
-    levels, shape = [], tuple(level0.shape)
-    while max(shape[-2:]) > LEVEL_SIDE:
-        shape = (*shape[:-2], *(-(-n // 2) for n in shape[-2:]))
-        # Level k's chunks are level 0's shrunk 2^k times, so a block's part is whole chunks: with level 0's
-        # chunk size, each coarse chunk was read, merged and recompressed once per block (4^k times).
-        f = 2 ** (len(levels) + 1)
-        yx = tuple(-(-c // f) for c in level0.chunks[-2:])
-        chunks = tuple(min(c, n) for c, n in zip((*level0.chunks[:-2], *yx), shape))
-        # overwrite: a level left by a stopped stitch is written again
-        levels.append(group.create_array(str(len(levels) + 1), shape=shape, chunks=chunks, dtype=level0.dtype,
-                                         fill_value=0, overwrite=True))  # fmt: skip
-    return levels
-
-
-def _write_coarse(levels: list, key: tuple[slice, ...], block: np.ndarray) -> None:
-    """Write the part of each coarser level that samples `block` (the level-0 pixels `key`): level k takes
-    every 2^k-th pixel of level 0 in Y and X (nearest neighbour, as labels need)."""
-    for k, level in enumerate(levels, 1):
-        f, lead = 2**k, key[:-2]
-        (y0, y1), (x0, x1) = ((sl.start, sl.stop) for sl in key[-2:])
-        sy, sx = -y0 % f, -x0 % f  # the first level-0 row / column of the block that level k keeps
-        part = block[..., sy::f, sx::f]
-        if part.size:
-            cy, cx = (y0 + sy) // f, (x0 + sx) // f
-            level[(*lead, slice(cy, cy + part.shape[-2]), slice(cx, cx + part.shape[-1]))] = part
-
-
-def _write_levels(group_path: Path, level0) -> int:
-    """Write levels 1, 2, ... of an image beside its level 0 in `group_path` (`_open_levels`), block by block
-    of level 0's chunks; returns the number of levels in all."""
-    levels = _open_levels(group_path, level0)
-    _fill_levels(level0, levels)
-    return len(levels) + 1
-
-
-def _fill_levels(source, levels: list) -> None:
-    """Write the coarser `levels` (each half the one before) from `source`, the level before the first of
-    them, chunk by chunk of `source`."""
-    if levels:
-        for key in _chunk_keys(source):
-            _write_coarse(levels, key, source[key])
-
-
-def _owned_levels(keys: list, levels: list) -> int:
-    """How many of the first `levels` (level k samples every 2^k-th pixel of level 0) have chunks that each
-    take pixels from one block only, given the blocks' level-0 `keys`: those levels can be written by blocks in
-    parallel. A block's part of level k is whole chunks where its core's Y and X starts are multiples of 2^k
-    times the chunk (cores of 1024 or 2048 px: every level of a plane up to 2^20 px a side)."""
-    for k, level in enumerate(levels, 1):
-        f = 2**k
-        for key in keys:
-            for sl, ch, n in zip(key[-2:], level.chunks[-2:], level.shape[-2:]):
-                a, b = -(-sl.start // f), -(-sl.stop // f)
-                if a % ch or (b % ch and b != n):
-                    return k - 1
-    return len(levels)
-
-
-def _chunk_keys(array):
-    """The slices of every chunk of `array` (in storage order)."""
-    ranges = [range(0, n, c) for n, c in zip(array.shape, array.chunks)]
-    for start in itertools.product(*ranges):
-        yield tuple(slice(a, min(a + c, n)) for a, c, n in zip(start, array.chunks, array.shape))
-
-
-def _write_ngff(
-    part: Path, axes: str, shape, pixel_size, levels: int = 1, image: str | None = None, z_step: float | None = None
-) -> None:
-    """The NGFF metadata of the labels (multiscales + image-label), or, with `image`, of that image group.
-    `z_step`: the Z step of a 3D stack in units of its Y pixel size (the voxels' anisotropy)."""
-    import zarr
-    from ome_zarr.writer import write_label_metadata, write_multiscales_metadata
-
-    root = zarr.open_group(str(part), mode="a")
-    names = {"T": "t", "Z": "z", "Y": "y", "X": "x"}
-    ax = [{"name": names.get(a, a.lower()), "type": "time" if a == "T" else "space"} for a in axes]
-    yx = np.asarray(pixel_size or (1.0, 1.0), float)
-    lead = [1.0] * (len(shape) - 2)
-    if z_step is not None:
-        lead[-1] = float(z_step * yx[0])
-    datasets = [
-        {"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": lead + list(yx * 2**k)}]}
-        for k in range(levels)
-    ]
-    if image is not None:
-        write_multiscales_metadata(root[image], datasets, axes=ax, name=image)
-        return
-    write_multiscales_metadata(root[LABELS_PATH], datasets, axes=ax, name="nuclei")
-    write_label_metadata(root["labels"], "nuclei", source={"image": "../../"})
 
 
 def _replace(part: Path, out: Path, overwrite: bool) -> None:
@@ -733,12 +640,12 @@ def _stitch(indices, plan, part, output, min_score, levels=(), client=None):
         jobs += [(p + plan.core(i), lut) for i, lut in st.luts.items()]
         plane_scores += [(tuple(int(v) for v in p), i, s) for i, s in st.scores.items()]
         offset += st.n_objects
-    owned = _owned_levels([key for key, _ in jobs], levels)
+    owned = owned_levels([key for key, _ in jobs], levels)
     if client is None:
         _write_final(str(part), jobs, owned)
     else:
         _write_final_on(client, part, jobs, owned)
-    _fill_levels(levels[owned - 1] if owned else output, levels[owned:])  # small levels whose chunks blocks share
+    fill_levels(levels[owned - 1] if owned else output, levels[owned:])  # small levels whose chunks blocks share
     return offset, plane_scores
 
 
@@ -752,7 +659,7 @@ def _write_final(part: str, jobs: list, levels: int) -> None:
     prov = zarr.open_array(str(Path(part) / WORK / "provisional.zarr"), mode="r")
     for key, lut in jobs:
         output[key] = block = lut[prov[key]].astype(np.int32)
-        _write_coarse(coarse, key, block)
+        write_coarse(coarse, key, block)
 
 
 def _write_final_on(client, part: Path, jobs: list, levels: int) -> None:
