@@ -278,6 +278,12 @@ def segment_job(
         )
     tile0 = default_tile(net, tile)
     notices: list[str] = []
+
+    def noted(item):  # the warnings the segmentation gives (`Notice`) go into the result too
+        if isinstance(item, Notice):
+            notices.append(item.message)
+        return item
+
     for dev_name, t, b, why in fallback_plan(
         dev.type if dev.type != "cuda" else str(dev), tile0, batch_size, net.fit_input_size, first_tile=tile
     ):
@@ -285,7 +291,7 @@ def segment_job(
             notices.append(why)
             yield Notice(why)
         try:
-            result = yield from _noting(
+            result = yield from relay(
                 segment_iter(
                     image,
                     net,
@@ -304,7 +310,7 @@ def segment_job(
                     merge_cuts=merge_cuts,
                     min_score=min_score,
                 ),
-                notices,
+                noted,
             )
         except Exception as exc:
             if not is_out_of_memory(exc):
@@ -314,18 +320,6 @@ def segment_job(
         result.extra["notices"] = notices
         return result
     raise MemoryError("out of memory even on the CPU")  # pragma: no cover - the CPU attempt raises first
-
-
-def _noting(gen: Generator, notices: list[str]):
-    """`yield from gen`, with the message of every `Notice` it yields added to `notices`."""
-    while True:
-        try:
-            item = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if isinstance(item, Notice):
-            notices.append(item.message)
-        yield item
 
 
 def estimate_job(

@@ -386,6 +386,12 @@ def channel_stats(image, n_plane_axes: int, n_c: int) -> dict[int, dict]:
     return stats
 
 
+def intensity_channels(n_c: int, axes: str) -> int:
+    """How many of an image's `n_c` channels hold intensities: channel-last with 4 entries is RGBA, whose alpha
+    channel is opacity, not a stain."""
+    return 3 if n_c == 4 and axes.endswith("YXC") else n_c
+
+
 def iter_planes(
     image, axes: str | None = None, channel: int | str | None = None, *, low: float = 1.0, high: float = 99.8
 ) -> tuple[tuple[int, ...], str, Planes]:
@@ -419,9 +425,8 @@ def iter_planes(
     plane_shape = tuple(image.shape[:n_plane_axes])
     if has_c:
         n_c = image.shape[n_plane_axes]
-        # Channel-last with 4 entries is RGBA: the alpha channel is opacity, not intensity, so neither
-        # the average nor the automatic choice uses it (channel=3 still selects it explicitly).
-        n_intensity = 3 if n_c == 4 and axes.endswith("YXC") else n_c
+        # Neither the average nor the automatic choice uses RGBA's alpha (channel=3 still selects it explicitly).
+        n_intensity = intensity_channels(n_c, axes)
         if channel == "mean":
             channels = list(range(n_intensity))
         elif channel is None:
@@ -496,6 +501,10 @@ class Planes:
 
     def view(self, idx: tuple[int, ...]) -> PlaneView:
         return PlaneView(self, idx)
+
+    def median_level(self, max_samples: int = 250_000) -> float:
+        """The median pixel of the middle plane, normalised: near 0 for bright objects on a dark background."""
+        return float(np.median(_sample(self.view(self.indices[len(self.indices) // 2]), max_samples)))
 
     def most_contrasted(self, candidates: int = 9, max_samples: int = 250_000) -> tuple[int, ...]:
         """Index of the plane with the widest spread of intensities among up to `candidates` evenly spaced.

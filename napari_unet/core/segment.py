@@ -31,7 +31,7 @@ from .instances import (
 from .jobs import Notice, drain, in_threads, map_in_threads, overlapped, relay
 from .model import UNet
 from .modelfile import ModelInfo
-from .normalize import _sample, iter_planes
+from .normalize import iter_planes
 from .predict import InferenceModel, predict_plane
 from .scores import MEASURES, doubt_map, object_measures
 
@@ -311,7 +311,7 @@ BRIGHT_BACKGROUND = 0.75
 
 def bright_background_note(planes) -> str:
     """A warning for an image whose background is brighter than its objects (`BRIGHT_BACKGROUND`), else ""."""
-    median = float(np.median(_sample(planes.view(planes.indices[len(planes.indices) // 2]), 250_000)))
+    median = planes.median_level()
     if median <= BRIGHT_BACKGROUND:
         return ""
     return (

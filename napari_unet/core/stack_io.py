@@ -14,7 +14,7 @@ import numpy as np
 from .autosave import META_KEY, corrections_layers
 from .errors import InputError
 from .io import LAZY_BYTES, PICTURE_SUFFIXES, ImageData, read_image
-from .normalize import nuclear_channel, resolve_axes, to_standard
+from .normalize import intensity_channels, nuclear_channel, resolve_axes, to_standard
 
 FOLDER_SUFFIXES = (".tif", ".tiff", ".npy", *PICTURE_SUFFIXES)
 CHANNEL_COLORMAPS = ("green", "magenta", "cyan", "yellow", "red", "blue")
@@ -171,7 +171,7 @@ def image_layers(
     if channel is not None and not -n_c <= channel < n_c:
         raise InputError(f"channel {channel} does not exist: the image has {n_c} channels")
     channels = [channel % n_c] if channel is not None else list(range(n_c))
-    n_intensity = 3 if n_c == 4 and axes.endswith("YXC") else n_c  # RGBA: the alpha channel is no stain
+    n_intensity = intensity_channels(n_c, axes)
     if len(channels) > 1 and n_intensity > 1:
         nuclear = nuclear_channel(data, c_axis, n_intensity)
         channels = [c for c in channels if c != nuclear] + [nuclear]
