@@ -363,7 +363,7 @@ def segment_to_zarr_iter(
     from .instances import min_object_size
     from .normalize import iter_planes
     from .predict import InferenceModel
-    from .segment import Progress, bright_background_note, estimate_on_planes, model_info
+    from .segment import Progress, estimate_on_planes, input_notes, model_info
 
     out = Path(out)
     if out.suffix != ".zarr":
@@ -389,7 +389,7 @@ def segment_to_zarr_iter(
         check_anisotropy(anisotropy)
         if out_axes != "ZYX":
             raise InputError(f"3D objects need a ZYX stack, got axes '{out_axes}' (segment each time point on its own)")
-    if note := bright_background_note(planes):
+    for note in input_notes(planes):
         yield Notice(note)
     dev = select_device(device)
     infer = InferenceModel.prepare(model, dev, precision, tta=tta)

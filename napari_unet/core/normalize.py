@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from .errors import InputError
 
@@ -152,6 +153,91 @@ def _fill(sample: np.ndarray, finite: np.ndarray, low: float, high: float) -> np
     if lo - lowest <= FILL_GAP * (hi - lo) or np.unique(rest).size < FILL_LEVELS:
         return np.zeros(sample.shape, bool)
     return sample == lowest
+
+
+#: `overlay_mask`: burned-in text and scale bars at the image's maximum (an exported figure). A region of the pixels
+#: above half the maximum's height over the background that holds maximal pixels is a stroke of text when it is
+#: at most `OVERLAY_DEPTH` px from its edge everywhere and at least `OVERLAY_THIN` x its depth squared in area (a
+#: disc is 3.1x, a 2:1 ellipse 6.3x, a text stroke 20-40x), and it stands in a line of at least `OVERLAY_STROKES` of them; a
+#: scale bar is a region that fills `OVERLAY_FILL` of its box, `OVERLAY_BAR` x as long as wide. Chosen on a probe
+#: (benchmarks/RESULTS.md, "Burned-in text and scale bars"): no pixel of any image of `../shared/data` is flagged,
+#: nor of their copies saturated up to 4x (3.6 % of the pixels at the maximum).
+OVERLAY_DEPTH, OVERLAY_THIN, OVERLAY_STROKES, OVERLAY_FILL, OVERLAY_BAR = 2.5, 15.0, 3, 0.9, 4
+#: ... and a stroke is drawn in one value: at least this share of its region is at the maximum (anti-aliased text
+#: 0.33 or more; the noisy saturated nuclei of synthetic images 0.04-0.10, up to 0.5 for 8-12 px ones).
+OVERLAY_FLAT = 0.3
+#: ... and their anti-aliased edges: this many px around them; an image with more than `OVERLAY_SHARE` of its pixels
+#: at its maximum is saturated, not annotated.
+OVERLAY_EDGE, OVERLAY_SHARE = 2, 0.05
+
+
+def overlay_mask(plane: np.ndarray) -> np.ndarray:
+    """The pixels of a 2D plane that look like burned-in text or a scale bar at its maximum value, with
+    `OVERLAY_EDGE` px of their edges; all False when there are none.
+
+    At 16 bits such an annotation holds the high percentile (mnfinder val with a label at 65,535: AP@0.5 0.936 ->
+    0.490), and as objects beside few nuclei it holds the size estimate (an 8-bit image at its own maximum: 1.00
+    -> 0.21). Saturated nuclei are regions of another shape: round, or wider than a stroke.
+    """
+    x = np.asarray(plane)
+    finite = np.isfinite(x) if x.dtype.kind == "f" else np.ones(x.shape, bool)
+    none = np.zeros(x.shape, bool)
+    if x.ndim != 2 or not finite.any():
+        return none
+    top = x[finite].max()
+    at = x == top
+    n_at = int(at.sum())
+    if n_at < 8 or n_at > OVERLAY_SHARE * x.size:
+        return none
+    background = float(np.median(x[finite]))
+    bright = finite & (x >= background + 0.5 * (float(top) - background))
+    regions, n = ndi.label(bright, structure=np.ones((3, 3)))
+    ids = np.unique(regions[at])
+    area = ndi.sum_labels(bright, regions, ids)
+    depth = ndi.maximum(ndi.distance_transform_edt(bright), regions, ids)
+    every_box = ndi.find_objects(regions)
+    boxes = [every_box[i - 1] for i in ids]
+    height, width = (np.array([b[k].stop - b[k].start for b in boxes]) for k in (0, 1))
+    long, short = np.maximum(height, width), np.minimum(height, width)
+    flat = ndi.sum_labels(at, regions, ids) / area  # drawn in one value: a third or more of a stroke, its core
+    thin = (depth <= OVERLAY_DEPTH) & (area >= 8) & (area >= OVERLAY_THIN * depth**2)
+    strokes = thin & (flat >= OVERLAY_FLAT)
+    bars = (area >= OVERLAY_FILL * height * width) & (long >= OVERLAY_BAR * short) & (long >= 20)
+    # Text: strokes in a line, each beside at least two others (overlapping rows, within two heights)
+    y0, x0 = (np.array([b[k].start for b in boxes]) for k in (0, 1))
+    overlap = np.minimum.outer(y0 + height, y0 + height) - np.maximum.outer(y0, y0)
+    beside = (overlap >= 0.5 * np.minimum.outer(height, height)) & (
+        np.abs(np.subtract.outer(x0 + width / 2, x0 + width / 2)) <= 2 * np.add.outer(height, height)
+    )
+    text = strokes & ((beside & strokes).sum(1) - 1 >= OVERLAY_STROKES - 1)
+    # ... and beside them, what is thin or drawn in one value: thin glyphs, dots, colons, the thicker parts
+    keep = bars | text | ((thin | (flat >= OVERLAY_FLAT)) & (beside & text).any(1))
+    if not keep.any():
+        return none
+    lut = np.zeros(n + 1, bool)
+    lut[ids[keep]] = True
+    return ndi.binary_dilation(lut[regions], iterations=OVERLAY_EDGE)
+
+
+#: `iter_planes` looks for burned-in annotations in images held in memory up to this many pixels.
+OVERLAY_MAX_PIXELS = 2**26
+
+
+def _without_overlays(image: np.ndarray, n_plane_axes: int, channels) -> tuple[np.ndarray, int]:
+    """`image` (planes..., [C,] Y, X) with the `overlay_mask` pixels of every plane of `channels` (None: no C axis)
+    set to NaN (no data, taken as background), as a float32 copy; and how many pixels that is."""
+    found = {}
+    for idx in np.ndindex(*image.shape[:n_plane_axes]):
+        for c in channels:
+            key = idx + ((c,) if c is not None else ())
+            if (mask := overlay_mask(image[key])).any():
+                found[key] = mask
+    if not found:
+        return image, 0
+    out = image.astype(np.float32)
+    for key, mask in found.items():
+        out[key][mask] = np.nan
+    return out, sum(int(m.sum()) for m in found.values())
 
 
 #: `normalize_plane` clips to +-this (in units of the [lo, hi] range). Bright nuclei above the high percentile
@@ -405,6 +491,9 @@ def iter_planes(
             nuclear stain (`nuclear_channel`). `Planes.channel` says what was used.
         low, high: Normalisation percentiles.
 
+    Burned-in text and scale bars (`overlay_mask`) of an image in memory are left out as no data;
+    `Planes.overlay_pixels` says how many pixels that was.
+
     Returns:
         (spatial shape: the image's shape without the channel axis, the standard axes without C,
         `Planes`: iterable of (plane index, normalised float32 YX plane), read lazily).
@@ -435,16 +524,21 @@ def iter_planes(
             raise InputError(f"channel {channel} does not exist: the image has {n_c} channels")
         else:
             channels = [channel % n_c]
+    elif channel not in (None, 0, "mean"):
+        raise InputError(f"channel {channel} requested but the image has no channel axis")
+    overlay = 0
+    if isinstance(image, np.ndarray) and image.size <= OVERLAY_MAX_PIXELS:
+        image, overlay = _without_overlays(image, n_plane_axes, channels if has_c else [None])
+    if has_c:
         ranges = {c: percentile_range(image[(slice(None),) * n_plane_axes + (c,)], low, high) for c in channels}
     else:
-        if channel not in (None, 0, "mean"):
-            raise InputError(f"channel {channel} requested but the image has no channel axis")
         ranges = {None: percentile_range(image, low, high)}
     spatial = plane_shape + tuple(image.shape[-2:])
     out_axes = std.replace("C", "")
     planes = Planes(image, plane_shape, ranges if has_c else None, ranges.get(None))
     planes.channel = (channels[0] if len(channels) == 1 else "mean") if has_c else None
     planes.frame_axis = std.index("T") if "T" in std else None
+    planes.overlay_pixels = overlay
     return spatial, out_axes, planes
 
 
@@ -465,6 +559,7 @@ class Planes:
         self.plane_shape = tuple(image.shape[-2:])
         self.frame_axis: int | None = None  # where a time-lapse's T is in a plane's index
         self.frame_high: dict[int, float] = {}  # time point -> its high level moved (`with_high`)
+        self.overlay_pixels = 0  # burned-in annotation left out (`overlay_mask`)
 
     def load(self, idx: tuple[int, ...], window: tuple[slice, slice] = (slice(None), slice(None))) -> np.ndarray:
         """Plane `idx` (or its `window`), normalised float32; reads only that window of a lazy image. Hot pixels

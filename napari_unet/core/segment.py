@@ -309,15 +309,21 @@ LEVEL_FLOOR = NUCLEUS_LEVEL / 4
 BRIGHT_BACKGROUND = 0.75
 
 
-def bright_background_note(planes) -> str:
-    """A warning for an image whose background is brighter than its objects (`BRIGHT_BACKGROUND`), else ""."""
-    median = planes.median_level()
-    if median <= BRIGHT_BACKGROUND:
-        return ""
-    return (
-        f"the background is brighter than the objects (median pixel at {median:.2f} of the range): the model "
-        "segments bright nuclei on a dark background (fluorescence); if the nuclei are dark, invert the image"
-    )
+def input_notes(planes) -> list[str]:
+    """What to tell the user about the input before segmenting it: an image whose background is brighter than its
+    objects (`BRIGHT_BACKGROUND`), and burned-in annotation left out (`normalize.overlay_mask`)."""
+    notes = []
+    if (median := planes.median_level()) > BRIGHT_BACKGROUND:
+        notes.append(
+            f"the background is brighter than the objects (median pixel at {median:.2f} of the range): the model "
+            "segments bright nuclei on a dark background (fluorescence); if the nuclei are dark, invert the image"
+        )
+    if planes.overlay_pixels:
+        notes.append(
+            f"{planes.overlay_pixels} px of burned-in text or scale bar at the image's maximum were left out "
+            "(taken as background)"
+        )
+    return notes
 
 
 def renormalised_note(result: SegmentResult) -> str:
@@ -507,7 +513,7 @@ def segment_iter(
     min_score = info.min_score if min_score is None else min_score
     spatial, out_axes, planes = iter_planes(image, axes, channel)
     n_planes = int(np.prod(spatial[:-2])) if len(spatial) > 2 else 1
-    if note := bright_background_note(planes):
+    for note in input_notes(planes):
         yield Notice(note)
     infer = InferenceModel.prepare(model, dev, precision, tta=tta)
     used_diameter = diameter

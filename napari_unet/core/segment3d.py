@@ -39,7 +39,7 @@ from .jobs import Notice, drain, relay
 from .normalize import iter_planes
 from .predict import InferenceModel, predict_plane
 from .scores import doubt_map
-from .segment import Progress, SegmentResult, bright_background_note, estimate_on_planes, model_info
+from .segment import Progress, SegmentResult, estimate_on_planes, input_notes, model_info
 from .tiling import linear_taps
 
 FUSIONS = ("xy", "xyz")
@@ -249,7 +249,7 @@ def segment_3d_iter(
     if out_axes != "ZYX":
         raise InputError(f"3D objects need a ZYX stack, got axes '{out_axes}' (segment each time point on its own)")
     Z, Y, X = spatial
-    if note := bright_background_note(planes):
+    for note in input_notes(planes):
         yield Notice(note)
     infer = InferenceModel.prepare(model, dev, precision, tta=tta)
     if diameter is None:
