@@ -104,8 +104,8 @@ def build_request(
         whole = _plane_image(image_layer, plane)
         region = whole[yx]
         if min(region.shape) >= 16:
-            from ..core.normalize import percentile_range
+            from ..core.normalize import percentile_range, without_overlays
 
             req.preview, req.preview_yx = np.ascontiguousarray(region), yx
-            req.preview_range = percentile_range(whole)
+            req.preview_range = percentile_range(without_overlays(np.asarray(whole))[0])
     return req

@@ -23,6 +23,7 @@ __all__ = [
     "percentile_range",
     "resolve_axes",
     "to_standard",
+    "without_overlays",
 ]
 
 PLANE_AXES = "TZ"
@@ -227,13 +228,17 @@ def overlay_mask(plane: np.ndarray) -> np.ndarray:
     return ndi.binary_dilation(lut[regions], iterations=OVERLAY_EDGE)
 
 
-#: `iter_planes` looks for burned-in annotations in images held in memory up to this many pixels.
+#: `without_overlays` looks for burned-in annotations in images held in memory up to this many pixels.
 OVERLAY_MAX_PIXELS = 2**26
 
 
-def _without_overlays(image: np.ndarray, n_plane_axes: int, channels) -> tuple[np.ndarray, int]:
+def without_overlays(image, n_plane_axes: int = 0, channels=(None,)) -> tuple[np.ndarray, int]:
     """`image` (planes..., [C,] Y, X) with the `overlay_mask` pixels of every plane of `channels` (None: no C axis)
-    set to NaN (no data, taken as background), as a float32 copy; and how many pixels that is."""
+    set to NaN (no data, taken as background), as a float32 copy; and how many pixels that is. An image that is not
+    a numpy array, or is larger than `OVERLAY_MAX_PIXELS`, or has none, is returned as it is. Segmenting
+    (`iter_planes`) and retraining (`train.train_iter`) both take them out."""
+    if not isinstance(image, np.ndarray) or image.size > OVERLAY_MAX_PIXELS:
+        return image, 0
     found = {}
     for idx in np.ndindex(*image.shape[:n_plane_axes]):
         for c in channels:
@@ -534,9 +539,7 @@ def iter_planes(
             channels = [channel % n_c]
     elif channel not in (None, 0, "mean"):
         raise InputError(f"channel {channel} requested but the image has no channel axis")
-    overlay = 0
-    if isinstance(image, np.ndarray) and image.size <= OVERLAY_MAX_PIXELS:
-        image, overlay = _without_overlays(image, n_plane_axes, channels if has_c else [None])
+    image, overlay = without_overlays(image, n_plane_axes, channels if has_c else [None])
     if has_c:
         ranges = {c: percentile_range(image[(slice(None),) * n_plane_axes + (c,)], low, high) for c in channels}
     else:

@@ -49,6 +49,7 @@ from .finetune import (
 )
 from .losses import masked_loss
 from .model import UNet
+from .normalize import without_overlays
 from .trainingdata import (
     CropSampler,
     check_inputs,
@@ -237,6 +238,7 @@ def _prepare(images, labels, masks, init, seconds, steps, device, seed, diameter
     # Data: targets at the model's scale, a held-out split, crop samplers.
     items = []
     for (img, lab, msk), d in zip(pairs, ds):
+        img, _ = without_overlays(img)  # as segmenting does
         d = d or painted_diameter(lab, msk, scribbles) or model_diameter(start, img, info0, dev)
         kw = {"model_diameter": info0.diameter, "normalization": info0.normalization, "w0": cfg.w0, "sigma": cfg.sigma}
         items.append(prepare_image(img, lab, msk, diameter=d, scribbles=scribbles, **kw))
