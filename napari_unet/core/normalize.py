@@ -239,15 +239,15 @@ def without_overlays(image, n_plane_axes: int = 0, channels=(None,)) -> tuple[np
     (`iter_planes`) and retraining (`train.train_iter`) both take them out."""
     if not isinstance(image, np.ndarray) or image.size > OVERLAY_MAX_PIXELS:
         return image, 0
-    found = {}
+    found, pixels = {}, image.view(np.ndarray)  # read as a plain array (a subclass may index its own way)
     for idx in np.ndindex(*image.shape[:n_plane_axes]):
         for c in channels:
             key = idx + ((c,) if c is not None else ())
-            if (mask := overlay_mask(image[key])).any():
+            if (mask := overlay_mask(pixels[key])).any():
                 found[key] = mask
     if not found:
         return image, 0
-    out = image.astype(np.float32)
+    out = pixels.astype(np.float32)
     for key, mask in found.items():
         out[key][mask] = np.nan
     return out, sum(int(m.sum()) for m in found.values())
