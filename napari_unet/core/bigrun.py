@@ -85,6 +85,7 @@ def _settings(planes, shape, diameter, block, tile, overlap, model_id, channel) 
         "format": FORMAT, "shape": list(shape), "diameter": diameter, "block": block, "tile": tile,
         "overlap": overlap, "model": model_id, "channel": channel,
         "ranges": repr(planes.channel_ranges if planes.channel_ranges is not None else planes.range),
+        "frames_high": repr(planes.frame_high),
     }  # fmt: skip
 
 
@@ -363,7 +364,15 @@ def segment_to_zarr_iter(
     from .instances import min_object_size
     from .normalize import iter_planes
     from .predict import InferenceModel
-    from .segment import Progress, estimate_on_planes, input_notes, model_info
+    from .segment import (
+        Progress,
+        estimate_on_planes,
+        input_notes,
+        model_info,
+        preview_levels,
+        renormalised,
+        renormalised_text,
+    )
 
     out = Path(out)
     if out.suffix != ".zarr":
@@ -403,6 +412,13 @@ def segment_to_zarr_iter(
     if diameter is None:
         yield Progress(0, len(planes.indices), 0, 1, "estimating object size")
         diameter = round(float(estimate_on_planes(infer, planes, info)), 3)
+    if mode != "3d":  # too large to run twice: whether the nuclei sit far below the range, from a preview
+        yield Progress(0, len(planes.indices), 0, 1, "reading the nuclei's level")
+        level, by_frame = preview_levels(infer, planes, info, diameter)
+        again, dim = renormalised(planes, level, by_frame)
+        if again is not None:
+            planes = again
+            yield Notice(renormalised_text(level, sorted(dim)), "info")
     scale = info.diameter / diameter
     if mode == "3d":  # the whole stack is one "plane" of blocks cut in Z, Y and X
         from .segment3d import block_params, check_depth, plan_stack

@@ -326,11 +326,70 @@ def input_notes(planes) -> list[str]:
     return notes
 
 
+def renormalised(planes, level: float, by_frame: dict[int, float]):
+    """(`planes` normalised again, or None; the dim time points -> their factor) for objects whose median bright
+    level is `level` over the image and `by_frame[t]` in each time point.
+
+    The nuclei sit far below the normalised range when bright debris or a few very bright condensed nuclei set the
+    high percentile (`level` under `LEVEL_FLOOR`): the high level moves to them. A time-lapse's frames whose nuclei
+    sit far below the rest (the stain bleaches over time) move on their own.
+    """
+    dim = {t: lv / NUCLEUS_LEVEL for t, lv in by_frame.items() if lv < LEVEL_FLOOR} if level >= LEVEL_FLOOR else {}
+    if level >= LEVEL_FLOOR and not dim:
+        return None, {}
+    return (planes.with_high(level / NUCLEUS_LEVEL) if not dim else planes.with_high(frames=dim)), dim
+
+
+#: `preview_levels` reads the objects of a window of this side (px at the model's scale) of a plane.
+PREVIEW_SIDE = 512
+
+
+def window_level(infer: InferenceModel, planes, idx: tuple[int, ...], info: ModelInfo, diameter: float) -> np.ndarray:
+    """The bright levels (`object_brightness`) of the objects that the network finds in the busiest window of
+    plane `idx`, segmented at `diameter` (untrimmed)."""
+    scale = info.diameter / diameter
+    side = max(32, round(PREVIEW_SIDE / scale))
+    view = planes.view(idx)
+    ((y0, x0),) = _busiest_windows(view, side)
+    sub = np.asarray(view[y0 : y0 + side, x0 : x0 + side], np.float32)
+    if abs(scale - 1.0) > 0.02:
+        size = (max(8, round(sub.shape[0] * scale)), max(8, round(sub.shape[1] * scale)))
+        sub = resize(sub, size, order=1, anti_aliasing=scale < 1, preserve_range=True).astype(np.float32)
+    probs = drain(predict_plane(infer, sub))
+    labels = labels_from_probabilities(
+        probs, min_size=min_object_size(info.diameter), mask_threshold=info.mask_threshold
+    )
+    bright = object_brightness(labels, sub, int(labels.max()))
+    return bright[np.isfinite(bright)]
+
+
+def preview_levels(infer: InferenceModel, planes, info: ModelInfo, diameter: float) -> tuple[float, dict[int, float]]:
+    """`renormalised`'s `level` and `by_frame`, read before a run from one window of a plane (`window_level`): of
+    every time point's middle plane for a time-lapse, else of the most contrasted plane.
+
+    A run written block by block (`bigrun`) is too large to run twice, as `segment_iter` does when its first pass
+    finds the nuclei far below the range; it decides from this preview instead, at about 0.15 s a plane read."""
+    if planes.frame_axis is None:
+        return _median_level([window_level(infer, planes, planes.most_contrasted(), info, diameter)]), {}
+    frames: dict[int, list[tuple[int, ...]]] = {}
+    for idx in planes.indices:
+        frames.setdefault(idx[planes.frame_axis], []).append(idx)
+    bright = {t: window_level(infer, planes, idx[len(idx) // 2], info, diameter) for t, idx in frames.items()}
+    return _median_level(list(bright.values())), {t: _median_level([b]) for t, b in bright.items()}
+
+
 def renormalised_note(result: SegmentResult) -> str:
     """What the CLI's summary and the Segment widget's status say when `segment` ran its second pass, else ""."""
-    if result.extra.get("nucleus_level", LEVEL_FLOOR) < LEVEL_FLOOR:
+    return renormalised_text(
+        result.extra.get("nucleus_level", LEVEL_FLOOR), result.extra.get("frames_normalised_again")
+    )
+
+
+def renormalised_text(level: float, frames) -> str:
+    """`renormalised_note` for objects of median bright `level` and the dim time points `frames` (sorted)."""
+    if level < LEVEL_FLOOR:
         return "normalised again (nuclei far below the image's range)"
-    if frames := result.extra.get("frames_normalised_again"):
+    if frames:
         return f"{len(frames)} dim time point{'s' if len(frames) > 1 else ''} normalised again (from t={frames[0]})"
     return ""
 
@@ -526,13 +585,9 @@ def segment_iter(
         measures=measures, block=block, merge_cuts=merge_cuts, min_score=min_score,
     )  # fmt: skip
     labels, probs_out, doubt_out, plane_scores, all_measures, last_probs, level, by_frame = yield from run(planes)
-    # A time-lapse's frames whose nuclei sit far below the rest (the stain bleaches over time): again on their own.
-    dim = {t: lv / NUCLEUS_LEVEL for t, lv in by_frame.items() if lv < LEVEL_FLOOR} if level >= LEVEL_FLOOR else {}
-    if level < LEVEL_FLOOR or dim:
-        # The nuclei sit far below the normalised range (bright debris, a few very bright condensed nuclei
-        # set the high percentile): normalise again so that they reach their usual level, and run again.
+    again, dim = renormalised(planes, level, by_frame)
+    if again is not None:
         yield Progress(0, n_planes, 0, 1, "the nuclei are far below the image's range: normalising again")
-        again = planes.with_high(level / NUCLEUS_LEVEL) if not dim else planes.with_high(frames=dim)
         labels, probs_out, doubt_out, plane_scores, all_measures, last_probs, *_ = yield from run(again)
     if link_iou is not None and labels.ndim > 2:
         flat = labels.reshape(-1, *labels.shape[-2:])
