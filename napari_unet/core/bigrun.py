@@ -369,9 +369,7 @@ def segment_to_zarr_iter(
         estimate_on_planes,
         input_notes,
         model_info,
-        preview_levels,
-        renormalised,
-        renormalised_text,
+        renormalised_before,
     )
 
     out = Path(out)
@@ -412,13 +410,9 @@ def segment_to_zarr_iter(
     if diameter is None:
         yield Progress(0, len(planes.indices), 0, 1, "estimating object size")
         diameter = round(float(estimate_on_planes(infer, planes, info)), 3)
-    if mode != "3d":  # too large to run twice: whether the nuclei sit far below the range, from a preview
+    if mode != "3d":  # (3D objects: measured on cells3d, no gain; benchmarks/RESULTS.md)
         yield Progress(0, len(planes.indices), 0, 1, "reading the nuclei's level")
-        level, by_frame = preview_levels(infer, planes, info, diameter)
-        again, dim = renormalised(planes, level, by_frame)
-        if again is not None:
-            planes = again
-            yield Notice(renormalised_text(level, sorted(dim)), "info")
+        planes = yield from renormalised_before(infer, planes, info, diameter)
     scale = info.diameter / diameter
     if mode == "3d":  # the whole stack is one "plane" of blocks cut in Z, Y and X
         from .segment3d import block_params, check_depth, plan_stack

@@ -378,6 +378,17 @@ def preview_levels(infer: InferenceModel, planes, info: ModelInfo, diameter: flo
     return _median_level(list(bright.values())), {t: _median_level([b]) for t, b in bright.items()}
 
 
+def renormalised_before(infer: InferenceModel, planes, info: ModelInfo, diameter: float):
+    """`renormalised` from `preview_levels`, for runs too large to run twice (block runs to OME-Zarr). Yields a
+    `Notice` when it moves the range; returns the planes to segment."""
+    level, by_frame = preview_levels(infer, planes, info, diameter)
+    again, dim = renormalised(planes, level, by_frame)
+    if again is None:
+        return planes
+    yield Notice(renormalised_text(level, sorted(dim)), "info")
+    return again
+
+
 def renormalised_note(result: SegmentResult) -> str:
     """What the CLI's summary and the Segment widget's status say when `segment` ran its second pass, else ""."""
     return renormalised_text(
