@@ -368,7 +368,7 @@ def preview_levels(infer: InferenceModel, planes, info: ModelInfo, diameter: flo
     every time point's middle plane for a time-lapse, else of the most contrasted plane.
 
     A run written block by block (`bigrun`) is too large to run twice, as `segment_iter` does when its first pass
-    finds the nuclei far below the range; it decides from this preview instead, at about 0.15 s a plane read."""
+    finds the nuclei far below the range; it decides from this preview instead, at about 0.09 s a plane read."""
     if planes.frame_axis is None:
         return _median_level([window_level(infer, planes, planes.most_contrasted(), info, diameter)]), {}
     frames: dict[int, list[tuple[int, ...]]] = {}
