@@ -163,6 +163,8 @@ def test_a_two_channel_array_is_taken_for_channels_not_for_planes_two_px_wide():
 
     assert resolve_axes((768, 869, 2)) == resolve_axes((768, 869, 1)) == "YXC"
     assert resolve_axes((2, 768, 869)) == "ZYX"  # a channel-first pair stays a stack, as napari shows it
+    assert resolve_axes((520, 696, 5)) == "YXC" and resolve_axes((40, 520, 696, 6)) == "ZYXC"  # Cell Painting's five
+    assert resolve_axes((30, 24, 6)) == "ZYX"  # too small to tell: a stack, as before
     img = np.zeros((64, 80), np.float32)
     img[20:40, 20:40] = 1.0
     spatial, axes, planes = iter_planes(np.stack([np.zeros_like(img), img], -1))

@@ -41,13 +41,20 @@ def axes_from_names(names) -> str | None:
     return "".join(letters) if letters and all(letters) else None
 
 
+def _channels_last(shape: tuple[int, ...]) -> bool:
+    """Whether the last axis of a 3D or 4D array of `shape` is a channel axis: it has at most 4 entries (RGB, RGBA,
+    two channels: no image is 4 px wide; a (Y, X, 2) array was taken for Y planes of X x 2 px and segmented into
+    noise), or at most 8 beside axes at least 8x longer (a five-channel (Y, X, 5) array was taken for 5 px wide
+    planes: 12 objects of noise from a random array)."""
+    return shape[-1] <= 4 or (shape[-1] <= 8 and min(shape[-3:-1]) >= 8 * shape[-1])
+
+
 def resolve_axes(shape: tuple[int, ...], axes: str | None = None) -> str:
     """Check or guess the axes of an array of `shape`.
 
-    Guessing: 2D -> YX; 3D -> YXC if the last axis has at most 4 entries (RGB, RGBA, or two channels: no image is
-    4 px wide; a (Y, X, 2) array was taken for Y planes of X x 2 px and segmented into noise), else ZYX;
-    4D -> ZYXC if the last axis has <= 4 entries, else CZYX... is ambiguous, so 4D and more need
-    explicit axes unless the last axis is a small channel axis.
+    Guessing: 2D -> YX; 3D -> YXC if the last axis is a channel axis (`_channels_last`), else ZYX; 4D -> ZYXC
+    if it is, else CZYX... is ambiguous, so 4D and more need explicit axes unless the last axis is a small
+    channel axis.
     """
     ndim = len(shape)
     if ndim < 2:
@@ -56,8 +63,8 @@ def resolve_axes(shape: tuple[int, ...], axes: str | None = None) -> str:
         if ndim == 2:
             return "YX"
         if ndim == 3:
-            return "YXC" if shape[-1] <= 4 else "ZYX"
-        if ndim == 4 and shape[-1] <= 4:
+            return "YXC" if _channels_last(shape) else "ZYX"
+        if ndim == 4 and _channels_last(shape):
             return "ZYXC"
         raise InputError(f"cannot guess the axes of a {ndim}-D image {tuple(shape)}: pass them (--axes), e.g. 'TZCYX'")
     axes = axes.upper().replace("S", "C")
