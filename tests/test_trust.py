@@ -157,7 +157,7 @@ def test_segment_refuses_bad_options_in_one_line(files, capsys, option, match):
     assert len(err.splitlines()) == 1 and match in err and not out.exists()
 
 
-def test_a_two_channel_array_is_taken_for_channels_not_for_planes_two_px_wide():
+def test_a_two_channel_array_is_taken_for_channels_not_for_planes_two_px_wide(tmp_path):
     """A (Y, X, 2) array was guessed ZYX: Y planes of X x 2 px, segmented into hundreds of objects of noise."""
     from napari_unet.core.normalize import iter_planes, resolve_axes
 
@@ -169,6 +169,12 @@ def test_a_two_channel_array_is_taken_for_channels_not_for_planes_two_px_wide():
     img[20:40, 20:40] = 1.0
     spatial, axes, planes = iter_planes(np.stack([np.zeros_like(img), img], -1))
     assert (spatial, axes, planes.channel) == ((64, 80), "YX", 1)
+    # ... and so is such an array saved by `tifffile.imwrite` without metadata: 64 pages of 80 x 2 px ("QYX")
+    from napari_unet.core.io import read_image
+
+    for n in (2, 5):
+        tifffile.imwrite(tmp_path / f"c{n}.tif", np.zeros((64, 80, n), np.uint16))
+        assert read_image(tmp_path / f"c{n}.tif").axes == "YXC"
 
 
 def test_axes_yxz_is_refused_rather_than_transposed():

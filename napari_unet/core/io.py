@@ -21,6 +21,7 @@ import tifffile
 
 from .atomic import atomic_write
 from .errors import InputError
+from .normalize import resolve_axes
 
 LAZY_BYTES = 1 << 30
 TIFF_TILE = 512  # px, for labels written as a tiled BigTIFF
@@ -65,11 +66,20 @@ def is_zarr(path: Path) -> bool:
     )
 
 
-def _tiff_axes(axes: str) -> str | None:
+def _tiff_axes(axes: str, shape: tuple[int, ...]) -> str | None:
     # tifffile letters: S = samples (RGB), Q/I/... = unknown plane axes; keep TZCYX, map the rest: one unknown
     # plane axis is Z, two are Z then T; with more, nothing tells which is which (None: the caller must say).
-    if sum(a not in "TZCYXS" for a in axes) > 2:
+    # Without metadata, a numpy (Y, X, 5) array that `tifffile.imwrite` saved is Y pages of X x 5 px ("QYX"):
+    # the array's own guess (`resolve_axes`) tells its channels.
+    unknown = sum(a not in "TZCYXS" for a in axes)
+    if unknown > 2:
         return None
+    if unknown == len(axes) - 2 and len(axes) in (3, 4):
+        try:
+            if (guess := resolve_axes(shape)).endswith("C"):
+                return guess
+        except InputError:
+            pass
     out = []
     for a in axes:
         if a in "TZCYX":
@@ -93,7 +103,7 @@ def read_tiff(path: Path) -> ImageData:
                 "save each as its own file, or as one stack of equal planes"
             )
         series = tif.series[0]
-        axes = _tiff_axes(series.axes)
+        axes = _tiff_axes(series.axes, tuple(series.shape))
         pixel_size = z_step = None
         try:
             if tif.is_ome and tif.ome_metadata:
