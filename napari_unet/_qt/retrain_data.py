@@ -31,10 +31,10 @@ class TrainingRequest:
     extra: dict = field(default_factory=dict)
 
 
-def _plane_image(image_layer, plane: tuple[int, ...]) -> np.ndarray:
+def _plane_image(image_layer, plane: tuple[int, ...], channel: int | str) -> np.ndarray:
     data = np.asarray(image_layer.data[plane] if plane else image_layer.data)
-    if image_layer.rgb:
-        data = data[..., :3].mean(axis=-1)
+    if image_layer.rgb:  # `channel`: as `training_planes` takes it
+        data = data[..., :3].mean(axis=-1) if channel == "mean" else data[..., channel]
     return np.array(data, dtype=np.float32 if data.dtype.kind == "f" else data.dtype, copy=True)
 
 
@@ -81,9 +81,15 @@ def build_request(
         chosen = list(range(int(np.prod(plane_shape))))
     else:
         chosen = [flat(p) for p in tracker.trusted_planes()]
+    channel = None
+    if image_layer.rgb:  # the channel its segmentation took (`layer_channel`), else the one it would take
+        from ..core.normalize import colour_channel
+
+        channel = colour_channel(image_layer.data, labels_layer.metadata.get("napari_unet", {}).get("layer_channel"))
     images, labels, masks, kept = training_planes(
-        image_layer.data, labels_layer.data, tracker.trusted, planes=chosen, trust=mode, rgb=bool(image_layer.rgb)
-    )
+        image_layer.data, labels_layer.data, tracker.trusted, planes=chosen, trust=mode, rgb=bool(image_layer.rgb),
+        channel=channel,
+    )  # fmt: skip
     kept = [tuple(int(i) for i in np.unravel_index(k, plane_shape)) if plane_shape else () for k in kept]
     req = TrainingRequest(images, labels, masks, kept)
     if mode != "all" and len(shape) == 3 and not image_layer.rgb and layer_axes(image_layer) == "ZYX":
@@ -101,7 +107,7 @@ def build_request(
     if preview:
         plane = displayed if len(shape) > 2 else ()
         yx = visible_yx(image_layer)
-        whole = _plane_image(image_layer, plane)
+        whole = _plane_image(image_layer, plane, channel)
         region = whole[yx]
         if min(region.shape) >= 16:
             from ..core.normalize import percentile_range, without_overlays

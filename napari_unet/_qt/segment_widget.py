@@ -378,6 +378,8 @@ class SegmentWidget(QWidget):
             "scope": self.scope.currentText(),
         }
         info["mode"] = "3d" if "anisotropy" in result.extra else "2d"  # a retrain re-segments the same way
+        if result.extra.get("channel") is not None:  # and trains on the channel of a colour layer segmented here
+            info["layer_channel"] = result.extra["channel"]
         if info["mode"] == "3d":
             info["anisotropy"] = result.extra["anisotropy"]
         layer, new = apply_labels(self.viewer, request, result.labels, info)

@@ -492,6 +492,22 @@ def channel_stats(image, n_plane_axes: int, n_c: int) -> dict[int, dict]:
     return stats
 
 
+def auto_channel(image, n_plane_axes: int, n_intensity: int) -> int:
+    """The channel that `iter_planes` segments by default (`channel=None`) of a (planes..., C, Y, X) image whose
+    first `n_intensity` channels hold intensities (`intensity_channels`)."""
+    return nuclear_channel(image, n_plane_axes, n_intensity) if n_intensity > 1 else 0
+
+
+def colour_channel(image, channel: int | str | None = None) -> int | str:
+    """The channel of a (planes..., Y, X, C) colour image (a napari RGB layer) to take as it is segmented:
+    `channel` when given (an index or ``"mean"``), else the default `auto_channel`."""
+    if channel is not None:
+        return channel
+    k = image.ndim - 3
+    std, _ = to_standard(image, "TZ"[2 - k :] + "YXC")
+    return auto_channel(std, k, intensity_channels(image.shape[-1], "YXC"))
+
+
 def intensity_channels(n_c: int, axes: str) -> int:
     """How many of an image's `n_c` channels hold intensities: channel-last with 4 entries is RGBA, whose alpha
     channel is opacity, not a stain."""
@@ -539,7 +555,7 @@ def iter_planes(
         if channel == "mean":
             channels = list(range(n_intensity))
         elif channel is None:
-            channels = [nuclear_channel(image, n_plane_axes, n_intensity) if n_intensity > 1 else 0]
+            channels = [auto_channel(image, n_plane_axes, n_intensity)]
         elif isinstance(channel, str) or not -n_c <= channel < n_c:
             raise InputError(f"channel {channel} does not exist: the image has {n_c} channels")
         else:

@@ -387,12 +387,14 @@ def training_planes(
     planes: str | list[int] | None = None,
     trust: str = "painted",
     rgb: bool = False,
+    channel: int | str | None = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray] | None, list[int]]:
     """The 2D planes of an image or stack to train on (copies), as the CLI and the Retrain widget choose them.
 
     Args:
-        image: 2D image or stack (planes..., Y, X), numpy or lazy; with `rgb`, a trailing colour axis
-            (averaged over R, G, B).
+        image: 2D image or stack (planes..., Y, X), numpy or lazy; with `rgb`, a trailing colour axis, of which
+            `channel` is taken: an index, ``"mean"`` (of R, G, B), or None: the one `segment` takes by default
+            (`normalize.colour_channel`), so that a model is corrected on what it segmented.
         labels: Instance labels of the same spatial shape.
         trusted: The pixels the user vouches for (nonzero), same shape; None trusts every pixel.
         planes: Flat plane indices, or text such as ``"0-3, 7"``; None takes the planes holding trusted
@@ -408,6 +410,10 @@ def training_planes(
     """
     if trust not in TRUST_MODES:
         raise InputError(f"trust must be one of {', '.join(TRUST_MODES)}, got {trust!r}")
+    if rgb:
+        from .normalize import colour_channel
+
+        channel = colour_channel(image, channel)
     shape = tuple(labels.shape)
     ishape = tuple(image.shape[:-1] if rgb else image.shape)
     if ishape != shape or (trusted is not None and tuple(trusted.shape) != shape):
@@ -447,7 +453,7 @@ def training_planes(
             continue
         img = np.asarray(image[idx])
         if rgb:
-            img = img[..., :3].mean(axis=-1)
+            img = img[..., :3].mean(axis=-1) if channel == "mean" else img[..., channel]
         images.append(np.array(img, dtype=np.float32 if img.dtype.kind == "f" else img.dtype, copy=True))
         labs.append(lab)  # dtype as given: `check_inputs` refuses non-integer labels in one sentence
         masks.append(mask)

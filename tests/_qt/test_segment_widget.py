@@ -124,6 +124,13 @@ def test_channels_of_an_rgb_image(viewer, qtbot, wait_idle, nuclei_image):
     w.run()
     wait_idle(w.runner)
     assert viewer.layers["rgb labels"].data.shape == nuclei_image.shape and "; channel 1;" in w.status.text()
+    # Retrain corrects the model on the channel it segmented, not on the colours' average
+    from napari_unet._qt.retrain_data import build_request
+    from napari_unet._qt.session import session_for
+
+    labels = viewer.layers["rgb labels"]
+    req = build_request(viewer.layers["rgb"], session_for(viewer).tracker(labels), trust="every pixel of the planes")
+    np.testing.assert_array_equal(req.images[0], rgb[..., 1])
 
 
 def test_labels_layer_carries_the_scores_as_features(viewer, qtbot, wait_idle, nuclei_image):
