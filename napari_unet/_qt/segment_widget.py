@@ -60,6 +60,7 @@ class SegmentWidget(QWidget):
         self.last_result = None
         self.last_error: str | None = None
         self.last_output = None  # the OME-Zarr of the last cluster run (to say where a cancelled one is kept)
+        self.notes: list[str] = []  # the notices of the run under way (`_on_notice`)
         self._stack = False  # the chosen layer has planes (linking means something)
 
         self.image = LayerCombo(self.viewer, Image, accept=is_source_image)
@@ -300,6 +301,7 @@ class SegmentWidget(QWidget):
 
         self.runner.on_return = lambda result: self._on_segmented_zarr(layer, request, result)
         self._busy(True)
+        self.notes = []
         self.last_output = out
         self.status.setText(f"segmenting '{layer.name}' on {cluster} -> {out.name}...")
         return self.runner.start(self._job(job, fallback), f"Segmenting {layer.name} on {cluster}")
@@ -318,9 +320,10 @@ class SegmentWidget(QWidget):
         self.device.show_used(result.device)
         resumed = f", {result.resumed_blocks} from the unfinished run" if result.resumed_blocks else ""
         what = "3D objects" if "anisotropy" in result.extra else "objects"
+        notes = [*self.notes, self._thin(image_layer, result)]
         self.status.setText(
             f"{result.n_objects} {what} in {result.blocks} blocks{resumed} -> {result.path}; "
-            f"diameter {result.diameter:.1f} px" + (f"; {thin}" if (thin := self._thin(image_layer, result)) else "")
+            f"diameter {result.diameter:.1f} px" + "".join(f"; {n}" for n in notes if n)
         )
 
     def estimate(self):
@@ -368,6 +371,7 @@ class SegmentWidget(QWidget):
     def _on_notice(self, notice: Notice) -> None:
         notify.warning(notice.message)
         self.status.setText(notice.message)
+        self.notes.append(notice.message)  # what a run to OME-Zarr's summary repeats (in memory: result.extra)
 
     @notify.guarded("Could not show the segmentation")
     def _on_segmented(self, image_layer, request, spec: str, result) -> None:
