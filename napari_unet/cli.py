@@ -384,12 +384,28 @@ def _pixel_scale(img) -> dict[str, float] | None:
 
 
 def _read_array(path: str, what: str):
-    """A 2D image or a 3D stack from a file (singleton axes dropped); InputError otherwise."""
+    """A 2D image or a 3D stack from a file (singleton axes dropped); InputError otherwise. An image with channels
+    gives the channel that `segment` takes by default (the nuclear-looking one), so that a model is corrected on
+    what it segments."""
     import numpy as np
 
     from .core.io import read_image
+    from .core.normalize import auto_channel, intensity_channels, resolve_axes, to_standard
 
-    data = np.asarray(read_image(path).data)
+    img = read_image(path)
+    data = np.asarray(img.data)
+    axes = img.axes
+    if axes is None and what == "image" and data.ndim in (3, 4):
+        try:
+            axes = resolve_axes(data.shape)
+        except InputError:
+            axes = None
+    if what == "image" and axes and "C" in axes:
+        std, std_axes = to_standard(data, axes)
+        k = std_axes.index("C")
+        c = auto_channel(std, k, intensity_channels(std.shape[k], axes))
+        print(f"napari-unet: '{path}': channel {c}, as segment takes it", file=sys.stderr)
+        data = np.take(std, c, axis=k)
     data = data.reshape([n for n in data.shape if n != 1] or data.shape)
     if data.ndim not in (2, 3):
         raise InputError(f"{what} '{path}' has shape {data.shape}: train takes 2D images or ZYX/TYX stacks")
@@ -510,7 +526,11 @@ def cmd_models(args: argparse.Namespace) -> int:
 def _add_train_commands(sub) -> None:
     """The `train` and `models` subcommands."""
     t = sub.add_parser("train", help="fine-tune a model on corrected labels; saves a new version")
-    t.add_argument("--image", action="append", required=True, help="2D image or ZYX/TYX stack (repeat for several)")
+    t.add_argument(
+        "--image", action="append", required=True,
+        help="2D image or ZYX/TYX stack (repeat for several); of a colour or multichannel image, the channel that "
+             "segment takes",
+    )  # fmt: skip
     t.add_argument("--labels", action="append", required=True, help="instance labels for each --image")
     t.add_argument("--mask", action="append", help="trusted pixels (nonzero) for each --image; default all")
     t.add_argument("--planes", help="planes of stacks to train on, e.g. 0-3,7 (default: planes with labels / mask)")

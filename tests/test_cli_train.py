@@ -53,6 +53,22 @@ def test_train_writes_a_loadable_model_and_registers_a_version(files, capsys):
     assert tifffile.imread(seg).shape == (96, 96)
 
 
+def test_train_on_a_colour_image_takes_the_channel_segment_takes(files, capsys):
+    """An RGB PNG (nuclei in blue beside a cell stain in red) was read as Y planes of X x 3 px and refused against
+    its (Y, X) labels; `train` now takes the nuclear-looking channel, as `segment` does, and says so."""
+    import imageio.v3 as iio
+
+    from napari_unet.core.appearance import membrane_stain
+
+    img, lab = tifffile.imread(files["img"]), tifffile.imread(files["lab"])
+    nuclei = (img / img.max() * 255).astype(np.uint8)
+    cells = membrane_stain(nuclei.astype(np.float32), lab, np.random.default_rng(0)).clip(0, 255).astype(np.uint8)
+    files["img"] = files["img"].with_suffix(".png")
+    iio.imwrite(files["img"], np.stack([cells, np.zeros_like(nuclei), nuclei], -1))
+    assert main(_train_args(files, "--steps", "2")) == 0
+    assert "channel 2, as segment takes it" in capsys.readouterr().err
+
+
 def test_models_list_show_revert(files, capsys):
     assert main(_train_args(files, "--steps", "2", "--name", "first")) == 0
     capsys.readouterr()
@@ -112,7 +128,7 @@ def test_bad_input_is_one_line_and_leaves_no_model(files, tmp_path, capsys, case
     elif case == "exists":
         files["out"].write_bytes(b"precious")
     elif case == "3d":
-        args[2] = _bad(tmp_path, files, "stack.tif", np.zeros((3, 96, 96), np.uint8))
+        args[2] = _bad(tmp_path, files, "stack.tif", np.zeros((5, 96, 96), np.uint8))  # 3 planes: planar RGB
     elif case == "keep":
         args += ["--keep", "0"]
     assert main(args) != 0
