@@ -390,7 +390,7 @@ def _read_array(path: str, what: str):
     import numpy as np
 
     from .core.io import read_image
-    from .core.normalize import auto_channel, intensity_channels, resolve_axes, to_standard
+    from .core.normalize import default_channel, resolve_axes
 
     img = read_image(path)
     data = np.asarray(img.data)
@@ -401,11 +401,9 @@ def _read_array(path: str, what: str):
         except InputError:
             axes = None
     if what == "image" and axes and "C" in axes:
-        std, std_axes = to_standard(data, axes)
-        k = std_axes.index("C")
-        c = auto_channel(std, k, intensity_channels(std.shape[k], axes))
+        c = default_channel(data, axes)
         print(f"napari-unet: '{path}': channel {c}, as segment takes it", file=sys.stderr)
-        data = np.take(std, c, axis=k)
+        data = np.take(data, c, axis=axes.index("C"))
     data = data.reshape([n for n in data.shape if n != 1] or data.shape)
     if data.ndim not in (2, 3):
         raise InputError(f"{what} '{path}' has shape {data.shape}: train takes 2D images or ZYX/TYX stacks")

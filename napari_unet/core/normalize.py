@@ -498,14 +498,17 @@ def auto_channel(image, n_plane_axes: int, n_intensity: int) -> int:
     return nuclear_channel(image, n_plane_axes, n_intensity) if n_intensity > 1 else 0
 
 
+def default_channel(image, axes: str) -> int:
+    """The channel that `iter_planes` segments by default of an image with axes `axes` (a C among them)."""
+    std, std_axes = to_standard(image, axes)
+    k = std_axes.index("C")
+    return auto_channel(std, k, intensity_channels(std.shape[k], axes))
+
+
 def colour_channel(image, channel: int | str | None = None) -> int | str:
     """The channel of a (planes..., Y, X, C) colour image (a napari RGB layer) to take as it is segmented:
-    `channel` when given (an index or ``"mean"``), else the default `auto_channel`."""
-    if channel is not None:
-        return channel
-    k = image.ndim - 3
-    std, _ = to_standard(image, "TZ"[2 - k :] + "YXC")
-    return auto_channel(std, k, intensity_channels(image.shape[-1], "YXC"))
+    `channel` when given (an index or ``"mean"``), else the default one (`default_channel`)."""
+    return channel if channel is not None else default_channel(image, "TZ"[5 - image.ndim :] + "YXC")
 
 
 def intensity_channels(n_c: int, axes: str) -> int:

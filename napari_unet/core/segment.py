@@ -127,6 +127,21 @@ class Measured:
         return inside / seen if seen else None
 
 
+def _segment_window(infer, plane, window, scale, model_diameter, mask_threshold, **instances):
+    """(labels, the window as the network saw it) of the `side` x `side` window at (`y0`, `x0`) of `plane`
+    (`window`), rescaled by `scale` and segmented untrimmed (`instances`: `labels_from_probabilities` options)."""
+    y0, x0, side = window
+    sub = np.asarray(plane[y0 : y0 + side, x0 : x0 + side], np.float32)
+    if abs(scale - 1.0) > 0.02:
+        size = (max(8, round(sub.shape[0] * scale)), max(8, round(sub.shape[1] * scale)))
+        sub = resize(sub, size, order=1, anti_aliasing=scale < 1, preserve_range=True).astype(np.float32)
+    probs = drain(predict_plane(infer, sub))
+    labels = labels_from_probabilities(
+        probs, min_size=min_object_size(model_diameter), mask_threshold=mask_threshold, **instances
+    )
+    return labels, sub
+
+
 def measure_at(
     infer: InferenceModel,
     plane: np.ndarray,
@@ -146,20 +161,13 @@ def measure_at(
     crop = max(16, int(round(side / scale)))
     inner_areas, all_areas, inner_centres, all_centres, views = [], [], [], [], []
     for y0, x0 in _busiest_windows(plane, crop, MAX_WINDOWS):
-        sub = plane[y0 : y0 + crop, x0 : x0 + crop]
-        h, w = sub.shape
-        if abs(scale - 1.0) > 0.02:
-            size = (max(8, round(h * scale)), max(8, round(w * scale)))
-            sub = resize(sub, size, order=1, anti_aliasing=scale < 1, preserve_range=True).astype(np.float32)
-        sy, sx = sub.shape[0] / h, sub.shape[1] / w
-        probs = drain(predict_plane(infer, sub))
+        h, w = min(crop, plane.shape[0] - y0), min(crop, plane.shape[1] - x0)
         # No rejoining here: at a far too small candidate scale it glues clumps of tiny nuclei into whole-looking
         # objects, and one mnfinder image at 0.33x was estimated at 6.3x its size (without: 0.98x). Joined seeds
         # are not split here either: the size contract was measured without that.
-        labels = labels_from_probabilities(
-            probs, min_size=min_object_size(model_diameter), mask_threshold=mask_threshold, merge_cuts=False,
-            split_seeds=False,
-        )  # fmt: skip
+        labels, _ = _segment_window(infer, plane, (y0, x0, crop), scale, model_diameter, mask_threshold,
+                                    merge_cuts=False, split_seeds=False)  # fmt: skip
+        sy, sx = labels.shape[0] / h, labels.shape[1] / w
         views.append((y0, x0, sy, sx, labels > 0))
         areas = np.bincount(labels.ravel())
         ids = np.flatnonzero(areas[1:]) + 1
@@ -351,14 +359,7 @@ def window_level(infer: InferenceModel, planes, idx: tuple[int, ...], info: Mode
     side = max(32, round(PREVIEW_SIDE / scale))
     view = planes.view(idx)
     ((y0, x0),) = _busiest_windows(view, side)
-    sub = np.asarray(view[y0 : y0 + side, x0 : x0 + side], np.float32)
-    if abs(scale - 1.0) > 0.02:
-        size = (max(8, round(sub.shape[0] * scale)), max(8, round(sub.shape[1] * scale)))
-        sub = resize(sub, size, order=1, anti_aliasing=scale < 1, preserve_range=True).astype(np.float32)
-    probs = drain(predict_plane(infer, sub))
-    labels = labels_from_probabilities(
-        probs, min_size=min_object_size(info.diameter), mask_threshold=info.mask_threshold
-    )
+    labels, sub = _segment_window(infer, view, (y0, x0, side), scale, info.diameter, info.mask_threshold)
     bright = object_brightness(labels, sub, int(labels.max()))
     return bright[np.isfinite(bright)]
 

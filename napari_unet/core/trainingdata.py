@@ -36,7 +36,7 @@ from .instances import border_weights, class_targets
 from .losses import BACKGROUND, FOREGROUND
 from .model import UNet
 from .modelfile import ModelInfo
-from .normalize import normalize_plane, percentile_range
+from .normalize import colour_channel, normalize_plane, percentile_range
 
 REPLAY_FILE = Path(__file__).resolve().parents[1] / "resources" / "replay.npz"
 SCRIBBLE_BACKGROUND = 1
@@ -411,8 +411,6 @@ def training_planes(
     if trust not in TRUST_MODES:
         raise InputError(f"trust must be one of {', '.join(TRUST_MODES)}, got {trust!r}")
     if rgb:
-        from .normalize import colour_channel
-
         channel = colour_channel(image, channel)
     shape = tuple(labels.shape)
     ishape = tuple(image.shape[:-1] if rgb else image.shape)
