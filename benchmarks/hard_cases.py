@@ -88,6 +88,31 @@ def _scaled(samples: list[Sample], factor: float, texture: bool = False) -> list
     return out
 
 
+def _unit(image: np.ndarray) -> np.ndarray:
+    x = np.asarray(image, np.float32)
+    lo, hi = np.percentile(x, [1, 99.8])
+    return (x - lo) / max(float(hi - lo), 1e-6)
+
+
+def _two_magnifications(samples: list[Sample], factor: float = 2.5) -> list[Sample]:
+    """Each image beside a crop of the next one at `factor` x its magnification, as tall as the image (a co-culture
+    or a tissue of two cell types: two nucleus sizes in one field). Each half is first brought to the same range."""
+    out = []
+    for i, a in enumerate(samples):
+        b = samples[(i + 1) % len(samples)]
+        h = a.image.shape[0]
+        side = min(int(np.ceil(h / factor)) + 1, *b.image.shape)
+        bi, bl = A.rescale(_unit(b.image)[:side, :side], b.labels[:side, :side].astype(np.int32), factor)
+        bi, bl = bi[:h], bl[:h]
+        pad = h - bi.shape[0]
+        bi, bl = np.pad(bi, ((0, pad), (0, 0))), np.pad(bl, ((0, pad), (0, 0)))
+        al = a.labels.astype(np.int32)
+        lab = np.concatenate([al, np.where(bl > 0, bl + al.max(), 0)], 1)
+        ign = None if a.ignore is None else np.concatenate([a.ignore, np.zeros(bl.shape, bool)], 1)
+        out.append(Sample(a.name, np.concatenate([_unit(a.image), bi], 1), lab, ign))
+    return out
+
+
 def _crowded(samples: list[Sample], fill: float, overlap: tuple[float, float], seed: int) -> list[Sample]:
     """`appearance.crowd` on each image: its labels change, and the micronuclei a copy covers are no longer
     ignored."""
@@ -139,6 +164,12 @@ def cases(images: str = "mnfinder_val") -> dict[str, tuple[str, Callable[[], lis
         "rescaled 2x": ("clean", lambda: _scaled(val(), 2.0)),
         "rescaled 4x": ("clean", lambda: _scaled(val(), 4.0)),
         "large textured nuclei (2.5x + chromatin foci)": ("clean", lambda: _scaled(val(), 2.5, texture=True)),
+        # the issue's textured nuclei were ~35 px across: texture and foci at the field's own size
+        "chromatin texture and foci at the nuclei's own size (0.45, 8 a nucleus)": (
+            "clean",
+            lambda: _each(val(), lambda im, lab, r: A.add_chromatin(im, lab, r, texture=0.45, foci=8), 27),
+        ),
+        "two magnifications in one field (1x beside 2.5x)": ("clean", lambda: _two_magnifications(val())),
         # 3. very bright condensed nuclei next to dim ones
         "bright condensed nuclei (5x, halo)": (
             "clean",

@@ -197,6 +197,29 @@ def _plateaus(indices: list[int]) -> list[list[int]]:
     return runs
 
 
+#: `_seen_whole_from_below` wants this many consecutive candidates that measure the same objects above themselves.
+SEEN_WHOLE_RUN = 3
+
+
+def _seen_whole_from_below(measured: list[Measured], agrees) -> int | None:
+    """The coarsest candidate of the last run of `SEEN_WHOLE_RUN` or more consecutive candidates that all measure
+    the same objects (`agrees`), each at least 1.3x larger than itself, with `MIN_OBJECTS` objects or more; None
+    when there is none.
+
+    Such objects are whole: fragments follow the candidate, and these do not. They can still miss a consistent
+    candidate of their own, where the crop of the candidate near their size also holds smaller nuclei that pull
+    its median down (a field of 27 px nuclei beside 75 px ones: 28-57 px candidates measured 75 px on the large
+    ones, the 80 px candidate 42 px on both kinds, and the estimate fell to a plateau of the large nuclei's
+    fragments at 14 px)."""
+    best, run = None, 0
+    for i, (d, m) in enumerate(zip(CANDIDATE_DIAMETERS, measured)):
+        above = m.diameter is not None and m.diameter >= 1.3 * d
+        run = run + 1 if above and (run == 0 or agrees(i - 1, m.diameter)) else (1 if above else 0)
+        if run >= SEEN_WHOLE_RUN and m.n >= MIN_OBJECTS:
+            best = i
+    return best
+
+
 def estimate_diameter(infer: InferenceModel, plane: np.ndarray, info: ModelInfo) -> float:
     """Median object diameter in `plane`, px, from the model's own view at several scales.
 
@@ -221,6 +244,9 @@ def estimate_diameter(infer: InferenceModel, plane: np.ndarray, info: ModelInfo)
     a bright blob of debris over 5 % of a BBBC007 field, alone at the coarsest candidates, was taken for
     the nuclei (84-132 px for 20 px nuclei on 10 of 14 images). A coarser plateau of many objects stays:
     nuclei in a bright textured cytoplasm have a finer plateau of the cytoplasm's grains beside them.
+    Objects that several finer candidates all measure at one size above themselves are whole too
+    (`_seen_whole_from_below`); where that size is more than 1.3x the chosen plateau's, it is the coarser kind
+    and wins (a field of two nucleus sizes, whose large nuclei never made a plateau of their own).
     Falls back to the model's training diameter (no rescaling) when nothing is found.
     """
     # Objects are measured untrimmed (no `refine_outlines`): the model's diameter is that of its training labels,
@@ -247,10 +273,14 @@ def estimate_diameter(infer: InferenceModel, plane: np.ndarray, info: ModelInfo)
             consistent.append(i)
             if agrees(i - 1, m.diameter) or agrees(i + 1, m.diameter):
                 on_plateau.append(i)
-    if not consistent:
+    seen_whole = _seen_whole_from_below(measured, agrees)
+    if not consistent and seen_whole is None:
         return float(model_diameter)
     runs = _plateaus(on_plateau)
-    chosen = runs[-1] if runs else [consistent[-1]]
+    chosen = runs[-1] if runs else [consistent[-1]] if consistent else [seen_whole]
+    if seen_whole is not None and measured[seen_whole].diameter > 1.3 * measured[chosen[-1]].diameter:
+        runs.append([seen_whole])
+        chosen = [seen_whole]
     for run in reversed(runs[:-1]):
         if max(measured[i].n for i in chosen) >= MIN_OBJECTS:
             break

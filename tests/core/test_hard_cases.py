@@ -120,3 +120,15 @@ def test_crowded_nuclei_stay_apart(image, bundled):
     ap = _ap(lab2, segment(hard, bundled), ign2)
     classical = _ap(lab2, classical_segment(hard, log_threshold=True), ign2)
     assert ap >= clean - 0.2 and ap > classical + 0.3, (clean, ap, classical)  # a floor with margin for fp32 CPUs
+
+
+def test_textured_nuclei_at_their_own_size(image, bundled):
+    # The textured nuclei were ~35 px across, not enlarged: heterochromatin texture and bright foci on the
+    # image's own 30 px nuclei. A known loss of the model (benchmarks/RESULTS.md, "The suite today"); the floor
+    # guards it from getting worse. Measured on this image with bf16: AP@0.5 0.913 clean, 0.855 textured (0.818 /
+    # 0.853 with seeds 0 / 1); with fp32 0.905 and 0.828. Classical on log intensities: 0.812, too near to test.
+    img, lab, ign = image
+    clean = _ap(lab, segment(img, bundled), ign)
+    hard = A.add_chromatin(img, lab, np.random.default_rng(27), texture=0.45, foci=8)
+    ap = _ap(lab, segment(hard, bundled), ign)
+    assert ap >= clean - FLOOR_DROP, (clean, ap)
