@@ -279,8 +279,7 @@ def estimate_diameter(infer: InferenceModel, plane: np.ndarray, info: ModelInfo)
     runs = _plateaus(on_plateau)
     chosen = runs[-1] if runs else [consistent[-1]] if consistent else [seen_whole]
     if seen_whole is not None and measured[seen_whole].diameter > 1.3 * measured[chosen[-1]].diameter:
-        runs.append([seen_whole])
-        chosen = [seen_whole]
+        chosen = [seen_whole]  # it has `MIN_OBJECTS`, so no finer plateau takes its place below
     for run in reversed(runs[:-1]):
         if max(measured[i].n for i in chosen) >= MIN_OBJECTS:
             break
