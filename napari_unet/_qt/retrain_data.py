@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..core.errors import InputError
+from ..core.normalize import colour_channel, colour_plane, percentile_range, without_overlays
 from ..core.trainingdata import side_view_planes, training_planes
 from .corrections import CorrectionsTracker
 from .layers import layer_anisotropy, layer_axes, visible_yx
@@ -34,7 +35,7 @@ class TrainingRequest:
 def _plane_image(image_layer, plane: tuple[int, ...], channel: int | str) -> np.ndarray:
     data = np.asarray(image_layer.data[plane] if plane else image_layer.data)
     if image_layer.rgb:  # `channel`: as `training_planes` takes it
-        data = data[..., :3].mean(axis=-1) if channel == "mean" else data[..., channel]
+        data = colour_plane(data, channel)
     return np.array(data, dtype=np.float32 if data.dtype.kind == "f" else data.dtype, copy=True)
 
 
@@ -83,8 +84,6 @@ def build_request(
         chosen = [flat(p) for p in tracker.trusted_planes()]
     channel = None
     if image_layer.rgb:  # the channel its segmentation took (`layer_channel`), else the one it would take
-        from ..core.normalize import colour_channel
-
         channel = colour_channel(image_layer.data, labels_layer.metadata.get("napari_unet", {}).get("layer_channel"))
     images, labels, masks, kept = training_planes(
         image_layer.data, labels_layer.data, tracker.trusted, planes=chosen, trust=mode, rgb=bool(image_layer.rgb),
@@ -110,8 +109,6 @@ def build_request(
         whole = _plane_image(image_layer, plane, channel)
         region = whole[yx]
         if min(region.shape) >= 16:
-            from ..core.normalize import percentile_range, without_overlays
-
             req.preview, req.preview_yx = np.ascontiguousarray(region), yx
             req.preview_range = percentile_range(without_overlays(np.asarray(whole))[0])
     return req

@@ -511,6 +511,11 @@ def colour_channel(image, channel: int | str | None = None) -> int | str:
     return channel if channel is not None else default_channel(image, "TZ"[5 - image.ndim :] + "YXC")
 
 
+def colour_plane(data: np.ndarray, channel: int | str) -> np.ndarray:
+    """`channel` (`colour_channel`) of a (..., Y, X, C) colour array: an index, or ``"mean"`` of R, G and B."""
+    return data[..., :3].mean(axis=-1) if channel == "mean" else data[..., channel]
+
+
 def intensity_channels(n_c: int, axes: str) -> int:
     """How many of an image's `n_c` channels hold intensities: channel-last with 4 entries is RGBA, whose alpha
     channel is opacity, not a stain."""

@@ -213,8 +213,10 @@ def _seen_whole_from_below(measured: list[Measured], agrees) -> int | None:
     fragments at 14 px)."""
     best, run = None, 0
     for i, (d, m) in enumerate(zip(CANDIDATE_DIAMETERS, measured)):
-        above = m.diameter is not None and m.diameter >= 1.3 * d
-        run = run + 1 if above and (run == 0 or agrees(i - 1, m.diameter)) else (1 if above else 0)
+        if m.diameter is None or m.diameter < 1.3 * d:
+            run = 0
+        else:
+            run = run + 1 if run and agrees(i - 1, m.diameter) else 1
         if run >= SEEN_WHOLE_RUN and m.n >= MIN_OBJECTS:
             best = i
     return best

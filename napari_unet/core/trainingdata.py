@@ -36,7 +36,7 @@ from .instances import border_weights, class_targets
 from .losses import BACKGROUND, FOREGROUND
 from .model import UNet
 from .modelfile import ModelInfo
-from .normalize import colour_channel, normalize_plane, percentile_range
+from .normalize import colour_channel, colour_plane, normalize_plane, percentile_range
 
 REPLAY_FILE = Path(__file__).resolve().parents[1] / "resources" / "replay.npz"
 SCRIBBLE_BACKGROUND = 1
@@ -451,7 +451,7 @@ def training_planes(
             continue
         img = np.asarray(image[idx])
         if rgb:
-            img = img[..., :3].mean(axis=-1) if channel == "mean" else img[..., channel]
+            img = colour_plane(img, channel)
         images.append(np.array(img, dtype=np.float32 if img.dtype.kind == "f" else img.dtype, copy=True))
         labs.append(lab)  # dtype as given: `check_inputs` refuses non-integer labels in one sentence
         masks.append(mask)
