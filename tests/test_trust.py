@@ -308,6 +308,21 @@ def test_corrupt_zarr_chunk_reports_without_asyncio_noise(tmp_path):
     assert "Task was destroyed" not in res.stderr, res.stderr[:300]
 
 
+def test_damaged_tiff_is_one_line_naming_what_is_wrong(tmp_path):
+    """A TIFF whose header points nowhere: our one line says so, with tifffile's reason in it, and tifffile's own
+    log line is not printed before it."""
+    path = tmp_path / "broken.tif"
+    path.write_bytes(b"II*\x00garbage")
+    code = f"from napari_unet.cli import main; raise SystemExit(main(['segment', {str(path)!r}, '-q']))"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0
+    assert res.stderr.strip().splitlines() == [
+        f"napari-unet: error: '{path}' holds no image: a damaged or empty TIFF (invalid offset to first page "
+        "1651663207)"
+    ], res.stderr
+    assert not list(tmp_path.glob("*_labels*"))
+
+
 def test_hot_pixels_do_not_flood_the_network():
     """A few isolated pixels far above the nuclei (hot camera pixels, cosmic rays) leave the other nuclei as
     they were: the normalised input is clipped (`normalize.CLIP`); unclipped, each flooded its receptive field."""

@@ -91,10 +91,39 @@ def _tiff_axes(axes: str, shape: tuple[int, ...]) -> str | None:
     return "".join(out)
 
 
+class _Complaints(logging.Handler):
+    """Collects what tifffile logs while it opens a file, to be said in our one line instead of on its own."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage().split("> ", 1)[-1])
+
+
+def _open_tiff(path: Path) -> tifffile.TiffFile:
+    """`tifffile.TiffFile(path)`, its warnings held back: a damaged file gets one line saying what tifffile
+    found (e.g. "invalid offset to first page") rather than tifffile's log line and then ours."""
+    logger, complaints = logging.getLogger("tifffile"), _Complaints()
+    logger.addHandler(complaints)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        tif = tifffile.TiffFile(path)
+    finally:
+        logger.removeHandler(complaints)
+        logger.propagate = propagate
+    if not tif.series:
+        tif.close()
+        why = f" ({complaints.messages[0]})" if complaints.messages else ""
+        raise InputError(f"'{path}' holds no image: a damaged or empty TIFF{why}")
+    for message in complaints.messages:  # a readable file: its warnings are tifffile's to give
+        logger.warning(message)
+    return tif
+
+
 def read_tiff(path: Path) -> ImageData:
-    with tifffile.TiffFile(path) as tif:
-        if not tif.series:
-            raise InputError(f"'{path}' holds no image")
+    with _open_tiff(path) as tif:
         if len(tif.series) > 1:  # e.g. pages of different shapes: reading the first only would be silent loss
             shapes = ", ".join("x".join(map(str, sr.shape)) for sr in tif.series[:4])
             more = ", ..." if len(tif.series) > 4 else ""
