@@ -460,3 +460,36 @@ def test_3d_objects_on_two_local_workers(net, stack, tmp_path):
     ref = drain(segment_3d_iter(stack, net, anisotropy=2, fusion="xyz", diameter=22, block=256, block_z=22))
     res = drain(_stack_run(stack, net, tmp_path / "c.zarr", cluster="local:2"))
     np.testing.assert_array_equal(_zarr_labels(res.path), ref.labels)
+
+
+def test_ctrl_c_on_a_local_cluster_run_is_one_line_and_the_run_resumes(image, tmp_path):
+    """Ctrl-C reaches the whole process group, the LocalCluster's workers too: each printed its tracebacks (78
+    lines on 2 workers) before our one line. Now they leave it to the client, which keeps the unfinished run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from napari_unet.core.atomic import unfinished_dir
+    from napari_unet.core.bigrun import WORK, _n_recorded
+
+    src = zarr.create_array(str(tmp_path / "in.zarr"), shape=(2100, 2700), chunks=(512, 512), dtype=image.dtype)
+    src[:] = np.tile(image, (3, 3))
+    out = tmp_path / "o.zarr"
+    cmd = [sys.executable, "-m", "napari_unet.cli", "segment", str(tmp_path / "in.zarr"), "-o", str(out),
+           "--cluster", "local:2", "--block", "256", "--diameter", "20", "-q"]  # fmt: skip
+    run = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    part, t0 = unfinished_dir(out), time.monotonic()
+    while run.poll() is None and time.monotonic() - t0 < 240:
+        if (part / WORK / "blocks").exists() and _n_recorded(part) >= 1:
+            os.killpg(run.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
+            break
+        time.sleep(0.05)
+    err = run.communicate(timeout=120)[1]
+    assert run.returncode == 130, err
+    assert err.strip().splitlines() == [
+        f"napari-unet: interrupted; the unfinished run is kept in '{part}': run the same command to resume it"
+    ], err
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "from the unfinished run" in again.stdout, again.stderr
+    assert _zarr_labels(out).max() > 0 and not part.exists()

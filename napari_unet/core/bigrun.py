@@ -18,6 +18,7 @@ labels (the output must be on storage the workers share, as on any cluster).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import json
@@ -58,6 +59,8 @@ from .ngff import (
 from .scores import doubt_map
 
 WORK = "napari-unet-run"
+#: After a stop, how long the cluster's running tasks are given to finish their block (s).
+STOP_WAIT = 30
 #: With `doubt`, the per-pixel doubt map (uint8, 255 = most doubtful; `scores.doubt_map`) is an OME-Zarr
 #: image of its own inside the output, beside the labels.
 DOUBT_PATH = "doubt"
@@ -276,6 +279,15 @@ def _import_block_modules() -> None:
     from . import predict  # noqa: F401
 
 
+def _ignore_interrupts() -> None:
+    """In a worker of our own LocalCluster: leave Ctrl-C to the client. The workers share the terminal's process
+    group, so each got the interrupt too and printed its tracebacks (78 lines on 2 workers) before the client's
+    one line; the client stops their tasks and closes the cluster."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def connect(cluster):
     """A `distributed.Client` for `cluster`: ``"local:N"``, a scheduler address, or a Client (used as is)."""
     try:
@@ -299,7 +311,9 @@ def connect(cluster):
         with dask.config.set({"distributed.worker.profile.enabled": False,
                               "distributed.scheduler.worker-saturation": 1.0}):  # fmt: skip
             lc = LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True, dashboard_address=":0")
-        return Client(lc), True
+        client = Client(lc)
+        client.run(_ignore_interrupts)
+        return client, True
     try:
         return Client(cluster, timeout="10s"), True
     except (OSError, TimeoutError) as exc:
@@ -578,7 +592,7 @@ def _run_on_cluster(client, planes, plan, todo, model, device, precision, tta, p
     import pickle
     from concurrent.futures import CancelledError
 
-    from distributed import Event, KilledWorker, LocalCluster, as_completed
+    from distributed import Event, KilledWorker, LocalCluster, as_completed, wait
 
     from .segment import Progress
 
@@ -630,6 +644,10 @@ def _run_on_cluster(client, planes, plan, todo, model, device, precision, tta, p
             yield Progress(0, 1, n_all, n_all, f"block {n_all}/{n_all} on the cluster")
     finally:  # Cancel / Ctrl-C / an error: nothing keeps running on the cluster
         stop.set()  # a running task stops after its block
+        # ... and is let finish it before the cluster closes: a worker closed mid-task printed dask's tracebacks
+        # (its own client's) after our one line. A second Ctrl-C stops waiting.
+        with contextlib.suppress(TimeoutError):
+            wait(list(futures), timeout=STOP_WAIT)
         for fut in futures:
             fut.cancel()
 
