@@ -209,10 +209,32 @@ def _channel(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected a channel index or 'mean', got '{text}'") from None
 
 
-def cmd_segment(args: argparse.Namespace) -> int:
-    import numpy as np
+def _lanes(args: argparse.Namespace, n_inputs: int, cluster) -> int:
+    """How many inputs are segmented at once: on a CPU with more than one thread, `segment.AT_ONCE`, each in a
+    thread with its share of torch's threads, so that one image's single-threaded instance step runs while the
+    other's network does (the 44 real images of ../shared/data, a screen's fields: 1.18-1.25x, the same labels;
+    benchmarks/RESULTS.md, "Two inputs at a time"); one on a GPU, for a cluster run or a single input."""
+    import torch
 
-    from .core.io import read_image, write_labels, write_map, write_scores
+    from .core.device import select_device
+    from .core.segment import AT_ONCE
+
+    if n_inputs < 2 or cluster or torch.get_num_threads() < 2:
+        return 1
+    return AT_ONCE if select_device(args.device).type == "cpu" else 1
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    import contextlib
+    import threading
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import TimeoutError as NotYet
+
+    import torch
+
+    from .core.io import read_image
+    from .core.jobs import shared_torch_threads
 
     inputs, folder = _expand_inputs(args.input)
     several = len(inputs) > 1 or folder  # a folder of images, even of one, has its outputs in a folder
@@ -221,7 +243,6 @@ def cmd_segment(args: argparse.Namespace) -> int:
     doubt_out = _side_outputs(args.uncertainty, outputs, DOUBT_SUFFIX, "--uncertainty", several)
     _check_targets(inputs, outputs, scores_out, doubt_out, args.overwrite)
     from . import api
-    from .core.jobs import drain
 
     model = api.load_model(args.model)
     if args.cluster and args.scheduler:
@@ -229,60 +250,127 @@ def cmd_segment(args: argparse.Namespace) -> int:
     cluster = args.cluster or args.scheduler
     if cluster and not all(o.suffix == ".zarr" for o in outputs):
         raise InputError("a cluster run writes OME-Zarr: pass -o OUT.zarr")
+    lanes = _lanes(args, len(inputs), cluster)
+    stop = threading.Event()
+
+    def one(inp: Path, out: Path, s_out, d_out, items: deque):
+        """Read `inp` and segment it into `out` (here, in a thread); an image to run block by block is returned
+        to the main thread, which runs it (`_segment_big`: its own progress and resume)."""
+        t0 = time.perf_counter()
+        img = read_image(inp)
+        if img.metadata.get("labels"):
+            raise InputError(f"'{inp}' holds labels (a segmentation), not an image to segment")
+        if out.suffix == ".zarr" or not _in_memory(img):
+            return img, t0
+
+        def report(item):
+            if stop.is_set():  # Ctrl-C, pressed in the main thread: this input stops too
+                raise KeyboardInterrupt
+            items.append(item)
+
+        return _segment_in_memory(api, args, model, img, inp, out, s_out, d_out, report, t0)
+
     failures = 0
     written: list[Path] = []
-    try:
-        for inp, out, s_out, d_out in zip(inputs, outputs, scores_out, doubt_out):
-            t0 = time.perf_counter()
-            try:
-                img = read_image(inp)
-                if img.metadata.get("labels"):
-                    raise InputError(f"'{inp}' holds labels (a segmentation), not an image to segment")
-                big = out.suffix == ".zarr" or not isinstance(img.data, np.ndarray)
-                if big:  # block by block, resumable
-                    _segment_big(api, args, img, model, inp, out, s_out, d_out, cluster, t0)
-                    written.append(out)
+    queue: deque = deque()  # (input, output, future, its progress items), in input order
+
+    def settle() -> None:
+        """Wait for the oldest input, its progress on the bar, then say what it gave (it leaves the queue then,
+        so that Ctrl-C meanwhile still finds it there)."""
+        nonlocal failures
+        inp, out, s_out, d_out, fut, items = queue[0]
+        with _progress_bar(1.0, inp.name, not args.quiet) as bar:
+            while True:
+                while items:
+                    _show(bar, items.popleft(), args.quiet)
+                try:
+                    done = fut.result(timeout=0.1)
+                    break
+                except NotYet:
                     continue
-
-                def job(mode: dict, img=img, d_out=d_out):
-                    return api.segment_iter(
-                        img.data, model, device=args.device, diameter=args.diameter, channel=args.channel,
-                        axes=args.axes or img.axes, tile=args.tile, link_iou=args.link_iou, tta=args.tta,
-                        doubt=d_out is not None, block=args.block, merge_cuts=not args.no_merge_cuts,
-                        min_score=args.min_score, **mode,
-                    )  # fmt: skip
-
-                with _progress_bar(1.0, inp.name, not args.quiet) as bar:
-                    result = drain(_job_3d_or_planes(job, args, img), lambda p, bar=bar: _show(bar, p, args.quiet))
-                scale = _pixel_scale(img)
-                write_labels(out, result.labels, overwrite=args.overwrite, axes=result.axes, scale=scale)
+                except (ValueError, OSError) as exc:  # InputError, FileExistsError, ... : one line, go on
+                    done = exc
+                    break
+            while items:
+                _show(bar, items.popleft(), args.quiet)
+        queue.popleft()
+        if isinstance(done, Exception):
+            print(f"{PROG}: error: {done}", file=sys.stderr)
+            failures += 1
+        elif isinstance(done, str):
+            written.append(out)
+            print(done)
+        else:  # block by block, here
+            try:
+                _segment_big(api, args, done[0], model, inp, out, s_out, d_out, cluster, done[1])
                 written.append(out)
-                plane_shape = (
-                    () if "anisotropy" in result.extra else tuple(result.labels.shape[:-2])
-                )  # 3D objects span planes
-                if s_out is not None:
-                    write_scores(s_out, result.plane_scores, plane_shape=plane_shape, overwrite=args.overwrite)
-                if d_out is not None:
-                    write_map(d_out, result.doubt, overwrite=args.overwrite, axes=result.axes,
-                              scale=scale, name="doubt")  # fmt: skip
-            except (ValueError, OSError) as exc:  # InputError, FileExistsError, ... : one line, go on
+            except (ValueError, OSError) as exc:
                 print(f"{PROG}: error: {exc}", file=sys.stderr)
                 failures += 1
-                continue
-            n = len(set(result.labels.ravel().tolist()) - {0}) if result.labels.ndim > 2 else int(result.labels.max())
-            print(
-                f"{inp.name}: {n} objects, {time.perf_counter() - t0:.1f} s, device {result.device}, "
-                f"diameter {result.diameter:.1f} px{_channel_note(result)} -> {out}"
+
+    threads = shared_torch_threads(lanes) if lanes > 1 else contextlib.nullcontext()
+    with threads, ThreadPoolExecutor(lanes, thread_name_prefix="napari-unet-input") as pool:
+        if lanes > 1 and not args.quiet:
+            n = torch.get_num_threads()
+            print(f"{PROG}: {lanes} inputs at a time, {n} thread{'s' if n != 1 else ''} each", file=sys.stderr)
+        try:
+            for inp, out, s_out, d_out in zip(inputs, outputs, scores_out, doubt_out):
+                if len(queue) == lanes:
+                    settle()
+                items: deque = deque()
+                queue.append((inp, out, s_out, d_out, pool.submit(one, inp, out, s_out, d_out, items), items))
+            while queue:
+                settle()
+        except KeyboardInterrupt:
+            stop.set()  # the inputs under way stop at their next progress item; one that was writing finishes
+            for _inp, out, *_, fut, _items in queue:
+                with contextlib.suppress(Exception, KeyboardInterrupt):
+                    if isinstance(fut.result(), str):
+                        written.append(out)
+            done = (
+                f"the labels of {len(written)} of {len(inputs)} inputs were written, the last to '{written[-1]}'"
+                if written
+                else "nothing was written"
             )
-    except KeyboardInterrupt:
-        done = (
-            f"the labels of {len(written)} of {len(inputs)} inputs were written, the last to '{written[-1]}'"
-            if written
-            else "nothing was written"
-        )
-        print(f"{PROG}: interrupted; {done}", file=sys.stderr)
-        return 130
+            print(f"{PROG}: interrupted; {done}", file=sys.stderr)
+            return 130
+        finally:  # an input run here that ends the run (Ctrl-C in `_segment_big`) stops the others too
+            stop.set()
     return 1 if failures else 0
+
+
+def _in_memory(img) -> bool:
+    import numpy as np
+
+    return isinstance(img.data, np.ndarray)
+
+
+def _segment_in_memory(api, args, model, img, inp: Path, out: Path, s_out, d_out, report, t0: float) -> str:
+    """Segment an image held in memory and write its labels (and scores, doubt map); returns the line to print."""
+    from .core.io import write_labels, write_map, write_scores
+    from .core.jobs import drain
+
+    def job(mode: dict):
+        return api.segment_iter(
+            img.data, model, device=args.device, diameter=args.diameter, channel=args.channel,
+            axes=args.axes or img.axes, tile=args.tile, link_iou=args.link_iou, tta=args.tta,
+            doubt=d_out is not None, block=args.block, merge_cuts=not args.no_merge_cuts,
+            min_score=args.min_score, **mode,
+        )  # fmt: skip
+
+    result = drain(_job_3d_or_planes(job, args, img), report)
+    scale = _pixel_scale(img)
+    write_labels(out, result.labels, overwrite=args.overwrite, axes=result.axes, scale=scale)
+    plane_shape = () if "anisotropy" in result.extra else tuple(result.labels.shape[:-2])  # 3D objects span planes
+    if s_out is not None:
+        write_scores(s_out, result.plane_scores, plane_shape=plane_shape, overwrite=args.overwrite)
+    if d_out is not None:
+        write_map(d_out, result.doubt, overwrite=args.overwrite, axes=result.axes, scale=scale, name="doubt")
+    n = len(set(result.labels.ravel().tolist()) - {0}) if result.labels.ndim > 2 else int(result.labels.max())
+    return (
+        f"{inp.name}: {n} objects, {time.perf_counter() - t0:.1f} s, device {result.device}, "
+        f"diameter {result.diameter:.1f} px{_channel_note(result)} -> {out}"
+    )
 
 
 #: What a labels OME-Zarr of ours holds at its top level (`core.bigrun`).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -445,6 +446,34 @@ def test_a_folder_input_segments_each_image_and_skips_earlier_labels(nuclei_tif,
     assert rc != 0 and "holds no images" in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_screen_two_inputs_at_a_time_gives_what_one_at_a_time_does(tmp_path, capsys, monkeypatch):
+    """On a CPU a folder's images go two at a time: the same labels, the lines in the inputs' order, and a damaged
+    file among them is its own one line (what tifffile logs while one thread opens it is not printed by the other)."""
+    from napari_unet import cli
+
+    folder = tmp_path / "plate"
+    folder.mkdir()
+    for k in range(4):
+        img, _ = synth_nuclei((160, 160), rng=10 + k, style=SynthStyle(diameter=(18, 30), dtype="uint16"))
+        tifffile.imwrite(folder / f"w{k}.tif", img)
+    for name in ("w1b.tif", "w3b.tif"):
+        (folder / name).write_bytes(b"II*\x00garbage")
+    rc, _, err = run(["segment", str(folder), "-o", str(tmp_path / "two")], capsys)
+    assert rc == 1 and err.startswith("napari-unet: 2 inputs at a time, 1 thread each\n"), err
+    rc, out, err = run(["segment", str(folder), "-o", str(tmp_path / "two"), "-q", "--overwrite"], capsys)
+    monkeypatch.setattr(cli, "_lanes", lambda *a: 1)
+    rc1, out1, err1 = run(["segment", str(folder), "-o", str(tmp_path / "one"), "-q"], capsys)
+    assert rc == rc1 == 1
+    names = [line.split(":")[0] for line in out.strip().splitlines()]
+    assert names == ["w0.tif", "w1.tif", "w2.tif", "w3.tif"] == [line.split(":")[0] for line in out1.splitlines()]
+    bad = [f"napari-unet: error: '{folder / n}' holds no image: a damaged or empty TIFF (invalid offset to first "
+           "page 1651663207)" for n in ("w1b.tif", "w3b.tif")]  # fmt: skip
+    assert err.strip().splitlines() == bad == err1.strip().splitlines()
+    for k in range(4):
+        two, one = (tifffile.imread(tmp_path / d / f"w{k}_labels.tif") for d in ("two", "one"))
+        assert one.max() > 3 and np.array_equal(one, two)
+
+
 def test_an_output_folder_is_made_for_a_folder_input_or_a_trailing_slash(nuclei_tif, tmp_path, capsys):
     """Folder in, folder out, even for a folder of one image; `-o new/` is a folder to make, `-o x.zarr/` a store."""
     folder = tmp_path / "one"
@@ -460,3 +489,31 @@ def test_an_output_folder_is_made_for_a_folder_input_or_a_trailing_slash(nuclei_
         ["segment", str(nuclei_tif), "-o", str(tmp_path / "s.zarr") + "/", "--diameter", "24", "-q"], capsys
     )
     assert rc == 0 and (tmp_path / "s.zarr").is_dir() and not (tmp_path / "s.zarr" / "cells_labels.tif").exists(), err
+
+
+def test_ctrl_c_on_a_folder_says_how_many_were_written_and_leaves_only_whole_files(tmp_path):
+    """Two inputs run at once: one may finish writing after Ctrl-C; the count says so, and no partial file stays."""
+    import os
+    import re
+    import signal
+
+    folder, res = tmp_path / "plate", tmp_path / "res"
+    folder.mkdir()
+    img, _ = synth_nuclei((192, 192), rng=5, style=SynthStyle(diameter=(18, 30), dtype="uint16"))
+    for k in range(12):
+        tifffile.imwrite(folder / f"w{k:02d}.tif", np.roll(img, 7 * k, axis=1))
+    cmd = [sys.executable, "-m", "napari_unet.cli", "segment", str(folder), "-o", f"{res}/", "-q"]
+    run_ = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    while run_.poll() is None:
+        if res.exists() and any(res.iterdir()):
+            os.killpg(run_.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
+            break
+        time.sleep(0.02)
+    _, err = run_.communicate(timeout=120)
+    assert run_.returncode == 130, err
+    said = re.fullmatch(r"napari-unet: interrupted; the labels of (\d+) of 12 inputs were written, the last to '(.+)'",
+                        err.strip())  # fmt: skip
+    assert said, err
+    files = sorted(res.iterdir())
+    assert len(files) == int(said[1]) < 12 and str(files[-1]) == said[2]
+    assert all(p.name.endswith("_labels.tif") and tifffile.imread(p).max() > 0 for p in files)

@@ -109,5 +109,6 @@ def describe(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)}, {prec})"
     if device.type == "cpu":
-        return f"cpu ({torch.get_num_threads()} threads, {prec})"
+        n = torch.get_num_threads()
+        return f"cpu ({n} thread{'s' if n != 1 else ''}, {prec})"
     return f"{device.type} ({prec})"

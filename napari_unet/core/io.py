@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,33 +92,37 @@ def _tiff_axes(axes: str, shape: tuple[int, ...]) -> str | None:
     return "".join(out)
 
 
-class _Complaints(logging.Handler):
-    """Collects what tifffile logs while it opens a file, to be said in our one line instead of on its own."""
+class _Complaints(logging.Filter):
+    """On tifffile's logger: what it logs in a thread that is opening a file (`_open_tiff`) is kept for that
+    thread instead of printed. Other threads' records pass: a folder's inputs are read two at a time."""
 
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
+    held: dict[int, list[str]] = {}
 
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage().split("> ", 1)[-1])
+    def filter(self, record: logging.LogRecord) -> bool:
+        held = self.held.get(record.thread)
+        if held is None:
+            return True
+        held.append(record.getMessage().split("> ", 1)[-1])  # without tifffile's "<TiffPages @offset> "
+        return False
 
 
 def _open_tiff(path: Path) -> tifffile.TiffFile:
     """`tifffile.TiffFile(path)`, its warnings held back: a damaged file gets one line saying what tifffile
     found (e.g. "invalid offset to first page") rather than tifffile's log line and then ours."""
-    logger, complaints = logging.getLogger("tifffile"), _Complaints()
-    logger.addHandler(complaints)
-    propagate, logger.propagate = logger.propagate, False
+    logger = logging.getLogger("tifffile")
+    if not any(isinstance(f, _Complaints) for f in logger.filters):
+        logger.addFilter(_Complaints())
+    me = threading.get_ident()
+    _Complaints.held[me] = complaints = []
     try:
         tif = tifffile.TiffFile(path)
     finally:
-        logger.removeHandler(complaints)
-        logger.propagate = propagate
+        del _Complaints.held[me]
     if not tif.series:
         tif.close()
-        why = f" ({complaints.messages[0]})" if complaints.messages else ""
+        why = f" ({complaints[0]})" if complaints else ""
         raise InputError(f"'{path}' holds no image: a damaged or empty TIFF{why}")
-    for message in complaints.messages:  # a readable file: its warnings are tifffile's to give
+    for message in complaints:  # a readable file: its warnings are tifffile's to give
         logger.warning(message)
     return tif
 
