@@ -73,7 +73,7 @@ def _flat(fn):
     return lambda image: fn(image.mean(-1) if image.ndim == 3 else image)
 
 
-def _scaled(samples: list[Sample], factor: float, texture: bool = False) -> list[Sample]:
+def _scaled(samples: list[Sample], factor: float | tuple[float, float], texture: bool = False) -> list[Sample]:
     out = []
     for i, s in enumerate(samples):
         img, lab = A.rescale(s.image, s.labels.astype(np.int32), factor)
@@ -164,6 +164,9 @@ def cases(images: str = "mnfinder_val") -> dict[str, tuple[str, Callable[[], lis
         "rescaled 2x": ("clean", lambda: _scaled(val(), 2.0)),
         "rescaled 4x": ("clean", lambda: _scaled(val(), 4.0)),
         "large textured nuclei (2.5x + chromatin foci)": ("clean", lambda: _scaled(val(), 2.5, texture=True)),
+        # elongated nuclei (fibroblasts, smooth muscle, endothelium), aligned: the field stretched along x
+        "elongated nuclei, aligned (aspect 3: 0.6x by 1.8x)": ("clean", lambda: _scaled(val(), (0.6, 1.8))),
+        "elongated nuclei, aligned (aspect 5: 0.5x by 2.5x)": ("clean", lambda: _scaled(val(), (0.5, 2.5))),
         # the textured nuclei were ~35 px across: texture and foci at the field's own size
         "chromatin texture and foci at the nuclei's own size (0.45, 8 a nucleus)": (
             "clean",
@@ -256,6 +259,10 @@ def cases(images: str = "mnfinder_val") -> dict[str, tuple[str, Callable[[], lis
             lambda: _synth(8, 20_001, diameter=(60.0, 90.0), texture=(0.4, 0.6), spots=(6.0, 10.0), cytoplasm_prob=0.0),
         ),
         "synth small (8-12 px)": ("synth clean", lambda: _synth(8, 20_002, diameter=(8.0, 12.0), cytoplasm_prob=0.0)),
+        "synth elongated (eccentricity 0.9-0.97: aspect 2.3-4.1, any orientation)": (
+            "synth clean",
+            lambda: _synth(8, 20_005, diameter=(20.0, 30.0), eccentricity=(0.9, 0.97), cytoplasm_prob=0.0),
+        ),
         "synth condensed + dim (30x range)": (
             "synth clean",
             lambda: _synth(

@@ -283,6 +283,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         "mode) on every crop but the crowded renders, so that a fine-tune learns the crowded fields and keeps "
         "its behaviour elsewhere (learning without forgetting)",
     )
+    p.add_argument(
+        "--stretch",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="half the crops stretched along one axis by up to S (area kept) before the rotation: elongated "
+        "nuclei in any orientation (augment.AugmentConfig.stretch; default 1: off, as the bundled models)",
+    )
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate, the same for any number of processes")
     p.add_argument("--eval-every", type=int, default=150)
     p.add_argument("--seed", type=int, default=0)
@@ -341,7 +349,8 @@ def load_data(args):
         synth = [prepare(*wide_synth(100_000 + i, args.seam)) for i in range(args.synth)]
         vals = (wide_synth(900_000 + i, args.seam) for i in range(args.synth_val))
         synth_val = [(im, lab, None, median_diameter(lab)) for im, lab in vals]
-        aug = AugmentConfig(scale=(0.6, 1.6))  # the size estimate may miss by 20 %; cover it twice over
+        # the size estimate may miss by 20 %; cover it twice over
+        aug = AugmentConfig(scale=(0.6, 1.6), stretch=args.stretch)
     return real, n_orig, crowded, val_sets, synth, synth_val, aug
 
 

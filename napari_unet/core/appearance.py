@@ -363,10 +363,15 @@ def membrane_stain(image: np.ndarray, labels: np.ndarray, rng: np.random.Generat
     return _second_channel(img, signal, rng, 1.0)
 
 
-def rescale(image: np.ndarray, labels: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
-    """The field at `factor` x the magnification (anti-aliased image, nearest-neighbour labels)."""
-    shape = tuple(max(8, round(s * factor)) for s in labels.shape)
-    img = resize(np.asarray(image, np.float32), shape, order=1, anti_aliasing=factor < 1, preserve_range=True)
+def rescale(
+    image: np.ndarray, labels: np.ndarray, factor: float | tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The field at `factor` x the magnification (anti-aliased image, nearest-neighbour labels); a (y, x) pair
+    stretches it, so that every nucleus is that much longer along one axis (elongated nuclei, aligned as in
+    muscle or a wound edge, or pixels that are not square)."""
+    fy, fx = (factor, factor) if np.isscalar(factor) else factor
+    shape = (max(8, round(labels.shape[0] * fy)), max(8, round(labels.shape[1] * fx)))
+    img = resize(np.asarray(image, np.float32), shape, order=1, anti_aliasing=min(fy, fx) < 1, preserve_range=True)
     lab = resize(labels, shape, order=0, anti_aliasing=False, preserve_range=True).astype(np.int32)
     return img.astype(np.float32), lab
 

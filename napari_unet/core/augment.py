@@ -23,6 +23,11 @@ class AugmentConfig:
     rotate: bool = True  # free rotation (any angle) + flips
     scale: tuple[float, float] = (0.75, 1.33)  # log-uniform zoom
     shear: float = 0.1
+    #: With probability `stretch_p`, a sample is stretched along one axis by a factor log-uniform in
+    #: [1/stretch, stretch], area kept, before the rotation: elongated nuclei (fibroblasts, muscle, endothelium)
+    #: in any orientation. 1 = off (the bundled models were trained without it).
+    stretch: float = 1.0
+    stretch_p: float = 0.5
     elastic_p: float = 0.7
     elastic_grid: int = 4  # coarse control points per side
     elastic_sigma: float = 6.0  # displacement std at control points, px
@@ -60,6 +65,10 @@ def sampling_grid(
     a11, a12 = c * flip, c * shear - s
     a21, a22 = s * flip, s * shear + c
     theta = torch.stack([torch.stack([a11, a12], -1), torch.stack([a21, a22], -1)], -2) / zoom[:, None, None]
+    if cfg.stretch > 1:  # ... @ diag(1 / sqrt(a), sqrt(a)): the content sqrt(a) longer along x, shorter along y
+        a = torch.exp(_uniform(n, -math.log(cfg.stretch), math.log(cfg.stretch), g, device))
+        a = torch.where(torch.rand(n, generator=g, device=device) < cfg.stretch_p, a, torch.ones_like(a))
+        theta = theta * torch.stack([a.rsqrt(), a.sqrt()], -1)[:, None, :]
     ys = torch.arange(H, device=device, dtype=torch.float32) - (H - 1) / 2
     xs = torch.arange(W, device=device, dtype=torch.float32) - (W - 1) / 2
     yy, xx = torch.meshgrid(ys, xs, indexing="ij")

@@ -108,6 +108,31 @@ def test_augmentation_keeps_image_labels_and_mask_aligned():
 
 
 # -- data -------------------------------------------------------------------------------------
+def test_stretch_elongates_a_disc_along_one_axis_keeping_its_area_and_is_off_by_default():
+    """`AugmentConfig.stretch`: a disc becomes an ellipse of aspect at most `stretch`, about its area; at 1 the
+    random stream is the one the bundled models were trained with."""
+    import torch.nn.functional as F
+
+    from napari_unet.core.augment import sampling_grid
+
+    cpu = torch.device("cpu")
+    yy, xx = torch.meshgrid(torch.arange(96.0), torch.arange(96.0), indexing="ij")
+    disc = (((yy - 47.5) ** 2 + (xx - 47.5) ** 2) < 15**2).float().expand(16, 1, 96, 96)
+    cfg = AugmentConfig(rotate=False, scale=(1, 1), shear=0, elastic_p=0, stretch=3.0, stretch_p=1.0)
+    out = F.grid_sample(disc, sampling_grid(16, (96, 96), cfg, torch.Generator().manual_seed(0), cpu),
+                        align_corners=True) > 0.5  # fmt: skip
+    aspects = []
+    for m in out[:, 0]:
+        ys, xs = torch.nonzero(m, as_tuple=True)
+        h, w = int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1)
+        aspects.append(max(h, w) / min(h, w))
+        assert abs(int(m.sum()) / float(disc[0, 0].sum()) - 1) < 0.05
+    assert max(aspects) > 2.0 and max(aspects) <= 3.0 * 1.1
+    plain = [sampling_grid(3, (32, 32), c, torch.Generator().manual_seed(3), cpu)
+             for c in (AugmentConfig(), AugmentConfig(stretch=1.0, stretch_p=1.0))]  # fmt: skip
+    assert torch.equal(*plain)
+
+
 def test_bad_inputs_are_one_sentence_errors():
     img = np.zeros((64, 64), np.uint16)
     lab = np.zeros((64, 64), np.int32)
