@@ -446,7 +446,7 @@ def test_a_folder_input_segments_each_image_and_skips_earlier_labels(nuclei_tif,
     assert rc != 0 and "holds no images" in err and len(err.strip().splitlines()) == 1
 
 
-def test_a_screen_two_inputs_at_a_time_gives_what_one_at_a_time_does(tmp_path, capsys, monkeypatch):
+def test_a_screen_two_inputs_at_a_time_gives_what_one_at_a_time_does(tmp_path, capsys, monkeypatch, two_threads):
     """On a CPU a folder's images go two at a time: the same labels, the lines in the inputs' order, and a damaged
     file among them is its own one line (what tifffile logs while one thread opens it is not printed by the other)."""
     from napari_unet import cli
