@@ -231,6 +231,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from concurrent.futures import ThreadPoolExecutor
     from concurrent.futures import TimeoutError as NotYet
 
+    import numpy as np
     import torch
 
     from .core.io import read_image
@@ -260,7 +261,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         img = read_image(inp)
         if img.metadata.get("labels"):
             raise InputError(f"'{inp}' holds labels (a segmentation), not an image to segment")
-        if out.suffix == ".zarr" or not _in_memory(img):
+        if out.suffix == ".zarr" or not isinstance(img.data, np.ndarray):  # lazy: larger than memory
             return img, t0
 
         def report(item):
@@ -337,12 +338,6 @@ def cmd_segment(args: argparse.Namespace) -> int:
         finally:  # an input run here that ends the run (Ctrl-C in `_segment_big`) stops the others too
             stop.set()
     return 1 if failures else 0
-
-
-def _in_memory(img) -> bool:
-    import numpy as np
-
-    return isinstance(img.data, np.ndarray)
 
 
 def _segment_in_memory(api, args, model, img, inp: Path, out: Path, s_out, d_out, report, t0: float) -> str:
