@@ -228,8 +228,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     import contextlib
     import threading
     from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-    from concurrent.futures import TimeoutError as NotYet
+    from concurrent.futures import ThreadPoolExecutor, wait
 
     import numpy as np
     import torch
@@ -281,33 +280,22 @@ def cmd_segment(args: argparse.Namespace) -> int:
         nonlocal failures
         inp, out, s_out, d_out, fut, items = queue[0]
         with _progress_bar(1.0, inp.name, not args.quiet) as bar:
-            while True:
+            while items or not fut.done():
                 while items:
                     _show(bar, items.popleft(), args.quiet)
-                try:
-                    done = fut.result(timeout=0.1)
-                    break
-                except NotYet:
-                    continue
-                except (ValueError, OSError) as exc:  # InputError, FileExistsError, ... : one line, go on
-                    done = exc
-                    break
-            while items:
-                _show(bar, items.popleft(), args.quiet)
+                wait([fut], timeout=0.1)
         queue.popleft()
-        if isinstance(done, Exception):
-            print(f"{PROG}: error: {done}", file=sys.stderr)
+        try:
+            done = fut.result()
+            if isinstance(done, tuple):  # an image to run block by block, here
+                done = _segment_big(api, args, done[0], model, inp, out, s_out, d_out, cluster, done[1])
+        except (ValueError, OSError) as exc:  # InputError, FileExistsError, ... : one line, go on
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
             failures += 1
-        elif isinstance(done, str):
-            written.append(out)
+            return
+        written.append(out)
+        if done:
             print(done)
-        else:  # block by block, here
-            try:
-                _segment_big(api, args, done[0], model, inp, out, s_out, d_out, cluster, done[1])
-                written.append(out)
-            except (ValueError, OSError) as exc:
-                print(f"{PROG}: error: {exc}", file=sys.stderr)
-                failures += 1
 
     threads = shared_torch_threads(lanes) if lanes > 1 else contextlib.nullcontext()
     with threads, ThreadPoolExecutor(lanes, thread_name_prefix="napari-unet-input") as pool:
