@@ -27,8 +27,9 @@ on the selection sets writes them back. `--outliers` adds condensed nuclei up to
 bright debris to the hard-case renderings (the fine-tunes of 2026-12-05 in benchmarks/RESULTS.md);
 `--defocus P` blurs a share P of them as a defocused widefield image does; `--crowd P` first packs a
 share P of them with copies of their own nuclei (`appearance.crowd`); `--distill W` (with `--init`) adds W x
-the KL divergence from the starting model's probabilities on every crop but the crowded renders, so a
-fine-tune learns those and keeps the starting model's answers elsewhere (learning without forgetting).
+the KL divergence from the starting model's probabilities on every crop but the crowded renders (and,
+with `--stretch`, every other crop, stretched: the teacher merges long nuclei end to end), so a fine-tune
+learns those and keeps the starting model's answers elsewhere (learning without forgetting).
 `--widen BASE` (with `--init`) starts from a wider copy of the starting model that computes the same function
 (`model.widen`; base 24 from the bundled model: benchmarks/RESULTS.md, "A wider network, fine-tuned").
 `--seam LOW,HIGH` parts touching synthetic nuclei by a dark seam, as `synth.WIDE` has done since v2.1;
@@ -280,8 +281,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=0.0,
         metavar="W",
         help="with --init: add W x the KL divergence from the starting model's class probabilities (frozen, eval "
-        "mode) on every crop but the crowded renders, so that a fine-tune learns the crowded fields and keeps "
-        "its behaviour elsewhere (learning without forgetting)",
+        "mode) on every crop but the crowded renders (and, with --stretch, the stretched crops), so that a "
+        "fine-tune learns those and keeps its behaviour elsewhere (learning without forgetting)",
     )
     p.add_argument(
         "--stretch",
@@ -338,7 +339,7 @@ def load_data(args):
         # v1 selected on mnfinder val alone; without it, on synthetic images of its own style.
         vals = (synth_nuclei((256, 256), rng=900_000 + i, style=style) for i in range(args.synth_val))
         synth_val = [(im, lab, None, median_diameter(lab)) for im, lab in vals] if args.no_real else []
-        aug = AugmentConfig()
+        aug = AugmentConfig(stretch=args.stretch)
     else:
         if real:
             renders, crowded = real_variants(
@@ -463,7 +464,20 @@ def main():
         draws = [(real[:n_orig], k), (real[n_orig:], n_real - k), (synth, n_synth)]
         parts = [crop_batch(pool, n, args.patch, rng) for pool, n in draws if n]
         img, tgt, wt, msk = (torch.cat(z).to(ctx.device) for z in list(zip(*parts))[:4])
-        img, tgt, wt, msk = augment_batch(img, tgt, wt, msk, aug, g)
+        stretched = torch.zeros(len(img), dtype=torch.bool, device=ctx.device)
+        if teacher is not None and aug.stretch > 1:
+            # The teacher merges long nuclei end to end, so the stretched crops (every other one, stretched by
+            # the same law) learn from their labels alone, and the rest keep the teacher's answers unstretched.
+            stretched[::2] = True
+            halves = [(stretched, replace(aug, stretch_p=1.0)), (~stretched, replace(aug, stretch=1.0))]
+            halves = [(sel, augment_batch(img[sel], tgt[sel], wt[sel], msk[sel], cfg, g)) for sel, cfg in halves]
+            out = [a.new_empty((len(img), *a.shape[1:])) for a in halves[0][1]]
+            for sel, parts_aug in halves:
+                for o, a in zip(out, parts_aug):
+                    o[sel] = a
+            img, tgt, wt, msk = out
+        else:
+            img, tgt, wt, msk = augment_batch(img, tgt, wt, msk, aug, g)
         with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=args.bf16):
             logits = net(img)
         if logits.shape[-1] != tgt.shape[-1]:  # valid mode: targets cropped to the output
@@ -471,10 +485,11 @@ def main():
             tgt, wt, msk = (a[..., c : c + logits.shape[-2], c : c + logits.shape[-1]] for a in (tgt, wt, msk))
         loss = masked_loss(logits.float(), tgt, wt, msk)
         if teacher is not None:
-            # every crop keeps the teacher's answer but those of crowded renders (draws[1]: the renders)
+            # every crop keeps the teacher's answer but those of crowded renders (draws[1]: the renders) and the
+            # stretched ones
             drawn = [i for i, (_, n) in enumerate(draws) if n]
             keep = [not (i == 1 and crowded[j]) for i, part in zip(drawn, parts) for j in part[4]]
-            keep = torch.tensor(keep, device=ctx.device)
+            keep = torch.tensor(keep, device=ctx.device) & ~stretched
             if keep.any():
                 with torch.no_grad(), torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=args.bf16):
                     target = torch.softmax(teacher(img[keep]).float(), 1)

@@ -250,6 +250,9 @@ def test_distilling_from_the_init_model_keeps_the_fine_tune_near_it(tmp_path):
 
     plain, distilled = gap(run()), gap(run("--distill", "100"))
     assert distilled < 0.6 * plain, (distilled, plain)
+    # with --stretch, every other crop is stretched and taught by its labels alone: the rest still pull back
+    half = gap(run("--distill", "100", "--stretch", "3"))
+    assert half < 0.6 * plain, (half, plain)
 
 
 def test_a_widened_fine_tune_starts_from_the_init_function_and_resumes(tmp_path):
