@@ -681,7 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("segment", help="segment images into instance labels (TIFF)")
+    s = sub.add_parser("segment", help="segment images into instance labels (TIFF, or OME-Zarr block by block)")
     s.add_argument("input", nargs="+", help="TIFF/OME-TIFF, .npy, zarr, PNG/JPEG/BMP, or folders of them")
     s.add_argument(
         "-o", "--output",
