@@ -469,11 +469,11 @@ def main():
             # The teacher merges long nuclei end to end, so the stretched crops (every other one, stretched by
             # the same law) learn from their labels alone, and the rest keep the teacher's answers unstretched.
             stretched[::2] = True
-            halves = [(stretched, replace(aug, stretch_p=1.0)), (~stretched, replace(aug, stretch=1.0))]
-            halves = [(sel, augment_batch(img[sel], tgt[sel], wt[sel], msk[sel], cfg, g)) for sel, cfg in halves]
-            out = [a.new_empty((len(img), *a.shape[1:])) for a in halves[0][1]]
-            for sel, parts_aug in halves:
-                for o, a in zip(out, parts_aug):
+            out = None
+            for sel, cfg in ((stretched, replace(aug, stretch_p=1.0)), (~stretched, replace(aug, stretch=1.0))):
+                half = augment_batch(img[sel], tgt[sel], wt[sel], msk[sel], cfg, g)
+                out = out or [a.new_empty((len(img), *a.shape[1:])) for a in half]
+                for o, a in zip(out, half):
                     o[sel] = a
             img, tgt, wt, msk = out
         else:
