@@ -197,6 +197,13 @@ def _plateaus(indices: list[int]) -> list[list[int]]:
     return runs
 
 
+#: A candidate that sees the whole plane as fewer than this many of its diameters across does not put the next
+#: finer candidate's `MIN_OBJECTS` or more objects on a plateau by measuring them the same: shrunk that far, a crowded
+#: field comes out as a few objects that fill it, whatever the nuclei. Clumps of 16 px nuclei copied into a 400^2
+#: BBBC007 field measured 103 and 106 px at the 113 and 160 px candidates, and a fine-tune took them for the nuclei.
+FIELD_DIAMETERS = 3
+
+
 #: `_seen_whole_from_below` wants this many consecutive candidates that measure the same objects above themselves.
 SEEN_WHOLE_RUN = 3
 
@@ -240,9 +247,10 @@ def estimate_diameter(infer: InferenceModel, plane: np.ndarray, info: ModelInfo)
     candidates, so the largest consistent candidate *on such a plateau* is taken where there is one: in a field
     crowded with touching nuclei, a far too coarse candidate shrinks the clumps into objects of about its own
     size, consistent but alone (one crowded mnfinder val render was estimated at 4.3x its nuclei, then 1.0x).
-    Two plateaus are two kinds of whole objects. The coarser wins, unless it rests on fewer than
-    `MIN_OBJECTS` objects in all the crops it was measured on while a finer plateau holds at least that
-    many, most of them beside the coarser one's objects rather than inside them as fragments or foci are:
+    A coarser candidate that sees the whole plane as only a few of its diameters does not make a plateau of many
+    objects (`FIELD_DIAMETERS`). Two plateaus are two kinds of whole objects. The coarser wins, unless it rests
+    on fewer than `MIN_OBJECTS` objects in all the crops it was measured on while a finer plateau holds at least
+    that many, most of them beside the coarser one's objects rather than inside them as fragments or foci are:
     a bright blob of debris over 5 % of a BBBC007 field, alone at the coarsest candidates, was taken for
     the nuclei (84-132 px for 20 px nuclei on 10 of 14 images). A coarser plateau of many objects stays:
     nuclei in a bright textured cytoplasm have a finer plateau of the cytoplasm's grains beside them.
@@ -273,7 +281,10 @@ def estimate_diameter(infer: InferenceModel, plane: np.ndarray, info: ModelInfo)
             continue
         if m.n >= 2 or agrees(i + 1, m.diameter):
             consistent.append(i)
-            if agrees(i - 1, m.diameter) or agrees(i + 1, m.diameter):
+            coarser = agrees(i + 1, m.diameter) and (
+                m.n < MIN_OBJECTS or min(plane.shape) >= FIELD_DIAMETERS * CANDIDATE_DIAMETERS[i + 1]
+            )
+            if agrees(i - 1, m.diameter) or coarser:
                 on_plateau.append(i)
     seen_whole = _seen_whole_from_below(measured, agrees)
     if not consistent and seen_whole is None:

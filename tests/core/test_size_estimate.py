@@ -191,3 +191,27 @@ def test_two_kinds_of_nuclei_are_not_taken_for_fragments(bundled):
         f * median_diameter(tifffile.imread(val / "nuclei" / p.name).astype(np.int32)) for f, p in ((1, a), (2.5, b))
     ]
     assert any(abs(np.log(est / k)) < np.log(1.3) for k in kinds), (est, kinds)
+
+
+@pytest.mark.parametrize(("side", "expected"), [(400, 17.6), (1600, 102.7)])
+def test_a_candidate_that_sees_the_plane_as_a_few_objects_does_not_make_a_plateau_of_many(monkeypatch, side, expected):
+    """A fine-tune's measurements on a crowded 400^2 BBBC007 render (16 px nuclei, copied into clumps): at 113 and
+    160 px the shrunk field came out as 8 and 5 objects of 103 and 106 px, a coarse plateau that beat the nuclei's
+    (estimate 93 px). The 160 px candidate sees the field as 2.5 of its diameters, too few to vouch for 8 objects;
+    in a field of 1600^2 the same plateau is whole nuclei and stays."""
+    from types import SimpleNamespace
+
+    from napari_unet.core import segment as S
+
+    table = {14: (14.5, 88), 20: (17.6, 123), 28: (19.2, 146), 40: (24.4, 86), 57: (35.8, 37), 80: (61.1, 17),
+             113: (102.7, 8), 160: (106.1, 5)}  # fmt: skip
+
+    def measured(infer, plane, model_diameter, diameter, **kwargs):  # the nearest candidate's measurement
+        nearest = min(table, key=lambda d: abs(np.log(d / diameter)))
+        found, n = table[nearest] if abs(np.log(nearest / diameter)) < 0.2 else (None, 0)
+        return S.Measured(found, n, np.zeros((0, 2)))
+
+    monkeypatch.setattr(S, "measure_at", measured)
+    infer = SimpleNamespace(device=torch.device("cpu"))
+    info = SimpleNamespace(diameter=17.0, mask_threshold=0.5)
+    assert S.estimate_diameter(infer, np.zeros((side, side), np.float32), info) == pytest.approx(expected)
