@@ -329,7 +329,8 @@ def main(argv=None) -> int:
         samples = table[name][1]()
         n_obj = sum(int(len(np.unique(s.labels)) - 1) for s in samples)
         scores[name] = {"_n": n_obj}
-        truth = {id(s.image): median_diameter(s.labels.astype(np.int32)) for s in samples}
+        if args.true_diameter:
+            truth = {id(s.image): median_diameter(s.labels.astype(np.int32)) for s in samples}
         for m, fn in methods.items():
             t = time.perf_counter()
             if args.true_diameter and not m.startswith("classical"):
