@@ -237,7 +237,9 @@ def finish_block(
     """The instance half of `segment_block_iter`: labels from the probabilities, trimmed, and what the block
     leaves for stitching (`t0`: when the block started, for its `seconds`)."""
     b = plan.block(index)
-    lab = labels_from_probabilities(probs, min_size=min_size, mask_threshold=mask_threshold, merge_cuts=merge_cuts)
+    lab = labels_from_probabilities(
+        probs, min_size=min_size, mask_threshold=mask_threshold, merge_cuts=merge_cuts, diameter=diameter or None
+    )
     if outline_level > 0:
         ry0, ry1, rx0, rx1 = b.region
         lab = refine_outlines(lab, planes.load(plane, (slice(ry0, ry1), slice(rx0, rx1))), diameter, outline_level)

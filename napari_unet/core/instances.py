@@ -28,6 +28,12 @@ LEVEL_STEPS, STEEPNESS = (0.0, 0.1, 0.2, 0.35), 0.9
 #: these higher interior levels; it is split where it falls into parts of at least `JOIN_PART` x the median
 #: seed each (benchmarks/RESULTS.md, "Seeds of two nuclei joined").
 JOIN_AREA, JOIN_SOLIDITY, JOIN_PART, JOIN_LEVELS = 1.6, 0.85, 0.5, (0.6, 0.7, 0.8)
+#: Given the objects' diameter, the typical seed and object those rules compare with are these shares of the
+#: diameter's disc, not the medians of the array at hand, so that a block of a plane decides as the whole plane
+#: would. The shares are the medians measured at the estimated diameter: objects 0.95 of the disc on mnfinder
+#: train, mnfinder val and BBBC007 alike (0.79-1.07 per image), seeds 0.60 / 0.58 / 0.50 (benchmarks/RESULTS.md,
+#: "Blocks that decide as the whole plane").
+SEED_SHARE, OBJECT_SHARE = 0.58, 0.85
 
 
 def inner_boundaries(labels: np.ndarray) -> np.ndarray:
@@ -82,6 +88,7 @@ def labels_from_probabilities(
     margin: int = 96,
     merge_cuts: bool = True,
     split_seeds: bool = True,
+    diameter: float | None = None,
 ) -> np.ndarray:
     """Seeded watershed on (3, H, W) probabilities (uint8 0..255 or float 0..1).
 
@@ -93,6 +100,9 @@ def labels_from_probabilities(
         band, margin: Rows per watershed band and the context rows above and below each band.
         merge_cuts: Rejoin pairs that look like one object cut in two (`merge_cut_objects`).
         split_seeds: Split seeds that join the interiors of two touching objects (`split_joined_seeds`).
+        diameter: The objects' diameter, px: the typical seed and object of those two rules follow from it
+            (`SEED_SHARE`, `OBJECT_SHARE`), so that the labels of a block do not depend on what else the block
+            holds. None: the medians of these probabilities' seeds and objects.
 
     Returns:
         int32 labels (H, W), 0 = background, ids 1..N consecutive.
@@ -101,8 +111,9 @@ def labels_from_probabilities(
     interior = probs[INTERIOR]
     seeds, n = ndi.label(interior > seed_threshold * scale)
     seeds = seeds.astype(np.int32, copy=False)
+    disc = None if diameter is None else np.pi / 4 * diameter**2
     if split_seeds:
-        n = split_joined_seeds(seeds, n, interior, scale)
+        n = split_joined_seeds(seeds, n, interior, scale, None if disc is None else SEED_SHARE * disc)
     out = np.zeros(interior.shape, np.int32)
     if n == 0:
         return out
@@ -118,11 +129,13 @@ def labels_from_probabilities(
         out[y0:y1] = ws[y0 - a : y1 - a]
     del seeds
     if merge_cuts:
-        merge_cut_objects(out)
+        merge_cut_objects(out, typical=None if disc is None else OBJECT_SHARE * disc)
     return remove_small(out, min_size)
 
 
-def split_joined_seeds(seeds: np.ndarray, n: int, interior: np.ndarray, scale: float = 1.0) -> int:
+def split_joined_seeds(
+    seeds: np.ndarray, n: int, interior: np.ndarray, scale: float = 1.0, typical: float | None = None
+) -> int:
     """Split, in place, the seeds that hold two touching nuclei's interiors joined by a bridge; returns the seed count.
 
     Touching nuclei often share one region of interior probability above the seed threshold, and the watershed
@@ -138,11 +151,13 @@ def split_joined_seeds(seeds: np.ndarray, n: int, interior: np.ndarray, scale: f
         seeds: int32 seed labels 1..n, modified in place.
         n: Number of seeds.
         interior: Interior probability, 0..`scale` (uint8 with `scale` 255, or float with 1).
+        typical: A typical seed's area, px; None: the median seed's (then at least 3 seeds are needed).
     """
-    if n < 3:
+    if typical is None and n < 3 or n == 0:
         return n
     area = label_areas(seeds, n)
-    typical = float(np.median(area[1:]))
+    if typical is None:
+        typical = float(np.median(area[1:]))
     boxes = ndi.find_objects(seeds)
     for i in np.flatnonzero(area[1:] >= JOIN_AREA * typical) + 1:
         box = boxes[i - 1]
@@ -188,6 +203,7 @@ def merge_cut_objects(
     min_solidity: float = CUT_SOLIDITY,
     band: int = 1024,
     max_union: float = CUT_UNION,
+    typical: float | None = None,
 ) -> np.ndarray:
     """Rejoin touching objects that look like one nucleus cut in two, in place.
 
@@ -216,7 +232,8 @@ def merge_cut_objects(
     area = label_areas(labels)
     dmin = equivalent_diameter(np.minimum(area[pairs[:, 0]], area[pairs[:, 1]]))
     keep = contacts >= 0.5 * min_interface * dmin  # cheap filter: each border pixel gives 1-2 contacts
-    typical = np.median(area[1:][area[1:] > 0])
+    if typical is None:
+        typical = np.median(area[1:][area[1:] > 0])
     keep &= area[pairs[:, 0]] + area[pairs[:, 1]] <= max_union * typical
     boxes = ndi.find_objects(labels)
     candidates = []

@@ -116,6 +116,8 @@ def test_a_4096_mosaic_of_real_nuclei_in_blocks_agrees_with_the_whole_plane():
     whole = drain(segment_iter(image, model, diameter=30.0, block=None))
     blocks = drain(segment_iter(image, model, diameter=30.0, block=1400))
     assert whole.labels.max() > 3000
-    ap = float(np.squeeze(average_precision(whole.labels, blocks.labels)))
-    assert ap >= 0.995, ap
-    assert abs(len(blocks.scores) - len(whole.scores)) <= 0.005 * len(whole.scores)
+    # The instance step's rules take their typical object from the diameter, not from what a block holds, so
+    # the blocks find the whole plane's objects (with per-block medians: AP 0.9992, 44 pixels differing).
+    np.testing.assert_array_equal(whole.labels > 0, blocks.labels > 0)
+    assert float(np.squeeze(average_precision(whole.labels, blocks.labels))) == 1.0
+    assert len(blocks.scores) == len(whole.scores)

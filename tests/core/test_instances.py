@@ -4,6 +4,8 @@ import pytest
 from napari_unet.core.instances import (
     BOUNDARY,
     INTERIOR,
+    OBJECT_SHARE,
+    SEED_SHARE,
     border_weights,
     class_targets,
     labels_from_probabilities,
@@ -108,6 +110,37 @@ def test_two_nuclei_pressed_together_are_not_rejoined():
     assert out[60, 30] != out[60, 45] and len(np.unique(out[disc])) == 1
     joined = merge_cut_objects(lab.copy(), max_union=np.inf)  # without the size guard, both pairs are joined
     assert joined[60, 30] == joined[60, 45]
+
+
+def test_with_the_diameter_given_a_block_rejoins_as_the_whole_plane_would():
+    # A block that holds a nucleus cut in two beside five micronuclei: its median object is a micronucleus, so
+    # by the median the halves' union (314 px) is 11x a typical object and stays cut, though the whole plane,
+    # whose median object is a nucleus, rejoins it. The diameter's disc does not depend on what the block holds.
+    yy, xx = np.mgrid[:60, :90]
+    lab = np.zeros((60, 90), np.int32)
+    disc = (yy - 30) ** 2 + (xx - 30) ** 2 < 10**2
+    lab[disc] = 1
+    lab[disc & (xx > 30)] = 2
+    for k, cx in enumerate((55, 62, 69, 76, 83)):
+        lab[(yy - 30) ** 2 + (xx - cx) ** 2 < 3**2] = 3 + k
+    assert len(np.unique(merge_cut_objects(lab.copy())[disc])) == 2
+    typical = OBJECT_SHARE * np.pi / 4 * 20**2
+    assert len(np.unique(merge_cut_objects(lab.copy(), typical=typical)[disc])) == 1
+    # The same for the seeds: a seed of two joined interiors beside large nuclei's seeds only is not even tried
+    # by the median (it is under 1.6x the median seed), and is split by the diameter's typical seed.
+    yy, xx = np.mgrid[:60, :150]
+    interior = np.zeros((60, 150), np.float32)
+    for cx in (20, 40):
+        interior[(yy - 30) ** 2 + (xx - cx) ** 2 <= 9**2] = 0.9
+    interior[(np.abs(yy - 30) <= 2) & (xx >= 28) & (xx <= 32)] = 0.55
+    for cx in (75, 105, 135):
+        interior[(yy - 30) ** 2 + (xx - cx) ** 2 <= 14**2] = 0.9
+    from scipy import ndimage as ndi
+
+    seeds, n = ndi.label(interior > 0.5)
+    assert split_joined_seeds(seeds.copy(), n, interior) == n
+    assert split_joined_seeds(seeds, n, interior, typical=SEED_SHARE * np.pi / 4 * 20**2) == n + 1
+    assert seeds[30, 20] != seeds[30, 40]
 
 
 def test_seeds_of_two_touching_nuclei_are_split_and_a_large_round_one_is_not():
