@@ -19,20 +19,20 @@ BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
 #: `merge_cut_objects`: a pair is one object cut in two from this shared border (x the smaller one's
 #: equivalent diameter) and this solidity of their union.
 CUT_BORDER, CUT_SOLIDITY = 0.7, 0.85
-#: ... and at most this many times the area of the median object (two nuclei pressed together are about twice it).
+#: ... and at most this many times the area of a typical object (two nuclei pressed together are about twice it).
 CUT_UNION = 1.8
 #: `refine_outlines`: the trim levels tried above a model's own, and how steep (x the steepest) a higher level's
 #: outlines must be to be taken (`steepest_level`).
 LEVEL_STEPS, STEEPNESS = (0.0, 0.1, 0.2, 0.35), 0.9
-#: `split_joined_seeds`: a seed this many times the median seed's area, and less solid than this, is tried at
-#: these higher interior levels; it is split where it falls into parts of at least `JOIN_PART` x the median
+#: `split_joined_seeds`: a seed this many times a typical seed's area, and less solid than this, is tried at
+#: these higher interior levels; it is split where it falls into parts of at least `JOIN_PART` x the typical
 #: seed each (benchmarks/RESULTS.md, "Seeds of two nuclei joined").
 JOIN_AREA, JOIN_SOLIDITY, JOIN_PART, JOIN_LEVELS = 1.6, 0.85, 0.5, (0.6, 0.7, 0.8)
 #: Given the objects' diameter, the typical seed and object those rules compare with are these shares of the
 #: diameter's disc, not the medians of the array at hand, so that a block of a plane decides as the whole plane
-#: would. The shares are the medians measured at the estimated diameter: objects 0.95 of the disc on mnfinder
-#: train, mnfinder val and BBBC007 alike (0.79-1.07 per image), seeds 0.60 / 0.58 / 0.50 (benchmarks/RESULTS.md,
-#: "Blocks that decide as the whole plane").
+#: would. Measured at the estimated diameter, the median seed is 0.50-0.60 of the disc and the median object
+#: 0.86-0.95 (by set; 0.42-1.07 by image); the object's share was chosen on mnfinder val and synthetic validation
+#: (benchmarks/RESULTS.md, "Blocks that decide as the whole plane").
 SEED_SHARE, OBJECT_SHARE = 0.58, 0.85
 
 
@@ -140,9 +140,9 @@ def split_joined_seeds(
 
     Touching nuclei often share one region of interior probability above the seed threshold, and the watershed
     then makes one object of both: merges are most of what the crowded, defocused and dense synthetic rows of
-    the hard-case suite lose. A seed is tried when it is `JOIN_AREA` x the median seed's area or more and not
+    the hard-case suite lose. A seed is tried when it is `JOIN_AREA` x the typical seed's area or more and not
     solid (solidity under `JOIN_SOLIDITY`: two interiors meet in a waist). It is split at the first of
-    `JOIN_LEVELS` where the interior falls into two or more parts of at least `JOIN_PART` x the median seed
+    `JOIN_LEVELS` where the interior falls into two or more parts of at least `JOIN_PART` x the typical seed
     each; its other pixels go to the nearest part (a watershed on the interior inside the seed). A large,
     solid seed is one large nucleus, and a seed with foci or texture falls into smaller parts, so both stay
     whole (a threshold of 0.6 everywhere cut textured and condensed nuclei at their foci).
@@ -209,7 +209,7 @@ def merge_cut_objects(
 
     A pair is merged when the border they share is long (at least `min_interface` of the smaller one's
     equivalent diameter), their union is convex (solidity at least `min_solidity`) and no larger than
-    `max_union` times the median object: two nuclei pressed together also meet along a long border, but
+    `max_union` times the typical object: two nuclei pressed together also meet along a long border, but
     their union is about twice a typical nucleus, where the halves of one nucleus make one. Two nuclei that
     touch meet along a short border in a waist; a nucleus the network cut along a false boundary line
     leaves two halves with a long, straight border and a convex union. Each object joins at most one
