@@ -384,6 +384,7 @@ def segment_to_zarr_iter(
         input_notes,
         model_info,
         renormalised_before,
+        typical_diameter,
     )
 
     out = Path(out)
@@ -443,6 +444,7 @@ def segment_to_zarr_iter(
             scale=scale, min_size=min_object_size(diameter), mask_threshold=info.mask_threshold,
             tile=tile, overlap=overlap, batch_size=batch_size, merge_cuts=merge_cuts, probabilities=bool(doubt),
             outline_level=info.outline_level, diameter=diameter,
+            typical=typical_diameter(infer, planes, info, diameter),
         )  # fmt: skip
     settings = _settings(planes, spatial, diameter, block, tile, overlap, mid, str(planes.channel))
     settings["tta"] = tta

@@ -198,12 +198,14 @@ def segment_block_iter(
     reuse: TileReuse | None = None,
     outline_level: float = 0.0,
     diameter: float = 0.0,
+    typical: float | None = None,
 ) -> Generator[tuple[int, int], None, BlockOutput]:
     """Segment block `index` of plane `plane` of `planes` (`normalize.Planes`). Yields (tiles done, total).
 
     `reuse`: the tiles this plane's blocks share, when they run one after another in this process.
     `outline_level`: trim each object's dim rim (`instances.refine_outlines`, objects `diameter` px across).
-    Its two halves, `predict_block` and `finish_block`, also run apart (`jobs.overlapped`)."""
+    `typical`: a typical object's diameter for the seed split and the rejoin (`segment.typical_diameter`; None:
+    the block's own medians). Its two halves, `predict_block` and `finish_block`, also run apart (`jobs.overlapped`)."""
     t0 = time.perf_counter()
     probs = yield from predict_block(
         planes, plane, plan, index, infer, scale=scale, tile=tile, overlap=overlap, batch_size=batch_size, reuse=reuse
@@ -211,6 +213,7 @@ def segment_block_iter(
     return finish_block(
         planes, plane, plan, index, probs, t0, min_size=min_size, mask_threshold=mask_threshold,
         probabilities=probabilities, merge_cuts=merge_cuts, outline_level=outline_level, diameter=diameter,
+        typical=typical,
     )  # fmt: skip
 
 
@@ -232,13 +235,13 @@ def predict_block(
 
 def finish_block(
     planes, plane, plan: BlockPlan, index: int, probs: np.ndarray, t0: float, *, min_size, mask_threshold,
-    probabilities, merge_cuts, outline_level, diameter,
+    probabilities, merge_cuts, outline_level, diameter, typical=None,
 ) -> BlockOutput:  # fmt: skip
     """The instance half of `segment_block_iter`: labels from the probabilities, trimmed, and what the block
     leaves for stitching (`t0`: when the block started, for its `seconds`)."""
     b = plan.block(index)
     lab = labels_from_probabilities(
-        probs, min_size=min_size, mask_threshold=mask_threshold, merge_cuts=merge_cuts, diameter=diameter or None
+        probs, min_size=min_size, mask_threshold=mask_threshold, merge_cuts=merge_cuts, typical_diameter=typical
     )
     if outline_level > 0:
         ry0, ry1, rx0, rx1 = b.region

@@ -28,11 +28,11 @@ LEVEL_STEPS, STEEPNESS = (0.0, 0.1, 0.2, 0.35), 0.9
 #: these higher interior levels; it is split where it falls into parts of at least `JOIN_PART` x the typical
 #: seed each (benchmarks/RESULTS.md, "Seeds of two nuclei joined").
 JOIN_AREA, JOIN_SOLIDITY, JOIN_PART, JOIN_LEVELS = 1.6, 0.85, 0.5, (0.6, 0.7, 0.8)
-#: Given the objects' diameter, the typical seed and object those rules compare with are these shares of the
-#: diameter's disc, not the medians of the array at hand, so that a block of a plane decides as the whole plane
-#: would. Measured at the estimated diameter, the median seed is 0.50-0.60 of the disc and the median object
-#: 0.86-0.95 (by set; 0.42-1.07 by image); the object's share was chosen on mnfinder val and synthetic validation
-#: (benchmarks/RESULTS.md, "Blocks that decide as the whole plane").
+#: Given a typical object's diameter (`segment.typical_diameter`), the typical seed and object those rules
+#: compare with are these shares of its disc, not the medians of the array at hand, so that every block of a
+#: plane decides alike. Measured at the estimated diameter, the median seed is 0.50-0.60 of the disc and
+#: the median object 0.86-0.95 (by set; 0.42-1.07 by image); the object's share was chosen on mnfinder val and
+#: synthetic validation (benchmarks/RESULTS.md, "Blocks that decide alike").
 SEED_SHARE, OBJECT_SHARE = 0.58, 0.85
 
 
@@ -88,7 +88,7 @@ def labels_from_probabilities(
     margin: int = 96,
     merge_cuts: bool = True,
     split_seeds: bool = True,
-    diameter: float | None = None,
+    typical_diameter: float | None = None,
 ) -> np.ndarray:
     """Seeded watershed on (3, H, W) probabilities (uint8 0..255 or float 0..1).
 
@@ -100,9 +100,9 @@ def labels_from_probabilities(
         band, margin: Rows per watershed band and the context rows above and below each band.
         merge_cuts: Rejoin pairs that look like one object cut in two (`merge_cut_objects`).
         split_seeds: Split seeds that join the interiors of two touching objects (`split_joined_seeds`).
-        diameter: The objects' diameter, px: the typical seed and object of those two rules follow from it
-            (`SEED_SHARE`, `OBJECT_SHARE`), so that the labels of a block do not depend on what else the block
-            holds. None: the medians of these probabilities' seeds and objects.
+        typical_diameter: A typical object's diameter, px: the typical seed and object of those two rules follow
+            from it (`SEED_SHARE`, `OBJECT_SHARE`), so that the labels of a block do not depend on what else the
+            block holds. None: the medians of these probabilities' seeds and objects.
 
     Returns:
         int32 labels (H, W), 0 = background, ids 1..N consecutive.
@@ -111,7 +111,7 @@ def labels_from_probabilities(
     interior = probs[INTERIOR]
     seeds, n = ndi.label(interior > seed_threshold * scale)
     seeds = seeds.astype(np.int32, copy=False)
-    disc = None if diameter is None else np.pi / 4 * diameter**2
+    disc = None if typical_diameter is None else np.pi / 4 * typical_diameter**2
     if split_seeds:
         n = split_joined_seeds(seeds, n, interior, scale, None if disc is None else SEED_SHARE * disc)
     out = np.zeros(interior.shape, np.int32)

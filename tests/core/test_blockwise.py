@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+import torch
 
 from napari_unet.core.blockwise import BlockOutput, plan_blocks, stitch_blocks
 from napari_unet.core.jobs import drain
@@ -116,8 +117,22 @@ def test_a_4096_mosaic_of_real_nuclei_in_blocks_agrees_with_the_whole_plane():
     whole = drain(segment_iter(image, model, diameter=30.0, block=None))
     blocks = drain(segment_iter(image, model, diameter=30.0, block=1400))
     assert whole.labels.max() > 3000
-    # The instance step's rules take their typical object from the diameter, not from what a block holds, so
-    # the blocks find the whole plane's objects (with per-block medians: AP 0.9992, 44 pixels differing).
+    # The instance step's rules take their typical object from one measurement of the image
+    # (`segment.typical_diameter`), not from what a block holds, so the blocks find the whole plane's objects
+    # (with per-block medians: AP 0.9992, 44 pixels differing).
     np.testing.assert_array_equal(whole.labels > 0, blocks.labels > 0)
     assert float(np.squeeze(average_precision(whole.labels, blocks.labels))) == 1.0
     assert len(blocks.scores) == len(whole.scores)
+
+
+def test_the_typical_object_is_measured_so_a_wrong_diameter_does_not_move_it():
+    from napari_unet import api
+    from napari_unet.core.normalize import iter_planes
+    from napari_unet.core.predict import InferenceModel
+    from napari_unet.core.segment import model_info, typical_diameter
+
+    model = api.load_model("bundled")
+    info, infer = model_info(model), InferenceModel.prepare(model, torch.device("cpu"))
+    _, _, planes = iter_planes(tifffile.imread(SAMPLE), None, None)  # U2OS nuclei of about 30 px
+    for given in (21.0, 30.0, 42.0):
+        assert 0.85 * 30 < typical_diameter(infer, planes, info, given) < 1.15 * 30, given
