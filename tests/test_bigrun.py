@@ -231,7 +231,7 @@ def test_a_cluster_task_stops_after_its_block_and_run_again_skips_what_it_record
     part = tmp_path / "o.zarr.part"
     bigrun._open_part(part, {"run": 1}, spatial, plan.core_shape)
     params = dict(scale=scale, min_size=min_object_size(20), mask_threshold=0.5, tile=None, overlap=32,
-                  batch_size=None, merge_cuts=True, probabilities=False)  # fmt: skip
+                  batch_size=None, merge_cuts=True, probabilities=False, typical={(): 20.0})  # fmt: skip
     stopped = types.SimpleNamespace(is_set=lambda: True)
     done = bigrun._worker_blocks(planes, (), plan, [0, 1, 2], net, "cpu", "auto", False, str(part), params, stopped)
     assert done == [0] and sorted(p.name for p in (part / bigrun.WORK / "blocks").iterdir()) == ["0.npz"]

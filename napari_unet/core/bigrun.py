@@ -191,8 +191,9 @@ def block_iter(planes, plane, plan, index: int, infer, params: dict):
     (`segment3d.StackPlan`)."""
     from .segment3d import StackPlan, segment_3d_block_iter
 
-    run = segment_3d_block_iter if isinstance(plan, StackPlan) else segment_block_iter
-    return run(planes, plane, plan, index, infer, **params)
+    if isinstance(plan, StackPlan):
+        return segment_3d_block_iter(planes, plane, plan, index, infer, **params)
+    return segment_block_iter(planes, plane, plan, index, infer, **{**params, "typical": params["typical"][plane]})
 
 
 def run_block(planes, plane, plan, index: int, infer, part: str, params: dict) -> BlockOutput:
@@ -444,7 +445,7 @@ def segment_to_zarr_iter(
             scale=scale, min_size=min_object_size(diameter), mask_threshold=info.mask_threshold,
             tile=tile, overlap=overlap, batch_size=batch_size, merge_cuts=merge_cuts, probabilities=bool(doubt),
             outline_level=info.outline_level, diameter=diameter,
-            typical=typical_diameter(infer, planes, info, diameter),
+            typical={p: typical_diameter(infer, planes.view(p), info, diameter, len(plan)) for p in planes.indices},
         )  # fmt: skip
     settings = _settings(planes, spatial, diameter, block, tile, overlap, mid, str(planes.channel))
     settings["tta"] = tta
@@ -583,7 +584,7 @@ def _run_here(planes, indices, plan, todo, infer, params, prov, doubt, part, n_d
 
     def finish(item, value):
         (_, p, i), (probs, t0) = item, value
-        record(p, i, finish_block(planes, p, plan, i, probs, t0, **rest))
+        record(p, i, finish_block(planes, p, plan, i, probs, t0, **{**rest, "typical": rest["typical"][p]}))
 
     cpu = infer.device.type == "cpu" and torch.get_num_threads() > 1 and AT_ONCE > 1
     yield from overlapped(items, predict, finish, threads=cpu)

@@ -340,21 +340,25 @@ def estimate_on_planes(infer: InferenceModel, planes, info: ModelInfo) -> float:
     return estimate_diameter(replace(infer, tta=False), planes.view(best), info)
 
 
-def typical_diameter(infer: InferenceModel, planes, info: ModelInfo, diameter: float) -> float:
-    """A typical object's diameter, px, for the seed split and the rejoin of the instance step: the objects of the
-    busiest crops of the most contrasted plane, segmented at `diameter` (`measure_at`; `diameter` where none is
-    found).
+def typical_diameter(
+    infer: InferenceModel, plane, info: ModelInfo, diameter: float, plan_blocks_n: int
+) -> float | None:
+    """A typical object's diameter, px, for the seed split and the rejoin of the instance step on a big `plane`: the
+    objects of its busiest crops, segmented at `diameter` (`measure_at`; `diameter` where none is found). None
+    for a plane of at most `DEFAULT_BLOCK` px a side that is not cut into blocks (`plan_blocks_n` of them): it
+    takes its own medians.
 
-    Those rules compared with the median seed and object of the array at hand, so a plane cut into blocks was
-    decided block by block, and its labels depended on the block size (AP@0.5 0.989-0.999 against the whole
-    plane). One value for the image makes every block decide alike. It is measured rather than taken from
-    `diameter`, since a given diameter can be wrong: at 0.7x the estimate, mnfinder val scored 0.872 with the
-    medians and 0.829 with the disc of the given diameter (benchmarks/RESULTS.md, "Blocks that decide alike")."""
-    best = planes.most_contrasted() if len(planes.indices) > 1 else planes.indices[0]
-    found = measure_at(
-        replace(infer, tta=False), planes.view(best), info.diameter, diameter, mask_threshold=info.mask_threshold
-    ).diameter
-    return float(found) if found else float(diameter)
+    Those rules compare with a typical seed and object. A plane's own medians are only known once it is
+    segmented, so a plane cut into blocks was decided block by block, and its labels depended on the block size
+    (AP@0.5 0.989-0.999 against the whole plane). One value measured on the plane first makes every block, and
+    the plane segmented whole, decide alike. It is measured rather than taken from `diameter`, since a given
+    diameter can be wrong (at 0.7x the estimate, mnfinder val scores 0.872 with the medians, 0.860 with this and
+    0.829 with the disc of the given diameter). Small planes keep their medians: measuring costs about 0.025 s,
+    15-20 % of a 512^2 plane (benchmarks/RESULTS.md, "Blocks that decide alike")."""
+    if plan_blocks_n == 1 and max(plane.shape) <= DEFAULT_BLOCK:
+        return None
+    found = measure_at(replace(infer, tta=False), plane, info.diameter, diameter, mask_threshold=info.mask_threshold)
+    return float(found.diameter) if found.diameter else float(diameter)
 
 
 #: The median bright level (`instances.object_brightness`) of the nuclei of an image normalised by its 1st and
@@ -487,13 +491,14 @@ class _PlaneDone:
 
 def _segment_plane(
     k, idx, lab, planes, infer, info, used_diameter, n_planes, probs_out, doubt_out, *, block, min_score, tile,
-    overlap, batch_size, measures, merge_cuts, threads, typical,
+    overlap, batch_size, measures, merge_cuts, threads,
 ):  # fmt: skip
     """Segment plane `idx` (the `k`-th) into `lab`, ids from 1, block by block; neighbouring blocks share their
     seam tiles. With `threads`, a block's instance step runs in a thread while the network predicts the next
     block (`jobs.overlapped`). Yields `Progress`; returns a `_PlaneDone`."""
     scale = info.diameter / used_diameter
     plan = plan_blocks(planes.plane_shape, used_diameter, scale, block)
+    typical = typical_diameter(infer, planes.view(idx), info, used_diameter, len(plan))
     if measures and len(plan) > 1:
         raise InputError("measures are computed on planes of one block only; pass a larger block")
     reuse = TileReuse(plan, infer, scale=scale, tile=tile, overlap=overlap)
@@ -548,11 +553,10 @@ def _segment_planes(
     probs_out = np.zeros(spatial, np.uint8) if probabilities else None
     doubt_out = np.zeros(spatial, np.uint8) if doubt else None
     one_block = len(plan_blocks(planes.plane_shape, used_diameter, info.diameter / used_diameter, block)) == 1
-    typical = typical_diameter(infer, planes, info, used_diameter)
     one = partial(
         _segment_plane, planes=planes, infer=infer, info=info, used_diameter=used_diameter, n_planes=n_planes,
         probs_out=probs_out, doubt_out=doubt_out, block=block, min_score=min_score, tile=tile, overlap=overlap,
-        batch_size=batch_size, measures=measures, merge_cuts=merge_cuts, typical=typical,
+        batch_size=batch_size, measures=measures, merge_cuts=merge_cuts,
     )  # fmt: skip
     cpu = infer.device.type == "cpu" and torch.get_num_threads() > 1 and AT_ONCE > 1 and not measures
     at_once = AT_ONCE if cpu and n_planes > 1 and one_block else 1  # two planes' memory: a block each
