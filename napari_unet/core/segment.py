@@ -340,13 +340,11 @@ def estimate_on_planes(infer: InferenceModel, planes, info: ModelInfo) -> float:
     return estimate_diameter(replace(infer, tta=False), planes.view(best), info)
 
 
-def typical_diameter(
-    infer: InferenceModel, plane, info: ModelInfo, diameter: float, plan_blocks_n: int
-) -> float | None:
-    """A typical object's diameter, px, for the seed split and the rejoin of the instance step on a big `plane`: the
-    objects of its busiest crops, segmented at `diameter` (`measure_at`; `diameter` where none is found). None
-    for a plane of at most `DEFAULT_BLOCK` px a side that is not cut into blocks (`plan_blocks_n` of them): it
-    takes its own medians.
+def typical_diameter(infer: InferenceModel, plane, info: ModelInfo, diameter: float, blocks: int) -> float | None:
+    """A typical object's diameter, px, for the seed split and the rejoin of the instance step on a big `plane`:
+    the objects of its busiest crops, segmented at `diameter` (`measure_at`; `diameter` where none is found).
+    None for a plane of at most `DEFAULT_BLOCK` px a side that is segmented as one block (`blocks`): it takes
+    its own medians.
 
     Those rules compare with a typical seed and object. A plane's own medians are only known once it is
     segmented, so a plane cut into blocks was decided block by block, and its labels depended on the block size
@@ -355,7 +353,7 @@ def typical_diameter(
     diameter can be wrong (at 0.7x the estimate, mnfinder val scores 0.872 with the medians, 0.860 with this and
     0.829 with the disc of the given diameter). Small planes keep their medians: measuring costs about 0.025 s,
     15-20 % of a 512^2 plane (benchmarks/RESULTS.md, "Blocks that decide alike")."""
-    if plan_blocks_n == 1 and max(plane.shape) <= DEFAULT_BLOCK:
+    if blocks == 1 and max(plane.shape) <= DEFAULT_BLOCK:
         return None
     found = measure_at(replace(infer, tta=False), plane, info.diameter, diameter, mask_threshold=info.mask_threshold)
     return float(found.diameter) if found.diameter else float(diameter)
