@@ -193,7 +193,12 @@ def block_iter(planes, plane, plan, index: int, infer, params: dict):
 
     if isinstance(plan, StackPlan):
         return segment_3d_block_iter(planes, plane, plan, index, infer, **params)
-    return segment_block_iter(planes, plane, plan, index, infer, **{**params, "typical": params["typical"][plane]})
+    return segment_block_iter(planes, plane, plan, index, infer, **_of_plane(params, plane))
+
+
+def _of_plane(params: dict, plane) -> dict:
+    """A 2D run's block settings for `plane`: its own typical object (`segment.typical_diameter`)."""
+    return {**params, "typical": params["typical"][plane]}
 
 
 def run_block(planes, plane, plan, index: int, infer, part: str, params: dict) -> BlockOutput:
@@ -584,7 +589,7 @@ def _run_here(planes, indices, plan, todo, infer, params, prov, doubt, part, n_d
 
     def finish(item, value):
         (_, p, i), (probs, t0) = item, value
-        record(p, i, finish_block(planes, p, plan, i, probs, t0, **{**rest, "typical": rest["typical"][p]}))
+        record(p, i, finish_block(planes, p, plan, i, probs, t0, **_of_plane(rest, p)))
 
     cpu = infer.device.type == "cpu" and torch.get_num_threads() > 1 and AT_ONCE > 1
     yield from overlapped(items, predict, finish, threads=cpu)

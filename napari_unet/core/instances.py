@@ -153,7 +153,7 @@ def split_joined_seeds(
         interior: Interior probability, 0..`scale` (uint8 with `scale` 255, or float with 1).
         typical: A typical seed's area, px; None: the median seed's (then at least 3 seeds are needed).
     """
-    if typical is None and n < 3 or n == 0:
+    if n == 0 or (typical is None and n < 3):
         return n
     area = label_areas(seeds, n)
     if typical is None:

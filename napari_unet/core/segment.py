@@ -550,13 +550,13 @@ def _segment_planes(
     labels = np.zeros(spatial, np.int32) if n_planes > 1 else None
     probs_out = np.zeros(spatial, np.uint8) if probabilities else None
     doubt_out = np.zeros(spatial, np.uint8) if doubt else None
-    one_block = len(plan_blocks(planes.plane_shape, used_diameter, info.diameter / used_diameter, block)) == 1
     one = partial(
         _segment_plane, planes=planes, infer=infer, info=info, used_diameter=used_diameter, n_planes=n_planes,
         probs_out=probs_out, doubt_out=doubt_out, block=block, min_score=min_score, tile=tile, overlap=overlap,
         batch_size=batch_size, measures=measures, merge_cuts=merge_cuts,
     )  # fmt: skip
     cpu = infer.device.type == "cpu" and torch.get_num_threads() > 1 and AT_ONCE > 1 and not measures
+    one_block = len(plan_blocks(planes.plane_shape, used_diameter, info.diameter / used_diameter, block)) == 1
     at_once = AT_ONCE if cpu and n_planes > 1 and one_block else 1  # two planes' memory: a block each
     jobs = [
         one(k, idx, labels[idx] if labels is not None else np.zeros(planes.plane_shape, np.int32), threads=cpu)
