@@ -114,12 +114,12 @@ def _two_magnifications(samples: list[Sample], factor: float = 2.5) -> list[Samp
     return out
 
 
-def _crowded(samples: list[Sample], fill: float, overlap: tuple[float, float], seed: int) -> list[Sample]:
-    """`appearance.crowd` on each image: its labels change, and the micronuclei a copy covers are no longer
-    ignored."""
+def _relabelled(samples: list[Sample], fn: Callable, seed: int) -> list[Sample]:
+    """A render that changes the labels too (`appearance.crowd`, `mitotic_figures`) on each image; the
+    micronuclei that a new object covers are no longer ignored."""
     out = []
     for i, s in enumerate(samples):
-        img, lab = A.crowd(s.image, s.labels, np.random.default_rng([seed, i]), fill=fill, overlap=overlap)
+        img, lab = fn(s.image, s.labels.astype(np.int32), np.random.default_rng([seed, i]))
         out.append(Sample(s.name, img, lab, None if s.ignore is None else s.ignore & (lab == 0)))
     return out
 
@@ -183,6 +183,14 @@ def cases(images: str = "mnfinder_val") -> dict[str, tuple[str, Callable[[], lis
             "clean",
             lambda: _each(val(), lambda im, lab, r: A.condense(im, lab, r, 0.05, 20.0, 0.3), 17),
         ),
+        "mitotic figures (a tenth of the nuclei: metaphase plates, prometaphase clusters, 2-5x)": (
+            "clean",
+            lambda: _relabelled(val(), partial(A.mitotic_figures, fraction=0.1), 31),
+        ),
+        "mitotic figures (a quarter, 2-5x)": (
+            "clean",
+            lambda: _relabelled(val(), partial(A.mitotic_figures, fraction=0.25), 32),
+        ),
         # 4. dim nuclei beside bright ones
         "dim nuclei (a third, 5x dimmer)": (
             "clean",
@@ -195,11 +203,11 @@ def cases(images: str = "mnfinder_val") -> dict[str, tuple[str, Callable[[], lis
         # 5. touching nuclei: the field's own nuclei packed against each other (a confluent culture, a section)
         "crowded: real nuclei copied to 35 % of the field, touching (centres up to 15 % closer)": (
             "clean",
-            lambda: _crowded(val(), 0.35, (0.0, 0.15), 23),
+            lambda: _relabelled(val(), partial(A.crowd, fill=0.35, overlap=(0.0, 0.15)), 23),
         ),
         "crowded: 50 % of the field, overlapping (centres up to 30 % closer than touching)": (
             "clean",
-            lambda: _crowded(val(), 0.5, (0.0, 0.3), 24),
+            lambda: _relabelled(val(), partial(A.crowd, fill=0.5, overlap=(0.0, 0.3)), 24),
         ),
         # camera and contrast
         "camera: uint8, 30 photons": (

@@ -139,6 +139,33 @@ def test_crowd_packs_copies_of_the_nuclei_with_true_labels(field):
     np.testing.assert_array_equal(again[1], dlab)
 
 
+def test_mitotic_figures_replace_some_nuclei_by_smaller_brighter_labelled_chromatin(field):
+    img, lab = field
+    img = img.astype(np.float32)
+    out, mlab = A.mitotic_figures(img, lab, np.random.default_rng(2), fraction=0.3, gain=(3.0, 3.0))
+    assert out.shape == img.shape and out.dtype == np.float32 and mlab.dtype == np.int32
+    before, after = (
+        np.bincount(lab.ravel(), minlength=lab.max() + 1),
+        np.bincount(mlab.ravel(), minlength=lab.max() + 1),
+    )
+    changed = np.flatnonzero(after[1:] != before[1:]) + 1
+    kept = np.setdiff1d(np.arange(1, lab.max() + 1), changed)
+    assert 2 <= changed.size < lab.max() and set(np.unique(mlab)) <= set(np.unique(lab))
+    # Each figure is smaller than its nucleus, lies where it was, and is brighter than the nuclei kept.
+    assert np.all(after[changed] < 0.6 * before[changed]) and np.all(after[changed] > 0)
+    assert np.all([(lab[mlab == k] == k).mean() > 0.8 for k in changed])
+    bg, nucleus = float(np.median(img[lab == 0])), float(np.median(img[np.isin(lab, kept)]))
+    assert all(np.median(out[mlab == k]) - bg > 1.5 * (nucleus - bg) for k in changed)
+    # The rest of the nucleus is background now; the other nuclei keep their labels and pixels.
+    gone = np.isin(lab, changed) & (mlab == 0)
+    assert np.median(out[gone]) < bg + 0.25 * (nucleus - bg)
+    np.testing.assert_array_equal(mlab[np.isin(lab, kept)], lab[np.isin(lab, kept)])
+    far = ndi.binary_dilation(np.isin(lab, changed), iterations=8) == 0
+    np.testing.assert_array_equal(out[far], img[far])
+    again = A.mitotic_figures(img, lab, np.random.default_rng(2), fraction=0.3, gain=(3.0, 3.0))
+    np.testing.assert_array_equal(again[0], out)
+
+
 def test_perturb_crowd_is_off_by_default_and_draws_nothing_then(field):
     img, lab = field
     plain = A.perturb(img, lab, np.random.default_rng(3))

@@ -133,3 +133,16 @@ def test_textured_nuclei_at_their_own_size(image, bundled):
     hard = A.add_chromatin(img, lab, np.random.default_rng(27), texture=0.45, foci=8)
     ap = _ap(lab, segment(hard, bundled), ign)
     assert ap >= clean - FLOOR_DROP, (clean, ap)
+
+
+def test_mitotic_figures_are_found(image, bundled):
+    # A quarter of the nuclei replaced by metaphase plates and prometaphase clusters, 2-5x the nuclear signal
+    # (`appearance.mitotic_figures`): smaller, brighter and more ragged than any nucleus. Measured on this image with
+    # bf16: AP@0.5 0.869 against 0.913 clean (seeds 0 / 1: 0.858 / 0.892); classical on log intensities 0.733.
+    img, lab, ign = image
+    clean = _ap(lab, segment(img, bundled), ign)
+    hard, lab2 = A.mitotic_figures(img, lab, np.random.default_rng(32), fraction=0.25)
+    ign2 = ign & (lab2 == 0)
+    ap = _ap(lab2, segment(hard, bundled), ign2)
+    classical = _ap(lab2, classical_segment(hard, log_threshold=True), ign2)
+    assert ap >= clean - FLOOR_DROP and ap > classical + 0.05, (clean, ap, classical)
