@@ -81,6 +81,16 @@ def _band_noise(rng: np.random.Generator, shape, sigma: float) -> np.ndarray:
     return f / max(float(f.std()), 1e-6)
 
 
+def _pick(rng: np.random.Generator, n: int, fraction: float, at_least_one: bool = False) -> np.ndarray:
+    """Which of the ids 0..n a render takes (a bool per id, 0 never): each with probability `fraction`; with
+    `at_least_one`, one drawn at random where none was."""
+    pick = np.zeros(n + 1, bool)
+    pick[1:] = rng.random(n) < fraction
+    if at_least_one and n and not pick.any():
+        pick[1 + rng.integers(n)] = True
+    return pick
+
+
 def add_cytoplasm(
     image: np.ndarray,
     labels: np.ndarray,
@@ -180,12 +190,7 @@ def condense(
     """Make a `fraction` of the nuclei `gain` x brighter, with a blur halo of `halo` x their signal."""
     img = np.asarray(image, np.float32)
     bg, _ = _levels(img, labels)
-    n = int(labels.max())
-    pick = np.zeros(n + 1, bool)
-    pick[1:] = rng.random(n) < fraction
-    if n and not pick.any():
-        pick[1 + rng.integers(n)] = True
-    sel = pick[labels]
+    sel = _pick(rng, int(labels.max()), fraction, at_least_one=True)[labels]
     extra = np.where(sel, (img - bg) * (gain - 1.0), 0.0).astype(np.float32)
     d = median_diameter(labels) or 20.0
     glow = ndi.gaussian_filter(extra, max(1.5, 0.25 * d))
@@ -202,9 +207,7 @@ def dim_nuclei(
     img = np.asarray(image, np.float32)
     bg, _ = _levels(img, labels)
     sigma = _noise_sigma(img)
-    n = int(labels.max())
-    pick = np.zeros(n + 1, bool)
-    pick[1:] = rng.random(n) < fraction
+    pick = _pick(rng, int(labels.max()), fraction)
     sel = (ndi.grey_dilation(np.where(pick[labels], labels, 0), size=5) > 0) & ((labels == 0) | pick[labels])
     noise = rng.normal(0.0, sigma * math.sqrt(max(0.0, 1.0 - 1.0 / factor**2)), img.shape).astype(np.float32)
     return np.where(sel, bg + (img - bg) / factor + noise, img).astype(np.float32)
@@ -224,10 +227,7 @@ def defocus(
         out = ndi.gaussian_filter(img, sigma)
         return out + rng.normal(0.0, noise, img.shape).astype(np.float32)
     bg, _ = _levels(img, labels)
-    n = int(labels.max())
-    pick = np.zeros(n + 1, bool)
-    pick[1:] = rng.random(n) < fraction
-    picked = pick[labels]
+    picked = _pick(rng, int(labels.max()), fraction)[labels]
     # The picked nuclei and the 2 px of their in-focus glow (not into a kept nucleus) are drawn again as the
     # background with the blurred signal and fresh noise; everywhere else (cytoplasm, neighbours) gains the blur.
     sharp = ndi.binary_dilation(picked, iterations=2) & ((labels == 0) | picked)
@@ -337,13 +337,8 @@ def mitotic_figures(
     H, W = lab.shape
     bg, sig = _levels(img, lab)
     noise = _noise_sigma(img)
-    n = int(lab.max())
-    pick = np.zeros(n + 1, bool)
-    pick[1:] = rng.random(n) < fraction
-    if n and not pick.any():
-        pick[1 + rng.integers(n)] = True
     boxes = ndi.find_objects(lab)
-    for k in np.flatnonzero(pick):
+    for k in np.flatnonzero(_pick(rng, int(lab.max()), fraction, at_least_one=True)):
         box = boxes[k - 1]
         if box is None:
             continue
