@@ -306,7 +306,9 @@ def segment(
             Better on every real set measured; turn it off for strongly overlapping round nuclei.
         min_score: Drop objects whose confidence score (see `return_result`) is below this, 0-1, or below
             half the plane's median score where that is lower (`core.scores.score_floor`): mostly false
-            objects in autofluorescence, cytoplasm or debris (benchmarks/RESULTS.md). 0 keeps every object.
+            objects in autofluorescence, cytoplasm or debris (benchmarks/RESULTS.md). Objects 1.5x as bright
+            as the plane's median one stay (`core.scores.kept_objects`: a dividing cell's condensed chromatin,
+            which the network is often unsure of). 0 keeps every object.
             None: the model's own floor (`ModelInfo.min_score`: 0.3 for the bundled model, 0 for fine-tuned
             versions, which are less confident than that floor assumes).
         mode: ``"2d"``: plane by plane (stacks linked with `link_iou`); ``"3d"``: a ZYX stack whose Z is spatial

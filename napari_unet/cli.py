@@ -725,8 +725,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     s.add_argument(
         "--min-score", type=float, metavar="S",  # the bundled default: core.scores.MIN_SCORE (not imported: torch)
-        help="drop objects whose confidence is below S, 0-1, or below half the median where lower; 0 keeps every "
-             "object (default: the model's own, 0.3 for the bundled model, 0 for fine-tuned versions)",
+        help="drop objects whose confidence is below S, 0-1, or below half the median where lower, unless 1.5x as "
+             "bright as the median object; 0 keeps every object (default: the model's own, 0.3 for the bundled "
+             "model, 0 for fine-tuned versions)",
     )  # fmt: skip
     s.add_argument(
         "--scores", nargs="?", const="auto", metavar="CSV",

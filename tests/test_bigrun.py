@@ -100,6 +100,26 @@ def test_an_interrupted_run_resumes_where_it_stopped(net, image, tmp_path):
     np.testing.assert_array_equal(_zarr_labels(out), full)
 
 
+def test_a_run_recorded_before_the_objects_intensities_were_kept_resumes(net, image, tmp_path):
+    # Block summaries of an older napari-unet have no `bright` sums: the plane keeps the score floor alone
+    # (`stitch_blocks`), with no error.
+    out = tmp_path / "out.zarr"
+    gen = api.segment_iter(image, net, diameter=20, block=256, output=out)
+    blocks = tmp_path / "out.zarr.part" / "napari-unet-run" / "blocks"
+    for _ in gen:
+        if blocks.exists() and len(list(blocks.iterdir())) >= 2:
+            break
+    gen.close()
+    for f in blocks.glob("*.npz"):
+        with np.load(f) as z:
+            kept = {k: z[k] for k in z.files if k != "bright"}
+        with open(f, "wb") as fh:
+            np.savez(fh, **kept)
+    result = drain(api.segment_iter(image, net, diameter=20, block=256, output=out))
+    assert result.resumed_blocks >= 2
+    np.testing.assert_array_equal(_zarr_labels(out), api.segment(image, net, diameter=20, block=256))
+
+
 def test_an_interrupted_run_with_its_doubt_map_resumes_to_the_in_memory_map(net, image, tmp_path):
     ref = drain(api.segment_iter(image, net, diameter=20, block=256, doubt=True))
     out = tmp_path / "out.zarr"

@@ -93,7 +93,8 @@ class SegmentWidget(QWidget):
         self.min_score = QDoubleSpinBox(minimum=0.0, maximum=0.95, decimals=2, singleStep=0.05, value=MIN_SCORE)
         self.min_score.setToolTip(
             "drop objects whose confidence score is below this, or below half the plane's median score where "
-            "that is lower (mostly false objects in autofluorescence, cytoplasm or debris); 0 keeps every object. "
+            "that is lower (mostly false objects in autofluorescence, cytoplasm or debris), unless 1.5x as bright as "
+            "the median object (a dividing cell's chromatin); 0 keeps every object. "
             "Set from the chosen model: 0.3 for the bundled one, 0 for fine-tuned versions"
         )
         self.cluster = QLineEdit(placeholderText="this machine (or local:N, tcp://host:8786)")

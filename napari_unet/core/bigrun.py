@@ -161,13 +161,16 @@ def _save_summary(path: Path, o: BlockOutput) -> None:
     arrays = {f"strip_{k}": v for k, v in o.strips.items()}
 
     with atomic_write(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, n=o.n, area=o.area, certainty=o.certainty, seconds=o.seconds, **arrays)
+        bright = {} if o.bright is None else {"bright": o.bright}
+        np.savez(f, n=o.n, area=o.area, certainty=o.certainty, seconds=o.seconds, **bright, **arrays)
 
 
 def _load_summary(path: Path, index: int) -> BlockOutput:
     """A block's counts and sums (its strips are read by `_load_strips` when its seams are matched)."""
     with np.load(path) as z:
-        return BlockOutput(index, None, int(z["n"]), {}, z["area"], z["certainty"], seconds=float(z["seconds"]))
+        bright = z["bright"] if "bright" in z.files else None
+        return BlockOutput(index, None, int(z["n"]), {}, z["area"], z["certainty"], seconds=float(z["seconds"]),
+                           bright=bright)  # fmt: skip
 
 
 def _load_strips(path: Path) -> dict[str, np.ndarray]:

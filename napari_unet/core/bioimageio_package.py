@@ -35,6 +35,7 @@ from .instances import LEVEL_STEPS
 from .model import UNet
 from .modelfile import CLASS_NAMES, FORMAT, ModelInfo, read_model, save_model
 from .normalize import CLIP
+from .scores import BRIGHT_KEEP
 
 __all__ = ["is_package", "read_package", "write_package"]
 
@@ -203,7 +204,7 @@ def _documentation(info: ModelInfo) -> str:
         f"objects about {info.diameter:g} px across: rescale inputs so that objects have that diameter. "
         "The output is the probability of background, object interior and object boundary; napari-unet turns it "
         f"into instances by a seeded watershed (a pixel joins an object above foreground probability "
-        f"{info.mask_threshold:g}), {trim}drops objects whose confidence is below {info.min_score:g}. The original napari-unet model file is attached as `{MODEL_MEMBER}`.\n\n"
+        f"{info.mask_threshold:g}), {trim}drops objects whose confidence is below {info.min_score:g} unless they are {BRIGHT_KEEP:g}x as bright as the median object. The original napari-unet model file is attached as `{MODEL_MEMBER}`.\n\n"
         f"{MNFINDER} (`TRAINING_DATA_LICENSE.md`). Code and weights: BSD-3-Clause.\n\n"
         "## Validation\n\nMeasured AP@0.5 of the bundled model is in the model card below; a fine-tuned "
         "version keeps its own metrics in `lineage.json`.\n\n"

@@ -27,7 +27,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from .instances import label_areas, labels_from_probabilities, refine_outlines
-from .scores import certainty_map, score_floor
+from .scores import certainty_map, kept_objects
 
 #: Default block core, px: ~4.8 Mpx a block with its halo (about 150 MB of working memory, and
 #: about 13 % of the pixels predicted twice at the default halo).
@@ -126,6 +126,8 @@ class BlockOutput:
     certainty: np.ndarray | None = None  # (n + 1,) sum of certainty over those pixels
     probabilities: np.ndarray | None = None  # uint8 (3, core h, core w), when asked
     seconds: float = 0.0
+    #: (n + 1,) sum of the squared normalised intensity over those pixels (None: not read; `scores.kept_objects`)
+    bright: np.ndarray | None = None
 
 
 def _strip_window(plan: BlockPlan, b: Block, face: str) -> tuple[slice, slice]:
@@ -243,10 +245,11 @@ def finish_block(
     lab = labels_from_probabilities(
         probs, min_size=min_size, mask_threshold=mask_threshold, merge_cuts=merge_cuts, typical_diameter=typical
     )
+    ry0, ry1, rx0, rx1 = b.region
+    image = planes.load(plane, (slice(ry0, ry1), slice(rx0, rx1)))
     if outline_level > 0:
-        ry0, ry1, rx0, rx1 = b.region
-        lab = refine_outlines(lab, planes.load(plane, (slice(ry0, ry1), slice(rx0, rx1))), diameter, outline_level)
-    out = block_output(plan, b, lab, probs, probabilities=probabilities)
+        lab = refine_outlines(lab, image, diameter, outline_level)
+    out = block_output(plan, b, lab, probs, probabilities=probabilities, image=image)
     out.seconds = time.perf_counter() - t0
     return out
 
@@ -260,13 +263,15 @@ def block_output(
     probabilities: bool = False,
     z_core: slice | None = None,
     z_strips: dict[str, slice] | None = None,
+    image: np.ndarray | None = None,
 ) -> BlockOutput:
     """What block `b` leaves for stitching, from its labels of its region (..., h, w) and probabilities
     (3, ..., h, w): the core, renumbered, the strips across its seams and per-object sums. Leading axes
     (a 3D block's Z) are carried along: stitching only counts overlaps.
 
     A 3D block cut in Z too (`segment3d.StackPlan`) gives its core's planes of the region (`z_core`) and
-    the planes of its strips across its Z seams (`z_strips`, face -> planes of the region).
+    the planes of its strips across its Z seams (`z_strips`, face -> planes of the region). `image`: the
+    region's normalised intensities, as `lab`, for each object's `bright` sum (None: left to the caller).
     """
     ry0, _, rx0, _ = b.region
     y0, y1, x0, x1 = b.core
@@ -288,9 +293,15 @@ def block_output(
     core_probs = probs[(slice(None), *core)]
     area = label_areas(core_labels, n)
     cert = np.bincount(core_labels.ravel(), weights=certainty_map(core_probs).ravel(), minlength=n + 1)
-    return BlockOutput(
-        b.index, core_labels, n, strips, area, cert, np.ascontiguousarray(core_probs) if probabilities else None
-    )
+    bright = None if image is None else square_sums(core_labels, image[core], n)
+    probs_kept = np.ascontiguousarray(core_probs) if probabilities else None
+    return BlockOutput(b.index, core_labels, n, strips, area, cert, probs_kept, bright=bright)
+
+
+def square_sums(labels: np.ndarray, image: np.ndarray, n: int) -> np.ndarray:
+    """(n + 1,) the sum of `image` squared over each id 0..n of `labels` (`BlockOutput.bright`)."""
+    x = np.asarray(image, np.float64)
+    return np.bincount(labels.ravel(), weights=(x * x).ravel(), minlength=n + 1)
 
 
 def seam_pairs(plan: BlockPlan, outputs: dict[int, BlockOutput], offsets: np.ndarray, strips=None) -> np.ndarray:
@@ -341,9 +352,9 @@ def stitch_blocks(
 ) -> Stitched:
     """Global ids for one plane's blocks, starting at `first_id`, and each object's certainty score.
 
-    `strips`: as `seam_pairs`, for outputs whose strips stay on disk until needed. Objects scored below
-    `core.scores.score_floor(scores, min_score)` are dropped (scores of whole stitched objects, so the
-    same as on the whole plane), the others numbered consecutively.
+    `strips`: as `seam_pairs`, for outputs whose strips stay on disk until needed. Objects that
+    `core.scores.kept_objects` does not keep are dropped (scores and intensities of whole stitched objects, so
+    the same as on the whole plane), the others numbered consecutively.
     """
     order = sorted(outputs)
     counts = np.array([outputs[i].n for i in order], np.int64)
@@ -355,6 +366,8 @@ def stitch_blocks(
     n_final = int(comp.max()) if comp.size else 0
     area = np.zeros(n_final + 1)
     cert = np.zeros(n_final + 1)
+    # Every block's intensities or none: a run resumed from summaries recorded before they were kept has none.
+    bright = np.zeros(n_final + 1) if all(outputs[i].bright is not None for i in order) else None
     merged = {}
     for i in order:
         o = outputs[i]
@@ -362,11 +375,14 @@ def stitch_blocks(
         g[0] = 0
         np.add.at(area, g, o.area)
         np.add.at(cert, g, o.certainty)
+        if bright is not None:
+            np.add.at(bright, g, o.bright)
         merged[i] = g
     score = np.divide(cert, area, out=np.zeros_like(cert), where=area > 0)
     keep = area > 0
     keep[0] = False
-    keep &= score >= score_floor(score[keep], min_score)
+    rms = None if bright is None else np.sqrt(np.divide(bright, area, out=np.zeros_like(bright), where=area > 0))
+    keep[keep] = kept_objects(score[keep], min_score, None if rms is None else rms[keep])
     final = np.zeros(n_final + 1, np.int64)
     final[keep] = np.arange(first_id, first_id + int(keep.sum()))
     luts = {i: final[g] for i, g in merged.items()}

@@ -27,6 +27,22 @@ def score_floor(scores: np.ndarray, min_score: float = MIN_SCORE) -> float:
     return min(min_score, OF_MEDIAN * float(np.median(scores))) if len(scores) else 0.0
 
 
+#: ... unless the object is this many times as bright as the plane's median object (root mean square of the
+#: normalised intensity over its pixels): condensed chromatin the network is unsure of, a dividing cell's, is a
+#: nucleus, where the doubtful objects the floor is for (autofluorescent grain, cell bodies) are dimmer than nuclei
+#: (benchmarks/RESULTS.md, "Bright objects kept under the floor").
+BRIGHT_KEEP = 1.5
+
+
+def kept_objects(scores: np.ndarray, min_score: float = MIN_SCORE, rms: np.ndarray | None = None) -> np.ndarray:
+    """Which of a plane's objects `segment` keeps, given all their `scores` and, where known, the root mean square
+    of each one's normalised intensity (`rms`): those at or above `score_floor`, and the bright ones below it."""
+    keep = scores >= score_floor(scores, min_score)
+    if rms is not None and len(rms) and min_score > 0:
+        keep |= rms >= BRIGHT_KEEP * float(np.median(rms))
+    return keep
+
+
 def _means(values: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
     """Mean of `values` over each label 1..n (0 where a label has no pixel)."""
     counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]

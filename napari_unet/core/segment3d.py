@@ -30,7 +30,7 @@ import torch
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
-from .blockwise import MIN_HALO_NET_PX, BlockOutput, BlockPlan, block_output, plan_blocks, stitch_blocks
+from .blockwise import MIN_HALO_NET_PX, BlockOutput, BlockPlan, block_output, plan_blocks, square_sums, stitch_blocks
 from .device import describe, select_device
 from .errors import InputError, ThinStackError
 from .instances import BACKGROUND, INTERIOR, label_areas, remove_small
@@ -227,8 +227,8 @@ def segment_3d_iter(
         anisotropy: Z step / XY pixel size (from the voxel size), at least 1 (a stack with coarser XY
             than Z is not supported).
         fusion: ``"xy"`` or ``"xyz"`` (see the module docstring).
-        min_score: Objects scored below `core.scores.score_floor` of all the stack's scores are dropped
-            (None: the model's `ModelInfo.min_score`).
+        min_score: Objects scored below `core.scores.score_floor` of all the stack's scores are dropped, but for
+            bright ones (`core.scores.kept_objects`; None: the model's `ModelInfo.min_score`).
         block: Stacks wider than this (px, in Y or X) are segmented in columns of blocks,
             with halos of two diameters, and stitched as planes are (`core.blockwise`): memory is bounded
             by the block, not the stack. None: one block.
@@ -370,6 +370,10 @@ def segment_3d_block_iter(
                 (("front", z0, slab > 0), ("back", z1, slab + 1 < plan.slabs)) if has}  # fmt: skip
     out = block_output(plan.plane, blk, lab, probs, probabilities=probabilities,
                        z_core=slice(z0 - rz0, z1 - rz0), z_strips=z_strips)  # fmt: skip
+    # Each object's intensities, read again plane by plane: the region's volume was let go for the probabilities.
+    cy0, cy1, cx0, cx1 = blk.core
+    core = (slice(cy0, cy1), slice(cx0, cx1))
+    out.bright = sum(square_sums(out.labels[z - z0], planes.load(plane + (z,), core), out.n) for z in range(z0, z1))
     out.index, out.seconds = index, time.perf_counter() - t0
     return out
 
