@@ -191,6 +191,10 @@ def cases(images: str = "mnfinder_val") -> dict[str, tuple[str, Callable[[], lis
             "clean",
             lambda: _relabelled(val(), partial(A.mitotic_figures, fraction=0.25), 32),
         ),
+        "mitotic figures: anaphase pairs (a tenth of the nuclei, 2-5x, each daughter plate an object)": (
+            "clean",
+            lambda: _relabelled(val(), partial(A.mitotic_figures, fraction=0.1, anaphase=1.0), 33),
+        ),
         # 4. dim nuclei beside bright ones
         "dim nuclei (a third, 5x dimmer)": (
             "clean",

@@ -312,25 +312,48 @@ def crowd(
     return img, lut[lab]
 
 
+def _ragged_bar(yy, xx, rng: np.random.Generator, d: float, a: float, b: float, t: float, oy=0.0, ox=0.0) -> np.ndarray:
+    """A condensed chromosome plate: the mask of an ellipse of half-axes `a` x `b` px at angle `t`, centred at (`oy`,
+    `ox`) on the grid (`yy`, `xx`), its edge ragged with 12-20 chromosome arms (discs of 0.04-0.07 x `d` on and up to
+    0.1 x `d` outside it)."""
+    u, v = (xx - ox) * math.cos(t) + (yy - oy) * math.sin(t), -(xx - ox) * math.sin(t) + (yy - oy) * math.cos(t)
+    mask = (u / a) ** 2 + (v / b) ** 2 <= 1
+    for _ in range(int(rng.integers(12, 21))):
+        f, side = rng.uniform(-1, 1), rng.choice([-1.0, 1.0])  # where along the bar, which side
+        pu, pv = f * a, side * (b * math.sqrt(max(0.0, 1 - f * f)) + rng.uniform(0, 0.1) * d)
+        py, px, rad = (
+            oy + pu * math.sin(t) + pv * math.cos(t),
+            ox + pu * math.cos(t) - pv * math.sin(t),
+            rng.uniform(0.04, 0.07) * d,
+        )
+        mask |= (yy - py) ** 2 + (xx - px) ** 2 <= rad * rad
+    return mask
+
+
 def mitotic_figures(
     image: np.ndarray,
     labels: np.ndarray,
     rng: np.random.Generator,
     fraction: float = 0.1,
     gain: tuple[float, float] = (2.0, 5.0),
+    anaphase: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Replace a `fraction` of the nuclei (at least one) by mitotic figures: the nucleus and 2 px of its glow
-    become the background around it with the image's noise, and the cell's condensed chromosomes are drawn at its centre,
-    `gain` x the median nucleus signal, blurred by the optics (sigma 0.03 diameters, at least 0.7 px).
+    become the background around it with the image's noise, and the cell's condensed chromosomes are drawn at its
+    centre, `gain` x the median nucleus signal, blurred by the optics (sigma 0.03 diameters, at least 0.7 px).
 
-    Half are metaphase plates: a bar 0.7-0.9 x the nucleus's diameter long and 0.16-0.28 x wide at a random
-    angle, its edge ragged with chromosome arms (small discs on and just outside it). The others are
+    A share `anaphase` of them are anaphase pairs: two plates 0.5-0.7 x the nucleus's diameter long and 0.12-0.2 x
+    wide, parallel, their centres 0.6-0.8 diameters apart and never touching, each its own object (as annotators
+    draw two daughter chromatin masses). Of the others, half are metaphase plates: a bar 0.7-0.9 diameters long and 0.16-0.28 wide at
+    a random angle; both kinds of plate have edges ragged with chromosome arms (`_ragged_bar`). The rest are
     prometaphase clusters: 10-20 chromosomes (discs of 0.05-0.09 diameters) within 0.3 diameters of the centre,
-    closed into one mass. The figure's hard mask is its label, as a hand annotator outlines the bright chromatin
-    (a cluster's mask may be in a few parts, under one label). Neighbours keep their pixels and labels.
+    closed into one mass. A figure's hard mask is its label, as a hand annotator outlines the bright chromatin (a
+    cluster's mask may be in a few parts, under one label). Neighbours keep their pixels and labels. With `anaphase`
+    0, no number is drawn for it.
 
     Returns:
-        (float32 image, int32 labels): the picked nuclei's labels become their figures.
+        (float32 image, int32 labels): the picked nuclei's labels become their figures; the second plate of a pair
+        takes a new id after the image's last.
     """
     img = np.array(image, np.float32)
     lab = np.array(labels, np.int32)
@@ -338,6 +361,7 @@ def mitotic_figures(
     bg, sig = _levels(img, lab)
     noise = _noise_sigma(img)
     boxes = ndi.find_objects(lab)
+    next_id = int(lab.max()) + 1
     for k in np.flatnonzero(_pick(rng, int(lab.max()), fraction, at_least_one=True)):
         box = boxes[k - 1]
         if box is None:
@@ -350,35 +374,41 @@ def mitotic_figures(
         local = float(np.median(img[ring])) if ring.any() else bg
         img[erase] = local + rng.normal(0.0, noise, int(erase.sum())).astype(np.float32)
         lab[own] = 0
-        r = int(0.6 * d) + 3
+        pair = anaphase > 0 and rng.random() < anaphase
+        r = int((0.85 if pair else 0.6) * d) + 3
         y0, y1, x0, x1 = max(0, int(cy) - r), min(H, int(cy) + r + 1), max(0, int(cx) - r), min(W, int(cx) + r + 1)
         yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
         yy, xx = yy - cy, xx - cx
-        mask, discs = np.zeros(yy.shape, bool), []  # discs: (y, x, radius) of chromosomes, px from the centre
-        plate = rng.random() < 0.5
-        if plate:  # metaphase plate
+        free = lab[y0:y1, x0:x1] == 0
+        if pair:  # two plates moving apart along the spindle, across which they lie
+            t, half = rng.uniform(0, math.pi), rng.uniform(0.3, 0.4) * d
+            parts = []
+            for sign in (1.0, -1.0):
+                a, b = rng.uniform(0.25, 0.35) * d, rng.uniform(0.06, 0.1) * d
+                parts.append(
+                    _ragged_bar(yy, xx, rng, d, a, b, t, sign * half * math.cos(t), -sign * half * math.sin(t))
+                )
+            parts[1] &= ~ndi.binary_dilation(parts[0])  # two objects: never touching
+        elif rng.random() < 0.5:  # metaphase plate
             a, b, t = rng.uniform(0.35, 0.45) * d, rng.uniform(0.08, 0.14) * d, rng.uniform(0, math.pi)
-            u, v = xx * math.cos(t) + yy * math.sin(t), -xx * math.sin(t) + yy * math.cos(t)
-            mask |= (u / a) ** 2 + (v / b) ** 2 <= 1
-            for _ in range(int(rng.integers(12, 21))):
-                f, side = rng.uniform(-1, 1), rng.choice([-1.0, 1.0])  # where along the bar, which side
-                pu, pv = f * a, side * (b * math.sqrt(max(0.0, 1 - f * f)) + rng.uniform(0, 0.1) * d)
-                discs.append((pu * math.sin(t) + pv * math.cos(t), pu * math.cos(t) - pv * math.sin(t),
-                              rng.uniform(0.04, 0.07) * d))  # fmt: skip
+            parts = [_ragged_bar(yy, xx, rng, d, a, b, t)]
         else:  # prometaphase cluster
+            mask = np.zeros(yy.shape, bool)
             for _ in range(int(rng.integers(10, 21))):
                 rad, ang = 0.3 * d * math.sqrt(rng.random()), rng.uniform(0, 2 * math.pi)
-                discs.append((rad * math.sin(ang), rad * math.cos(ang), rng.uniform(0.05, 0.09) * d))
-        for py, px, rad in discs:
-            mask |= (yy - py) ** 2 + (xx - px) ** 2 <= rad * rad
-        if not plate:
-            mask = ndi.binary_closing(mask, iterations=max(1, round(0.06 * d)), border_value=0)
-        free = lab[y0:y1, x0:x1] == 0
-        mask &= free
+                mask |= (yy - rad * math.sin(ang)) ** 2 + (xx - rad * math.cos(ang)) ** 2 <= (
+                    rng.uniform(0.05, 0.09) * d
+                ) ** 2
+            parts = [ndi.binary_closing(mask, iterations=max(1, round(0.06 * d)), border_value=0)]
+        parts = [m & free for m in parts]
+        mask = np.logical_or.reduce(parts)
         level = sig * rng.uniform(*gain) * (0.75 + 0.25 * rng.random(mask.shape).astype(np.float32))
         signal = ndi.gaussian_filter(np.where(mask, level, 0.0).astype(np.float32), max(0.7, 0.03 * d))
         img[y0:y1, x0:x1] += signal
-        lab[y0:y1, x0:x1][mask] = k
+        lab[y0:y1, x0:x1][parts[0]] = k
+        if len(parts) > 1 and parts[1].any():
+            lab[y0:y1, x0:x1][parts[1]] = next_id
+            next_id += 1
     return img, lab
 
 

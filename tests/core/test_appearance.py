@@ -166,6 +166,23 @@ def test_mitotic_figures_replace_some_nuclei_by_smaller_brighter_labelled_chroma
     np.testing.assert_array_equal(again[0], out)
 
 
+def test_anaphase_pairs_are_two_plates_each_its_own_object(field):
+    img, lab = field
+    out, alab = A.mitotic_figures(img, lab, np.random.default_rng(4), fraction=0.3, anaphase=1.0)
+    new = np.arange(lab.max() + 1, alab.max() + 1)  # the second plate of each pair
+    assert new.size >= 2 and set(np.unique(alab[alab > 0])) >= set(new)
+    for k in new:
+        # Its sister is the picked nucleus's id, beside it, and the two plates do not touch.
+        sister = np.bincount(lab[alab == k]).argmax()
+        assert sister > 0 and (alab == sister).any()
+        assert not (ndi.binary_dilation(alab == k) & (alab == sister)).any()
+    # Without anaphase the same draws as before: the figures' mask matches a run with no such argument.
+    plain = A.mitotic_figures(img, lab, np.random.default_rng(4), fraction=0.3)
+    np.testing.assert_array_equal(
+        plain[1], A.mitotic_figures(img, lab, np.random.default_rng(4), fraction=0.3, anaphase=0.0)[1]
+    )
+
+
 def test_perturb_crowd_is_off_by_default_and_draws_nothing_then(field):
     img, lab = field
     plain = A.perturb(img, lab, np.random.default_rng(3))
