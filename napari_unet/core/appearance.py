@@ -360,13 +360,11 @@ def mitotic_figures(
     H, W = lab.shape
     bg, sig = _levels(img, lab)
     noise = _noise_sigma(img)
-    boxes = ndi.find_objects(lab)
     next_id = int(lab.max()) + 1
     for k in np.flatnonzero(_pick(rng, int(lab.max()), fraction, at_least_one=True)):
-        box = boxes[k - 1]
-        if box is None:
-            continue
         own = lab == k
+        if not own.any():  # an id the labels skip
+            continue
         d = 2 * math.sqrt(own.sum() / math.pi)
         cy, cx = ndi.center_of_mass(own)
         erase = ndi.binary_dilation(own, iterations=2) & ((lab == 0) | own)
