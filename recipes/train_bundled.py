@@ -29,7 +29,10 @@ bright debris to the hard-case renderings (the fine-tunes of 2026-12-05 in bench
 share P of them with copies of their own nuclei (`appearance.crowd`); `--distill W` (with `--init`) adds W x
 the KL divergence from the starting model's probabilities on every crop but the crowded renders (and,
 with `--stretch`, every other crop, stretched: the teacher merges long nuclei end to end), so a fine-tune
-learns those and keeps the starting model's answers elsewhere (learning without forgetting).
+learns those and keeps the starting model's answers elsewhere (learning without forgetting). With
+`--teacher-view native` the teacher answers each crop before its augmentation, and its answer is warped by the
+crop's geometry: the student is taught the starting model's answers at the training scale and intensity, whatever
+zoom, gamma or noise it sees (a fine-tune that falls off more slowly under a wrong size estimate).
 `--widen BASE` (with `--init`) starts from a wider copy of the starting model that computes the same function
 (`model.widen`; base 24 from the bundled model: benchmarks/RESULTS.md, "A wider network, fine-tuned").
 `--seam LOW,HIGH` parts touching synthetic nuclei by a dark seam, as `synth.WIDE` has done since v2.1;
@@ -95,6 +98,8 @@ from napari_unet.core.normalize import normalize_plane, percentile_range  # noqa
 from napari_unet.core.synth import WIDE, SynthStyle, synth_nuclei  # noqa: E402
 
 DIAMETER = 24.0
+#: `--teacher-view native`: pixels this close to a crop's edge, where the teacher saw no context, are not taught.
+NATIVE_MARGIN = 16
 
 
 def prepare(image, labels, ignore=None, diameter=None):
@@ -285,6 +290,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         "fine-tune learns those and keeps its behaviour elsewhere (learning without forgetting)",
     )
     p.add_argument(
+        "--teacher-view",
+        choices=["augmented", "native"],
+        default="augmented",
+        help="with --distill: the teacher answers the student's own augmented crop (augmented), or the crop before "
+        "augmentation, its answer then warped by the same geometry (native): the student learns the starting "
+        "model's answers at the training scale and intensity whatever the zoom, noise or gamma it sees",
+    )
+    p.add_argument(
         "--stretch",
         type=float,
         default=1.0,
@@ -311,6 +324,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--steps must be at least 1")
     if args.distill < 0 or (args.distill and not args.init):
         p.error("--distill W needs --init (the starting model teaches) and W >= 0")
+    if args.teacher_view == "native" and not args.distill:
+        p.error("--teacher-view native needs --distill W")
     if args.widen is not None and not args.init:
         p.error("--widen BASE needs --init (the model to widen)")
     if args.no_real and args.synth_val < 1:
@@ -436,6 +451,11 @@ def main():
     teacher, kl_ema = None, None  # kl_ema: the distillation term in the log (loss includes it)
     if args.distill:  # the starting weights as they are used: eval mode (running BatchNorm statistics, no dropout)
         teacher = read_model(args.init)[0].to(ctx.device).eval().requires_grad_(False)
+
+    def teacher_probs(x):
+        with torch.no_grad(), torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            return torch.softmax(teacher(x).float(), 1)
+
     if args.dump_weights:
         dump_state(model, args.dump_weights / f"rank{ctx.rank}_start.safetensors")
     if args.init and not args.resume and ctx.main:
@@ -465,40 +485,53 @@ def main():
         parts = [crop_batch(pool, n, args.patch, rng) for pool, n in draws if n]
         img, tgt, wt, msk = (torch.cat(z).to(ctx.device) for z in list(zip(*parts))[:4])
         stretched = torch.zeros(len(img), dtype=torch.bool, device=ctx.device)
-        if teacher is not None and aug.stretch > 1:
+        if aug.stretch > 1 and teacher is not None:
+            stretched[::2] = True
+        keep = None  # the crops the teacher teaches: all but those of crowded renders (draws[1]) and stretched ones
+        extra = None  # with --teacher-view native: its answers on the crops before augmentation, and where it saw
+        if teacher is not None:
+            drawn = [i for i, (_, n) in enumerate(draws) if n]
+            keep = [not (i == 1 and crowded[j]) for i, part in zip(drawn, parts) for j in part[4]]
+            keep = torch.tensor(keep, device=ctx.device) & ~stretched
+            if args.teacher_view == "native":
+                extra = img.new_zeros((len(img), 4, *img.shape[-2:]))
+                if keep.any():
+                    extra[keep, :3] = teacher_probs(img[keep])
+                m = NATIVE_MARGIN  # its answers near the crop's edge lack context: not taught from
+                extra[:, 3, m:-m, m:-m] = 1.0
+        if stretched.any():
             # The teacher merges long nuclei end to end, so the stretched crops (every other one, stretched by
             # the same law) learn from their labels alone, and the rest keep the teacher's answers unstretched.
-            stretched[::2] = True
             out = None
             for sel, cfg in ((stretched, replace(aug, stretch_p=1.0)), (~stretched, replace(aug, stretch=1.0))):
-                half = augment_batch(img[sel], tgt[sel], wt[sel], msk[sel], cfg, g)
+                half = augment_batch(
+                    img[sel], tgt[sel], wt[sel], msk[sel], cfg, g, None if extra is None else extra[sel]
+                )
                 out = out or [a.new_empty((len(img), *a.shape[1:])) for a in half]
                 for o, a in zip(out, half):
                     o[sel] = a
-            img, tgt, wt, msk = out
         else:
-            img, tgt, wt, msk = augment_batch(img, tgt, wt, msk, aug, g)
+            out = augment_batch(img, tgt, wt, msk, aug, g, extra)
+        img, tgt, wt, msk = out[:4]
         with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=args.bf16):
             logits = net(img)
         if logits.shape[-1] != tgt.shape[-1]:  # valid mode: targets cropped to the output
             c = (tgt.shape[-1] - logits.shape[-1]) // 2
             tgt, wt, msk = (a[..., c : c + logits.shape[-2], c : c + logits.shape[-1]] for a in (tgt, wt, msk))
         loss = masked_loss(logits.float(), tgt, wt, msk)
-        if teacher is not None:
-            # every crop keeps the teacher's answer but those of crowded renders (draws[1]: the renders) and the
-            # stretched ones
-            drawn = [i for i, (_, n) in enumerate(draws) if n]
-            keep = [not (i == 1 and crowded[j]) for i, part in zip(drawn, parts) for j in part[4]]
-            keep = torch.tensor(keep, device=ctx.device) & ~stretched
-            if keep.any():
-                with torch.no_grad(), torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=args.bf16):
-                    target = torch.softmax(teacher(img[keep]).float(), 1)
-                log_student = torch.log_softmax(logits[keep].float(), 1)
-                kl = (target * (target.clamp_min(1e-8).log() - log_student)).sum(1)
-                m = msk[keep].float()  # where the labels teach (micronuclei masked out), so does the teacher
-                kl = (kl * m).sum() / m.sum().clamp_min(1.0)
-                loss = loss + args.distill * kl
-                kl_ema = kl.item() if kl_ema is None else 0.95 * kl_ema + 0.05 * kl.item()
+        if keep is not None and keep.any():
+            m = msk[keep].float()  # where the labels teach (micronuclei masked out), so does the teacher
+            if extra is None:
+                target = teacher_probs(img[keep])
+            else:
+                warped = out[4][keep]
+                m = m * (warped[:, 3] > 0.99)
+                target = warped[:, :3] / warped[:, :3].sum(1, keepdim=True).clamp_min(1e-6)
+            log_student = torch.log_softmax(logits[keep].float(), 1)
+            kl = (target * (target.clamp_min(1e-8).log() - log_student)).sum(1)
+            kl = (kl * m).sum() / m.sum().clamp_min(1.0)
+            loss = loss + args.distill * kl
+            kl_ema = kl.item() if kl_ema is None else 0.95 * kl_ema + 0.05 * kl.item()
         opt.zero_grad(set_to_none=True)
         loss.backward()  # under DDP the gradients are averaged over the ranks here
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)

@@ -225,6 +225,10 @@ def test_distilling_from_the_init_model_keeps_the_fine_tune_near_it(tmp_path):
     save_model(UNet(cfg), ModelInfo(config=cfg, diameter=24.0, name="init"), init)
     with pytest.raises(subprocess.CalledProcessError):  # a teacher is needed
         subprocess.run([sys.executable, str(RECIPES / "train_bundled.py"), "--distill", "1"], check=True, cwd=ROOT)
+    with pytest.raises(subprocess.CalledProcessError):  # the native view is a form of distillation
+        subprocess.run(
+            [sys.executable, str(RECIPES / "train_bundled.py"), "--teacher-view", "native"], check=True, cwd=ROOT
+        )
 
     def run(*extra):
         dump = tmp_path / f"dump{len(extra)}"
@@ -253,6 +257,10 @@ def test_distilling_from_the_init_model_keeps_the_fine_tune_near_it(tmp_path):
     # with --stretch, every other crop is stretched and taught by its labels alone: the rest still pull back
     half = gap(run("--distill", "100", "--stretch", "3"))
     assert half < 0.6 * plain, (half, plain)
+    # --teacher-view native: the teacher's answers on the crops before augmentation, warped, pull back as well
+    # (crops of 64: the recipe's 16 px at their edges are not taught)
+    native = gap(run("--distill", "100", "--stretch", "3", "--teacher-view", "native", "--patch", "64"))
+    assert native < 0.6 * plain, (native, plain)
 
 
 def test_a_widened_fine_tune_starts_from_the_init_function_and_resumes(tmp_path):

@@ -127,7 +127,8 @@ def augment_batch(
     mask: torch.Tensor,
     cfg: AugmentConfig | None = None,
     generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    extra: torch.Tensor | None = None,
+):
     """Augment a batch jointly.
 
     Args:
@@ -137,9 +138,12 @@ def augment_batch(
         mask: (n, H, W) bool or 0/1, trusted pixels.
         cfg: Strengths; defaults to `AugmentConfig()`.
         generator: Random generator on the batch's device, for reproducibility.
+        extra: (n, C, H, W) float maps that follow the geometry only (bilinear, zero outside the input): e.g. a
+            teacher's probabilities on the unaugmented batch. The random draws are the same with and without it.
 
     Returns:
-        (image, target as int64, weight, mask as bool), same shapes, same device.
+        (image, target as int64, weight, mask as bool), same shapes, same device; with `extra`, its warped maps
+        last.
     """
     cfg = cfg or AugmentConfig()
     dev = image.device
@@ -152,4 +156,7 @@ def augment_batch(
     tm = torch.stack([target.float(), mask.float()], 1)
     tm = F.grid_sample(tm, grid, mode="nearest", padding_mode="reflection", align_corners=True)
     img = augment_intensity(img, cfg, g)
-    return img, tm[:, 0].round().long(), wt[:, 0], tm[:, 1] > 0.5
+    out = img, tm[:, 0].round().long(), wt[:, 0], tm[:, 1] > 0.5
+    if extra is None:
+        return out
+    return *out, F.grid_sample(extra.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=True)

@@ -107,6 +107,27 @@ def test_augmentation_keeps_image_labels_and_mask_aligned():
     assert not torch.allclose(results[0][0][:, 0], (yy.float() / size)[None].expand(n, -1, -1))
 
 
+def test_extra_maps_follow_the_geometry_only_and_leave_the_draws_alone():
+    """`augment_batch(..., extra=)` (the recipe's `--teacher-view native`): maps warped by the image's own grid,
+    with no intensity change and zeros outside the input, and the same image, targets and mask as without it."""
+    cfg = AugmentConfig(scale=(0.6, 1.6), elastic_p=1.0)  # intensity augmentation on: the extra maps skip it
+    n, size = 6, 96
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    img = ((yy + 2 * xx).float() / (3 * size))[None, None].repeat(n, 1, 1, 1)
+    tgt, msk = ((yy // 12) % 3)[None].repeat(n, 1, 1), torch.ones(n, size, size, dtype=torch.bool)
+    extra = torch.cat([img, torch.ones_like(img)], 1)  # the image again, and where the input is
+    plain = augment_batch(img, tgt, img[:, 0].clone(), msk, cfg, torch.Generator().manual_seed(5))
+    out = augment_batch(img, tgt, img[:, 0].clone(), msk, cfg, torch.Generator().manual_seed(5), extra)
+    assert len(plain) == 4 and len(out) == 5
+    for a, b in zip(plain, out[:4]):
+        assert torch.equal(a, b)
+    warped, inside = out[4][:, 0], out[4][:, 1]
+    geometry = out[2]  # the weight map: the image warped bilinearly, with no intensity change
+    assert torch.allclose(warped[inside > 0.999], geometry[inside > 0.999], atol=1e-3)
+    assert not torch.allclose(warped, out[0][:, 0], atol=1e-2)  # the image itself was changed in intensity
+    assert (inside < 0.001).any()  # zooming out reached beyond the input: zeros there, not a mirror
+
+
 # -- data -------------------------------------------------------------------------------------
 def test_stretch_elongates_a_disc_along_one_axis_keeping_its_area_and_is_off_by_default():
     """`AugmentConfig.stretch`: a disc becomes an ellipse of aspect at most `stretch`, about its area; at 1 the
