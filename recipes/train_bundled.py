@@ -291,11 +291,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--teacher-view",
-        choices=["augmented", "native"],
+        choices=["augmented", "native", "native-real"],
         default="augmented",
         help="with --distill: the teacher answers the student's own augmented crop (augmented), or the crop before "
         "augmentation, its answer then warped by the same geometry (native): the student learns the starting "
-        "model's answers at the training scale and intensity whatever the zoom, noise or gamma it sees",
+        "model's answers at the training scale and intensity whatever the zoom, noise or gamma it sees; native-real: "
+        "native on the real crops, augmented on the synthetic ones",
     )
     p.add_argument(
         "--stretch",
@@ -324,7 +325,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--steps must be at least 1")
     if args.distill < 0 or (args.distill and not args.init):
         p.error("--distill W needs --init (the starting model teaches) and W >= 0")
-    if args.teacher_view == "native" and not args.distill:
+    if args.teacher_view != "augmented" and not args.distill:
         p.error("--teacher-view native needs --distill W")
     if args.widen is not None and not args.init:
         p.error("--widen BASE needs --init (the model to widen)")
@@ -488,17 +489,23 @@ def main():
         if aug.stretch > 1 and teacher is not None:
             stretched[::2] = True
         keep = None  # the crops the teacher teaches: all but those of crowded renders (draws[1]) and stretched ones
-        extra = None  # with --teacher-view native: its answers on the crops before augmentation, and where it saw
+        native = None  # those it teaches with its answers on the crops before augmentation (--teacher-view)
+        extra = None  # ... those answers, and where it saw (not within NATIVE_MARGIN of the crop's edge)
         if teacher is not None:
             drawn = [i for i, (_, n) in enumerate(draws) if n]
             keep = [not (i == 1 and crowded[j]) for i, part in zip(drawn, parts) for j in part[4]]
             keep = torch.tensor(keep, device=ctx.device) & ~stretched
-            if args.teacher_view == "native":
+            if args.teacher_view != "augmented":
+                native = keep.clone()
+                if args.teacher_view == "native-real":  # draws[2]: the synthetic crops
+                    native &= torch.tensor(
+                        [i != 2 for i, part in zip(drawn, parts) for _ in part[4]], device=ctx.device
+                    )
                 extra = img.new_zeros((len(img), 4, *img.shape[-2:]))
-                if keep.any():
-                    extra[keep, :3] = teacher_probs(img[keep])
-                m = NATIVE_MARGIN  # its answers near the crop's edge lack context: not taught from
-                extra[:, 3, m:-m, m:-m] = 1.0
+                if native.any():
+                    m = NATIVE_MARGIN
+                    extra[native, :3] = teacher_probs(img[native])
+                    extra[native, 3, m:-m, m:-m] = 1.0
         if stretched.any():
             # The teacher merges long nuclei end to end, so the stretched crops (every other one, stretched by
             # the same law) learn from their labels alone, and the rest keep the teacher's answers unstretched.
@@ -520,13 +527,16 @@ def main():
             tgt, wt, msk = (a[..., c : c + logits.shape[-2], c : c + logits.shape[-1]] for a in (tgt, wt, msk))
         loss = masked_loss(logits.float(), tgt, wt, msk)
         if keep is not None and keep.any():
-            m = msk[keep].float()  # where the labels teach (micronuclei masked out), so does the teacher
-            if extra is None:
-                target = teacher_probs(img[keep])
-            else:
-                warped = out[4][keep]
-                m = m * (warped[:, 3] > 0.99)
-                target = warped[:, :3] / warped[:, :3].sum(1, keepdim=True).clamp_min(1e-6)
+            m = msk.float()  # where the labels teach (micronuclei masked out), so does the teacher
+            target = logits.new_zeros(logits.shape, dtype=torch.float32)
+            on_view = keep if native is None else keep & ~native
+            if on_view.any():
+                target[on_view] = teacher_probs(img[on_view])
+            if native is not None and native.any():
+                warped = out[4][native]
+                m[native] = m[native] * (warped[:, 3] > 0.99)
+                target[native] = warped[:, :3] / warped[:, :3].sum(1, keepdim=True).clamp_min(1e-6)
+            target, m = target[keep], m[keep]
             log_student = torch.log_softmax(logits[keep].float(), 1)
             kl = (target * (target.clamp_min(1e-8).log() - log_student)).sum(1)
             kl = (kl * m).sum() / m.sum().clamp_min(1.0)
