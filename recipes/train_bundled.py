@@ -326,7 +326,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.distill < 0 or (args.distill and not args.init):
         p.error("--distill W needs --init (the starting model teaches) and W >= 0")
     if args.teacher_view != "augmented" and not args.distill:
-        p.error("--teacher-view native needs --distill W")
+        p.error(f"--teacher-view {args.teacher_view} needs --distill W")
     if args.widen is not None and not args.init:
         p.error("--widen BASE needs --init (the model to widen)")
     if args.no_real and args.synth_val < 1:
@@ -452,6 +452,10 @@ def main():
     teacher, kl_ema = None, None  # kl_ema: the distillation term in the log (loss includes it)
     if args.distill:  # the starting weights as they are used: eval mode (running BatchNorm statistics, no dropout)
         teacher = read_model(args.init)[0].to(ctx.device).eval().requires_grad_(False)
+        if args.teacher_view != "augmented" and teacher.config.mode != "same":
+            raise SystemExit(
+                f"--teacher-view {args.teacher_view} needs a starting model in 'same' mode (its answers fill the crop)"
+            )
 
     def teacher_probs(x):
         with torch.no_grad(), torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=args.bf16):
