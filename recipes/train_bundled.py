@@ -497,14 +497,12 @@ def main():
         extra = None  # ... those answers, and where it saw (not within NATIVE_MARGIN of the crop's edge)
         if teacher is not None:
             drawn = [i for i, (_, n) in enumerate(draws) if n]
-            keep = [not (i == 1 and crowded[j]) for i, part in zip(drawn, parts) for j in part[4]]
-            keep = torch.tensor(keep, device=ctx.device) & ~stretched
+            crops = [(i, j) for i, part in zip(drawn, parts) for j in part[4]]  # (draw, pool index) of each crop
+            keep = torch.tensor([not (i == 1 and crowded[j]) for i, j in crops], device=ctx.device) & ~stretched
             if args.teacher_view != "augmented":
                 native = keep.clone()
                 if args.teacher_view == "native-real":  # draws[2]: the synthetic crops
-                    native &= torch.tensor(
-                        [i != 2 for i, part in zip(drawn, parts) for _ in part[4]], device=ctx.device
-                    )
+                    native &= torch.tensor([i != 2 for i, _ in crops], device=ctx.device)
                 extra = img.new_zeros((len(img), 4, *img.shape[-2:]))
                 if native.any():
                     m = NATIVE_MARGIN
