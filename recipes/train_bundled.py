@@ -33,6 +33,8 @@ learns those and keeps the starting model's answers elsewhere (learning without 
 `--teacher-view native` the teacher answers each crop before its augmentation, and its answer is warped by the
 crop's geometry: the student is taught the starting model's answers at the training scale and intensity, whatever
 zoom, gamma or noise it sees (a fine-tune that falls off more slowly under a wrong size estimate).
+`--distill-crops real` leaves the synthetic crops to their labels alone (the teacher merges touching synthetic
+nuclei that have no seam).
 `--widen BASE` (with `--init`) starts from a wider copy of the starting model that computes the same function
 (`model.widen`; base 24 from the bundled model: benchmarks/RESULTS.md, "A wider network, fine-tuned").
 `--seam LOW,HIGH` parts touching synthetic nuclei by a dark seam, as `synth.WIDE` has done since v2.1;
@@ -299,6 +301,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "native on the real crops, augmented on the synthetic ones",
     )
     p.add_argument(
+        "--distill-crops",
+        choices=["all", "real"],
+        default="all",
+        help="with --distill: the crops the teacher teaches (all: every one but those above); real: the synthetic "
+        "crops learn from their labels alone (the teacher merges touching synthetic nuclei that have no seam)",
+    )
+    p.add_argument(
         "--stretch",
         type=float,
         default=1.0,
@@ -327,6 +336,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--distill W needs --init (the starting model teaches) and W >= 0")
     if args.teacher_view != "augmented" and not args.distill:
         p.error(f"--teacher-view {args.teacher_view} needs --distill W")
+    if args.distill_crops != "all" and not args.distill:
+        p.error(f"--distill-crops {args.distill_crops} needs --distill W")
     if args.widen is not None and not args.init:
         p.error("--widen BASE needs --init (the model to widen)")
     if args.no_real and args.synth_val < 1:
@@ -492,13 +503,16 @@ def main():
         stretched = torch.zeros(len(img), dtype=torch.bool, device=ctx.device)
         if aug.stretch > 1 and teacher is not None:
             stretched[::2] = True
-        keep = None  # the crops the teacher teaches: all but those of crowded renders (draws[1]) and stretched ones
+        # the crops the teacher teaches: all but those of crowded renders (draws[1]) and stretched ones, and with
+        # --distill-crops real the synthetic ones (draws[2])
+        keep = None
         native = None  # those it teaches with its answers on the crops before augmentation (--teacher-view)
         extra = None  # ... those answers, and where it saw (not within NATIVE_MARGIN of the crop's edge)
         if teacher is not None:
             drawn = [i for i, (_, n) in enumerate(draws) if n]
             crops = [(i, j) for i, part in zip(drawn, parts) for j in part[4]]  # (draw, pool index) of each crop
-            keep = torch.tensor([not (i == 1 and crowded[j]) for i, j in crops], device=ctx.device) & ~stretched
+            taught = [not (i == 1 and crowded[j]) and (args.distill_crops == "all" or i != 2) for i, j in crops]
+            keep = torch.tensor(taught, device=ctx.device) & ~stretched
             if args.teacher_view != "augmented":
                 native = keep.clone()
                 if args.teacher_view == "native-real":  # draws[2]: the synthetic crops

@@ -225,13 +225,12 @@ def test_distilling_from_the_init_model_keeps_the_fine_tune_near_it(tmp_path):
     save_model(UNet(cfg), ModelInfo(config=cfg, diameter=24.0, name="init"), init)
     with pytest.raises(subprocess.CalledProcessError):  # a teacher is needed
         subprocess.run([sys.executable, str(RECIPES / "train_bundled.py"), "--distill", "1"], check=True, cwd=ROOT)
-    with pytest.raises(subprocess.CalledProcessError):  # the native view is a form of distillation
-        subprocess.run(
-            [sys.executable, str(RECIPES / "train_bundled.py"), "--teacher-view", "native"], check=True, cwd=ROOT
-        )
+    for option in (["--teacher-view", "native"], ["--distill-crops", "real"]):  # forms of distillation
+        with pytest.raises(subprocess.CalledProcessError):
+            subprocess.run([sys.executable, str(RECIPES / "train_bundled.py"), *option], check=True, cwd=ROOT)
 
     def run(*extra):
-        dump = tmp_path / f"dump{len(extra)}"
+        dump = tmp_path / f"dump{len(list(tmp_path.iterdir()))}"  # one folder a run
         res = subprocess.run(
             [sys.executable, str(RECIPES / "train_bundled.py"), *TINY, "--init", str(init), "--steps", "20"]
             + ["--lr", "0.01", "--dump-weights", str(dump), "--out", str(dump / "m.safetensors"), *extra],
@@ -261,6 +260,9 @@ def test_distilling_from_the_init_model_keeps_the_fine_tune_near_it(tmp_path):
     # (crops of 64: the recipe's 16 px at their edges are not taught)
     native = gap(run("--distill", "100", "--stretch", "3", "--teacher-view", "native", "--patch", "64"))
     assert native < 0.6 * plain, (native, plain)
+    # --distill-crops real: these runs have synthetic crops only, so nothing is taught by the teacher
+    alone = gap(run("--distill", "100", "--distill-crops", "real"))
+    assert alone > 0.8 * plain, (alone, plain)
 
 
 def test_a_widened_fine_tune_starts_from_the_init_function_and_resumes(tmp_path):
