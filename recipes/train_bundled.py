@@ -503,20 +503,17 @@ def main():
         stretched = torch.zeros(len(img), dtype=torch.bool, device=ctx.device)
         if aug.stretch > 1 and teacher is not None:
             stretched[::2] = True
-        # the crops the teacher teaches: all but those of crowded renders (draws[1]) and stretched ones, and with
-        # --distill-crops real the synthetic ones (draws[2])
-        keep = None
+        keep = None  # the crops the teacher teaches: all but crowded renders, stretched and (--distill-crops) synthetic
         native = None  # those it teaches with its answers on the crops before augmentation (--teacher-view)
         extra = None  # ... those answers, and where it saw (not within NATIVE_MARGIN of the crop's edge)
         if teacher is not None:
             drawn = [i for i, (_, n) in enumerate(draws) if n]
             crops = [(i, j) for i, part in zip(drawn, parts) for j in part[4]]  # (draw, pool index) of each crop
-            taught = [not (i == 1 and crowded[j]) and (args.distill_crops == "all" or i != 2) for i, j in crops]
-            keep = torch.tensor(taught, device=ctx.device) & ~stretched
+            is_crowd = torch.tensor([i == 1 and crowded[j] for i, j in crops], device=ctx.device)  # draws[1]
+            is_real = torch.tensor([i != 2 for i, _ in crops], device=ctx.device)  # draws[2]: the synthetic crops
+            keep = ~is_crowd & ~stretched & (is_real if args.distill_crops == "real" else True)
             if args.teacher_view != "augmented":
-                native = keep.clone()
-                if args.teacher_view == "native-real":  # draws[2]: the synthetic crops
-                    native &= torch.tensor([i != 2 for i, _ in crops], device=ctx.device)
+                native = keep & (is_real if args.teacher_view == "native-real" else True)
                 extra = img.new_zeros((len(img), 4, *img.shape[-2:]))
                 if native.any():
                     m = NATIVE_MARGIN
