@@ -20,7 +20,9 @@ Data sets (``NAPARI_UNET_DATA`` overrides the data folder, by default ``<repo>/.
   labels in ``../nuclei/NAME.tif``. Micronuclei (``../micronuclei/NAME.tif``) are not in the nuclei
   labels: predicted objects with more than half of their area on a micronucleus are ignored.
 * ``bbbc007``: ``bbbc007/NAME.tif`` with silver labels ``NAME_labels.tif``.
-* ``synthetic``: ``napari_unet.core.synth.synth_dataset(n=8, shape=(384, 384), seed=10_000)``.
+* ``synthetic``: ``napari_unet.core.synth.synth_dataset(n=8, shape=(384, 384), seed=10_000)``;
+  ``synthetic_seam``: the same with v2.1's dark seam between touching nuclei (``synth.WIDE.seam``, as on real
+  labels; the seam's draw moves the later draws of each image, so its noise differs too).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ if str(REPO_ROOT) not in sys.path:  # allow `python benchmarks/eval_accuracy.py`
 from napari_unet.core.metrics import ERROR_KINDS, Matching, aggregate, error_kinds, match_instances  # noqa: E402
 
 DEFAULT_SETS = ("mnfinder_val", "bbbc007", "synthetic")
-ALL_SETS = ("mnfinder_val", "mnfinder_train", "bbbc007", "synthetic")
+ALL_SETS = ("mnfinder_val", "mnfinder_train", "bbbc007", "synthetic", "synthetic_seam")
 
 SegmentFn = Callable[[np.ndarray], np.ndarray]
 #: Factors on each image's estimated diameter for `jittered`.
@@ -106,10 +108,10 @@ def _load_bbbc007(root: Path) -> list[Sample]:
     return samples
 
 
-def _load_synthetic() -> list[Sample]:
-    from napari_unet.core.synth import synth_dataset  # lazy: written separately
+def _load_synthetic(seam: bool = False) -> list[Sample]:
+    from napari_unet.core.synth import WIDE, SynthStyle, synth_dataset  # lazy: written separately
 
-    pairs = synth_dataset(n=8, shape=(384, 384), seed=10_000)
+    pairs = synth_dataset(n=8, shape=(384, 384), seed=10_000, style=SynthStyle(seam=WIDE.seam) if seam else None)
     return [Sample(f"synthetic_{i}", img, lab) for i, (img, lab) in enumerate(pairs)]
 
 
@@ -117,7 +119,7 @@ def load_dataset(name: str, root: Path | None = None) -> list[Sample]:
     """Load one named evaluation set.
 
     Args:
-        name: One of ``mnfinder_val``, ``mnfinder_train``, ``bbbc007``, ``synthetic``.
+        name: One of ``mnfinder_val``, ``mnfinder_train``, ``bbbc007``, ``synthetic``, ``synthetic_seam``.
         root: Data folder; defaults to :func:`data_dir`.
 
     Returns:
@@ -135,8 +137,8 @@ def load_dataset(name: str, root: Path | None = None) -> list[Sample]:
         samples = _load_mnfinder("train", root)
     elif name == "bbbc007":
         samples = _load_bbbc007(root)
-    elif name == "synthetic":
-        return _load_synthetic()
+    elif name in ("synthetic", "synthetic_seam"):
+        return _load_synthetic(seam=name == "synthetic_seam")
     else:
         raise KeyError(f"unknown data set {name!r}; choose from {', '.join(ALL_SETS)}")
     if not samples:

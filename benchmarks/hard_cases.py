@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/hard_cases.py [--models bundled,recipes/bundled_v1.safetensors] [--cases "a;b"]
                                     [--tta] [--no-classical] [--images bbbc007] [--errors] [--true-diameter]
+                                    [--seam 0.1,0.5]
 
 Every case takes real gold-labelled images (mnfinder val: 3 images, 232 nuclei; `--images bbbc007`:
 another lab's 14 images, 1,249 nuclei, silver labels that classical reproduces) or synthetic ones with
@@ -36,8 +37,10 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+sys.path.insert(0, str(REPO_ROOT / "recipes"))
 
 from eval_accuracy import Sample, evaluate, load_dataset  # noqa: E402
+from train_bundled import seam_fractions  # noqa: E402 - recipes/train_bundled.py
 
 from napari_unet.core import appearance as A  # noqa: E402
 from napari_unet.core.instances import median_diameter  # noqa: E402
@@ -124,18 +127,21 @@ def _relabelled(samples: list[Sample], fn: Callable, seed: int) -> list[Sample]:
     return out
 
 
-def _synth(n: int, seed: int, **style) -> list[Sample]:
-    # Without the seam that WIDE gained with v2.1, so that these rows stay the images of v2's table (and the
-    # harder case: touching nuclei with no dark line between them).
-    style = replace(WIDE, **{"seam": (1.0, 1.0), **style}) if style else SynthStyle()
+def _synth(n: int, seed: int, seam: tuple[float, float] = (1.0, 1.0), **style) -> list[Sample]:
+    # By default without the seam that WIDE gained with v2.1, so that these rows stay the images of v2's table
+    # (and the harder case: touching nuclei with no dark line between them); `--seam` renders them with one.
+    style = replace(WIDE, **style, seam=seam) if style else replace(SynthStyle(), seam=seam)
     pairs = synth_dataset(n, (384, 384), seed=seed, style=style)
     return [Sample(f"synth_{i}", img, lab) for i, (img, lab) in enumerate(pairs)]
 
 
-def cases(images: str = "mnfinder_val") -> dict[str, tuple[str, Callable[[], list[Sample]]]]:
+def cases(
+    images: str = "mnfinder_val", seam: tuple[float, float] = (1.0, 1.0)
+) -> dict[str, tuple[str, Callable[[], list[Sample]]]]:
     """name -> (clean reference case, builder of the samples); the real rows render `images` (an
-    `eval_accuracy` set)."""
+    `eval_accuracy` set), the synthetic rows part touching nuclei by `seam` (`SynthStyle.seam`)."""
     val = partial(load_dataset, images)
+    synth = partial(_synth, seam=seam)
     cyto = A.add_cytoplasm
     return {
         "clean": ("clean", val),
@@ -258,33 +264,33 @@ def cases(images: str = "mnfinder_val") -> dict[str, tuple[str, Callable[[], lis
         "gamma 0.5": ("clean", lambda: _each(val(), lambda im, lab, r: np.asarray(im, np.float32) ** 0.5, 8)),
         "gamma 2": ("clean", lambda: _each(val(), lambda im, lab, r: np.asarray(im, np.float32) ** 2, 9)),
         # synthetic renderings of the same classes (exact labels)
-        "synth clean": ("synth clean", lambda: _synth(8, 20_000, diameter=(20.0, 30.0), cytoplasm_prob=0.0)),
+        "synth clean": ("synth clean", lambda: synth(8, 20_000, diameter=(20.0, 30.0), cytoplasm_prob=0.0)),
         "synth cytoplasm 1/10 (on the clean images)": (
             "synth clean",
             lambda: _each(
-                _synth(8, 20_000, diameter=(20.0, 30.0), cytoplasm_prob=0.0),
+                synth(8, 20_000, diameter=(20.0, 30.0), cytoplasm_prob=0.0),
                 lambda im, lab, r: cyto(im, lab, r, level=0.1, orphans=0.2),
                 12,
             ),
         ),
         "synth large textured (60-90 px)": (
             "synth clean",
-            lambda: _synth(8, 20_001, diameter=(60.0, 90.0), texture=(0.4, 0.6), spots=(6.0, 10.0), cytoplasm_prob=0.0),
+            lambda: synth(8, 20_001, diameter=(60.0, 90.0), texture=(0.4, 0.6), spots=(6.0, 10.0), cytoplasm_prob=0.0),
         ),
-        "synth small (8-12 px)": ("synth clean", lambda: _synth(8, 20_002, diameter=(8.0, 12.0), cytoplasm_prob=0.0)),
+        "synth small (8-12 px)": ("synth clean", lambda: synth(8, 20_002, diameter=(8.0, 12.0), cytoplasm_prob=0.0)),
         "synth elongated (eccentricity 0.9-0.97: aspect 2.3-4.1, any orientation)": (
             "synth clean",
-            lambda: _synth(8, 20_005, diameter=(20.0, 30.0), eccentricity=(0.9, 0.97), cytoplasm_prob=0.0),
+            lambda: synth(8, 20_005, diameter=(20.0, 30.0), eccentricity=(0.9, 0.97), cytoplasm_prob=0.0),
         ),
         "synth condensed + dim (30x range)": (
             "synth clean",
-            lambda: _synth(
+            lambda: synth(
                 8, 20_003, diameter=(20.0, 30.0), mitotic=(0.15, 0.2), dynamic_range=(30.0, 30.0), cytoplasm_prob=0.0
             ),
         ),
         "synth dense touching": (
             "synth clean",
-            lambda: _synth(
+            lambda: synth(
                 8, 20_004, diameter=(20.0, 30.0), density=(0.55, 0.6), touching=(0.8, 0.8), cytoplasm_prob=0.0
             ),
         ),
@@ -312,6 +318,13 @@ def main(argv=None) -> int:
         choices=["mnfinder_val", "bbbc007"],
         help="the real images the real rows render (bbbc007: another lab's, silver labels, never selected on)",
     )
+    p.add_argument(
+        "--seam",
+        type=seam_fractions,
+        default=(1.0, 1.0),
+        help="LOW,HIGH: the signal left where the synthetic rows' nuclei touch (default 1,1: no seam; "
+        "0.1,0.5: v2.1's seam, as on real labels)",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     import napari_unet
@@ -327,7 +340,7 @@ def main(argv=None) -> int:
     if not args.no_classical:
         methods["classical"] = _flat(classical_segment)
         methods["classical (log)"] = _flat(partial(classical_segment, log_threshold=True))
-    table = cases(args.images)
+    table = cases(args.images, args.seam)
     names = [c.strip() for c in args.cases.split(";") if c.strip()] or list(table)
     if unknown := [n for n in names if n not in table]:
         p.error(f"unknown case(s): {'; '.join(unknown)} (known: {'; '.join(table)})")

@@ -200,7 +200,7 @@ def real_variants(
     return items, crowded
 
 
-def _fractions(text: str) -> tuple[float, float]:
+def seam_fractions(text: str) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError:
@@ -244,7 +244,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--synth-frac", type=float, default=0.5)
     p.add_argument(
         "--seam",
-        type=_fractions,
+        type=seam_fractions,
         default=(1.0, 1.0),
         help="LOW,HIGH: the signal left where synthetic nuclei touch, drawn per image (default 1,1: no seam, "
         "v2's images; synth.WIDE uses 0.1,0.5)",
