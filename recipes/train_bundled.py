@@ -26,7 +26,8 @@ With `--init`, the starting weights are scored first as step 0, so a fine-tune t
 on the selection sets writes them back. `--outliers` adds condensed nuclei up to 30x, dim nuclei and
 bright debris to the hard-case renderings (the fine-tunes of 2026-12-05 in benchmarks/RESULTS.md);
 `--defocus P` blurs a share P of them as a defocused widefield image does; `--crowd P` first packs a
-share P of them with copies of their own nuclei (`appearance.crowd`); `--distill W` (with `--init`) adds W x
+share P of them with copies of their own nuclei (`appearance.crowd`), and `--crowd-seamless Q` a share Q of
+those with no line between touching copies; `--distill W` (with `--init`) adds W x
 the KL divergence from the starting model's probabilities on every crop but the crowded renders (and,
 with `--stretch`, every other crop, stretched: the teacher merges long nuclei end to end), so a fine-tune
 learns those and keeps the starting model's answers elsewhere (learning without forgetting). With
@@ -179,6 +180,7 @@ def real_variants(
     dim_max: float = 12.0,
     defocus_p: float = 0.0,
     crowd_p: float = 0.0,
+    seamless_p: float = 0.0,
 ):
     """`n` hard-case renderings (`appearance.perturb`) of every real image of a split, and whether each was
     crowded (`perturb`'s first draw, read from a copy of its generator)."""
@@ -191,7 +193,7 @@ def real_variants(
             crowded.append(crowd_p > 0 and np.random.default_rng([seed, k, v]).random() < crowd_p)
             out, lab_v = perturb(
                 img, lab, np.random.default_rng([seed, k, v]), outliers=outliers, dim_max=dim_max,
-                defocus_p=defocus_p, crowd_p=crowd_p,
+                defocus_p=defocus_p, crowd_p=crowd_p, seamless_p=seamless_p,
             )  # fmt: skip
             mn_v = mn if lab_v.shape == mn.shape else resize(mn, lab_v.shape, order=0, anti_aliasing=False) > 0
             if crowd_p > 0:  # a nucleus copied over a micronucleus is taught, not masked out
@@ -283,6 +285,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         "against each other, touching and overlapping)",
     )
     p.add_argument(
+        "--crowd-seamless",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="with --crowd: share of the crowded renders whose copies keep the brighter signal where they overlap "
+        "(appearance.crowd(seamless=True): no line between touching nuclei; the others sum it into a bright one)",
+    )
+    p.add_argument(
         "--distill",
         type=float,
         default=0.0,
@@ -340,6 +350,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--distill-crops {args.distill_crops} needs --distill W")
     if args.widen is not None and not args.init:
         p.error("--widen BASE needs --init (the model to widen)")
+    if args.crowd_seamless and not (0 < args.crowd_seamless <= 1 and args.crowd > 0):
+        p.error("--crowd-seamless P needs --crowd and 0 < P <= 1")
     if args.no_real and args.synth_val < 1:
         p.error("--no-real selects on synthetic validation images: --synth-val must be at least 1")
     return args
@@ -371,7 +383,7 @@ def load_data(args):
         if real:
             renders, crowded = real_variants(
                 args.data / "mnfinder" / "train", args.variants, args.seed, args.outliers, args.dim_max, args.defocus,
-                args.crowd,
+                args.crowd, args.crowd_seamless,
             )  # fmt: skip
             real += renders
         synth = [prepare(*wide_synth(100_000 + i, args.seam)) for i in range(args.synth)]
@@ -642,6 +654,7 @@ def describe_data(args) -> tuple[list[str], str]:
             extra = f", with outliers, dim nuclei up to {args.dim_max:g}x" if args.outliers else ""
             extra += f", {args.defocus:g} of them defocused" if args.defocus else ""
             extra += f", {args.crowd:g} of them crowded" if args.crowd else ""
+            extra += f" ({args.crowd_seamless:g} of those seamless)" if args.crowd and args.crowd_seamless else ""
             data.append(
                 f"mnfinder/train x{args.variants} hard-case renderings (napari_unet.core.appearance.perturb{extra})"
             )

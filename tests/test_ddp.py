@@ -180,6 +180,11 @@ def test_the_recipe_crowds_renders_only_when_asked_and_says_so(monkeypatch):
     assert plain.crowd == 0.0 and crowded.crowd == 0.4
     assert not any("crowded" in d for d in T.describe_data(plain)[0])
     assert any("0.4 of them crowded" in d for d in T.describe_data(crowded)[0])
+    seamless = T.parse_args(["--crowd", "0.4", "--crowd-seamless", "0.5"])
+    assert any("0.4 of them crowded (0.5 of those seamless)" in d for d in T.describe_data(seamless)[0])
+    for wrong in (["--crowd-seamless", "0.5"], ["--crowd", "0.4", "--crowd-seamless", "1.5"]):
+        with pytest.raises(SystemExit):
+            T.parse_args(wrong)
 
 
 def test_the_recipe_knows_which_renders_it_crowded(monkeypatch, tmp_path):

@@ -243,6 +243,7 @@ def crowd(
     fill: float = 0.35,
     overlap: tuple[float, float] = (0.0, 0.15),
     tries: int = 4000,
+    seamless: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Copies of the field's own nuclei packed against its nuclei until they cover `fill` of the field.
 
@@ -253,6 +254,11 @@ def crowd(
     in a widefield image or a thick section; the copy is on top, so it takes the labels there. A placement is
     refused when it leaves the field, lies more than a third on other nuclei, or covers more than 40 % of one
     (what a copy leaves of a nucleus may be in two parts, under one label).
+
+    `seamless`: where they overlap the brighter signal is kept instead of the sum, so a copy that overlaps its
+    neighbour by more than their dim rims leaves no darker line between them, as a seamless synthetic pair
+    (`SynthStyle.seam` (1, 1)) and nuclei pressed together in a thick widefield section show none: only the
+    shape tells them apart.
 
     Returns:
         (float32 image, int32 labels 1..N): the labels change with the image.
@@ -299,7 +305,11 @@ def crowd(
         if under[1:].sum() > mask.sum() / 3 or np.any(under[1:] > 0.4 * np.maximum(areas[1:], 1)):
             continue
         new = areas.size
-        img[y0 : y0 + h, x0 : x0 + w] += signal
+        view = img[y0 : y0 + h, x0 : x0 + w]
+        if seamless:
+            np.maximum(view, bg + signal, out=view, where=signal > 0)
+        else:
+            view += signal
         region[mask] = new
         areas -= under
         areas = np.append(areas, int(mask.sum()))
@@ -575,6 +585,7 @@ def perturb(
     dim_max: float = 12.0,
     defocus_p: float = 0.0,
     crowd_p: float = 0.0,
+    seamless_p: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A random mix of the hard cases above, for training (each with its own probability).
 
@@ -584,11 +595,15 @@ def perturb(
     is defocused before the camera (`defocus`: the whole field by 0.04-0.2 diameters, or a tenth to a half of
     the nuclei by 0.1-0.3); at 0, no number is drawn for it, so the other draws stay v2's. With probability
     `crowd_p` the field is first crowded (`crowd`: 25-55 % of it nuclei, centres up to 0-30 % closer than
-    touching); at 0 nothing is drawn either.
+    touching); at 0 nothing is drawn either. A share `seamless_p` of the crowded fields is crowded `seamless`
+    (the brighter signal kept where nuclei overlap: no line between them, where the summed signal of the others
+    draws a bright one); at 0 it draws nothing.
     """
     img, lab = np.asarray(image, np.float32), labels
     if crowd_p > 0 and rng.random() < crowd_p:
-        img, lab = crowd(img, lab, rng, fill=rng.uniform(0.25, 0.55), overlap=(0.0, rng.uniform(0.0, 0.3)))
+        fill, overlap = rng.uniform(0.25, 0.55), (0.0, rng.uniform(0.0, 0.3))
+        seamless = seamless_p > 0 and rng.random() < seamless_p
+        img, lab = crowd(img, lab, rng, fill=fill, overlap=overlap, seamless=seamless)
     if rng.random() < 0.25:  # lower magnification: small nuclei, later upscaled to the model's size
         img, lab = rescale(img, lab, float(np.exp(rng.uniform(np.log(0.35), np.log(0.8)))))
     if rng.random() < 0.35:

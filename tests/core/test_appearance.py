@@ -334,3 +334,29 @@ def test_default_channel_is_the_nuclear_stain_beside_spots_and_a_marker_of_some_
         other = render(np.random.default_rng(seed))
         found += [nuclear_channel(np.stack([other, img]), 0, 2), nuclear_channel(np.stack([img, other]), 0, 2)]
     assert found == [1, 0] * 4
+
+
+def _join_over_interior(img: np.ndarray, lab: np.ndarray) -> float:
+    """The median signal where two nuclei touch, over the median signal of the nuclei's interiors."""
+    from napari_unet.core.synth import _contact
+
+    bg = float(np.median(img[lab == 0]))
+    inner = (ndi.minimum_filter(lab, 5) == lab) & (ndi.maximum_filter(lab, 5) == lab) & (lab > 0)
+    return float(np.median(img[_contact(lab, 1)] - bg) / np.median(img[inner] - bg))
+
+
+def test_seamless_crowd_leaves_no_line_where_the_summed_copies_draw_a_bright_one(field):
+    img, lab = field
+    img = img.astype(np.float32)
+    summed = A.crowd(img, lab, np.random.default_rng(0), fill=0.5, overlap=(0.0, 0.3))
+    seamless = A.crowd(img, lab, np.random.default_rng(0), fill=0.5, overlap=(0.0, 0.3), seamless=True)
+    np.testing.assert_array_equal(summed[1], seamless[1])  # the same copies in the same places
+    assert _join_over_interior(*summed) > 1.15
+    assert 0.85 < _join_over_interior(*seamless) < 1.1
+    # perturb draws the seamless choice only when asked, after the crowd's own draws
+    plain = A.perturb(img, lab, np.random.default_rng(3), crowd_p=1.0)
+    again = A.perturb(img, lab, np.random.default_rng(3), crowd_p=1.0, seamless_p=0.0)
+    np.testing.assert_array_equal(plain[0], again[0])
+    joins = [_join_over_interior(*A.perturb(img, lab, np.random.default_rng(s), crowd_p=1.0, seamless_p=1.0)[:2])
+             for s in range(3)]  # fmt: skip
+    assert max(joins) < 1.15, joins
