@@ -130,7 +130,7 @@ def _relabelled(samples: list[Sample], fn: Callable, seed: int) -> list[Sample]:
 def _synth(n: int, seed: int, seam: tuple[float, float] = (1.0, 1.0), **style) -> list[Sample]:
     # By default without the seam that WIDE gained with v2.1, so that these rows stay the images of v2's table
     # (and the harder case: touching nuclei with no dark line between them); `--seam` renders them with one.
-    style = replace(WIDE, **style, seam=seam) if style else replace(SynthStyle(), seam=seam)
+    style = replace(WIDE, **style, seam=seam) if style else SynthStyle(seam=seam)
     pairs = synth_dataset(n, (384, 384), seed=seed, style=style)
     return [Sample(f"synth_{i}", img, lab) for i, (img, lab) in enumerate(pairs)]
 
