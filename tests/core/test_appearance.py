@@ -337,12 +337,25 @@ def test_default_channel_is_the_nuclear_stain_beside_spots_and_a_marker_of_some_
 
 
 def _join_over_interior(img: np.ndarray, lab: np.ndarray) -> float:
-    """The median signal where two nuclei touch, over the median signal of the nuclei's interiors."""
+    """Over the nuclei that touch another: the median of the mean signal on a nucleus's pixels that touch its
+    neighbour, over the dimmer one's interior median (the measure of `SynthStyle.seam` and benchmarks/RESULTS.md)."""
     from napari_unet.core.synth import _contact
 
-    bg = float(np.median(img[lab == 0]))
+    signal = img - float(np.median(img[lab == 0]))
     inner = (ndi.minimum_filter(lab, 5) == lab) & (ndi.maximum_filter(lab, 5) == lab) & (lab > 0)
-    return float(np.median(img[_contact(lab, 1)] - bg) / np.median(img[inner] - bg))
+    grown_hi = ndi.maximum_filter(lab, 3)
+    grown_lo = ndi.minimum_filter(np.where(lab > 0, lab, lab.max() + 1), 3)
+    touch = _contact(lab, 1)
+    ids = np.unique(lab[inner])
+    level = dict(zip(ids, ndi.median(signal, np.where(inner, lab, 0), ids)))
+    ratios = []
+    for i in np.unique(lab[touch]):
+        at = touch & (lab == i)
+        other = np.where(grown_hi[at] != i, grown_hi[at], grown_lo[at])
+        j = np.bincount(other[(other != i) & (other > 0) & (other <= lab.max())]).argmax()
+        if i in level and j in level:
+            ratios.append(signal[at].mean() / min(level[i], level[j]))
+    return float(np.median(ratios))
 
 
 def test_seamless_crowd_leaves_no_line_where_the_summed_copies_draw_a_bright_one(field):
